@@ -1,0 +1,43 @@
+//! What the engine needs from a model: pure compute over a paged KV cache whose bytes the model
+//! owns and whose block accounting the engine owns. The engine never sees weights or tensors.
+
+/// A token id.
+pub type TokenId = u32;
+
+/// One sequence's share of a forward step.
+#[derive(Debug, Clone)]
+pub struct SeqStep<'a> {
+    /// The new tokens of this sequence in this step (prefill chunk, or one decode token).
+    pub tokens: &'a [TokenId],
+    /// Position of `tokens[0]` in the sequence (= number of tokens already in the KV cache).
+    pub start_pos: usize,
+    /// KV blocks holding positions `0..start_pos + tokens.len()`, in order; block `i` holds
+    /// positions `i*block_size .. (i+1)*block_size`. The model writes the new tokens' K/V there.
+    pub block_table: &'a [u32],
+    /// Whether to return the logits row of the last token of `tokens`.
+    pub want_logits: bool,
+}
+
+/// Errors a model step can report (the engine fails the step's requests, and goes on).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("model error: {0}")]
+pub struct ModelError(pub String);
+
+/// The compute side of a model, as the engine drives it. Implemented by the real llama runner
+/// (server crate glue over `cordial-model`) and by the testkit's fake model.
+pub trait ModelExecutor: Send {
+    /// Width of a logits row.
+    fn vocab_size(&self) -> usize;
+    /// Longest sequence (prompt + output) the model supports.
+    fn max_context(&self) -> usize;
+    /// Tokens per KV block.
+    fn block_size(&self) -> usize;
+    /// Number of KV blocks the model allocated (ids `0..num_blocks`).
+    fn num_blocks(&self) -> usize;
+    /// Runs one forward step over all `seqs` (one batch). Appends to `logits` (cleared first) one
+    /// row of `vocab_size` raw logits per sequence with `want_logits`, in `seqs` order.
+    /// A sequence's logits must not depend on what else is in the batch.
+    fn forward(&mut self, seqs: &[SeqStep<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError>;
+    /// Copies the K/V bytes of block `src` into block `dst` (copy-on-write of a shared block).
+    fn copy_block(&mut self, src: u32, dst: u32);
+}

@@ -1,0 +1,190 @@
+//! AVX2 + FMA + F16C kernels. Each function must only be called when the CPU has those features
+//! (`Isa::Avx2` is selected only then).
+#![cfg(target_arch = "x86_64")]
+#![allow(unsafe_op_in_unsafe_fn)]
+
+use std::arch::x86_64::*;
+
+use super::{f16_at, GgmlType, QK};
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps(v, 1);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// # Safety
+/// CPU must support AVX2/FMA; `x` has ≥ 32 elements, `q` ≥ 32.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn quantize_block_q8(x: &[f32], q: &mut [i8]) -> (f32, f32) {
+    let p = x.as_ptr();
+    let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
+    let sign = _mm256_set1_ps(-0.0);
+    let mut m = _mm256_andnot_ps(sign, v[0]);
+    for vi in &v[1..] {
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *vi));
+    }
+    let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    let amax = _mm_cvtss_f32(m4);
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let idv = _mm256_set1_ps(id);
+    let mut ints = [_mm256_setzero_si256(); 4];
+    for i in 0..4 {
+        let r = _mm256_round_ps(_mm256_mul_ps(v[i], idv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        ints[i] = _mm256_cvtps_epi32(r);
+    }
+    let sum32 = _mm256_add_epi32(_mm256_add_epi32(ints[0], ints[1]), _mm256_add_epi32(ints[2], ints[3]));
+    let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum32), _mm256_extracti128_si256(sum32, 1));
+    let s4 = _mm_hadd_epi32(s4, s4);
+    let s4 = _mm_hadd_epi32(s4, s4);
+    let sum = _mm_cvtsi128_si32(s4);
+    // Pack 32 i32 → 32 i8 (packs interleave lanes; fix with a permute).
+    let a = _mm256_packs_epi32(ints[0], ints[1]);
+    let b = _mm256_packs_epi32(ints[2], ints[3]);
+    let c = _mm256_packs_epi16(a, b);
+    let c = _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, c);
+    (d, d * sum as f32)
+}
+
+/// 32 nibbles of 16 bytes as 32 unsigned bytes (low nibbles first, then high).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn unpack_nibbles(p: *const u8) -> __m256i {
+    let raw = _mm_loadu_si128(p as *const __m128i);
+    let mask = _mm_set1_epi8(0x0F);
+    let lo = _mm_and_si128(raw, mask);
+    let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+    _mm256_set_m128i(hi, lo)
+}
+
+/// Σ (u8 w_i) * (i8 x_i) over 32 lanes, as 8 f32 partial sums.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_u8_i8(w: __m256i, x: __m256i) -> __m256 {
+    let p16 = _mm256_maddubs_epi16(w, x);
+    let p32 = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+    _mm256_cvtepi32_ps(p32)
+}
+
+/// # Safety
+/// CPU must support AVX2/FMA/F16C; slices as for [`super::scalar::dot_q`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q(ty: GgmlType, w: &[u8], qs: &[i8], d: &[f32], s: &[f32]) -> f32 {
+    let nb = d.len();
+    let bb = ty.block_bytes();
+    debug_assert!(w.len() >= nb * bb && qs.len() >= nb * QK);
+    let mut acc = _mm256_setzero_ps();
+    let mut off = 0.0f32;
+    let wp = w.as_ptr();
+    let xp = qs.as_ptr();
+    match ty {
+        GgmlType::Q4_1 => {
+            for b in 0..nb {
+                let blk = wp.add(b * bb);
+                let dw = f16_at(w, b * bb);
+                let mw = f16_at(w, b * bb + 2);
+                let wv = unpack_nibbles(blk.add(4));
+                let xv = _mm256_loadu_si256(xp.add(b * QK) as *const __m256i);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * d[b]), dot_u8_i8(wv, xv), acc);
+                off += mw * s[b];
+            }
+        }
+        GgmlType::Q4_0 => {
+            for b in 0..nb {
+                let blk = wp.add(b * bb);
+                let dw = f16_at(w, b * bb);
+                let wv = unpack_nibbles(blk.add(2));
+                let xv = _mm256_loadu_si256(xp.add(b * QK) as *const __m256i);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * d[b]), dot_u8_i8(wv, xv), acc);
+                off -= 8.0 * dw * s[b];
+            }
+        }
+        GgmlType::Q8_0 => {
+            for b in 0..nb {
+                let blk = wp.add(b * bb);
+                let dw = f16_at(w, b * bb);
+                let wv = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                let xv = _mm256_loadu_si256(xp.add(b * QK) as *const __m256i);
+                // maddubs needs unsigned × signed: move w's sign onto x.
+                let aw = _mm256_sign_epi8(wv, wv);
+                let sx = _mm256_sign_epi8(xv, wv);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * d[b]), dot_u8_i8(aw, sx), acc);
+            }
+        }
+        GgmlType::F32 | GgmlType::F16 => unreachable!("float weights take float activations"),
+    }
+    hsum(acc) + off
+}
+
+/// # Safety
+/// CPU must support AVX2/FMA/F16C; `w` holds `x.len()` elements of type `ty`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f(ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
+    let n = x.len();
+    let n8 = n / 8 * 8;
+    let mut acc = _mm256_setzero_ps();
+    let xp = x.as_ptr();
+    match ty {
+        GgmlType::F32 => {
+            let wp = w.as_ptr() as *const f32;
+            for i in (0..n8).step_by(8) {
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i)), _mm256_loadu_ps(xp.add(i)), acc);
+            }
+            let mut t = hsum(acc);
+            for i in n8..n {
+                t += wp.add(i).read_unaligned() * x[i];
+            }
+            t
+        }
+        GgmlType::F16 => {
+            let wp = w.as_ptr();
+            for i in (0..n8).step_by(8) {
+                let h = _mm_loadu_si128(wp.add(2 * i) as *const __m128i);
+                acc = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xp.add(i)), acc);
+            }
+            let mut t = hsum(acc);
+            for i in n8..n {
+                t += f16_at(w, 2 * i) * x[i];
+            }
+            t
+        }
+        _ => unreachable!("quantized weights take quantized activations"),
+    }
+}
+
+/// Σ k[i] * q[i] for f16 `k` (raw little-endian bytes) and f32 `q`, `q.len()` a multiple of 8.
+///
+/// # Safety
+/// CPU must support AVX2/FMA/F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f16_f32(k: &[u16], q: &[f32]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for i in (0..q.len()).step_by(8) {
+        let h = _mm_loadu_si128(k.as_ptr().add(i) as *const __m128i);
+        acc = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(q.as_ptr().add(i)), acc);
+    }
+    hsum(acc)
+}
+
+/// out[i] += a * v[i] for f16 `v`, `out.len()` a multiple of 8.
+///
+/// # Safety
+/// CPU must support AVX2/FMA/F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn axpy_f16(a: f32, v: &[u16], out: &mut [f32]) {
+    let av = _mm256_set1_ps(a);
+    for i in (0..out.len()).step_by(8) {
+        let h = _mm_loadu_si128(v.as_ptr().add(i) as *const __m128i);
+        let o = out.as_mut_ptr().add(i);
+        _mm256_storeu_ps(o, _mm256_fmadd_ps(av, _mm256_cvtph_ps(h), _mm256_loadu_ps(o)));
+    }
+}

@@ -1,0 +1,243 @@
+//! Block formats of ggml tensors, activation quantization, and the int8 dot-product kernels.
+//!
+//! Every kernel has a scalar reference (`scalar.rs`) and, where the CPU has it, an AVX2 version
+//! (`avx2.rs`), chosen at run time by [`Isa::detect`] and forceable for tests.
+//! A dot product of one weight row with one quantized activation row is always computed by the
+//! same sequence of operations, whatever the batch: that is what makes logits batch invariant.
+
+pub mod avx2;
+pub mod scalar;
+
+use half::f16;
+
+/// Elements per quantization block (Q4_0, Q4_1, Q8_0 and our activation format).
+pub const QK: usize = 32;
+
+/// ggml tensor types this build can compute with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+/// Name of any ggml type id, including the ones we do not support (for error messages).
+pub fn ggml_type_name(id: u32) -> String {
+    const NAMES: &[(u32, &str)] = &[
+        (0, "F32"),
+        (1, "F16"),
+        (2, "Q4_0"),
+        (3, "Q4_1"),
+        (6, "Q5_0"),
+        (7, "Q5_1"),
+        (8, "Q8_0"),
+        (9, "Q8_1"),
+        (10, "Q2_K"),
+        (11, "Q3_K"),
+        (12, "Q4_K"),
+        (13, "Q5_K"),
+        (14, "Q6_K"),
+        (15, "Q8_K"),
+        (16, "IQ2_XXS"),
+        (17, "IQ2_XS"),
+        (18, "IQ3_XXS"),
+        (19, "IQ1_S"),
+        (20, "IQ4_NL"),
+        (21, "IQ3_S"),
+        (22, "IQ2_S"),
+        (23, "IQ4_XS"),
+        (24, "I8"),
+        (25, "I16"),
+        (26, "I32"),
+        (27, "I64"),
+        (28, "F64"),
+        (29, "IQ1_M"),
+        (30, "BF16"),
+        (34, "TQ1_0"),
+        (35, "TQ2_0"),
+        (39, "MXFP4"),
+    ];
+    match NAMES.iter().find(|(i, _)| *i == id) {
+        Some((_, n)) => format!("{n} (ggml type {id}; supported: F32, F16, Q4_0, Q4_1, Q8_0)"),
+        None => format!("unknown ggml type {id}"),
+    }
+}
+
+impl GgmlType {
+    pub fn from_u32(id: u32) -> Option<Self> {
+        Some(match id {
+            0 => GgmlType::F32,
+            1 => GgmlType::F16,
+            2 => GgmlType::Q4_0,
+            3 => GgmlType::Q4_1,
+            8 => GgmlType::Q8_0,
+            _ => return None,
+        })
+    }
+    pub fn id(self) -> u32 {
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q4_0 => 2,
+            GgmlType::Q4_1 => 3,
+            GgmlType::Q8_0 => 8,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            GgmlType::F32 => "F32",
+            GgmlType::F16 => "F16",
+            GgmlType::Q4_0 => "Q4_0",
+            GgmlType::Q4_1 => "Q4_1",
+            GgmlType::Q8_0 => "Q8_0",
+        }
+    }
+    /// Elements per block.
+    pub fn block_elems(self) -> usize {
+        match self {
+            GgmlType::F32 | GgmlType::F16 => 1,
+            _ => QK,
+        }
+    }
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            GgmlType::F32 => 4,
+            GgmlType::F16 => 2,
+            GgmlType::Q4_0 => 18,
+            GgmlType::Q4_1 => 20,
+            GgmlType::Q8_0 => 34,
+        }
+    }
+    /// Quantized types take int8-quantized activations; float types take f32 activations.
+    pub fn is_quantized(self) -> bool {
+        !matches!(self, GgmlType::F32 | GgmlType::F16)
+    }
+}
+
+/// Instruction-set level of the kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    Scalar,
+    Avx2,
+}
+
+impl Isa {
+    /// The best level this CPU supports. `CORDIAL_ISA=scalar` forces the reference kernels.
+    pub fn detect() -> Isa {
+        if std::env::var("CORDIAL_ISA").map(|v| v.eq_ignore_ascii_case("scalar")).unwrap_or(false) {
+            return Isa::Scalar;
+        }
+        Self::best_available()
+    }
+    pub fn best_available() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
+    }
+    /// All levels this CPU can run (for tests that force each one).
+    pub fn all_available() -> Vec<Isa> {
+        let mut v = vec![Isa::Scalar];
+        if Self::best_available() >= Isa::Avx2 {
+            v.push(Isa::Avx2);
+        }
+        v
+    }
+}
+
+/// Activations of `rows` rows of `cols` elements, quantized to int8 in blocks of 32:
+/// value ≈ d[b] * qs[i]; `s[b] = d[b] * Σ qs` of the block (for the weight formats with an offset).
+#[derive(Default, Clone)]
+pub struct QuantizedActs {
+    pub rows: usize,
+    pub cols: usize,
+    pub qs: Vec<i8>,
+    pub d: Vec<f32>,
+    pub s: Vec<f32>,
+}
+
+impl QuantizedActs {
+    pub fn blocks_per_row(&self) -> usize {
+        self.cols / QK
+    }
+    /// Row `r`: (qs, d, s).
+    #[inline]
+    pub fn row(&self, r: usize) -> (&[i8], &[f32], &[f32]) {
+        let nb = self.cols / QK;
+        (&self.qs[r * self.cols..(r + 1) * self.cols], &self.d[r * nb..(r + 1) * nb], &self.s[r * nb..(r + 1) * nb])
+    }
+    /// Quantize `x` (`rows` × `cols`, row-major). Reuses the buffers (no allocation once grown).
+    pub fn quantize(&mut self, isa: Isa, x: &[f32], rows: usize, cols: usize) {
+        assert_eq!(cols % QK, 0, "activation width {cols} is not a multiple of {QK}");
+        assert!(x.len() >= rows * cols);
+        self.rows = rows;
+        self.cols = cols;
+        let nb = rows * cols / QK;
+        self.qs.resize(rows * cols, 0);
+        self.d.resize(nb, 0.0);
+        self.s.resize(nb, 0.0);
+        for b in 0..nb {
+            let src = &x[b * QK..(b + 1) * QK];
+            let dst = &mut self.qs[b * QK..(b + 1) * QK];
+            let (d, s) = match isa {
+                Isa::Scalar => scalar::quantize_block_q8(src, dst),
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: Avx2 is only selected when the CPU has AVX2/FMA/F16C.
+                Isa::Avx2 => unsafe { avx2::quantize_block_q8(src, dst) },
+                #[cfg(not(target_arch = "x86_64"))]
+                Isa::Avx2 => scalar::quantize_block_q8(src, dst),
+            };
+            self.d[b] = d;
+            self.s[b] = s;
+        }
+    }
+}
+
+/// Dot product of one quantized weight row (raw block bytes, `cols` elements) with one quantized
+/// activation row.
+#[inline]
+pub fn dot_q(isa: Isa, ty: GgmlType, w: &[u8], qs: &[i8], d: &[f32], s: &[f32]) -> f32 {
+    match isa {
+        Isa::Scalar => scalar::dot_q(ty, w, qs, d, s),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx2 is only selected when the CPU has AVX2/FMA/F16C.
+        Isa::Avx2 => unsafe { avx2::dot_q(ty, w, qs, d, s) },
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx2 => scalar::dot_q(ty, w, qs, d, s),
+    }
+}
+
+/// Dot product of one float weight row (F32 or F16 raw bytes) with an f32 activation row.
+#[inline]
+pub fn dot_f(isa: Isa, ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
+    match isa {
+        Isa::Scalar => scalar::dot_f(ty, w, x),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { avx2::dot_f(ty, w, x) },
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx2 => scalar::dot_f(ty, w, x),
+    }
+}
+
+/// Dequantize `n` elements of a row of type `ty` into `out`.
+pub fn dequantize_row(ty: GgmlType, w: &[u8], out: &mut [f32]) {
+    scalar::dequantize_row(ty, w, out)
+}
+
+#[inline]
+pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! A deterministic fake model implementing `cordial_engine::ModelExecutor` (engine helper writes it).

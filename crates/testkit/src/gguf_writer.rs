@@ -1,0 +1,1 @@
+//! Writes small GGUF files for tests.
