@@ -1,1 +1,3 @@
-//! placeholder
+//! cordial-server: the only crate that knows HTTP, JSON and the Friendli/OpenAI protocols.
+
+pub mod runner;
