@@ -1,0 +1,10 @@
+//! Wire types of the HTTP API: serde structs and enums only, no logic. They are not engine types
+//! (`validate` converts requests into `cordial_engine::EngineRequest`s).
+
+pub mod request;
+pub mod response;
+pub mod stream;
+
+pub use request::*;
+pub use response::*;
+pub use stream::*;

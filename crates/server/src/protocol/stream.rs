@@ -1,0 +1,71 @@
+//! Stream events of both dialects (contract §5). Each is sent as one `data: <json>` SSE event.
+
+use serde::Serialize;
+
+use super::response::{ErrorDetail, FinishReasonWire, Usage};
+
+/// Legacy dialect (§5.1): one per generated token.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LegacyTokenSampled<'a> {
+    /// Always `"token_sampled"`.
+    pub event: &'static str,
+    pub index: usize,
+    pub text: &'a str,
+    pub token: u32,
+}
+
+/// Legacy dialect: the last event, with the full results.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LegacyComplete<'a> {
+    /// Always `"complete"`.
+    pub event: &'static str,
+    pub choices: &'a [LegacyChoice],
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LegacyChoice {
+    pub index: usize,
+    pub seed: u64,
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub finish_reason: Option<FinishReasonWire>,
+}
+
+/// Legacy dialect: a failure after the stream started.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LegacyError<'a> {
+    /// Always `"error"`.
+    pub event: &'static str,
+    pub error: &'a ErrorDetail,
+}
+
+/// Current dialect (§5.2): an OpenAI `text_completion` chunk with Friendli's `token`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CompletionChunk<'a> {
+    pub id: &'a str,
+    /// Always `"text_completion"`.
+    pub object: &'static str,
+    pub created: u64,
+    pub model: &'a str,
+    pub choices: Vec<ChunkChoice<'a>>,
+    /// `null` except in the final usage chunk.
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChunkChoice<'a> {
+    pub index: usize,
+    pub text: &'a str,
+    /// Absent in the finish chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<u32>,
+    pub finish_reason: Option<FinishReasonWire>,
+    pub logprobs: Option<()>,
+}
+
+/// Current dialect: a failure after the stream started (followed by `data: [DONE]`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChunkError<'a> {
+    pub error: &'a ErrorDetail,
+}

@@ -1,0 +1,204 @@
+//! Phase 2 of validation: a typed request that passed the rules → engine requests. Tokenizes the
+//! input, checks token ids and the context length (C13), resolves defaults (decisions 10, 14, 18)
+//! and seeds. One engine request per input (prompt batch row); its choices are that row's `n`.
+
+use cordial_engine::{EngineRequest, SamplingParams, TokenId};
+
+use super::rules::{Limits, MAX_N};
+use crate::error::{Flavor, ValidationError};
+use crate::protocol::{CompletionRequest, Prompt, Seed, TokenInput};
+
+/// OpenAI's default `max_tokens` (decision 18).
+pub const OPENAI_DEFAULT_MAX_TOKENS: usize = 16;
+
+/// What validation needs from the loaded model.
+pub struct ModelInfo<'a> {
+    pub limits: Limits,
+    /// The model's end-of-generation set (decision 16).
+    pub eos_tokens: &'a [TokenId],
+    /// Text → ids, special tokens parsed, BOS added as the model wants.
+    pub encode: &'a (dyn Fn(&str) -> Vec<TokenId> + Sync),
+}
+
+/// One input of the request with the name of the field it came from.
+pub(crate) struct Inputs {
+    pub param: &'static str,
+    pub rows: Vec<Vec<TokenId>>,
+}
+
+fn err(param: &str, msg: String) -> ValidationError {
+    ValidationError::new(param, msg)
+}
+
+fn checked_ids(
+    param: &'static str,
+    ids: &[i64],
+    vocab: usize,
+) -> Result<Vec<TokenId>, ValidationError> {
+    ids.iter()
+        .map(|&t| {
+            if t >= 0 && (t as u64) < vocab as u64 {
+                Ok(t as TokenId)
+            } else {
+                Err(err(
+                    param,
+                    format!("`{param}` contains token id {t}, outside the vocabulary [0, {vocab})"),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// The token rows of the request (C1 already holds: exactly one of prompt/tokens).
+pub(crate) fn inputs(
+    req: &CompletionRequest,
+    model: &ModelInfo,
+) -> Result<Inputs, ValidationError> {
+    let vocab = model.limits.vocab_size;
+    let (param, rows) = match (&req.prompt, &req.tokens) {
+        (Some(Prompt::Text(s)), _) => ("prompt", vec![(model.encode)(s)]),
+        (Some(Prompt::Texts(v)), _) => ("prompt", v.iter().map(|s| (model.encode)(s)).collect()),
+        (Some(Prompt::Tokens(ids)), _) => ("prompt", vec![checked_ids("prompt", ids, vocab)?]),
+        (Some(Prompt::TokenBatch(b)), _) => (
+            "prompt",
+            b.iter()
+                .map(|ids| checked_ids("prompt", ids, vocab))
+                .collect::<Result<_, _>>()?,
+        ),
+        (None, Some(TokenInput::One(ids))) => ("tokens", vec![checked_ids("tokens", ids, vocab)?]),
+        (None, Some(TokenInput::Batch(b))) => (
+            "tokens",
+            b.iter()
+                .map(|ids| checked_ids("tokens", ids, vocab))
+                .collect::<Result<_, _>>()?,
+        ),
+        (None, None) => {
+            return Err(err(
+                "prompt",
+                "either `prompt` or `tokens` is required".into(),
+            ))
+        }
+    };
+    if rows.is_empty() {
+        return Err(err(param, format!("`{param}` must not be an empty list")));
+    }
+    if rows.iter().any(Vec::is_empty) {
+        return Err(err(
+            param,
+            format!("`{param}` must contain at least one token"),
+        ));
+    }
+    let n = req.n.unwrap_or(1) as usize;
+    if rows.len() * n > MAX_N as usize {
+        return Err(err(
+            param,
+            format!(
+                "{} inputs × n = {n} is more than {MAX_N} choices in one request",
+                rows.len()
+            ),
+        ));
+    }
+    Ok(Inputs { param, rows })
+}
+
+fn context_error(param: &str, msg: String) -> ValidationError {
+    err(param, msg).with_code("context_length_exceeded")
+}
+
+/// How many tokens to generate after a prompt of `prompt_len` tokens (C13, decisions 14, 18).
+pub(crate) fn max_new_tokens(
+    req: &CompletionRequest,
+    prompt_len: usize,
+    input_param: &str,
+    limits: &Limits,
+    flavor: Flavor,
+) -> Result<usize, ValidationError> {
+    let ctx = limits.max_context;
+    if prompt_len >= ctx {
+        return Err(context_error(
+            input_param,
+            format!("the input has {prompt_len} tokens; this model's maximum context length is {ctx} tokens, prompt and output together"),
+        ));
+    }
+    if let Some(m) = req.max_tokens {
+        let m = m as usize;
+        if prompt_len + m > ctx {
+            return Err(context_error(
+                "max_tokens",
+                format!("this model's maximum context length is {ctx} tokens; the input has {prompt_len} tokens and `max_tokens` asks for {m} more"),
+            ));
+        }
+        return Ok(m);
+    }
+    if let Some(t) = req.max_total_tokens {
+        let t = t as usize;
+        if t > ctx {
+            return Err(context_error(
+                "max_total_tokens",
+                format!("`max_total_tokens` ({t}) exceeds this model's maximum context length of {ctx} tokens"),
+            ));
+        }
+        if t <= prompt_len {
+            return Err(context_error(
+                "max_total_tokens",
+                format!("`max_total_tokens` ({t}) must exceed the input's {prompt_len} tokens"),
+            ));
+        }
+        return Ok(t - prompt_len);
+    }
+    Ok(match flavor {
+        Flavor::OpenAi => OPENAI_DEFAULT_MAX_TOKENS.min(ctx - prompt_len),
+        Flavor::Friendli => ctx - prompt_len,
+    })
+}
+
+/// One seed per choice (decision 10): a single seed `s` gives `s + j` to choice `j`.
+pub(crate) fn choice_seeds(
+    seed: Option<&Seed>,
+    n: usize,
+    random: impl FnOnce() -> u64,
+) -> Vec<u64> {
+    let base = match seed {
+        Some(Seed::Many(list)) if list.len() == n && n > 1 => return list.clone(),
+        Some(Seed::One(s)) => *s,
+        Some(Seed::Many(list)) => list[0],
+        None => random(),
+    };
+    (0..n as u64).map(|j| base.wrapping_add(j)).collect()
+}
+
+/// The engine requests, one per input row.
+pub(crate) fn engine_requests(
+    req: &CompletionRequest,
+    inputs: Inputs,
+    model: &ModelInfo,
+    flavor: Flavor,
+    random: impl FnOnce() -> u64,
+) -> Result<Vec<EngineRequest>, ValidationError> {
+    let n = req.n.unwrap_or(1) as usize;
+    let seeds = choice_seeds(req.seed.as_ref(), n, random);
+    let base = SamplingParams {
+        temperature: req.temperature.unwrap_or(1.0) as f32,
+        top_k: req.top_k.unwrap_or(0) as usize,
+        top_p: req.top_p.unwrap_or(1.0) as f32,
+        max_new_tokens: 0,
+        eos_tokens: model.eos_tokens.to_vec(),
+        ignore_eos: req.ignore_eos.unwrap_or(false),
+    };
+    inputs
+        .rows
+        .into_iter()
+        .map(|prompt| {
+            let max_new = max_new_tokens(req, prompt.len(), inputs.param, &model.limits, flavor)?;
+            let params = SamplingParams {
+                max_new_tokens: max_new,
+                ..base.clone()
+            };
+            Ok(EngineRequest {
+                prompt,
+                params,
+                seeds: seeds.clone(),
+            })
+        })
+        .collect()
+}
