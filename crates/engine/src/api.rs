@@ -55,11 +55,18 @@ pub enum FinishReason {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A generated token of choice `choice` (EOS tokens are not reported unless `ignore_eos`).
-    Token { choice: usize, token: TokenId, logprob: f32 },
+    Token {
+        choice: usize,
+        token: TokenId,
+        logprob: f32,
+    },
     /// Choice `choice` is done.
     ChoiceFinished { choice: usize, reason: FinishReason },
     /// All choices are done; the last event.
-    Finished { prompt_tokens: usize, completion_tokens: usize },
+    Finished {
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
     /// The request failed; the last event.
     Error(EngineError),
 }
@@ -99,7 +106,11 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { max_num_seqs: 64, max_waiting: 256, max_prefill_tokens: 512 }
+        EngineConfig {
+            max_num_seqs: 64,
+            max_waiting: 256,
+            max_prefill_tokens: 512,
+        }
     }
 }
 
@@ -111,4 +122,6 @@ pub struct EngineStats {
     pub running_seqs: usize,
     pub waiting_requests: usize,
     pub steps: u64,
+    /// Requests preempted so far (blocks ran out; recomputed later).
+    pub preemptions: u64,
 }

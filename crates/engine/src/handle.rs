@@ -1,48 +1,208 @@
-//! EngineHandle: the only door into the engine thread. (Skeleton: the engine helper implements it.)
+//! EngineHandle: the only door into the engine thread, and RequestStream: one request's events.
+//!
+//! `submit` validates the request, takes a slot in the bounded waiting queue (or answers
+//! `QueueFull` at once), and sends `Command::Add`; it never blocks, so async code may call it.
+//! Dropping a `RequestStream` before its final event sends `Command::Abort`.
 
-use crate::api::{EngineConfig, EngineRequest, EngineStats, Event, SubmitError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use crate::api::{EngineConfig, EngineError, EngineRequest, EngineStats, Event, SubmitError};
+use crate::core::{Command, EngineCore, ModelShape};
 use crate::model::ModelExecutor;
+use crate::sample::Sampler;
+use crate::seq::RequestId;
+use crate::shared::Shared;
 
 /// Cheap to clone; shared by all HTTP handlers.
 #[derive(Clone)]
-pub struct EngineHandle {}
+pub struct EngineHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    commands: Sender<Command>,
+    shared: Arc<Shared>,
+    shape: ModelShape,
+    max_waiting: usize,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandle")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
 
 impl EngineHandle {
     /// Starts the engine thread owning `model`.
     pub fn spawn(model: Box<dyn ModelExecutor>, config: EngineConfig) -> EngineHandle {
-        let _ = (model, config);
-        todo!("engine helper")
+        EngineHandle::spawn_with_sampler(model, config, Sampler::default())
+    }
+
+    /// `spawn` with a given sampling pipeline (tests inject processors here).
+    pub(crate) fn spawn_with_sampler(
+        model: Box<dyn ModelExecutor>,
+        config: EngineConfig,
+        sampler: Sampler,
+    ) -> EngineHandle {
+        let shape = ModelShape::of(model.as_ref());
+        let shared = Arc::new(Shared::new(model.num_blocks()));
+        let (commands, receiver) = std::sync::mpsc::channel();
+        let inner = Inner {
+            commands,
+            shared: Arc::clone(&shared),
+            shape,
+            max_waiting: config.max_waiting,
+            next_id: AtomicU64::new(0),
+        };
+        if shape.block_size == 0 {
+            tracing::error!("the model reports a block size of 0; the engine does not start");
+            return EngineHandle {
+                inner: Arc::new(inner),
+            };
+        }
+        let core = EngineCore::new(model, &config, sampler, receiver, Arc::clone(&shared));
+        shared.running.store(true, Ordering::Release);
+        let spawned = std::thread::Builder::new()
+            .name("cordial-engine".to_string())
+            .spawn(move || core.run());
+        if let Err(err) = spawned {
+            tracing::error!(%err, "could not start the engine thread");
+            shared.running.store(false, Ordering::Release);
+        }
+        EngineHandle {
+            inner: Arc::new(inner),
+        }
     }
 
     /// Queues a request. Refused at once when the waiting queue is full.
     pub fn submit(&self, req: EngineRequest) -> Result<RequestStream, SubmitError> {
-        let _ = req;
-        todo!("engine helper")
+        let inner = &*self.inner;
+        if !self.is_running() || !inner.shared.accepting.load(Ordering::Acquire) {
+            return Err(SubmitError::NotRunning);
+        }
+        validate(&req, inner.shape)?;
+        inner
+            .shared
+            .reserve_waiting(inner.max_waiting)
+            .map_err(|waiting| SubmitError::QueueFull { waiting })?;
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (events, receiver) = unbounded_channel();
+        if inner
+            .commands
+            .send(Command::Add {
+                id,
+                request: req,
+                events,
+            })
+            .is_err()
+        {
+            inner.shared.left_waiting(1);
+            return Err(SubmitError::NotRunning);
+        }
+        Ok(RequestStream {
+            id,
+            events: receiver,
+            commands: inner.commands.clone(),
+            ended: false,
+        })
     }
 
     /// A snapshot of the engine's state.
     pub fn stats(&self) -> EngineStats {
-        todo!("engine helper")
+        self.inner.shared.snapshot()
     }
 
     /// True while the engine thread runs.
     pub fn is_running(&self) -> bool {
-        todo!("engine helper")
+        self.inner.shared.running.load(Ordering::Acquire)
     }
 
     /// Asks the engine to stop: waiting and running requests end with `EngineError::ShuttingDown`.
+    /// Returns at once; `is_running` turns false when the thread has stopped.
     pub fn shutdown(&self) {
-        todo!("engine helper")
+        self.inner.shared.accepting.store(false, Ordering::Release);
+        let _ = self.inner.commands.send(Command::Shutdown);
     }
+}
+
+/// Checks what the engine relies on (the server validates the user-facing rules first).
+fn validate(req: &EngineRequest, shape: ModelShape) -> Result<(), SubmitError> {
+    let invalid = |msg: String| Err(SubmitError::Invalid(msg));
+    if req.prompt.is_empty() {
+        return invalid("the prompt is empty".to_string());
+    }
+    if req.seeds.is_empty() {
+        return invalid("`seeds` is empty: a request needs one seed per choice".to_string());
+    }
+    if req.prompt.len() >= shape.max_context {
+        let (len, max) = (req.prompt.len(), shape.max_context);
+        return invalid(format!(
+            "the prompt has {len} tokens; the context holds {max}"
+        ));
+    }
+    if let Some((i, t)) = req
+        .prompt
+        .iter()
+        .enumerate()
+        .find(|(_, &t)| t as usize >= shape.vocab_size)
+    {
+        let vocab = shape.vocab_size;
+        return invalid(format!(
+            "prompt token {t} at index {i} is outside the vocabulary ({vocab})"
+        ));
+    }
+    let p = &req.params;
+    if p.temperature.is_nan() || p.temperature < 0.0 {
+        return invalid(format!(
+            "`temperature` must be >= 0. Given: {}",
+            p.temperature
+        ));
+    }
+    if p.top_p.is_nan() {
+        return invalid("`top_p` is NaN".to_string());
+    }
+    Ok(())
 }
 
 /// The events of one request. Dropping it aborts the request (its KV blocks are freed at the
 /// engine's next step).
-pub struct RequestStream {}
+#[derive(Debug)]
+pub struct RequestStream {
+    id: RequestId,
+    events: UnboundedReceiver<Event>,
+    commands: Sender<Command>,
+    /// The final event (`Finished` or `Error`) was returned.
+    ended: bool,
+}
 
 impl RequestStream {
-    /// The next event; `None` after the final event.
+    /// The next event; `None` after the final event. If the engine thread vanished without a
+    /// final event, the stream ends with `Error(ShuttingDown)` so callers always see one.
     pub async fn recv(&mut self) -> Option<Event> {
-        todo!("engine helper")
+        if self.ended {
+            return None;
+        }
+        let event = self
+            .events
+            .recv()
+            .await
+            .unwrap_or(Event::Error(EngineError::ShuttingDown));
+        self.ended = matches!(event, Event::Finished { .. } | Event::Error(_));
+        Some(event)
+    }
+}
+
+impl Drop for RequestStream {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = self.commands.send(Command::Abort { id: self.id });
+        }
     }
 }

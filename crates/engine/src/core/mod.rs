@@ -1,0 +1,219 @@
+//! EngineCore: the engine thread's loop. It owns the scheduler, the block allocator, the sampler
+//! and the model; other threads reach it only through [`Command`]s and per-request event
+//! channels.
+//!
+//! Each turn of the loop: take commands (blocking only when there is no work), then one
+//! [`step`](EngineCore::step) = schedule → execute (one forward) → sample → update → emit, then
+//! publish stats. Aborts and new requests are thus applied at one point between steps.
+
+mod command;
+mod step;
+#[cfg(test)]
+mod tests;
+
+use std::ops::ControlFlow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+
+pub(crate) use command::Command;
+
+use crate::api::{EngineConfig, EngineError, EngineRequest, Event, FinishReason};
+use crate::kv::BlockAllocator;
+use crate::model::ModelExecutor;
+use crate::sample::Sampler;
+use crate::sched::{Place, Scheduler, SchedulerConfig};
+use crate::seq::{RequestId, SequenceGroup};
+use crate::shared::{RunningGuard, Shared};
+
+/// The model's fixed sizes, read once at start.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ModelShape {
+    pub(crate) vocab_size: usize,
+    pub(crate) max_context: usize,
+    pub(crate) block_size: usize,
+}
+
+impl ModelShape {
+    pub(crate) fn of(model: &dyn ModelExecutor) -> ModelShape {
+        ModelShape {
+            vocab_size: model.vocab_size(),
+            max_context: model.max_context(),
+            block_size: model.block_size(),
+        }
+    }
+}
+
+/// The state of the engine thread.
+pub(crate) struct EngineCore {
+    model: Box<dyn ModelExecutor>,
+    shape: ModelShape,
+    blocks: BlockAllocator,
+    scheduler: Scheduler,
+    sampler: Sampler,
+    /// Logits of the last forward, `vocab_size` per row.
+    logits: Vec<f32>,
+    steps: u64,
+    commands: Receiver<Command>,
+    shared: Arc<Shared>,
+}
+
+impl EngineCore {
+    pub(crate) fn new(
+        model: Box<dyn ModelExecutor>,
+        config: &EngineConfig,
+        sampler: Sampler,
+        commands: Receiver<Command>,
+        shared: Arc<Shared>,
+    ) -> EngineCore {
+        let shape = ModelShape::of(model.as_ref());
+        let scheduler = Scheduler::new(SchedulerConfig {
+            max_num_seqs: config.max_num_seqs.max(1),
+            max_prefill_tokens: config.max_prefill_tokens.max(1),
+            block_size: shape.block_size,
+        });
+        let blocks = BlockAllocator::new(model.num_blocks());
+        EngineCore {
+            model,
+            shape,
+            blocks,
+            scheduler,
+            sampler,
+            logits: Vec::new(),
+            steps: 0,
+            commands,
+            shared,
+        }
+    }
+
+    /// The loop; returns when shut down or when every handle and stream is gone.
+    pub(crate) fn run(mut self) {
+        let shared = Arc::clone(&self.shared);
+        let _guard = RunningGuard(&shared);
+        tracing::info!(blocks = self.blocks.total(), "engine thread started");
+        while self.take_commands().is_continue() {
+            if !self.scheduler.is_idle() {
+                self.step_isolated();
+            }
+            self.publish();
+        }
+        self.shut_down();
+        tracing::info!("engine thread stopped");
+    }
+
+    /// Applies queued commands; blocks for the first one when there is no work. Break means
+    /// stop (shutdown asked, or no sender left).
+    fn take_commands(&mut self) -> ControlFlow<()> {
+        if self.scheduler.is_idle() {
+            match self.commands.recv() {
+                Ok(cmd) => self.apply(cmd)?,
+                Err(_) => return ControlFlow::Break(()),
+            }
+        }
+        loop {
+            match self.commands.try_recv() {
+                Ok(cmd) => self.apply(cmd)?,
+                Err(TryRecvError::Empty) => return ControlFlow::Continue(()),
+                Err(TryRecvError::Disconnected) => return ControlFlow::Break(()),
+            }
+        }
+    }
+
+    fn apply(&mut self, cmd: Command) -> ControlFlow<()> {
+        match cmd {
+            Command::Add {
+                id,
+                request,
+                events,
+            } => self.add(id, request, events),
+            Command::Abort { id } => self.abort(id),
+            Command::Shutdown => return ControlFlow::Break(()),
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn add(&mut self, id: RequestId, request: EngineRequest, events: EventSender) {
+        let mut group = SequenceGroup::new(id, request, events);
+        let total = self.blocks.total();
+        let needed = group.max_blocks(self.shape.block_size, self.shape.max_context);
+        if group.params.max_new_tokens == 0 {
+            finish_without_tokens(&mut group);
+        } else if needed > total {
+            group.fail(EngineError::TooLarge { needed, total });
+        } else {
+            self.scheduler.push_waiting(group);
+            return;
+        }
+        self.shared.left_waiting(1);
+    }
+
+    fn abort(&mut self, id: RequestId) {
+        let place = self.scheduler.abort(id, &mut self.blocks);
+        if place == Some(Place::Waiting) {
+            self.shared.left_waiting(1);
+        }
+        if place.is_some() {
+            tracing::debug!(request = id, "aborted");
+        }
+    }
+
+    /// One step; a panic inside it (a bug, or a panicking model) fails the running requests
+    /// instead of killing the thread, and the engine goes on with a fresh block allocator.
+    fn step_isolated(&mut self) {
+        if catch_unwind(AssertUnwindSafe(|| self.step())).is_ok() {
+            return;
+        }
+        tracing::error!("engine step panicked; failing the running requests");
+        let err = EngineError::Model("internal engine error".to_string());
+        for mut group in std::mem::take(&mut self.scheduler.running) {
+            if !group.done {
+                group.fail(err.clone());
+            }
+        }
+        // Waiting groups hold no blocks, so every block is free now.
+        self.blocks = BlockAllocator::new(self.blocks.total());
+    }
+
+    fn publish(&self) {
+        let s = &self.shared;
+        s.free_blocks
+            .store(self.blocks.num_free(), Ordering::Release);
+        s.running_seqs
+            .store(self.scheduler.running_seqs(), Ordering::Release);
+        s.steps.store(self.steps, Ordering::Release);
+    }
+
+    /// Ends every request with `ShuttingDown`, including those still in the channel.
+    fn shut_down(&mut self) {
+        self.shared.accepting.store(false, Ordering::Release);
+        for mut group in self.scheduler.take_all(&mut self.blocks) {
+            group.fail(EngineError::ShuttingDown);
+        }
+        while let Ok(cmd) = self.commands.try_recv() {
+            if let Command::Add { events, .. } = cmd {
+                let _ = events.send(Event::Error(EngineError::ShuttingDown));
+            }
+        }
+        self.shared.waiting.store(0, Ordering::Release);
+        self.publish();
+    }
+}
+
+type EventSender = tokio::sync::mpsc::UnboundedSender<Event>;
+
+/// `max_new_tokens == 0`: every choice ends at once with `Length`.
+fn finish_without_tokens(group: &mut SequenceGroup) {
+    for choice in 0..group.choices.len() {
+        let _ = group.send(Event::ChoiceFinished {
+            choice,
+            reason: FinishReason::Length,
+        });
+    }
+    let prompt_tokens = group.prompt.len();
+    let _ = group.send(Event::Finished {
+        prompt_tokens,
+        completion_tokens: 0,
+    });
+    group.done = true;
+}

@@ -1,0 +1,195 @@
+//! One engine step: schedule → execute → sample → update → emit.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use super::EngineCore;
+use crate::api::{EngineError, Event};
+use crate::model::{ModelError, SeqStep};
+use crate::sample::{RowContext, Sampler};
+use crate::sched::ScheduledChunk;
+use crate::seq::{SequenceGroup, Target};
+
+/// The logits rows a group received this step: which stream each samples for, and where.
+struct GroupRows {
+    group: usize,
+    rows: Vec<(Target, usize)>,
+}
+
+impl EngineCore {
+    pub(super) fn step(&mut self) {
+        let out = self.scheduler.schedule(&mut self.blocks);
+        self.shared.left_waiting(out.admitted);
+        self.shared.rejoined_waiting(out.preempted);
+        self.publish();
+        if out.chunks.is_empty() {
+            return;
+        }
+        for &(src, dst) in &out.copies {
+            self.model.copy_block(src, dst);
+        }
+        let result = self.execute(&out.chunks);
+        self.steps += 1;
+        match result {
+            Ok(()) => self.update(&out.chunks),
+            Err(err) => self.fail_batch(&out.chunks, &err),
+        }
+        self.scheduler.remove_done(&mut self.blocks);
+    }
+
+    /// Runs one forward over the scheduled chunks and checks the logits it returned.
+    fn execute(&mut self, chunks: &[ScheduledChunk]) -> Result<(), ModelError> {
+        let running = &self.scheduler.running;
+        let seqs: Vec<SeqStep<'_>> = chunks
+            .iter()
+            .map(|c| {
+                let group = &running[c.group];
+                SeqStep {
+                    tokens: group.tokens(c.target, c.start, c.len),
+                    start_pos: c.start,
+                    block_table: group.table(c.target).ids(),
+                    want_logits: c.want_logits,
+                }
+            })
+            .collect();
+        self.logits.clear();
+        self.model.forward(&seqs, &mut self.logits)?;
+        let rows = chunks.iter().filter(|c| c.want_logits).count();
+        let vocab = self.shape.vocab_size;
+        if self.logits.len() != rows * vocab {
+            let got = self.logits.len();
+            return Err(ModelError(format!(
+                "forward returned {got} logits for {rows} rows of {vocab}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The forward failed: every request in the batch ends with `Error(Model)`.
+    fn fail_batch(&mut self, chunks: &[ScheduledChunk], err: &ModelError) {
+        tracing::warn!(
+            error = %err,
+            chunks = chunks.len(),
+            free_blocks = self.blocks.num_free(),
+            "forward failed; failing the batch's requests"
+        );
+        for c in chunks {
+            let group = &mut self.scheduler.running[c.group];
+            if !group.done {
+                group.fail(EngineError::Model(err.0.clone()));
+            }
+        }
+    }
+
+    /// Records the computed tokens, then samples, updates and emits group by group.
+    fn update(&mut self, chunks: &[ScheduledChunk]) {
+        let mut per_group: Vec<GroupRows> = Vec::new();
+        let mut row = 0;
+        for c in chunks {
+            self.scheduler.running[c.group].mark_computed(c.target, c.start, c.len);
+            if per_group.last().is_none_or(|g| g.group != c.group) {
+                per_group.push(GroupRows {
+                    group: c.group,
+                    rows: Vec::new(),
+                });
+            }
+            if c.want_logits {
+                per_group
+                    .last_mut()
+                    .expect("pushed above")
+                    .rows
+                    .push((c.target, row));
+                row += 1;
+            }
+        }
+        for g in &per_group {
+            self.update_group(g);
+        }
+    }
+
+    /// Forks a group whose prompt just completed, samples its rows (isolated: a panic fails
+    /// only this request), frees the blocks of finished choices and emits the events.
+    fn update_group(&mut self, g: &GroupRows) {
+        let group = &mut self.scheduler.running[g.group];
+        if !group.forked && group.prompt_computed == group.prompt.len() {
+            group.fork(&mut self.blocks);
+        }
+        let (logits, sampler, shape) = (&self.logits, &mut self.sampler, self.shape);
+        let sampled = catch_unwind(AssertUnwindSafe(|| {
+            let rows = g.rows.iter().map(|&(target, r)| {
+                (
+                    target,
+                    &logits[r * shape.vocab_size..(r + 1) * shape.vocab_size],
+                )
+            });
+            sample_rows(group, rows, sampler, shape.max_context)
+        }));
+        let mut events = match sampled {
+            Ok(events) => events,
+            Err(panic) => {
+                let what = panic_message(panic.as_ref());
+                tracing::error!(request = group.id, panic = what, "sampling panicked");
+                group.fail(EngineError::Model(format!(
+                    "internal error while sampling: {what}"
+                )));
+                return;
+            }
+        };
+        for seq in &mut group.choices {
+            if seq.finish.is_some() {
+                seq.blocks.release(&mut self.blocks);
+            }
+        }
+        if group.num_live() == 0 {
+            let (prompt_tokens, completion_tokens) =
+                (group.prompt.len(), group.completion_tokens());
+            events.push(Event::Finished {
+                prompt_tokens,
+                completion_tokens,
+            });
+            group.done = true;
+        }
+        for event in events {
+            if !group.send(event) {
+                tracing::debug!(request = group.id, "client gone; aborting");
+                group.done = true;
+                break;
+            }
+        }
+    }
+}
+
+/// Samples every row of one group. A prompt row (the last prompt token's logits) serves every
+/// live choice that has no token yet, each with its own RNG.
+fn sample_rows<'a>(
+    group: &mut SequenceGroup,
+    rows: impl Iterator<Item = (Target, &'a [f32])>,
+    sampler: &mut Sampler,
+    max_context: usize,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    for (target, row) in rows {
+        let choices: Vec<usize> = match target {
+            Target::Prompt => group
+                .live()
+                .filter(|&c| group.choices[c].generated.is_empty())
+                .collect(),
+            Target::Choice(c) => vec![c],
+        };
+        for c in choices {
+            let ctx = RowContext {
+                params: &group.params,
+            };
+            let sampled = sampler.sample(row, &ctx, &mut group.choices[c].rng);
+            group.accept(c, sampled, max_context, &mut events);
+        }
+    }
+    events
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("panic")
+}

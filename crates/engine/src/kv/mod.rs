@@ -1,0 +1,13 @@
+//! Paged KV block accounting. The model owns the bytes of blocks `0..num_blocks`; the engine owns
+//! which sequence uses which block:
+//!
+//! - [`BlockAllocator`]: the free list and a reference count per block.
+//! - [`BlockTable`]: one sequence's blocks in position order, with copy-on-write of shared blocks.
+//! - [`BlockNeed`]: how many free blocks a set of writes will take, counted before allocating so a
+//!   group is either scheduled whole or not at all.
+
+mod allocator;
+mod table;
+
+pub(crate) use allocator::{BlockAllocator, BlockId};
+pub(crate) use table::{blocks_for, BlockNeed, BlockTable};

@@ -1,0 +1,60 @@
+//! Log-probabilities of the raw distribution (before temperature and filters).
+
+use crate::model::TokenId;
+
+/// `log_softmax(row)[token]`, computed in f64 with the max subtracted. NaN entries count as
+/// `-inf` (probability 0).
+pub(crate) fn log_softmax_at(row: &[f32], token: TokenId) -> f32 {
+    let chosen = f64::from(row[token as usize]);
+    let max = row
+        .iter()
+        .copied()
+        .filter(|x| !x.is_nan())
+        .fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() || chosen.is_nan() {
+        // All -inf, or an infinite logit: the distribution is degenerate.
+        return if chosen == f64::from(max) {
+            0.0
+        } else {
+            f32::NEG_INFINITY
+        };
+    }
+    let max = f64::from(max);
+    let sum: f64 = row
+        .iter()
+        .filter(|x| !x.is_nan())
+        .map(|&x| (f64::from(x) - max).exp())
+        .sum();
+    (chosen - max - sum.ln()) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_a_hand_computed_softmax() {
+        let row = [1.0f32, 2.0, 3.0, 4.0];
+        let z: f64 = row.iter().map(|&x| f64::from(x).exp()).sum();
+        for t in 0..4 {
+            let want = (f64::from(row[t]).exp() / z).ln() as f32;
+            assert!((log_softmax_at(&row, t as TokenId) - want).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn uniform_row_and_masked_entries() {
+        let row = [0.0f32; 4];
+        assert!((log_softmax_at(&row, 3) - (0.25f32).ln()).abs() < 1e-6);
+        let row = [0.0f32, f32::NEG_INFINITY, f32::NAN, 0.0];
+        assert!((log_softmax_at(&row, 0) - (0.5f32).ln()).abs() < 1e-6);
+        assert_eq!(log_softmax_at(&row, 1), f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn large_logits_do_not_overflow() {
+        let row = [1000.0f32, 999.0];
+        let lp = log_softmax_at(&row, 0);
+        assert!(lp.is_finite() && lp < 0.0 && lp > -1.0, "{lp}");
+    }
+}

@@ -1,0 +1,385 @@
+//! Sequences: [`Sequence`] is one choice, [`SequenceGroup`] one request with its `n` choices.
+//!
+//! A group's life: its prompt is prefilled ONCE into `prompt_blocks` (maybe over several steps);
+//! the step that computes the last prompt token samples every choice's first token from that one
+//! logits row, and the prompt blocks are then forked to each choice (shared by reference count).
+//! From then on each choice feeds its own tokens through its own block table; the shared,
+//! partially filled last prompt block is copied when a choice first writes into it.
+//!
+//! Preemption drops every block and rewinds the group to "prompt not computed", keeping the
+//! generated tokens and each choice's RNG: on resume the prompt is prefilled once again, forked,
+//! and each choice prefills its generated tokens before it samples the next one. So the events a
+//! client already has are never repeated or changed.
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::api::{EngineRequest, Event, FinishReason, SamplingParams};
+use crate::kv::{blocks_for, BlockAllocator, BlockTable};
+use crate::model::TokenId;
+use crate::sample::{Rng, Sampled};
+
+/// The engine's id of a request (unique per handle).
+pub(crate) type RequestId = u64;
+
+/// Which token stream of a group a forward chunk belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The shared prompt, before the fork.
+    Prompt,
+    /// Choice `i`, after the fork.
+    Choice(usize),
+}
+
+/// One choice of a request.
+#[derive(Debug)]
+pub(crate) struct Sequence {
+    pub(crate) generated: Vec<TokenId>,
+    /// Tokens (prompt + generated) whose K/V are in `blocks`; meaningful after the fork.
+    pub(crate) num_computed: usize,
+    pub(crate) blocks: BlockTable,
+    pub(crate) rng: Rng,
+    pub(crate) finish: Option<FinishReason>,
+}
+
+/// One request: the prompt, its `n` choices and the channel its events go to.
+#[derive(Debug)]
+pub(crate) struct SequenceGroup {
+    pub(crate) id: RequestId,
+    pub(crate) prompt: Vec<TokenId>,
+    pub(crate) params: SamplingParams,
+    pub(crate) choices: Vec<Sequence>,
+    /// Blocks of the prompt before the fork, shared by all choices.
+    pub(crate) prompt_blocks: BlockTable,
+    /// Prompt tokens in `prompt_blocks` (before the fork).
+    pub(crate) prompt_computed: usize,
+    pub(crate) forked: bool,
+    /// The final event was sent, or the client is gone: the group leaves at the end of the step.
+    pub(crate) done: bool,
+    events: UnboundedSender<Event>,
+}
+
+impl SequenceGroup {
+    pub(crate) fn new(id: RequestId, req: EngineRequest, events: UnboundedSender<Event>) -> Self {
+        let choices = req
+            .seeds
+            .iter()
+            .map(|&seed| Sequence {
+                generated: Vec::new(),
+                num_computed: 0,
+                blocks: BlockTable::default(),
+                rng: Rng::new(seed),
+                finish: None,
+            })
+            .collect();
+        SequenceGroup {
+            id,
+            prompt: req.prompt,
+            params: req.params,
+            choices,
+            prompt_blocks: BlockTable::default(),
+            prompt_computed: 0,
+            forked: false,
+            done: false,
+            events,
+        }
+    }
+
+    /// Indices of the choices still generating.
+    pub(crate) fn live(&self) -> impl Iterator<Item = usize> + '_ {
+        self.choices
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.finish.is_none())
+            .map(|(i, _)| i)
+    }
+
+    pub(crate) fn num_live(&self) -> usize {
+        self.live().count()
+    }
+
+    /// Whether the last prompt token's logits are needed: some live choice has no token yet.
+    pub(crate) fn needs_prompt_logits(&self) -> bool {
+        self.live().any(|i| self.choices[i].generated.is_empty())
+    }
+
+    pub(crate) fn completion_tokens(&self) -> usize {
+        self.choices.iter().map(|s| s.generated.len()).sum()
+    }
+
+    /// Sends one event; false when the client is gone (the request must be aborted).
+    pub(crate) fn send(&self, event: Event) -> bool {
+        self.events.send(event).is_ok()
+    }
+
+    /// Ends the request with `Error(err)` (its last event).
+    pub(crate) fn fail(&mut self, err: crate::api::EngineError) {
+        let _ = self.send(Event::Error(err));
+        self.done = true;
+    }
+
+    /// Blocks a request of this shape holds at most when it runs alone to its full length: the
+    /// prompt's full blocks once, plus each choice's own blocks. More than the cache has means
+    /// it can never run (`EngineError::TooLarge`).
+    pub(crate) fn max_blocks(&self, block_size: usize, max_context: usize) -> usize {
+        let p = self.prompt.len();
+        let kv_tokens = p
+            .saturating_add(self.params.max_new_tokens.max(1) - 1)
+            .min(max_context.saturating_sub(1))
+            .max(p);
+        let shared = p / block_size;
+        let own = blocks_for(kv_tokens, block_size) - shared;
+        shared.saturating_add(self.choices.len().saturating_mul(own))
+    }
+
+    /// The tokens of `target` at positions `start..start + len`.
+    pub(crate) fn tokens(&self, target: Target, start: usize, len: usize) -> &[TokenId] {
+        match target {
+            Target::Prompt => &self.prompt[start..start + len],
+            Target::Choice(c) => {
+                let from = start - self.prompt.len();
+                &self.choices[c].generated[from..from + len]
+            }
+        }
+    }
+
+    pub(crate) fn table(&self, target: Target) -> &BlockTable {
+        match target {
+            Target::Prompt => &self.prompt_blocks,
+            Target::Choice(c) => &self.choices[c].blocks,
+        }
+    }
+
+    pub(crate) fn table_mut(&mut self, target: Target) -> &mut BlockTable {
+        match target {
+            Target::Prompt => &mut self.prompt_blocks,
+            Target::Choice(c) => &mut self.choices[c].blocks,
+        }
+    }
+
+    /// Tokens of choice `c` not yet in its blocks, and the position of the first.
+    pub(crate) fn pending(&self, c: usize) -> (usize, usize) {
+        let seq = &self.choices[c];
+        let total = self.prompt.len() + seq.generated.len();
+        (seq.num_computed, total - seq.num_computed)
+    }
+
+    /// Records that `len` tokens of `target` from `start` are now in its blocks.
+    pub(crate) fn mark_computed(&mut self, target: Target, start: usize, len: usize) {
+        match target {
+            Target::Prompt => self.prompt_computed = start + len,
+            Target::Choice(c) => self.choices[c].num_computed = start + len,
+        }
+    }
+
+    /// After the prompt is fully computed: hands its blocks to every live choice (shared).
+    pub(crate) fn fork(&mut self, alloc: &mut BlockAllocator) {
+        debug_assert!(!self.forked && self.prompt_computed == self.prompt.len());
+        let live: Vec<usize> = self.live().collect();
+        if let Some((&last, rest)) = live.split_last() {
+            for &c in rest {
+                self.choices[c].blocks = self.prompt_blocks.fork(alloc);
+            }
+            self.choices[last].blocks = std::mem::take(&mut self.prompt_blocks);
+        }
+        self.prompt_blocks.release(alloc);
+        for c in live {
+            self.choices[c].num_computed = self.prompt.len();
+        }
+        self.forked = true;
+    }
+
+    /// Gives back every block the group holds.
+    pub(crate) fn release_blocks(&mut self, alloc: &mut BlockAllocator) {
+        self.prompt_blocks.release(alloc);
+        for seq in &mut self.choices {
+            seq.blocks.release(alloc);
+        }
+    }
+
+    /// Preemption: drops every block; the group will recompute from the prompt on resume.
+    pub(crate) fn reset_for_recompute(&mut self, alloc: &mut BlockAllocator) {
+        self.release_blocks(alloc);
+        self.prompt_computed = 0;
+        self.forked = false;
+        for seq in &mut self.choices {
+            seq.num_computed = 0;
+        }
+    }
+
+    /// Applies a token sampled for choice `c` and pushes the events it causes: EOS (unless
+    /// `ignore_eos`) ends the choice with `Stop` and is not a token; otherwise the token is
+    /// reported, and `max_new_tokens` or the context limit end the choice with `Length`.
+    pub(crate) fn accept(
+        &mut self,
+        c: usize,
+        s: Sampled,
+        max_context: usize,
+        out: &mut Vec<Event>,
+    ) {
+        let params = &self.params;
+        let seq = &mut self.choices[c];
+        if !params.ignore_eos && params.eos_tokens.contains(&s.token) {
+            seq.finish = Some(FinishReason::Stop);
+            out.push(Event::ChoiceFinished {
+                choice: c,
+                reason: FinishReason::Stop,
+            });
+            return;
+        }
+        seq.generated.push(s.token);
+        out.push(Event::Token {
+            choice: c,
+            token: s.token,
+            logprob: s.logprob,
+        });
+        let len = self.prompt.len() + seq.generated.len();
+        if seq.generated.len() >= params.max_new_tokens || len >= max_context {
+            seq.finish = Some(FinishReason::Length);
+            out.push(Event::ChoiceFinished {
+                choice: c,
+                reason: FinishReason::Length,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(prompt: usize, n: usize, max_new_tokens: usize) -> SequenceGroup {
+        let req = EngineRequest {
+            prompt: (0..prompt as TokenId).collect(),
+            params: SamplingParams {
+                max_new_tokens,
+                eos_tokens: vec![7],
+                ..Default::default()
+            },
+            seeds: (0..n as u64).collect(),
+        };
+        SequenceGroup::new(1, req, tokio::sync::mpsc::unbounded_channel().0)
+    }
+
+    #[test]
+    fn max_blocks_counts_the_shared_prompt_once() {
+        // Prompt 10 (2 full blocks of 4 + 2 tokens), 5 new tokens → 14 tokens in the cache.
+        assert_eq!(group(10, 1, 5).max_blocks(4, 100), 4);
+        // n = 3: 2 shared + 3 × (4 - 2).
+        assert_eq!(group(10, 3, 5).max_blocks(4, 100), 8);
+        // The context limit caps it: at most 15 tokens ever in the cache.
+        assert_eq!(group(10, 1, 1000).max_blocks(4, 16), 4);
+        assert_eq!(group(8, 2, 1).max_blocks(4, 100), 2);
+    }
+
+    #[test]
+    fn accept_handles_eos_and_limits() {
+        let mut g = group(3, 2, 2);
+        let mut ev = Vec::new();
+        g.accept(
+            0,
+            Sampled {
+                token: 7,
+                logprob: -1.0,
+            },
+            100,
+            &mut ev,
+        );
+        assert_eq!(
+            ev,
+            vec![Event::ChoiceFinished {
+                choice: 0,
+                reason: FinishReason::Stop
+            }]
+        );
+        assert!(g.choices[0].generated.is_empty());
+        ev.clear();
+        g.accept(
+            1,
+            Sampled {
+                token: 5,
+                logprob: -1.0,
+            },
+            100,
+            &mut ev,
+        );
+        g.accept(
+            1,
+            Sampled {
+                token: 6,
+                logprob: -2.0,
+            },
+            100,
+            &mut ev,
+        );
+        assert_eq!(ev.len(), 3);
+        assert_eq!(
+            ev[2],
+            Event::ChoiceFinished {
+                choice: 1,
+                reason: FinishReason::Length
+            }
+        );
+        assert_eq!(g.completion_tokens(), 2);
+        assert_eq!(g.num_live(), 0);
+    }
+
+    #[test]
+    fn ignore_eos_makes_eos_a_token_and_context_ends_with_length() {
+        let mut g = group(3, 1, 10);
+        g.params.ignore_eos = true;
+        let mut ev = Vec::new();
+        g.accept(
+            0,
+            Sampled {
+                token: 7,
+                logprob: -1.0,
+            },
+            5,
+            &mut ev,
+        );
+        assert_eq!(
+            ev,
+            vec![Event::Token {
+                choice: 0,
+                token: 7,
+                logprob: -1.0
+            }]
+        );
+        g.accept(
+            0,
+            Sampled {
+                token: 1,
+                logprob: -1.0,
+            },
+            5,
+            &mut ev,
+        );
+        assert_eq!(
+            ev[2],
+            Event::ChoiceFinished {
+                choice: 0,
+                reason: FinishReason::Length
+            }
+        );
+    }
+
+    #[test]
+    fn fork_shares_prompt_blocks_and_reset_frees_everything() {
+        let mut alloc = BlockAllocator::new(8);
+        let mut g = group(6, 3, 4);
+        g.prompt_blocks
+            .prepare_write((0, 6), 4, &mut alloc, &mut Vec::new())
+            .unwrap();
+        g.mark_computed(Target::Prompt, 0, 6);
+        g.fork(&mut alloc);
+        assert_eq!(alloc.num_free(), 6);
+        assert!(g
+            .choices
+            .iter()
+            .all(|s| s.blocks.ids() == [0, 1] && s.num_computed == 6));
+        assert_eq!(alloc.ref_count(1), 3);
+        g.reset_for_recompute(&mut alloc);
+        assert_eq!(alloc.num_free(), 8);
+        assert!(!g.forked && g.prompt_computed == 0);
+    }
+}

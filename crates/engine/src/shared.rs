@@ -1,0 +1,83 @@
+//! State shared between the handles and the engine thread: a few atomics, nothing else.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use crate::api::EngineStats;
+
+/// Counters the engine thread publishes after each step, and the admission counter `submit`
+/// reserves from. Engine state itself never sits behind a lock.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) total_blocks: usize,
+    pub(crate) free_blocks: AtomicUsize,
+    pub(crate) running_seqs: AtomicUsize,
+    /// Requests submitted (or preempted) and not yet admitted. `submit` increments it, so
+    /// requests still in the command channel count too.
+    pub(crate) waiting: AtomicUsize,
+    pub(crate) steps: AtomicU64,
+    pub(crate) preemptions: AtomicU64,
+    /// The engine thread is alive.
+    pub(crate) running: AtomicBool,
+    /// `shutdown` has not been called.
+    pub(crate) accepting: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn new(total_blocks: usize) -> Shared {
+        Shared {
+            total_blocks,
+            free_blocks: AtomicUsize::new(total_blocks),
+            running_seqs: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            steps: AtomicU64::new(0),
+            preemptions: AtomicU64::new(0),
+            running: AtomicBool::new(false),
+            accepting: AtomicBool::new(true),
+        }
+    }
+
+    /// Takes one waiting slot if fewer than `max_waiting` are taken; else how many are.
+    pub(crate) fn reserve_waiting(&self, max_waiting: usize) -> Result<(), usize> {
+        self.waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (w < max_waiting).then_some(w + 1)
+            })
+            .map(|_| ())
+    }
+
+    /// `n` requests left the waiting queue (admitted, ended or aborted).
+    pub(crate) fn left_waiting(&self, n: usize) {
+        let _ = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                Some(w.saturating_sub(n))
+            });
+    }
+
+    /// `n` requests went back to the waiting queue (preempted).
+    pub(crate) fn rejoined_waiting(&self, n: usize) {
+        self.waiting.fetch_add(n, Ordering::AcqRel);
+        self.preemptions.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> EngineStats {
+        EngineStats {
+            total_blocks: self.total_blocks,
+            free_blocks: self.free_blocks.load(Ordering::Acquire),
+            running_seqs: self.running_seqs.load(Ordering::Acquire),
+            waiting_requests: self.waiting.load(Ordering::Acquire),
+            steps: self.steps.load(Ordering::Acquire),
+            preemptions: self.preemptions.load(Ordering::Acquire),
+        }
+    }
+}
+
+/// Marks the engine stopped when the engine thread ends, even by a panic.
+pub(crate) struct RunningGuard<'a>(pub(crate) &'a Shared);
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.0.accepting.store(false, Ordering::Release);
+        self.0.running.store(false, Ordering::Release);
+    }
+}
