@@ -1,7 +1,31 @@
 //! Tokenizer built from GGUF metadata (byte-level BPE with llama.cpp's pre-tokenizers), and an
-//! incremental UTF-8-safe decoder for streaming. (Skeleton: the tokenizer helper implements it.)
+//! incremental UTF-8-safe decoder for streaming.
+//!
+//! Encoding follows llama.cpp (`llama_tokenize` with `parse_special = true`): special tokens
+//! spelled in the text are cut out first ([`special`]), every remaining fragment is split by the
+//! regexes that `tokenizer.ggml.pre` names ([`pre`]), mapped to GPT-2's byte characters and
+//! merged by the `tokenizers` crate's BPE. Decoding maps each token back to its raw bytes
+//! through a table built at load.
 
-use cordial_model::gguf::GgufFile;
+mod byte_map;
+mod decode;
+mod pre;
+mod special;
+mod vocab;
+
+use std::collections::BTreeMap;
+
+use cordial_model::gguf::{GgufFile, Value};
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::SplitDelimiterBehavior;
+
+pub use decode::IncrementalDecoder;
+use special::{Fragment, SpecialMatcher};
+use vocab::attr;
 
 pub type TokenId = u32;
 
@@ -13,40 +37,262 @@ pub enum TokenizerError {
     Invalid(String),
 }
 
-pub struct Tokenizer {}
+pub struct Tokenizer {
+    bpe: tokenizers::Tokenizer,
+    specials: SpecialMatcher,
+    /// GGUF token texts.
+    tokens: Vec<String>,
+    attrs: Vec<u8>,
+    /// Raw bytes of token `i`: `bytes[offsets[i]..offsets[i + 1]]`.
+    bytes: Vec<u8>,
+    offsets: Vec<u32>,
+    pre_name: String,
+    bos: Option<TokenId>,
+    eos: Option<TokenId>,
+    add_bos: bool,
+    add_eos: bool,
+    eog: Vec<TokenId>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.tokens.len())
+            .field("pre", &self.pre_name)
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("add_bos", &self.add_bos)
+            .field("eog", &self.eog)
+            .finish_non_exhaustive()
+    }
+}
 
 impl Tokenizer {
     /// Builds the tokenizer from `tokenizer.ggml.*` metadata.
     pub fn from_gguf(gguf: &GgufFile) -> Result<Tokenizer, TokenizerError> {
-        let _ = gguf;
-        todo!("tokenizer helper")
+        Self::from_metadata(&gguf.metadata)
     }
+
+    /// Builds the tokenizer from GGUF metadata given as a map (what [`GgufFile::metadata`]
+    /// holds).
+    ///
+    /// Errors: a `tokenizer.ggml.model` other than `gpt2`, a `tokenizer.ggml.pre` this crate
+    /// does not know (both named in the message), or malformed metadata (missing tokens or
+    /// merges, wrong types, duplicate tokens, merges over unknown tokens, `add_bos_token`
+    /// without a BOS id).
+    ///
+    /// A vocabulary may lack some byte characters (SmolLM2 has no token for most ASCII control
+    /// bytes); text holding such a byte loses it when encoded, as in llama.cpp.
+    pub fn from_metadata(metadata: &BTreeMap<String, Value>) -> Result<Tokenizer, TokenizerError> {
+        let vocab::Vocab {
+            tokens,
+            ids,
+            attrs,
+            merges,
+            pre_name,
+            pre,
+            bos,
+            eos,
+            add_bos,
+            add_eos,
+            eog,
+        } = vocab::read(metadata)?;
+
+        let model = BPE::builder()
+            .vocab_and_merges(ids, merges)
+            .ignore_merges(pre.ignore_merges)
+            .build()
+            .map_err(|e| TokenizerError::Invalid(format!("BPE merges: {e}")))?;
+        let mut bpe = tokenizers::Tokenizer::new(model);
+        let mut steps: Vec<PreTokenizerWrapper> = Vec::with_capacity(pre.regexes.len() + 1);
+        for re in pre.regexes {
+            let split = Split::new(
+                SplitPattern::Regex(re.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| TokenizerError::Invalid(format!("pre-tokenizer regex {re:?}: {e}")))?;
+            steps.push(split.into());
+        }
+        // Bytes → GPT-2 characters; no prefix space, no regex of its own.
+        steps.push(ByteLevel::new(false, false, false).into());
+        bpe.with_pre_tokenizer(Some(Sequence::new(steps)));
+
+        let specials = SpecialMatcher::new(
+            tokens
+                .iter()
+                .zip(&attrs)
+                .enumerate()
+                .filter(|(_, (_, &a))| {
+                    a & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0
+                })
+                .map(|(id, (t, _))| (t.clone(), id as TokenId)),
+        );
+
+        let mut bytes = Vec::with_capacity(tokens.iter().map(String::len).sum());
+        let mut offsets = Vec::with_capacity(tokens.len() + 1);
+        offsets.push(0u32);
+        for (text, &a) in tokens.iter().zip(&attrs) {
+            if a & (attr::CONTROL | attr::UNKNOWN | attr::USER_DEFINED) != 0 {
+                bytes.extend_from_slice(text.as_bytes());
+            } else if a & attr::NORMAL != 0 {
+                byte_map::decode_token_text(text, &mut bytes);
+            } else if a & attr::BYTE != 0 {
+                // `<0xXX>`
+                if let Some(b) = text.get(3..5).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    bytes.push(b);
+                }
+            }
+            // Unused and undefined tokens stand for nothing (llama.cpp renders them empty).
+            let end = u32::try_from(bytes.len())
+                .map_err(|_| TokenizerError::Invalid("token texts exceed 4 GiB".into()))?;
+            offsets.push(end);
+        }
+
+        Ok(Tokenizer {
+            bpe,
+            specials,
+            tokens,
+            attrs,
+            bytes,
+            offsets,
+            pre_name,
+            bos,
+            eos,
+            add_bos,
+            add_eos,
+            eog,
+        })
+    }
+
     /// Text → ids. Control tokens spelled in the text are parsed (llama.cpp `parse_special`);
-    /// `add_bos`: prepend BOS when the model's `add_bos_token` says so.
+    /// `add_bos`: prepend BOS when the model's `add_bos_token` says so (llama.cpp's
+    /// `add_special`, so an EOS is also appended for the rare model whose `add_eos_token` is
+    /// true).
     pub fn encode(&self, text: &str, add_bos: bool) -> Vec<TokenId> {
-        let _ = (text, add_bos);
-        todo!("tokenizer helper")
+        let mut ids = Vec::with_capacity(text.len() / 3 + 2);
+        if add_bos && self.add_bos {
+            ids.extend(self.bos);
+        }
+        for fragment in self.specials.partition(text) {
+            match fragment {
+                Fragment::Token(id) => ids.push(id),
+                Fragment::Text(piece) => {
+                    // Cannot fail: no normalizer, splits that never fail, and a BPE model
+                    // without an unknown token (its only error).
+                    let encoding = self
+                        .bpe
+                        .encode_fast(piece, false)
+                        .expect("byte-level BPE encoding is infallible");
+                    ids.extend_from_slice(encoding.get_ids());
+                }
+            }
+        }
+        if add_bos && self.add_eos {
+            ids.extend(self.eos);
+        }
+        ids
     }
-    /// Ids → text; control tokens are skipped when `skip_special`.
+
+    /// Ids → text; control tokens are skipped when `skip_special` (user-defined tokens always
+    /// show). Ids outside the vocabulary are ignored. Invalid UTF-8 becomes U+FFFD.
     pub fn decode(&self, ids: &[TokenId], skip_special: bool) -> String {
-        let _ = (ids, skip_special);
-        todo!("tokenizer helper")
+        let mut out = Vec::with_capacity(ids.len() * 4);
+        for &id in ids {
+            if !(skip_special && self.is_skipped_by_decode(id)) {
+                out.extend_from_slice(self.token_bytes(id));
+            }
+        }
+        match String::from_utf8(out) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        }
     }
+
+    /// A streaming decoder (see [`IncrementalDecoder`]).
+    pub fn incremental_decoder(&self, skip_special: bool) -> IncrementalDecoder {
+        IncrementalDecoder::new(skip_special)
+    }
+
     pub fn vocab_size(&self) -> usize {
-        todo!("tokenizer helper")
+        self.tokens.len()
     }
-    /// The raw bytes a token stands for (control tokens: their text).
+
+    /// The raw bytes a token stands for (control tokens: their text; empty for unused tokens
+    /// and for ids outside the vocabulary).
     pub fn token_bytes(&self, id: TokenId) -> &[u8] {
-        let _ = id;
-        todo!("tokenizer helper")
+        let i = id as usize;
+        match (self.offsets.get(i), self.offsets.get(i + 1)) {
+            (Some(&start), Some(&end)) => &self.bytes[start as usize..end as usize],
+            _ => &[],
+        }
     }
-    /// Control / user-defined tokens (token_type 3 or 4).
+
+    /// The token's text as the GGUF spells it (byte-level form for normal tokens: `Ġthe`).
+    pub fn token_text(&self, id: TokenId) -> Option<&str> {
+        self.tokens.get(id as usize).map(String::as_str)
+    }
+
+    /// The id whose GGUF text is exactly `text` (`<|im_end|>`, `Ġthe`).
+    pub fn token_id(&self, text: &str) -> Option<TokenId> {
+        self.bpe.token_to_id(text)
+    }
+
+    /// Control / user-defined tokens (token_type 3 or 4, plus the tokens llama.cpp promotes
+    /// to control: end-of-generation and fill-in-the-middle texts).
     pub fn is_special(&self, id: TokenId) -> bool {
-        let _ = id;
-        todo!("tokenizer helper")
+        self.attr(id) & (attr::CONTROL | attr::USER_DEFINED) != 0
     }
-    /// The end-of-generation set (decision 16 of the API contract).
+
+    /// Control tokens (skipped by a decode with `skip_special`).
+    pub fn is_control(&self, id: TokenId) -> bool {
+        self.attr(id) & attr::CONTROL != 0
+    }
+
+    /// What `skip_special` hides: control and unknown-type tokens (llama.cpp's
+    /// `token_to_piece(special = false)`).
+    pub(crate) fn is_skipped_by_decode(&self, id: TokenId) -> bool {
+        self.attr(id) & (attr::CONTROL | attr::UNKNOWN) != 0
+    }
+
+    fn attr(&self, id: TokenId) -> u8 {
+        self.attrs
+            .get(id as usize)
+            .copied()
+            .unwrap_or(attr::UNDEFINED)
+    }
+
+    /// The end-of-generation set (decision 16 of the API contract), ascending: what llama.cpp
+    /// computes: `eos_token_id`, `eot_token_id`, `eom_token_id`, the fill-in-the-middle
+    /// pad/repo/file-separator tokens, and the tokens spelled like an end of turn
+    /// (`<|endoftext|>`, `<|im_end|>`, `<end_of_turn>`, `<|eot_id|>`, ...).
     pub fn eog_tokens(&self) -> &[TokenId] {
-        todo!("tokenizer helper")
+        &self.eog
+    }
+
+    pub fn is_eog(&self, id: TokenId) -> bool {
+        self.eog.binary_search(&id).is_ok()
+    }
+
+    pub fn bos_token(&self) -> Option<TokenId> {
+        self.bos
+    }
+
+    pub fn eos_token(&self) -> Option<TokenId> {
+        self.eos
+    }
+
+    /// Whether `encode(_, true)` prepends BOS (`tokenizer.ggml.add_bos_token`, or llama.cpp's
+    /// default for the pre-tokenizer when absent).
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// The `tokenizer.ggml.pre` value.
+    pub fn pre_tokenizer(&self) -> &str {
+        &self.pre_name
     }
 }
+
+#[cfg(test)]
+mod tests;
