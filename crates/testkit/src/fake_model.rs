@@ -1,1 +1,492 @@
-//! A deterministic fake model implementing `cordial_engine::ModelExecutor` (engine helper writes it).
+//! A deterministic fake model implementing [`cordial_engine::ModelExecutor`], for engine tests.
+//!
+//! **What it computes.** The logits row for a sequence is a pure function of the tokens the
+//! fake finds in ITS OWN KV slots for positions `0..=p` (read through the block table the
+//! engine passed), see [`FakeModelConfig::logits`]: a hash of that whole history gives every
+//! vocabulary entry a logit in `[-4, 4)`. The model stores, per KV slot, the token written
+//! there; nothing else. So a wrong block table, a missed or wrong `copy_block`, or a block freed
+//! and reused while still in use changes the output (or fails the forward when a position is read
+//! before it was written), instead of going unnoticed. Batch composition never matters: rows are
+//! computed one sequence at a time, after every write of the step.
+//!
+//! **Options** ([`FakeModelConfig`]): vocabulary size, block size, number of blocks, context
+//! length; [`FakeEos`] (EOS strongly suppressed before a history length, strongly preferred from
+//! it on); injected failures (`fail_at_forward`: the n-th forward call returns `Err`;
+//! `fail_on_token`: any forward feeding that token returns `Err`); and `gated`, which makes
+//! every forward wait for a permit from a [`StepGate`], so a test can hold the engine inside a
+//! step, submit or drop requests, and release it: batches become deterministic.
+//!
+//! **Counters** ([`FakeStats`], shared through `Arc<Mutex<_>>` from [`FakeModel::stats`]):
+//! forward calls, tokens and sequences per step, block copies.
+//!
+//! **Checks.** A forward fails with a `ModelError` naming the problem when a block id is out of
+//! range, a block table does not cover the positions written, a position reaches
+//! `max_context`, or a position is read before it was ever written.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use cordial_engine::{ModelError, ModelExecutor, SeqStep, TokenId};
+
+/// How long a gated forward waits for a permit before failing (so a test bug cannot hang).
+const GATE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// EOS behaviour: for a history shorter than `from_len` tokens the EOS logit is -50 (never
+/// chosen), from `from_len` on it is +50 (always chosen, also when sampling). The sequence thus
+/// ends with exactly `from_len` tokens (prompt + generated) when EOS stops it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FakeEos {
+    pub token: TokenId,
+    pub from_len: usize,
+}
+
+/// Shape and behaviour of a [`FakeModel`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeModelConfig {
+    pub vocab_size: usize,
+    pub block_size: usize,
+    pub num_blocks: usize,
+    pub max_context: usize,
+    pub eos: Option<FakeEos>,
+    /// The forward call with this index (0 = the first) returns `Err`.
+    pub fail_at_forward: Option<u64>,
+    /// Every forward whose batch feeds this token returns `Err`.
+    pub fail_on_token: Option<TokenId>,
+    /// Every forward waits for a permit from the model's [`StepGate`].
+    pub gated: bool,
+}
+
+impl Default for FakeModelConfig {
+    fn default() -> Self {
+        FakeModelConfig {
+            vocab_size: 64,
+            block_size: 4,
+            num_blocks: 64,
+            max_context: 256,
+            eos: None,
+            fail_at_forward: None,
+            fail_on_token: None,
+            gated: false,
+        }
+    }
+}
+
+impl FakeModelConfig {
+    /// The logits row the model returns after the tokens `history` (positions `0..len`).
+    pub fn logits(&self, history: &[TokenId]) -> Vec<f32> {
+        let mut h = 0x243F_6A88_85A3_08D3u64;
+        for (pos, &t) in history.iter().enumerate() {
+            h = mix(h ^ u64::from(t) ^ ((pos as u64) << 32));
+        }
+        let mut row: Vec<f32> = (0..self.vocab_size as u64)
+            .map(|v| {
+                let bits = mix(h ^ v.wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 40;
+                bits as f32 / (1u64 << 24) as f32 * 8.0 - 4.0
+            })
+            .collect();
+        if let Some(eos) = self.eos {
+            if let Some(x) = row.get_mut(eos.token as usize) {
+                *x = if history.len() >= eos.from_len {
+                    50.0
+                } else {
+                    -50.0
+                };
+            }
+        }
+        row
+    }
+
+    /// What greedy decoding of `prompt` gives, computed directly from [`Self::logits`]: up to
+    /// `max_new_tokens` tokens, ending at the context limit or before a token in `eos_tokens`.
+    pub fn greedy_reference(
+        &self,
+        prompt: &[TokenId],
+        max_new_tokens: usize,
+        eos_tokens: &[TokenId],
+    ) -> Vec<TokenId> {
+        let mut history = prompt.to_vec();
+        let mut out = Vec::new();
+        while out.len() < max_new_tokens && history.len() < self.max_context {
+            let row = self.logits(&history);
+            let mut best = 0;
+            for (i, &x) in row.iter().enumerate() {
+                if x > row[best] {
+                    best = i;
+                }
+            }
+            let token = best as TokenId;
+            if eos_tokens.contains(&token) {
+                break;
+            }
+            out.push(token);
+            history.push(token);
+        }
+        out
+    }
+}
+
+/// SplitMix64's finalizer: a cheap, well-mixing 64-bit hash step.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Counters tests read while (or after) the engine runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FakeStats {
+    /// Forward calls that got past the gate (failed ones included).
+    pub forward_calls: u64,
+    /// Tokens fed per forward call.
+    pub tokens_per_step: Vec<usize>,
+    /// Sequences per forward call.
+    pub seqs_per_step: Vec<usize>,
+    /// `(src, dst)` of every `copy_block`.
+    pub block_copies: Vec<(u32, u32)>,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// Forwards allowed to run; `u64::MAX` = open.
+    permits: u64,
+    /// Index of the forward call waiting for a permit, if one is.
+    parked: Option<u64>,
+}
+
+/// Lets a test run a gated [`FakeModel`] one forward at a time.
+#[derive(Debug, Clone, Default)]
+pub struct StepGate {
+    inner: Arc<(Mutex<GateState>, Condvar)>,
+}
+
+impl StepGate {
+    fn state(&self) -> MutexGuard<'_, GateState> {
+        self.inner.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lets `n` more forward calls run.
+    pub fn allow(&self, n: u64) {
+        let mut s = self.state();
+        s.permits = s.permits.saturating_add(n);
+        if s.permits > 0 {
+            // The parked forward (if any) may go; it is no longer waiting.
+            s.parked = None;
+        }
+        self.inner.1.notify_all();
+    }
+
+    /// Lets every forward run from now on.
+    pub fn open(&self) {
+        self.allow(u64::MAX);
+    }
+
+    /// Waits until a forward call waits at the gate and returns its index (0 = first call);
+    /// `None` after `timeout`.
+    pub fn wait_parked(&self, timeout: Duration) -> Option<u64> {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.state();
+        loop {
+            if let Some(index) = s.parked {
+                return Some(index);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            s = self
+                .inner
+                .1
+                .wait_timeout(s, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Called by the model: waits for a permit for forward call `index`.
+    fn pass(&self, index: u64) -> Result<(), ModelError> {
+        let deadline = Instant::now() + GATE_TIMEOUT;
+        let mut s = self.state();
+        while s.permits == 0 {
+            s.parked = Some(index);
+            self.inner.1.notify_all();
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                s.parked = None;
+                return Err(ModelError(format!(
+                    "fake model: no gate permit for forward {index}"
+                )));
+            };
+            s = self
+                .inner
+                .1
+                .wait_timeout(s, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        s.parked = None;
+        if s.permits != u64::MAX {
+            s.permits -= 1;
+        }
+        Ok(())
+    }
+}
+
+/// The fake model (see the module docs).
+#[derive(Debug)]
+pub struct FakeModel {
+    config: FakeModelConfig,
+    /// The token written in each KV slot (`block * block_size + offset`), if any.
+    slots: Vec<Option<TokenId>>,
+    stats: Arc<Mutex<FakeStats>>,
+    gate: StepGate,
+    calls: u64,
+}
+
+impl FakeModel {
+    pub fn new(config: FakeModelConfig) -> FakeModel {
+        let slots = vec![None; config.num_blocks * config.block_size];
+        FakeModel {
+            config,
+            slots,
+            stats: Arc::default(),
+            gate: StepGate::default(),
+            calls: 0,
+        }
+    }
+
+    /// The counters, shared: keep a clone before handing the model to the engine.
+    pub fn stats(&self) -> Arc<Mutex<FakeStats>> {
+        Arc::clone(&self.stats)
+    }
+
+    /// The gate every forward waits at when `config.gated` (closed until a test allows steps).
+    pub fn gate(&self) -> StepGate {
+        self.gate.clone()
+    }
+
+    pub fn config(&self) -> &FakeModelConfig {
+        &self.config
+    }
+
+    /// The slot of `pos` in `table`, or why there is none.
+    fn slot(&self, table: &[u32], pos: usize) -> Result<usize, ModelError> {
+        let bs = self.config.block_size;
+        if pos >= self.config.max_context {
+            return Err(ModelError(format!("position {pos} beyond the context")));
+        }
+        let block = *table.get(pos / bs).ok_or_else(|| {
+            ModelError(format!(
+                "block table of {} blocks misses position {pos}",
+                table.len()
+            ))
+        })? as usize;
+        if block >= self.config.num_blocks {
+            return Err(ModelError(format!("block {block} out of range")));
+        }
+        Ok(block * bs + pos % bs)
+    }
+
+    fn write(&mut self, seq: &SeqStep<'_>) -> Result<(), ModelError> {
+        for (i, &token) in seq.tokens.iter().enumerate() {
+            let slot = self.slot(seq.block_table, seq.start_pos + i)?;
+            self.slots[slot] = Some(token);
+        }
+        Ok(())
+    }
+
+    fn history(&self, table: &[u32], len: usize) -> Result<Vec<TokenId>, ModelError> {
+        (0..len)
+            .map(|pos| {
+                self.slots[self.slot(table, pos)?]
+                    .ok_or_else(|| ModelError(format!("position {pos} read before it was written")))
+            })
+            .collect()
+    }
+
+    fn record(&self, seqs: &[SeqStep<'_>]) {
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.forward_calls += 1;
+        stats
+            .tokens_per_step
+            .push(seqs.iter().map(|s| s.tokens.len()).sum());
+        stats.seqs_per_step.push(seqs.len());
+    }
+}
+
+impl ModelExecutor for FakeModel {
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn max_context(&self) -> usize {
+        self.config.max_context
+    }
+
+    fn block_size(&self) -> usize {
+        self.config.block_size
+    }
+
+    fn num_blocks(&self) -> usize {
+        self.config.num_blocks
+    }
+
+    fn forward(&mut self, seqs: &[SeqStep<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
+        logits.clear();
+        let call = self.calls;
+        self.calls += 1;
+        if self.config.gated {
+            self.gate.pass(call)?;
+        }
+        self.record(seqs);
+        if self.config.fail_at_forward == Some(call) {
+            return Err(ModelError(format!("injected failure at forward {call}")));
+        }
+        if let Some(t) = self.config.fail_on_token {
+            if seqs.iter().any(|s| s.tokens.contains(&t)) {
+                return Err(ModelError(format!("injected failure on token {t}")));
+            }
+        }
+        for seq in seqs {
+            self.write(seq)?;
+        }
+        for seq in seqs.iter().filter(|s| s.want_logits) {
+            let history = self.history(seq.block_table, seq.start_pos + seq.tokens.len())?;
+            logits.extend(self.config.logits(&history));
+        }
+        Ok(())
+    }
+
+    fn copy_block(&mut self, src: u32, dst: u32) {
+        let bs = self.config.block_size;
+        let (src, dst) = (src as usize * bs, dst as usize * bs);
+        self.slots.copy_within(src..src + bs, dst);
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats
+            .block_copies
+            .push(((src / bs) as u32, (dst / bs) as u32));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step<'a>(tokens: &'a [TokenId], start_pos: usize, table: &'a [u32]) -> SeqStep<'a> {
+        SeqStep {
+            tokens,
+            start_pos,
+            block_table: table,
+            want_logits: true,
+        }
+    }
+
+    #[test]
+    fn logits_follow_the_history_read_through_the_block_table() {
+        let config = FakeModelConfig::default();
+        let mut model = FakeModel::new(config.clone());
+        let mut logits = Vec::new();
+        model
+            .forward(&[step(&[1, 2, 3, 4, 5], 0, &[7, 3])], &mut logits)
+            .unwrap();
+        assert_eq!(logits, config.logits(&[1, 2, 3, 4, 5]));
+        model
+            .forward(&[step(&[6], 5, &[7, 3])], &mut logits)
+            .unwrap();
+        assert_eq!(logits, config.logits(&[1, 2, 3, 4, 5, 6]));
+        // Copy-on-write: block 3 copied to 9, then the copy diverges.
+        model.copy_block(3, 9);
+        model
+            .forward(&[step(&[8], 6, &[7, 9])], &mut logits)
+            .unwrap();
+        assert_eq!(logits, config.logits(&[1, 2, 3, 4, 5, 6, 8]));
+        model
+            .forward(&[step(&[9], 6, &[7, 3])], &mut logits)
+            .unwrap();
+        assert_eq!(logits, config.logits(&[1, 2, 3, 4, 5, 6, 9]));
+        let stats = model.stats();
+        let stats = stats.lock().unwrap();
+        assert_eq!(stats.forward_calls, 4);
+        assert_eq!(stats.tokens_per_step, vec![5, 1, 1, 1]);
+        assert_eq!(stats.block_copies, vec![(3, 9)]);
+    }
+
+    #[test]
+    fn a_missing_copy_or_table_shows_up() {
+        let mut model = FakeModel::new(FakeModelConfig::default());
+        let mut logits = Vec::new();
+        model
+            .forward(&[step(&[1, 2, 3, 4, 5], 0, &[0, 1])], &mut logits)
+            .unwrap();
+        // Block 2 was never written: reading position 4 through it fails.
+        let err = model
+            .forward(&[step(&[6], 5, &[0, 2])], &mut logits)
+            .unwrap_err();
+        assert!(err.0.contains("read before"), "{err}");
+        let err = model
+            .forward(&[step(&[6], 5, &[0])], &mut logits)
+            .unwrap_err();
+        assert!(err.0.contains("misses position"), "{err}");
+        let err = model
+            .forward(&[step(&[6], 0, &[64])], &mut logits)
+            .unwrap_err();
+        assert!(err.0.contains("out of range"), "{err}");
+    }
+
+    #[test]
+    fn eos_and_injected_failures() {
+        let config = FakeModelConfig {
+            eos: Some(FakeEos {
+                token: 3,
+                from_len: 4,
+            }),
+            fail_at_forward: Some(1),
+            fail_on_token: Some(60),
+            ..Default::default()
+        };
+        assert_eq!(config.logits(&[1, 2, 3])[3], -50.0);
+        assert_eq!(config.logits(&[1, 2, 3, 4])[3], 50.0);
+        assert_eq!(config.greedy_reference(&[1, 2], 10, &[3]).len(), 2);
+        let mut model = FakeModel::new(config);
+        let mut logits = Vec::new();
+        assert!(model.forward(&[step(&[1], 0, &[0])], &mut logits).is_ok());
+        assert!(model.forward(&[step(&[2], 1, &[0])], &mut logits).is_err());
+        assert!(model.forward(&[step(&[2], 1, &[0])], &mut logits).is_ok());
+        assert!(model.forward(&[step(&[60], 2, &[0])], &mut logits).is_err());
+    }
+
+    #[test]
+    fn greedy_reference_is_the_argmax_chain() {
+        let config = FakeModelConfig::default();
+        let out = config.greedy_reference(&[5, 6, 7], 6, &[]);
+        assert_eq!(out.len(), 6);
+        let mut history = vec![5, 6, 7];
+        for &t in &out {
+            let row = config.logits(&history);
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(row[t as usize], max);
+            history.push(t);
+        }
+        let short = FakeModelConfig {
+            max_context: 5,
+            ..Default::default()
+        };
+        assert_eq!(short.greedy_reference(&[5, 6, 7], 6, &[]).len(), 2);
+    }
+
+    #[test]
+    fn gate_holds_forwards_until_allowed() {
+        let mut model = FakeModel::new(FakeModelConfig {
+            gated: true,
+            ..Default::default()
+        });
+        let gate = model.gate();
+        let worker = std::thread::spawn(move || {
+            let mut logits = Vec::new();
+            let r1 = model.forward(&[step(&[1], 0, &[0])], &mut logits).is_ok();
+            let r2 = model.forward(&[step(&[2], 1, &[0])], &mut logits).is_ok();
+            (r1, r2)
+        });
+        assert_eq!(gate.wait_parked(Duration::from_secs(5)), Some(0));
+        gate.allow(1);
+        assert_eq!(gate.wait_parked(Duration::from_secs(5)), Some(1));
+        gate.open();
+        assert_eq!(worker.join().unwrap(), (true, true));
+    }
+}
