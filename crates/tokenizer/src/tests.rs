@@ -475,3 +475,22 @@ fn incremental_decoder_matches_decode_on_random_ids() {
         assert_eq!(stream(&t, &ids, false).concat(), text);
     }
 }
+
+#[test]
+fn tokenizer_and_decoder_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Tokenizer>();
+    assert_send_sync::<IncrementalDecoder>();
+    let t = std::sync::Arc::new(tokenizer());
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                t.decode(&t.encode(&format!("hello {i} world"), false), false)
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.join().unwrap(), format!("hello {i} world"));
+    }
+}

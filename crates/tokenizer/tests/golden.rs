@@ -254,3 +254,32 @@ fn bytes_without_a_token_are_dropped() {
     let ids = t.encode("a\u{4}b\u{1D}\u{1F}c", false);
     assert_eq!(t.decode(&ids, false), "ab\u{1F}c");
 }
+
+#[test]
+fn long_runs_round_trip() {
+    let t = tokenizer();
+    for text in [
+        format!("{}x", " ".repeat(100_000)),
+        format!("a{}", "\n".repeat(50_000)),
+        "7".repeat(20_000),
+        "ab".repeat(50_000),
+        "日本語".repeat(10_000),
+        format!("{} end", "<|im_end|>".repeat(5_000)),
+    ] {
+        let start = Instant::now();
+        let ids = t.encode(&text, false);
+        let took = start.elapsed();
+        assert_eq!(
+            t.decode(&ids, false),
+            text,
+            "{} bytes starting {:?}",
+            text.len(),
+            &text[..8]
+        );
+        assert!(
+            took.as_secs_f64() < 5.0,
+            "{} bytes took {took:?}",
+            text.len()
+        );
+    }
+}
