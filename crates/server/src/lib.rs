@@ -1,8 +1,17 @@
 //! cordial-server: the only crate that knows HTTP, JSON and the Friendli/OpenAI protocols.
+//!
+//! Request path: `routes` → `validate` (every 4xx) → `EngineHandle::submit` → `stream`
+//! (detokenize, then JSON or one of two SSE dialects); `error` maps every failure to HTTP.
 
 pub mod error;
 pub mod json;
 pub mod protocol;
+pub mod routes;
 pub mod runner;
+pub mod state;
 pub mod stream;
+pub mod util;
 pub mod validate;
+
+pub use routes::router;
+pub use state::{AppState, Serving};

@@ -1,1 +1,219 @@
-fn main() {}
+//! The `cordial` binary: `cordial serve` (HTTP server) and `cordial fetch-model`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use cordial_engine::{EngineConfig, EngineHandle};
+use cordial_model::fetch::{default_model_path, ensure_default_model};
+use cordial_server::runner::{self, RunnerOptions};
+use cordial_server::{router, AppState, Serving};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cordial",
+    version,
+    about = "LLM text-completion server (Friendli and OpenAI completions API)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve a GGUF model over HTTP.
+    Serve(ServeArgs),
+    /// Print the default model's path, fetching it first when missing.
+    FetchModel,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// GGUF model file [default: the default model, fetched when missing].
+    #[arg(long, env = "CORDIAL_MODEL")]
+    model: Option<PathBuf>,
+    #[arg(long, env = "CORDIAL_HOST", default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, env = "CORDIAL_PORT", default_value_t = 8000)]
+    port: u16,
+    /// Name clients use in `model` (repeatable; the first is primary) [default: the file stem].
+    #[arg(
+        long = "served-model-name",
+        env = "CORDIAL_SERVED_MODEL_NAME",
+        value_delimiter = ','
+    )]
+    served_model_name: Vec<String>,
+    /// Compute threads (0 = number of cores).
+    #[arg(long, env = "CORDIAL_THREADS", default_value_t = 0)]
+    threads: usize,
+    /// Cap on prompt + output tokens [default: the model's context length].
+    #[arg(long, env = "CORDIAL_MAX_MODEL_LEN")]
+    max_model_len: Option<usize>,
+    /// Most sequences decoded together in one step.
+    #[arg(long, env = "CORDIAL_MAX_NUM_SEQS", default_value_t = 64)]
+    max_num_seqs: usize,
+    /// Total KV cache capacity, in tokens.
+    #[arg(long, env = "CORDIAL_KV_CACHE_TOKENS", default_value_t = 32768)]
+    kv_cache_tokens: usize,
+    /// Most requests waiting for admission; more get 503 with Retry-After.
+    #[arg(long, env = "CORDIAL_MAX_WAITING", default_value_t = 256)]
+    max_waiting: usize,
+    /// Most prompt tokens prefilled in one step.
+    #[arg(long, env = "CORDIAL_MAX_PREFILL_TOKENS", default_value_t = 512)]
+    max_prefill_tokens: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::FetchModel => {
+            println!("{}", ensure_default_model()?.display());
+            Ok(())
+        }
+        Command::Serve(args) => serve(args),
+    }
+}
+
+/// The served names: the flags, or the model file's stem.
+fn served_names(args: &ServeArgs, path: &Path) -> Vec<String> {
+    let names: Vec<String> = args
+        .served_model_name
+        .iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if !names.is_empty() {
+        return names;
+    }
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+    vec![stem.unwrap_or_else(|| "model".to_owned())]
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let path = match &args.model {
+        Some(p) => p.clone(),
+        None => default_model_path()?,
+    };
+    let names = served_names(&args, &path);
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .with_context(|| format!("invalid --host/--port {}:{}", args.host, args.port))?;
+    tracing::info!(
+        "settings: model={} served_model_names={:?} host={} port={} threads={} max_model_len={:?} \
+         max_num_seqs={} kv_cache_tokens={} max_waiting={} max_prefill_tokens={}",
+        path.display(),
+        names,
+        args.host,
+        args.port,
+        args.threads,
+        args.max_model_len,
+        args.max_num_seqs,
+        args.kv_cache_tokens,
+        args.max_waiting,
+        args.max_prefill_tokens
+    );
+    let state = AppState::new(names);
+    // Two workers: the compute pool needs the cores; HTTP work is light.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!("listening on http://{}", listener.local_addr()?);
+        spawn_loader(state.clone(), args, path);
+        let shutdown_state = state.clone();
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                if let Some(s) = shutdown_state.serving() {
+                    s.engine.shutdown();
+                }
+            })
+            .await?;
+        anyhow::Ok(())
+    })
+}
+
+/// Loads the model on its own thread; the server answers `/health` 503 meanwhile. A failure to
+/// load ends the process.
+fn spawn_loader(state: AppState, args: ServeArgs, path: PathBuf) {
+    std::thread::spawn(move || match load(&args, path) {
+        Ok(serving) => {
+            tracing::info!(
+                "model loaded (context {} tokens); ready",
+                serving.max_context
+            );
+            if state.set_serving(serving).is_err() {
+                tracing::error!("the model was loaded twice");
+            }
+        }
+        Err(e) => {
+            tracing::error!("cannot load the model: {e:#}");
+            std::process::exit(1);
+        }
+    });
+}
+
+fn load(args: &ServeArgs, path: PathBuf) -> anyhow::Result<Serving> {
+    let path = if args.model.is_none() {
+        ensure_default_model()?
+    } else {
+        path
+    };
+    let opts = RunnerOptions {
+        threads: args.threads,
+        kv_cache_tokens: args.kv_cache_tokens,
+        max_model_len: args.max_model_len,
+    };
+    let loaded =
+        runner::load(&path, &opts).with_context(|| format!("loading {}", path.display()))?;
+    tracing::info!(
+        "architecture {}, vocabulary {} tokens",
+        loaded.architecture,
+        loaded.vocab_size
+    );
+    let config = EngineConfig {
+        max_num_seqs: args.max_num_seqs,
+        max_waiting: args.max_waiting,
+        max_prefill_tokens: args.max_prefill_tokens,
+    };
+    let engine = EngineHandle::spawn(loaded.executor, config);
+    Ok(Serving {
+        engine,
+        tokenizer: loaded.tokenizer,
+        max_context: loaded.max_context,
+        vocab_size: loaded.vocab_size,
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

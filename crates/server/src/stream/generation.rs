@@ -192,12 +192,16 @@ impl Generation {
     }
 }
 
-/// The events of one engine request, tagged with its input index; `None` once after the end
-/// of the channel (so that a missing final event is noticed).
+/// The events of one engine request, tagged with its input index. Ends after the final event
+/// (`Finished` or `Error`); a channel that closes before it yields one `None`, so that a missing
+/// final event is noticed.
 fn tagged(input: usize, rs: RequestStream) -> BoxStream<'static, (usize, Option<Event>)> {
     stream::unfold(Some(rs), move |rs| async move {
         let mut rs = rs?;
         match rs.recv().await {
+            Some(ev @ (Event::Finished { .. } | Event::Error(_))) => {
+                Some(((input, Some(ev)), None))
+            }
             Some(ev) => Some(((input, Some(ev)), Some(rs))),
             None => Some(((input, None), None)),
         }

@@ -11,7 +11,7 @@ mod tests;
 
 pub use build::{ModelInfo, OPENAI_DEFAULT_MAX_TOKENS};
 pub use parse::{parse_request, Dialect, ParsedRequest, LEGACY_KEYS, STREAM_FORMAT_HEADER};
-pub use rules::{Limits, MAX_N};
+pub use rules::{Limits, IMPLEMENTED, MAX_N};
 
 use cordial_engine::EngineRequest;
 

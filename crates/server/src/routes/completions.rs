@@ -1,0 +1,151 @@
+//! `POST /v1/completions` (and its aliases): validate, submit one engine request per input,
+//! answer with one JSON body or an SSE stream in the request's dialect.
+//!
+//! A client disconnect drops the handler future (non-stream) or the body stream (stream), which
+//! drops the engine `RequestStream`s and so aborts the requests.
+
+use std::convert::Infallible;
+use std::future::ready;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cordial_engine::{EngineHandle, RequestStream};
+use futures::{stream, Stream, StreamExt};
+
+use super::BODY_LIMIT;
+use crate::error::ApiError;
+use crate::protocol::{CompletionChoice, CompletionResponse};
+use crate::state::{AppState, Serving};
+use crate::stream::{collect, outputs, Generation, Output, SseDialect, StreamMeta};
+use crate::util::{completion_id, random_u64, unix_now};
+use crate::validate::{parse_request, validate, ResponseMode, ValidRequest};
+
+pub async fn completions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match handle(&state, &headers, body).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn body_error(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge { limit: BODY_LIMIT }
+    } else {
+        ApiError::BadRequest(format!(
+            "cannot read the request body: {}",
+            rejection.body_text()
+        ))
+    }
+}
+
+async fn handle(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_error)?;
+    let parsed = parse_request(&body, headers, state.served_names())?;
+    let serving = state.serving().ok_or(ApiError::NotReady)?;
+    let valid = serving.with_model_info(|info| validate(parsed, info, random_u64))?;
+    let streams = submit_all(&serving.engine, &valid)?;
+    let outs = outputs(streams, generation(serving, &valid));
+    let meta = StreamMeta {
+        id: completion_id(),
+        created: unix_now(),
+        model: valid.model,
+    };
+    match valid.mode {
+        ResponseMode::Json => {
+            let (choices, usage) = collect(outs).await?;
+            let choices = choices
+                .into_iter()
+                .map(|c| CompletionChoice {
+                    index: c.index,
+                    seed: c.seed,
+                    text: c.text,
+                    tokens: c.tokens,
+                    finish_reason: c.finish_reason,
+                    logprobs: None,
+                })
+                .collect();
+            let body = CompletionResponse {
+                id: meta.id,
+                object: "text_completion",
+                created: meta.created,
+                model: meta.model,
+                choices,
+                usage,
+            };
+            Ok(Json(body).into_response())
+        }
+        ResponseMode::Legacy => sse_response(outs, SseDialect::Legacy).await,
+        ResponseMode::Current { include_usage } => {
+            sse_response(
+                outs,
+                SseDialect::Current {
+                    meta,
+                    include_usage,
+                },
+            )
+            .await
+        }
+    }
+}
+
+fn generation(serving: &Serving, valid: &ValidRequest) -> Generation {
+    let seeds: Vec<Vec<u64>> = valid.requests.iter().map(|r| r.seeds.clone()).collect();
+    Generation::new(serving.tokenizer.clone(), valid.n, &seeds, valid.flavor)
+}
+
+/// Submits every input; on a refusal the streams already obtained are dropped (aborted).
+fn submit_all(engine: &EngineHandle, valid: &ValidRequest) -> Result<Vec<RequestStream>, ApiError> {
+    valid
+        .requests
+        .iter()
+        .map(|r| {
+            engine
+                .submit(r.clone())
+                .map_err(|e| ApiError::from_submit(e, valid.flavor))
+        })
+        .collect()
+}
+
+/// Waits for the first output, so that a failure before any token is a plain error response;
+/// then streams every output as SSE, one event per chunk (flushed as produced).
+async fn sse_response(
+    outs: impl Stream<Item = Output> + Send + 'static,
+    dialect: SseDialect,
+) -> Result<Response, ApiError> {
+    let mut outs = Box::pin(outs);
+    let first = outs
+        .next()
+        .await
+        .ok_or_else(|| ApiError::Internal("the request ended without output".into()))?;
+    if let Output::Failed(e) = first {
+        return Err(e);
+    }
+    let events = stream::once(ready(first))
+        .chain(outs)
+        .filter_map(move |out| {
+            ready(
+                dialect
+                    .render(&out)
+                    .map(|s| Ok::<_, Infallible>(Bytes::from(s))),
+            )
+        });
+    let resp = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(events))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(resp)
+}

@@ -1,0 +1,38 @@
+//! `GET /health` and `GET /v1/models`.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::error::ApiError;
+use crate::protocol::{HealthBody, ModelCard, ModelList};
+use crate::state::AppState;
+
+/// 200 once the model is loaded and the engine runs; 503 (with `Retry-After`) before.
+pub async fn health(State(state): State<AppState>) -> Response {
+    match state.serving() {
+        Some(s) if s.engine.is_running() => Json(HealthBody { status: "ok" }).into_response(),
+        Some(_) => ApiError::ShuttingDown.into_response(),
+        None => ApiError::NotReady.into_response(),
+    }
+}
+
+/// The served names (decision 4), primary first.
+pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
+    let max_model_len = state.serving().map(|s| s.max_context);
+    let data = state
+        .served_names()
+        .iter()
+        .map(|name| ModelCard {
+            id: name.clone(),
+            object: "model",
+            created: state.created(),
+            owned_by: "cordial",
+            max_model_len,
+        })
+        .collect();
+    Json(ModelList {
+        object: "list",
+        data,
+    })
+}

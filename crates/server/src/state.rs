@@ -1,0 +1,77 @@
+//! Shared server state: the served names, and the model + engine once loaded (the server answers
+//! `/health` with 503 while the model loads in the background).
+
+use std::sync::{Arc, OnceLock};
+
+use cordial_engine::EngineHandle;
+use cordial_tokenizer::{TokenId, Tokenizer};
+
+use crate::validate::{Limits, ModelInfo};
+
+/// A loaded model and its running engine.
+pub struct Serving {
+    pub engine: EngineHandle,
+    pub tokenizer: Arc<Tokenizer>,
+    /// Longest prompt + output.
+    pub max_context: usize,
+    /// Width of the model's logits (token ids must be below it and below the tokenizer's).
+    pub vocab_size: usize,
+}
+
+impl Serving {
+    /// Runs `f` with what validation needs from this model.
+    pub fn with_model_info<R>(&self, f: impl FnOnce(&ModelInfo) -> R) -> R {
+        let tok = Arc::clone(&self.tokenizer);
+        let encode = move |text: &str| -> Vec<TokenId> { tok.encode(text, true) };
+        let info = ModelInfo {
+            limits: Limits {
+                vocab_size: self.vocab_size.min(self.tokenizer.vocab_size()),
+                max_context: self.max_context,
+            },
+            eos_tokens: self.tokenizer.eog_tokens(),
+            encode: &encode,
+        };
+        f(&info)
+    }
+}
+
+struct Inner {
+    served: Vec<String>,
+    created: u64,
+    serving: OnceLock<Serving>,
+}
+
+/// Cheap to clone; one per server.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl AppState {
+    /// `served`: the accepted model names, primary first (at least one).
+    pub fn new(served: Vec<String>) -> AppState {
+        assert!(!served.is_empty(), "at least one served model name");
+        AppState(Arc::new(Inner {
+            served,
+            created: crate::util::unix_now(),
+            serving: OnceLock::new(),
+        }))
+    }
+
+    /// Marks the model loaded. Fails (giving it back) when already set.
+    pub fn set_serving(&self, serving: Serving) -> Result<(), Serving> {
+        self.0.serving.set(serving)
+    }
+
+    /// The model and engine, once loaded.
+    pub fn serving(&self) -> Option<&Serving> {
+        self.0.serving.get()
+    }
+
+    pub fn served_names(&self) -> &[String] {
+        &self.0.served
+    }
+
+    /// When the server started (unix seconds).
+    pub fn created(&self) -> u64 {
+        self.0.created
+    }
+}
