@@ -146,9 +146,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Loads the model on its own thread; the server answers `/health` 503 meanwhile. A failure to
-/// load ends the process.
+/// load (an error or a panic) ends the process.
 fn spawn_loader(state: AppState, args: ServeArgs, path: PathBuf) {
-    std::thread::spawn(move || match load(&args, path) {
+    std::thread::spawn(move || {
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(&args, path)))
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the model loader panicked")));
+        finish_loading(state, loaded)
+    });
+}
+
+fn finish_loading(state: AppState, loaded: anyhow::Result<Serving>) {
+    match loaded {
         Ok(serving) => {
             tracing::info!(
                 "model loaded (context {} tokens); ready",
@@ -162,7 +170,7 @@ fn spawn_loader(state: AppState, args: ServeArgs, path: PathBuf) {
             tracing::error!("cannot load the model: {e:#}");
             std::process::exit(1);
         }
-    });
+    }
 }
 
 fn load(args: &ServeArgs, path: PathBuf) -> anyhow::Result<Serving> {
