@@ -369,3 +369,10 @@ impl GgufFile {
             .collect()
     }
 }
+
+impl GgufFile {
+    /// Bytes at an absolute offset (validated ranges come from [`TensorInfo`]).
+    pub fn tensor_data_at(&self, offset: usize, size: usize) -> &[u8] {
+        &self.mmap[offset..offset + size]
+    }
+}

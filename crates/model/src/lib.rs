@@ -2,6 +2,14 @@
 //! (thread pool, scratch buffers), and one file per architecture. Knows nothing of requests or
 //! scheduling: the engine owns block accounting, the model owns the KV bytes.
 
+pub mod arch;
+pub mod backend;
 pub mod fetch;
 pub mod gguf;
+pub mod kv;
 pub mod quant;
+
+pub use arch::{Batch, Model, ModelConfig, ModelError, Scratch, SeqInput};
+pub use backend::pool::ThreadPool;
+pub use kv::KvCache;
+pub use quant::{Compute, Isa};

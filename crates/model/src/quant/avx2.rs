@@ -34,7 +34,7 @@ pub unsafe fn quantize_block_q8(x: &[f32], q: &mut [i8]) -> (f32, f32) {
     let m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
     let amax = _mm_cvtss_f32(m4);
     let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let idv = _mm256_set1_ps(id);
     let mut ints = [_mm256_setzero_si256(); 4];
     for i in 0..4 {
@@ -52,7 +52,7 @@ pub unsafe fn quantize_block_q8(x: &[f32], q: &mut [i8]) -> (f32, f32) {
     let c = _mm256_packs_epi16(a, b);
     let c = _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, c);
-    (d, d * sum as f32)
+    super::scalar::round_scales(d, sum)
 }
 
 /// 32 nibbles of 16 bytes as 32 unsigned bytes (low nibbles first, then high).

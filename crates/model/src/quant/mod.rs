@@ -154,6 +154,26 @@ impl Isa {
     }
 }
 
+/// How a forward pass computes: which kernels, and at what activation precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compute {
+    pub isa: Isa,
+    /// `false` (serving): activations quantized to int8 per matmul, as llama.cpp does.
+    /// `true` (reference): weights dequantized to f32 and multiplied with f32 activations;
+    /// slow, used to check the model's math against an exact reference.
+    pub f32_activations: bool,
+}
+
+impl Compute {
+    pub fn new(isa: Isa) -> Compute {
+        Compute { isa, f32_activations: false }
+    }
+    /// The best ISA of this CPU (or `CORDIAL_ISA=scalar`), int8 activations.
+    pub fn detect() -> Compute {
+        Compute::new(Isa::detect())
+    }
+}
+
 /// Activations of `rows` rows of `cols` elements, quantized to int8 in blocks of 32:
 /// value ≈ d[b] * qs[i]; `s[b] = d[b] * Σ qs` of the block (for the weight formats with an offset).
 #[derive(Default, Clone)]

@@ -1,19 +1,28 @@
 //! Scalar reference kernels: the definition every SIMD kernel is tested against.
 
+use half::f16;
+
 use super::{f16_at, GgmlType, QK};
 
 /// Quantize 32 floats to int8 with one scale. Returns (d, d * Σq).
 pub fn quantize_block_q8(x: &[f32], q: &mut [i8]) -> (f32, f32) {
     let amax = x[..QK].iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let mut sum = 0i32;
     for i in 0..QK {
         let v = (x[i] * id).round_ties_even() as i32;
         q[i] = v as i8;
         sum += v;
     }
-    (d, d * sum as f32)
+    round_scales(d, sum)
+}
+
+/// Scales stored like llama.cpp's Q8_1 blocks (f16 `d` and `s`), so our int8 arithmetic
+/// matches the reference implementation closely (this small model is sensitive to it).
+#[inline]
+pub fn round_scales(d: f32, sum: i32) -> (f32, f32) {
+    (f16::from_f32(d).to_f32(), f16::from_f32(d * sum as f32).to_f32())
 }
 
 /// Σ over blocks of the weight row `w` (type `ty`) · activation row (qs, d, s).
@@ -113,7 +122,6 @@ pub fn dequantize_row(ty: GgmlType, w: &[u8], out: &mut [f32]) {
 
 /// Quantize a row of floats to a weight format (used by tests and the testkit's model writer).
 pub fn quantize_row(ty: GgmlType, x: &[f32]) -> Vec<u8> {
-    use half::f16;
     let mut out = Vec::with_capacity(x.len() / ty.block_elems() * ty.block_bytes());
     match ty {
         GgmlType::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),

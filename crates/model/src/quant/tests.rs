@@ -1,1 +1,120 @@
+//! Every kernel against its scalar reference, and the scalar reference against plain f32
+//! arithmetic on dequantized values, on random blocks with odd sizes.
 
+use super::scalar::quantize_row;
+use super::*;
+
+/// xorshift: deterministic test data without a dependency.
+struct Rng(u64);
+impl Rng {
+    fn f(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f() * scale).collect()
+    }
+}
+
+const TYPES: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16, GgmlType::F32];
+
+#[test]
+fn activation_quantization_matches_scalar_and_roundtrips() {
+    let mut rng = Rng(7);
+    for isa in Isa::all_available() {
+        for blocks in [1usize, 3, 18, 48] {
+            let x = rng.vec(blocks * QK, 3.0);
+            let mut a = QuantizedActs::default();
+            a.quantize(isa, &x, 1, blocks * QK);
+            let mut r = QuantizedActs::default();
+            r.quantize(Isa::Scalar, &x, 1, blocks * QK);
+            assert_eq!(a.qs, r.qs, "{isa:?} ints");
+            assert_eq!(a.d, r.d, "{isa:?} scales");
+            for b in 0..blocks {
+                let sum: i32 = a.qs[b * QK..(b + 1) * QK].iter().map(|&q| q as i32).sum();
+                // d and s are stored as f16, like llama.cpp's Q8_1 blocks.
+                assert!((a.s[b] - a.d[b] * sum as f32).abs() <= 2e-3 * a.s[b].abs().max(a.d[b]));
+                for i in 0..QK {
+                    let back = a.d[b] * a.qs[b * QK + i] as f32;
+                    assert!((back - x[b * QK + i]).abs() <= a.d[b] * (0.5 + 127.0 / 2048.0) + 1e-6, "f16-rounded scale");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn zero_block_quantizes_to_zero() {
+    let mut a = QuantizedActs::default();
+    for isa in Isa::all_available() {
+        a.quantize(isa, &[0.0; 64], 2, 32);
+        assert!(a.qs.iter().all(|&q| q == 0) && a.d.iter().all(|&d| d == 0.0));
+    }
+}
+
+#[test]
+fn dot_kernels_match_reference() {
+    let mut rng = Rng(42);
+    for ty in TYPES {
+        for cols in [32usize, 96, 576, 1536] {
+            let w = rng.vec(cols, 0.5);
+            let x = rng.vec(cols, 2.0);
+            let wq = quantize_row(ty, &w);
+            assert_eq!(wq.len(), cols / ty.block_elems() * ty.block_bytes());
+            let mut wd = vec![0.0; cols];
+            dequantize_row(ty, &wq, &mut wd);
+            let mut xa = QuantizedActs::default();
+            xa.quantize(Isa::Scalar, &x, 1, cols);
+            let (qs, d, s) = xa.row(0);
+            let xd: Vec<f32> = (0..cols).map(|i| d[i / QK] * qs[i] as f32).collect();
+            // Exact math on what the kernel sees: dequantized weights · dequantized activations.
+            let exact: f64 = if ty.is_quantized() {
+                wd.iter().zip(&xd).map(|(a, b)| *a as f64 * *b as f64).sum()
+            } else {
+                wd.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum()
+            };
+            let scale: f64 = wd.iter().zip(&x).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum::<f64>().max(1e-3);
+            let reference = if ty.is_quantized() { dot_q(Isa::Scalar, ty, &wq, qs, d, s) } else { dot_f(Isa::Scalar, ty, &wq, &x) };
+            // The reference kernel is exact up to f32 rounding and the f16 storage of `s`.
+            let err = (reference as f64 - exact).abs() / scale;
+            assert!(err < 2e-3, "{ty:?} {cols} scalar: {reference} vs {exact} (rel {err:e})");
+            for isa in Isa::all_available() {
+                let got = if ty.is_quantized() { dot_q(isa, ty, &wq, qs, d, s) } else { dot_f(isa, ty, &wq, &x) };
+                let err = (got as f64 - reference as f64).abs() / scale;
+                assert!(err < 1e-5, "{ty:?} {cols} {isa:?}: {got} vs scalar {reference} (rel {err:e})");
+            }
+        }
+    }
+}
+
+#[test]
+fn float_dots_handle_tails() {
+    let mut rng = Rng(3);
+    for ty in [GgmlType::F16, GgmlType::F32] {
+        for cols in [1usize, 7, 9, 33] {
+            let w = rng.vec(cols, 1.0);
+            let x = rng.vec(cols, 1.0);
+            let wq = quantize_row(ty, &w);
+            let r = dot_f(Isa::Scalar, ty, &wq, &x);
+            for isa in Isa::all_available() {
+                assert!((dot_f(isa, ty, &wq, &x) - r).abs() < 1e-5, "{ty:?} {cols} {isa:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn quantized_weights_roundtrip_closely() {
+    let mut rng = Rng(11);
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        let w = rng.vec(256, 1.0);
+        let mut back = vec![0.0; 256];
+        dequantize_row(ty, &quantize_row(ty, &w), &mut back);
+        let tol = if ty == GgmlType::Q8_0 { 0.01 } else { 0.15 };
+        for (a, b) in w.iter().zip(&back) {
+            assert!((a - b).abs() < tol, "{ty:?}: {a} vs {b}");
+        }
+    }
+}

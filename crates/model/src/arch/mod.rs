@@ -1,0 +1,241 @@
+//! Architectures, one file each, written against the CPU backend's small interface
+//! (matmul on quantized weights, rmsnorm, rope, paged attention, activation).
+
+pub mod llama;
+
+use std::sync::Arc;
+
+use crate::backend::attention::TokenPlace;
+use crate::backend::matmul::MatJob;
+use crate::backend::pool::ThreadPool;
+use crate::gguf::{GgufError, GgufFile};
+use crate::kv::KvCache;
+use crate::quant::{Compute, GgmlType, QuantizedActs};
+
+/// Architectures this build runs.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("unsupported architecture `{0}` (supported: {supported})", supported = SUPPORTED_ARCHITECTURES.join(", "))]
+    UnsupportedArchitecture(String),
+    #[error("tensor `{name}` has shape {found:?}, expected [{cols}, {rows}]")]
+    Shape { name: String, found: Vec<u64>, rows: usize, cols: usize },
+    #[error("invalid model: {0}")]
+    Invalid(String),
+    #[error("invalid batch: {0}")]
+    Batch(String),
+}
+
+/// Hyper-parameters read from GGUF metadata.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub arch: String,
+    pub n_layers: usize,
+    pub hidden: usize,
+    pub ffn: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub context: usize,
+    pub eps: f32,
+    pub rope_base: f32,
+    pub rope_dims: usize,
+}
+
+impl ModelConfig {
+    pub fn from_gguf(f: &GgufFile, arch: &str) -> Result<ModelConfig, ModelError> {
+        let u = |k: &str| f.get_u64(&format!("{arch}.{k}")).map(|v| v as usize);
+        let hidden = u("embedding_length")?;
+        let n_heads = u("attention.head_count")?;
+        let n_kv_heads = u("attention.head_count_kv").unwrap_or(n_heads);
+        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || hidden % n_heads != 0 {
+            return Err(ModelError::Invalid(format!("{n_heads} heads, {n_kv_heads} KV heads, width {hidden}")));
+        }
+        let head_dim = u("attention.key_length").unwrap_or(hidden / n_heads);
+        let vocab = match u("vocab_size") {
+            Ok(v) => v,
+            Err(_) => f.get_array("tokenizer.ggml.tokens")?.len(),
+        };
+        let cfg = ModelConfig {
+            arch: arch.to_string(),
+            n_layers: u("block_count")?,
+            hidden,
+            ffn: u("feed_forward_length")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            vocab,
+            context: u("context_length")?,
+            eps: f.get_f32(&format!("{arch}.attention.layer_norm_rms_epsilon"))?,
+            rope_base: f.get_f32(&format!("{arch}.rope.freq_base")).unwrap_or(10000.0),
+            rope_dims: u("rope.dimension_count").unwrap_or(head_dim),
+        };
+        if cfg.rope_dims != head_dim || head_dim % 2 != 0 {
+            return Err(ModelError::Invalid(format!("partial rotary ({} of {head_dim} dims) is not supported", cfg.rope_dims)));
+        }
+        Ok(cfg)
+    }
+}
+
+/// A weight matrix in the mapped file: `rows` rows of `cols` elements.
+#[derive(Debug, Clone)]
+pub struct Weight {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    offset: usize,
+    size: usize,
+}
+
+impl Weight {
+    pub fn load(f: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Weight, ModelError> {
+        let info = f.tensor_info(name)?;
+        let ok = match info.dims.as_slice() {
+            [c] => rows == 1 && *c as usize == cols,
+            [c, r] => *c as usize == cols && *r as usize == rows,
+            _ => false,
+        };
+        if !ok {
+            return Err(ModelError::Shape { name: name.into(), found: info.dims.clone(), rows, cols });
+        }
+        if cols % info.ty.block_elems() != 0 {
+            return Err(ModelError::Invalid(format!("tensor `{name}`: rows of {cols} are not whole blocks")));
+        }
+        Ok(Weight { ty: info.ty, rows, cols, offset: info.offset as usize, size: info.size as usize })
+    }
+    pub fn data<'f>(&self, f: &'f GgufFile) -> &'f [u8] {
+        let all = f.tensor_data_at(self.offset, self.size);
+        debug_assert_eq!(all.len(), self.size);
+        all
+    }
+    pub fn row_bytes(&self) -> usize {
+        self.cols / self.ty.block_elems() * self.ty.block_bytes()
+    }
+    pub fn row<'f>(&self, f: &'f GgufFile, r: usize) -> &'f [u8] {
+        let rb = self.row_bytes();
+        &self.data(f)[r * rb..(r + 1) * rb]
+    }
+    pub fn job<'a>(&self, f: &'a GgufFile, out: &'a mut [f32]) -> MatJob<'a> {
+        MatJob { w: self.data(f), ty: self.ty, rows: self.rows, cols: self.cols, out }
+    }
+}
+
+/// One sequence's share of a step (see `cordial_engine::SeqStep`).
+pub struct SeqInput<'a> {
+    pub tokens: &'a [u32],
+    pub start_pos: usize,
+    pub block_table: &'a [u32],
+    pub want_logits: bool,
+    /// Input embeddings replacing the token embedding at these absolute positions.
+    pub replace: &'a [(usize, &'a [f32])],
+}
+
+pub struct Batch<'a> {
+    pub seqs: Vec<SeqInput<'a>>,
+}
+
+impl<'a> Batch<'a> {
+    /// Checks ids, positions, block coverage and replacement widths; returns each token's place.
+    pub(crate) fn validate(&self, c: &ModelConfig, kv: &KvCache) -> Result<Vec<TokenPlace<'a>>, ModelError> {
+        let mut places = Vec::new();
+        for (si, s) in self.seqs.iter().enumerate() {
+            let end = s.start_pos + s.tokens.len();
+            if end > c.context {
+                return Err(ModelError::Batch(format!("sequence {si} reaches position {end}, past the context {}", c.context)));
+            }
+            if end > s.block_table.len() * kv.block_size {
+                return Err(ModelError::Batch(format!("sequence {si}: block table covers {} positions, needs {end}", s.block_table.len() * kv.block_size)));
+            }
+            if let Some(b) = s.block_table.iter().find(|&&b| b as usize >= kv.num_blocks) {
+                return Err(ModelError::Batch(format!("sequence {si}: block {b} out of range")));
+            }
+            if let Some(t) = s.tokens.iter().find(|&&t| t as usize >= c.vocab) {
+                return Err(ModelError::Batch(format!("sequence {si}: token {t} outside the vocabulary of {}", c.vocab)));
+            }
+            if s.replace.iter().any(|(_, e)| e.len() != c.hidden) {
+                return Err(ModelError::Batch(format!("sequence {si}: replacement embeddings must have {} floats", c.hidden)));
+            }
+            places.extend((s.start_pos..end).map(|pos| TokenPlace { block_table: s.block_table, pos }));
+        }
+        Ok(places)
+    }
+}
+
+/// Buffers reused every step (grown, never shrunk): no allocation per op.
+#[derive(Default)]
+pub struct Scratch {
+    pub x: Vec<f32>,
+    pub xn: Vec<f32>,
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub attn: Vec<f32>,
+    pub gate: Vec<f32>,
+    pub up: Vec<f32>,
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    pub xq: QuantizedActs,
+    pub thread_scratch: Vec<Vec<f32>>,
+}
+
+impl Scratch {
+    pub fn prepare(&mut self, t: usize, c: &ModelConfig, threads: usize) {
+        let grow = |v: &mut Vec<f32>, n: usize| {
+            if v.len() < n {
+                v.resize(n, 0.0)
+            }
+        };
+        let (qd, kvd) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        grow(&mut self.x, t * c.hidden);
+        grow(&mut self.xn, t * c.hidden.max(qd));
+        grow(&mut self.q, t * qd);
+        grow(&mut self.k, t * kvd);
+        grow(&mut self.v, t * kvd);
+        grow(&mut self.attn, t * qd);
+        grow(&mut self.gate, t * c.ffn);
+        grow(&mut self.up, t * c.ffn);
+        grow(&mut self.cos, t * c.head_dim / 2);
+        grow(&mut self.sin, t * c.head_dim / 2);
+        if self.thread_scratch.len() < threads {
+            self.thread_scratch.resize(threads, Vec::new());
+        }
+    }
+}
+
+/// A loaded model of any supported architecture.
+pub enum Model {
+    Llama(llama::Llama),
+}
+
+impl Model {
+    /// Loads the architecture that `general.architecture` names.
+    pub fn load(file: Arc<GgufFile>) -> Result<Model, ModelError> {
+        let arch = file.get_str("general.architecture")?.to_string();
+        match arch.as_str() {
+            "llama" => Ok(Model::Llama(llama::Llama::load(file)?)),
+            _ => Err(ModelError::UnsupportedArchitecture(arch)),
+        }
+    }
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            Model::Llama(m) => &m.config,
+        }
+    }
+    pub fn forward(
+        &self,
+        pool: &ThreadPool,
+        cx: Compute,
+        batch: &Batch<'_>,
+        kv: &mut KvCache,
+        scratch: &mut Scratch,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        match self {
+            Model::Llama(m) => m.forward(pool, cx, batch, kv, scratch, logits),
+        }
+    }
+}

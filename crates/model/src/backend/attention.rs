@@ -1,0 +1,110 @@
+//! Causal attention over the paged f16 KV cache. One task per (token, KV head): the query heads
+//! that share a KV head (grouped-query attention) read its keys and values once. A token's
+//! result depends only on its own query and the K/V of its sequence's positions `0..=pos`, so
+//! prefill and decode, alone or batched, compute it the same way.
+
+use half::f16;
+
+use super::pool::{SyncPtr, ThreadPool};
+use crate::kv::KvCache;
+use crate::quant::Isa;
+
+/// Where each token of the step sits: its sequence's block table and its absolute position.
+pub struct TokenPlace<'a> {
+    pub block_table: &'a [u32],
+    pub pos: usize,
+}
+
+pub struct AttnShape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// `q`: T × (n_heads·head_dim) (roped); `out`: same shape. `scratch`: one buffer per thread.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    pool: &ThreadPool,
+    isa: Isa,
+    kv: &KvCache,
+    layer: usize,
+    shape: &AttnShape,
+    places: &[TokenPlace<'_>],
+    q: &[f32],
+    out: &mut [f32],
+    scratch: &mut [Vec<f32>],
+) {
+    let (nh, nkv, hd) = (shape.n_heads, shape.n_kv_heads, shape.head_dim);
+    let group = nh / nkv;
+    let qdim = nh * hd;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let outp = SyncPtr(out.as_mut_ptr());
+    let scr: Vec<SyncPtr<Vec<f32>>> = scratch.iter_mut().map(|s| SyncPtr(s as *mut Vec<f32>)).collect();
+    let scr = &scr;
+    let task = |task: usize, thread: usize| {
+        let (ti, g) = (task / nkv, task % nkv);
+        let place = &places[ti];
+        let n = place.pos + 1;
+        // SAFETY: one scratch buffer per thread; a thread runs one task at a time.
+        let scores = unsafe { &mut *scr[thread].get() };
+        if scores.len() < group * n {
+            scores.resize(group * n, 0.0);
+        }
+        let qt = &q[ti * qdim..(ti + 1) * qdim];
+        for j in 0..n {
+            let slot = kv.slot(place.block_table, j).expect("block table covers the sequence");
+            let k = &kv.k_slot(layer, slot)[g * hd..(g + 1) * hd];
+            for h in 0..group {
+                let qh = &qt[(g * group + h) * hd..(g * group + h + 1) * hd];
+                scores[h * n + j] = dot_f16(isa, k, qh) * scale;
+            }
+        }
+        for h in 0..group {
+            softmax(&mut scores[h * n..(h + 1) * n]);
+        }
+        // SAFETY: this task alone writes heads g*group..(g+1)*group of token ti.
+        let o = unsafe { std::slice::from_raw_parts_mut(outp.get().add(ti * qdim + g * group * hd), group * hd) };
+        o.fill(0.0);
+        for j in 0..n {
+            let slot = kv.slot(place.block_table, j).expect("block table covers the sequence");
+            let v = &kv.v_slot(layer, slot)[g * hd..(g + 1) * hd];
+            for h in 0..group {
+                axpy_f16(isa, scores[h * n + j], v, &mut o[h * hd..(h + 1) * hd]);
+            }
+        }
+    };
+    pool.run(places.len() * nkv, &task);
+}
+
+fn softmax(x: &mut [f32]) {
+    let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+#[inline]
+fn dot_f16(isa: Isa, k: &[u16], q: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && q.len() % 8 == 0 {
+        // SAFETY: Avx2 is only selected when the CPU has AVX2/FMA/F16C.
+        return unsafe { crate::quant::avx2::dot_f16_f32(k, q) };
+    }
+    let _ = isa;
+    k.iter().zip(q).map(|(a, b)| f16::from_bits(*a).to_f32() * b).sum()
+}
+
+#[inline]
+fn axpy_f16(isa: Isa, a: f32, v: &[u16], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && out.len() % 8 == 0 {
+        // SAFETY: as above.
+        return unsafe { crate::quant::avx2::axpy_f16(a, v, out) };
+    }
+    let _ = isa;
+    out.iter_mut().zip(v).for_each(|(o, x)| *o += a * f16::from_bits(*x).to_f32());
+}

@@ -1,0 +1,96 @@
+//! Matrix × activations on the pool: `out[t][r] = W[r] · x[t]` for weight rows `r` and
+//! activation rows `t`. Activations are quantized once per matmul (by the caller, shared by the
+//! matrices that read the same input). Each output element is computed by one call of the same
+//! kernel whatever the batch, so results are batch invariant.
+
+use super::pool::{SyncPtr, ThreadPool};
+use crate::quant::{self, Compute, GgmlType, QuantizedActs};
+
+/// Weight rows handed to one task.
+const ROWS_PER_TASK: usize = 16;
+
+/// One matrix of a (possibly fused) matmul region.
+pub struct MatJob<'a> {
+    /// Raw tensor bytes, `rows` rows of `cols` elements of type `ty`.
+    pub w: &'a [u8],
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    /// Output, `t` × `rows`, row-major.
+    pub out: &'a mut [f32],
+}
+
+/// The input of a matmul: f32 rows (for float weights) and their int8 quantization (for
+/// quantized weights).
+pub struct Acts<'a> {
+    pub f: &'a [f32],
+    pub q: &'a QuantizedActs,
+    pub t: usize,
+}
+
+/// Runs all `jobs` (which share the input `x`) as one parallel region.
+pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'_>]) {
+    let isa = cx.isa;
+    struct Part<'w> {
+        w: &'w [u8],
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        out: SyncPtr<f32>,
+        first_task: usize,
+    }
+    let mut parts = Vec::with_capacity(jobs.len());
+    let mut tasks = 0;
+    for j in jobs.iter_mut() {
+        assert_eq!(j.w.len(), j.rows * j.cols / j.ty.block_elems() * j.ty.block_bytes(), "weight size");
+        assert!(j.out.len() >= x.t * j.rows, "output size");
+        parts.push(Part {
+            w: j.w,
+            ty: j.ty,
+            rows: j.rows,
+            cols: j.cols,
+            out: SyncPtr(j.out.as_mut_ptr()),
+            first_task: tasks,
+        });
+        tasks += j.rows.div_ceil(ROWS_PER_TASK);
+    }
+    let parts = &parts;
+    let t = x.t;
+    let run = |task: usize, _thread: usize| {
+        let p = parts.iter().rev().find(|p| p.first_task <= task).expect("task belongs to a part");
+        let w = p.w;
+        let row_bytes = p.cols / p.ty.block_elems() * p.ty.block_bytes();
+        let r0 = (task - p.first_task) * ROWS_PER_TASK;
+        let r1 = (r0 + ROWS_PER_TASK).min(p.rows);
+        let mut deq = if cx.f32_activations && p.ty.is_quantized() { vec![0.0f32; p.cols] } else { Vec::new() };
+        for r in r0..r1 {
+            let wr = &w[r * row_bytes..(r + 1) * row_bytes];
+            if !deq.is_empty() {
+                quant::dequantize_row(p.ty, wr, &mut deq);
+                let deq_bytes: &[u8] = bytes_of(&deq);
+                for ti in 0..t {
+                    let v = quant::dot_f(isa, GgmlType::F32, deq_bytes, &x.f[ti * p.cols..(ti + 1) * p.cols]);
+                    // SAFETY: each (ti, r) is written by exactly one task.
+                    unsafe { *p.out.get().add(ti * p.rows + r) = v };
+                }
+                continue;
+            }
+            for ti in 0..t {
+                let v = if p.ty.is_quantized() {
+                    let (qs, d, s) = x.q.row(ti);
+                    quant::dot_q(isa, p.ty, wr, qs, d, s)
+                } else {
+                    quant::dot_f(isa, p.ty, wr, &x.f[ti * p.cols..(ti + 1) * p.cols])
+                };
+                // SAFETY: each (ti, r) is written by exactly one task.
+                unsafe { *p.out.get().add(ti * p.rows + r) = v };
+            }
+        }
+    };
+    pool.run(tasks, &run);
+}
+
+fn bytes_of(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding or invalid bit patterns as bytes; alignment of u8 is 1.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}

@@ -1,0 +1,81 @@
+//! Small row-wise ops: RMSNorm, rotary embedding, SiLU×up. Each row is computed on its own.
+
+/// out = x / rms(x) * w, per row of width `w.len()`.
+pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / n as f32;
+        let scale = 1.0 / (ss + eps).sqrt();
+        for i in 0..n {
+            or[i] = xr[i] * scale * w[i];
+        }
+    }
+}
+
+/// Rotary embedding, llama.cpp's NORM mode (adjacent pairs), in place on one token's heads.
+/// `cos`/`sin` hold `head_dim / 2` entries for this token's position.
+pub fn rope_norm(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+    for head in x.chunks_exact_mut(head_dim) {
+        for i in 0..head_dim / 2 {
+            let (a, b) = (head[2 * i], head[2 * i + 1]);
+            head[2 * i] = a * cos[i] - b * sin[i];
+            head[2 * i + 1] = a * sin[i] + b * cos[i];
+        }
+    }
+}
+
+/// cos/sin of `pos * base^(-2i/d)` for i in 0..d/2.
+pub fn rope_table(pos: usize, dims: usize, base: f32, cos: &mut [f32], sin: &mut [f32]) {
+    for i in 0..dims / 2 {
+        let theta = pos as f32 * base.powf(-2.0 * i as f32 / dims as f32);
+        cos[i] = theta.cos();
+        sin[i] = theta.sin();
+    }
+}
+
+/// g = silu(g) * u.
+pub fn silu_mul(g: &mut [f32], u: &[f32]) {
+    for (a, b) in g.iter_mut().zip(u) {
+        *a = *a / (1.0 + (-*a).exp()) * b;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rmsnorm_unit_rows() {
+        let x = [3.0, 4.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0];
+        let mut o = [0.0; 8];
+        rmsnorm(&x, &[1.0, 2.0, 1.0, 1.0], 0.0, &mut o);
+        let r = (25.0f32 / 4.0).sqrt();
+        assert!((o[0] - 3.0 / r).abs() < 1e-6 && (o[1] - 8.0 / r).abs() < 1e-6);
+        assert!((o[4] - 1.0).abs() < 1e-6 && (o[5] - 2.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rope_rotates_pairs_and_keeps_norm() {
+        let mut c = [0.0; 2];
+        let mut s = [0.0; 2];
+        rope_table(3, 4, 10000.0, &mut c, &mut s);
+        assert!((c[0] - 3f32.cos()).abs() < 1e-6 && (s[1] - (3.0f32 * 0.01).sin()).abs() < 1e-6);
+        let mut x = [1.0, 0.0, 0.5, 0.5];
+        rope_norm(&mut x, 4, &c, &s);
+        assert!((x[0] - 3f32.cos()).abs() < 1e-6 && (x[1] - 3f32.sin()).abs() < 1e-6);
+        assert!(((x[2] * x[2] + x[3] * x[3]) - 0.5).abs() < 1e-6);
+        rope_table(0, 4, 10000.0, &mut c, &mut s);
+        let mut y = [1.0, 2.0, 3.0, 4.0];
+        rope_norm(&mut y, 4, &c, &s);
+        assert_eq!(y, [1.0, 2.0, 3.0, 4.0], "position 0 is the identity");
+    }
+
+    #[test]
+    fn silu_mul_values() {
+        let mut g = [0.0, 1.0, -2.0];
+        silu_mul(&mut g, &[5.0, 2.0, 1.0]);
+        assert_eq!(g[0], 0.0);
+        assert!((g[1] - 2.0 / (1.0 + (-1f32).exp())).abs() < 1e-6);
+        assert!((g[2] - (-2.0 / (1.0 + 2f32.exp()))).abs() < 1e-6);
+    }
+}

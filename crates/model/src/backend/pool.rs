@@ -1,0 +1,250 @@
+//! One persistent compute thread pool, sized to the cores. The calling thread takes part, so a
+//! pool of `n` threads runs `n - 1` workers. Tasks are handed out dynamically (an atomic
+//! counter), so a thread slowed by another process simply takes fewer tasks: the result does
+//! not depend on which thread ran which task. Idle workers spin briefly, then sleep on a condvar
+//! (no endless spinning that would starve a busy machine).
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+type Job = dyn Fn(usize, usize) + Sync;
+
+struct Shared {
+    /// The current job (a lifetime-erased pointer, valid while `run` waits for it).
+    job: UnsafeCell<*const Job>,
+    n_tasks: AtomicUsize,
+    next: AtomicUsize,
+    /// Workers still working on the current generation.
+    active: AtomicUsize,
+    generation: AtomicU64,
+    sleepers: AtomicUsize,
+    shutdown: AtomicBool,
+    /// A worker's task panicked during the current run.
+    panicked: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+// SAFETY: `job` is written only by `run` while no worker reads it (all workers are idle, waiting
+// for the next generation), and read by workers only after they observe the new generation.
+unsafe impl Sync for Shared {}
+unsafe impl Send for Shared {}
+
+/// Iterations a worker spins waiting for work before it sleeps.
+const SPIN: u32 = 20_000;
+
+pub struct ThreadPool {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    /// Serializes `run` calls (the pool runs one job at a time).
+    running: Mutex<()>,
+}
+
+impl ThreadPool {
+    /// A pool of `threads` threads in all (the caller counts as one); 0 = available cores.
+    pub fn new(threads: usize) -> ThreadPool {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            threads
+        };
+        let noop: &Job = &|_, _| {};
+        let shared = Arc::new(Shared {
+            job: UnsafeCell::new(noop as *const Job),
+            n_tasks: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
+            sleepers: AtomicUsize::new(0),
+            shutdown: AtomicBool::new(false),
+            panicked: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        let workers = (1..threads)
+            .map(|id| {
+                let s = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("cordial-compute-{id}"))
+                    .spawn(move || worker(s, id))
+                    .expect("spawn compute thread")
+            })
+            .collect();
+        ThreadPool { shared, workers, running: Mutex::new(()) }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    /// Runs `f(task, thread)` for every `task` in `0..n_tasks`, spread over the pool; returns
+    /// when all are done. `thread` is in `0..threads()` (for per-thread scratch).
+    pub fn run(&self, n_tasks: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+        if n_tasks == 0 {
+            return;
+        }
+        if self.workers.is_empty() || n_tasks == 1 {
+            (0..n_tasks).for_each(|t| f(t, 0));
+            return;
+        }
+        let _serial = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &*self.shared;
+        // SAFETY: erase the lifetime; we do not return before every worker is done with `f`.
+        let short: *const (dyn Fn(usize, usize) + Sync + '_) = f;
+        let ptr: *const Job = unsafe { std::mem::transmute::<*const (dyn Fn(usize, usize) + Sync + '_), *const Job>(short) };
+        // SAFETY: all workers are idle (the previous run waited for active == 0).
+        unsafe { *s.job.get() = ptr };
+        s.n_tasks.store(n_tasks, Ordering::Relaxed);
+        s.next.store(0, Ordering::Relaxed);
+        s.active.store(self.workers.len(), Ordering::Relaxed);
+        s.generation.fetch_add(1, Ordering::Release);
+        if s.sleepers.load(Ordering::Acquire) > 0 {
+            let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.wake.notify_all();
+        }
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_tasks(s, f, 0)));
+        let mut spins = 0u32;
+        while s.active.load(Ordering::Acquire) != 0 {
+            spins += 1;
+            if spins < 1000 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        if let Err(p) = result {
+            s.panicked.store(false, Ordering::Relaxed);
+            std::panic::resume_unwind(p);
+        }
+        if s.panicked.swap(false, Ordering::Relaxed) {
+            panic!("a compute task panicked on a worker thread");
+        }
+    }
+}
+
+fn run_tasks(s: &Shared, f: &(dyn Fn(usize, usize) + Sync + '_), thread: usize) {
+    let n = s.n_tasks.load(Ordering::Relaxed);
+    loop {
+        let t = s.next.fetch_add(1, Ordering::Relaxed);
+        if t >= n {
+            break;
+        }
+        f(t, thread);
+    }
+}
+
+fn worker(s: Arc<Shared>, id: usize) {
+    let mut seen = 0u64;
+    loop {
+        let mut spins = 0u32;
+        loop {
+            if s.shutdown.load(Ordering::Acquire) {
+                return;
+            }
+            if s.generation.load(Ordering::Acquire) != seen {
+                break;
+            }
+            spins += 1;
+            if spins < SPIN {
+                std::hint::spin_loop();
+                continue;
+            }
+            let mut g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.sleepers.fetch_add(1, Ordering::AcqRel);
+            while s.generation.load(Ordering::Acquire) == seen && !s.shutdown.load(Ordering::Acquire) {
+                g = s.wake.wait(g).unwrap_or_else(|e| e.into_inner());
+            }
+            s.sleepers.fetch_sub(1, Ordering::AcqRel);
+            drop(g);
+        }
+        seen = s.generation.load(Ordering::Acquire);
+        // SAFETY: the job pointer was published before the generation bump we observed.
+        let f: &Job = unsafe { &**s.job.get() };
+        // A panicking task must not kill the worker: the caller re-raises it after the run.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_tasks(&s, f, id))).is_err() {
+            s.panicked.store(true, Ordering::Relaxed);
+        }
+        s.active.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        {
+            let _g = self.shared.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// A raw pointer that tasks may share to write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+pub struct SyncPtr<T>(pub *mut T);
+// SAFETY: users guarantee disjoint writes per task.
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
+
+impl<T> SyncPtr<T> {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
+    #[inline]
+    pub fn get(&self) -> *mut T {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_every_task_once() {
+        let pool = ThreadPool::new(3);
+        for n in [0usize, 1, 2, 7, 100] {
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            pool.run(n, &|t, th| {
+                assert!(th < 3);
+                hits[t].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "n={n}");
+        }
+    }
+
+    #[test]
+    fn many_runs_after_sleeping() {
+        let pool = ThreadPool::new(2);
+        let total = AtomicUsize::new(0);
+        for i in 0..200 {
+            if i % 50 == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(5)); // workers fall asleep
+            }
+            pool.run(4, &|_, _| {
+                total.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        assert_eq!(total.load(Ordering::Relaxed), 800);
+    }
+
+    #[test]
+    fn caller_panic_propagates_and_pool_survives() {
+        let pool = ThreadPool::new(2);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.run(64, &|t, _| {
+                if t == 0 {
+                    panic!("boom")
+                }
+            })
+        }));
+        assert!(r.is_err(), "the panic reaches the caller wherever the task ran");
+        let total = AtomicUsize::new(0);
+        pool.run(10, &|_, _| {
+            total.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(total.load(Ordering::Relaxed), 10);
+    }
+}

@@ -1,0 +1,95 @@
+//! Shared helpers for the model's integration tests: the real default model (fetched through
+//! the server's own default-model path) and the golden reference data.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cordial_model::gguf::GgufFile;
+use cordial_model::{Batch, Isa, KvCache, Model, Scratch, SeqInput, ThreadPool};
+
+pub const BLOCK: usize = 16;
+
+pub fn reference_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/smollm2-135m-instruct-q4_1")
+}
+
+pub fn load_default() -> Model {
+    let path = cordial_model::fetch::ensure_default_model().expect("default model");
+    Model::load(Arc::new(GgufFile::open(path).expect("open"))).expect("load")
+}
+
+#[derive(serde::Deserialize)]
+pub struct Step {
+    pub id: u32,
+    pub top: Vec<(u32, f32)>,
+}
+
+#[derive(serde::Deserialize)]
+pub struct Greedy {
+    pub prompt: String,
+    pub prompt_ids: Vec<u32>,
+    pub ids: Vec<u32>,
+    pub steps: Vec<Step>,
+}
+
+pub fn greedy_cases() -> Vec<Greedy> {
+    let text = std::fs::read_to_string(reference_dir().join("greedy.jsonl")).expect("greedy.jsonl");
+    text.lines().map(|l| serde_json::from_str(l).expect("greedy line")).collect()
+}
+
+/// Runs sequences on the model with a private KV cache; each sequence owns a contiguous range
+/// of blocks (`seq * blocks_per_seq ..`).
+pub struct Harness {
+    pub model: Model,
+    pub pool: ThreadPool,
+    pub kv: KvCache,
+    pub scratch: Scratch,
+    pub isa: Isa,
+    pub blocks_per_seq: usize,
+}
+
+impl Harness {
+    pub fn new(model: Model, isa: Isa, n_seqs: usize, max_len: usize) -> Harness {
+        let c = model.config().clone();
+        let blocks_per_seq = max_len.div_ceil(BLOCK);
+        let kv = KvCache::new(c.n_layers, c.n_kv_heads * c.head_dim, BLOCK, blocks_per_seq * n_seqs);
+        Harness { model, pool: ThreadPool::new(2), kv, scratch: Scratch::default(), isa, blocks_per_seq }
+    }
+
+    pub fn table(&self, seq: usize) -> Vec<u32> {
+        (0..self.blocks_per_seq).map(|b| (seq * self.blocks_per_seq + b) as u32).collect()
+    }
+
+    /// One step: (seq slot, tokens, start_pos) each; returns one logits row per entry.
+    pub fn step(&mut self, items: &[(usize, &[u32], usize)]) -> Vec<Vec<f32>> {
+        let tables: Vec<Vec<u32>> = items.iter().map(|(s, _, _)| self.table(*s)).collect();
+        let seqs = items
+            .iter()
+            .zip(&tables)
+            .map(|((_, toks, pos), t)| SeqInput { tokens: toks, start_pos: *pos, block_table: t, want_logits: true, replace: &[] })
+            .collect();
+        let mut logits = Vec::new();
+        self.model
+            .forward(&self.pool, self.isa, &Batch { seqs }, &mut self.kv, &mut self.scratch, &mut logits)
+            .expect("forward");
+        let v = self.model.config().vocab;
+        logits.chunks(v).map(|r| r.to_vec()).collect()
+    }
+}
+
+pub fn log_softmax(x: &[f32]) -> Vec<f32> {
+    let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + x.iter().map(|v| ((v - max) as f64).exp()).sum::<f64>().ln() as f32;
+    x.iter().map(|v| v - lse).collect()
+}
+
+pub fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in x.iter().enumerate() {
+        if *v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Exact-math golden data for the default model: a float64 numpy llama forward pass over the
+dequantized GGUF weights, teacher-forced on llama.cpp's reference prompts (no int8 activation
+quantization, no f16 rounding). Writes, per prompt and step, the top-8 (id, logprob) pairs.
+
+Why: llama.cpp's own int8 arithmetic deviates from exact math by up to ~0.4 nats on this small
+model, so an exact reference pins down the model's math while ../shared/reference pins down
+agreement with llama.cpp. Needs `pip install numpy gguf`. Usage:
+    scripts/make-exact-reference.py MODEL.gguf ../shared/reference/smollm2-135m-instruct-q4_1/greedy.jsonl OUT.jsonl
+"""
+import json
+import sys
+
+import numpy as np
+from gguf import GGUFReader
+from gguf.quants import dequantize
+
+
+def main(model, greedy, out):
+    r = GGUFReader(model)
+    field = lambda k: r.fields[k].contents()
+    arch = field("general.architecture")
+    assert arch == "llama", arch
+    L = field("llama.block_count")
+    H = field("llama.attention.head_count")
+    KV = field("llama.attention.head_count_kv")
+    D = field("llama.embedding_length")
+    HD = D // H
+    base = float(field("llama.rope.freq_base"))
+    eps = float(field("llama.attention.layer_norm_rms_epsilon"))
+    T = {t.name: t for t in r.tensors}
+
+    def W(name):
+        t = T[name]
+        return np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float64)
+
+    emb = W("token_embd.weight")
+    out_w = W("output.weight") if "output.weight" in T else emb
+    names = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"]
+    layers = [{n: W(f"blk.{l}.{n}.weight") for n in names} for l in range(L)]
+    onorm = W("output_norm.weight")
+
+    def rms(x, w):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+    def rope(x, pos):  # llama.cpp NORM mode: adjacent pairs
+        i = np.arange(HD // 2)
+        theta = pos[:, None] * base ** (-2.0 * i / HD)
+        c, s = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
+        a, b = x[..., 0::2], x[..., 1::2]
+        o = np.empty_like(x)
+        o[..., 0::2] = a * c - b * s
+        o[..., 1::2] = a * s + b * c
+        return o
+
+    with open(greedy) as f, open(out, "w") as w:
+        for line in f:
+            case = json.loads(line)
+            ids = case["prompt_ids"] + case["ids"][:-1]
+            n = len(ids)
+            pos = np.arange(n, dtype=np.float64)
+            x = emb[ids]
+            mask = np.triu(np.full((n, n), -np.inf), 1)
+            for ly in layers:
+                h = rms(x, ly["attn_norm"])
+                q = rope((h @ ly["attn_q"].T).reshape(n, H, HD), pos)
+                k = rope((h @ ly["attn_k"].T).reshape(n, KV, HD), pos)
+                v = (h @ ly["attn_v"].T).reshape(n, KV, HD)
+                att = np.zeros((n, H, HD))
+                for hh in range(H):
+                    g = hh // (H // KV)
+                    sc = q[:, hh, :] @ k[:, g, :].T / np.sqrt(HD) + mask
+                    sc = np.exp(sc - sc.max(-1, keepdims=True))
+                    sc /= sc.sum(-1, keepdims=True)
+                    att[:, hh, :] = sc @ v[:, g, :]
+                x = x + att.reshape(n, D) @ ly["attn_output"].T
+                h = rms(x, ly["ffn_norm"])
+                g_ = h @ ly["ffn_gate"].T
+                x = x + (g_ / (1 + np.exp(-g_)) * (h @ ly["ffn_up"].T)) @ ly["ffn_down"].T
+            start = len(case["prompt_ids"]) - 1
+            lg = rms(x[start:], onorm) @ out_w.T
+            m = lg.max(-1, keepdims=True)
+            lp = lg - (m + np.log(np.exp(lg - m).sum(-1, keepdims=True)))
+            steps = []
+            for row in lp:
+                top = np.argsort(-row)[:8]
+                steps.append([[int(i), round(float(row[i]), 5)] for i in top])
+            w.write(json.dumps({"prompt": case["prompt"], "steps": steps}) + "\n")
+            print(case["prompt"][:40], file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
