@@ -121,15 +121,48 @@ fn sse_payloads(body: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Runs the binary to its end (killed after `limit`): success and stdout.
+fn run_bin(args: &[&str], limit: Duration) -> (bool, String) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let name = format!(
+        "cordial-run-{}-{}",
+        std::process::id(),
+        args.join("_").replace('-', "")
+    );
+    let (out_path, err_path) = (
+        dir.join(format!("{name}.out")),
+        dir.join(format!("{name}.err")),
+    );
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(File::create(&out_path).unwrap())
+        .stderr(File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "cordial {args:?} timed out: {}",
+                std::fs::read_to_string(&err_path).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status.success(),
+        std::fs::read_to_string(&out_path).unwrap(),
+    )
+}
+
 #[test]
 fn fetch_model_prints_the_default_model_path() {
-    let out = Command::new(BIN).arg("fetch-model").output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = String::from_utf8(out.stdout).unwrap();
+    let (ok, path) = run_bin(&["fetch-model"], TEST_TIMEOUT);
+    assert!(ok);
     let path = PathBuf::from(path.trim());
     assert!(path.is_file(), "{}", path.display());
     assert_eq!(path, cordial_model::fetch::default_model_path().unwrap());
@@ -137,11 +170,8 @@ fn fetch_model_prints_the_default_model_path() {
 
 #[test]
 fn serve_help_lists_every_flag_with_its_env_var() {
-    let out = Command::new(BIN)
-        .args(["serve", "--help"])
-        .output()
-        .unwrap();
-    let help = String::from_utf8(out.stdout).unwrap();
+    let (ok, help) = run_bin(&["serve", "--help"], Duration::from_secs(30));
+    assert!(ok);
     for flag in [
         "model",
         "host",

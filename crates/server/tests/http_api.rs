@@ -94,6 +94,13 @@ async fn request_errors_have_status_and_param() {
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert!(v["error"]["message"].as_str().unwrap().contains("JSON"));
         let cases = [
+            // A body over 64 KiB is validated off the async workers, with the same answers.
+            (
+                json!({"prompt": "word ".repeat(20_000), "max_tokens": 1}),
+                422,
+                "prompt",
+                Some("context_length_exceeded"),
+            ),
             (
                 json!({"prompt": "x", "tokens": [1, 2], "max_tokens": 2}),
                 422,

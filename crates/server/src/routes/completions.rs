@@ -52,9 +52,16 @@ async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(body_error)?;
-    let parsed = parse_request(&body, headers, state.served_names())?;
+    let valid = if body.len() <= INLINE_BODY_BYTES {
+        check(state, headers, &body)?
+    } else {
+        // Parsing and tokenizing a big body would stall an async worker that streams tokens.
+        let (state2, headers) = (state.clone(), headers.clone());
+        tokio::task::spawn_blocking(move || check(&state2, &headers, &body))
+            .await
+            .map_err(|e| ApiError::Internal(format!("validation failed: {e}")))??
+    };
     let serving = state.serving().ok_or(ApiError::NotReady)?;
-    let valid = serving.with_model_info(|info| validate(parsed, info, random_u64))?;
     let streams = submit_all(&serving.engine, &valid)?;
     let outs = outputs(streams, generation(serving, &valid));
     let meta = StreamMeta {
@@ -98,6 +105,16 @@ async fn handle(
             .await
         }
     }
+}
+
+/// Bodies up to this size are validated on the async worker itself.
+const INLINE_BODY_BYTES: usize = 64 * 1024;
+
+/// Every check before any work starts: parse, model name, readiness, rules, tokenization.
+fn check(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<ValidRequest, ApiError> {
+    let parsed = parse_request(body, headers, state.served_names())?;
+    let serving = state.serving().ok_or(ApiError::NotReady)?;
+    serving.with_model_info(|info| validate(parsed, info, random_u64))
 }
 
 fn generation(serving: &Serving, valid: &ValidRequest) -> Generation {

@@ -54,6 +54,7 @@ pub(crate) fn inputs(
     req: &CompletionRequest,
     model: &ModelInfo,
 ) -> Result<Inputs, ValidationError> {
+    check_choice_count(req)?;
     let vocab = model.limits.vocab_size;
     let (param, rows) = match (&req.prompt, &req.tokens) {
         (Some(Prompt::Text(s)), _) => ("prompt", vec![(model.encode)(s)]),
@@ -88,17 +89,23 @@ pub(crate) fn inputs(
             format!("`{param}` must contain at least one token"),
         ));
     }
-    let n = req.n.unwrap_or(1) as usize;
-    if rows.len() * n > MAX_N as usize {
-        return Err(err(
-            param,
-            format!(
-                "{} inputs × n = {n} is more than {MAX_N} choices in one request",
-                rows.len()
-            ),
-        ));
-    }
     Ok(Inputs { param, rows })
+}
+
+/// Inputs × n must stay within `MAX_N` choices (checked before any tokenization).
+fn check_choice_count(req: &CompletionRequest) -> Result<(), ValidationError> {
+    let (param, rows) = match (&req.prompt, &req.tokens) {
+        (Some(Prompt::Texts(v)), _) => ("prompt", v.len()),
+        (Some(Prompt::TokenBatch(b)), _) => ("prompt", b.len()),
+        (None, Some(TokenInput::Batch(b))) => ("tokens", b.len()),
+        _ => return Ok(()),
+    };
+    let n = req.n.unwrap_or(1) as usize;
+    if rows.saturating_mul(n) > MAX_N as usize {
+        let msg = format!("{rows} inputs × n = {n} is more than {MAX_N} choices in one request");
+        return Err(err(param, msg));
+    }
+    Ok(())
 }
 
 fn context_error(param: &str, msg: String) -> ValidationError {
