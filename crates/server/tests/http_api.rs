@@ -78,6 +78,24 @@ async fn eos_ends_with_stop_and_is_excluded() {
     .await
 }
 
+/// Request, status, `param`, `code`.
+#[rustfmt::skip]
+fn error_cases() -> Vec<(serde_json::Value, u16, &'static str, Option<&'static str>)> {
+    vec![
+        // A body over 64 KiB is validated off the async workers, with the same answers.
+        (json!({"prompt": "word ".repeat(20_000), "max_tokens": 1}), 422, "prompt", Some("context_length_exceeded")),
+        (json!({"prompt": "x", "tokens": [1, 2], "max_tokens": 2}), 422, "tokens", None),
+        (json!({"max_tokens": 4}), 422, "prompt", None),
+        (json!({"model": "nope", "prompt": "x", "max_tokens": 2}), 404, "model", Some("model_not_found")),
+        (json!({"prompt": "x", "stream": "yes", "max_tokens": 2}), 422, "stream", None),
+        (json!({"prompt": "x", "max_tokens": 2, "stop": ["."]}), 422, "stop", None),
+        (json!({"prompt": "x", "max_tokens": 2, "suffix": "y"}), 400, "suffix", None),
+        (json!({"prompt": "x", "max_tokens": 2, "num_beams": 2}), 422, "num_beams", None),
+        (json!({"prompt": "x", "max_tokens": 600}), 422, "max_tokens", Some("context_length_exceeded")),
+        (json!({"tokens": [1, 49152], "max_tokens": 2}), 422, "tokens", None),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_errors_have_status_and_param() {
     within(async {
@@ -93,65 +111,7 @@ async fn request_errors_have_status_and_param() {
         let v: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert!(v["error"]["message"].as_str().unwrap().contains("JSON"));
-        let cases = [
-            // A body over 64 KiB is validated off the async workers, with the same answers.
-            (
-                json!({"prompt": "word ".repeat(20_000), "max_tokens": 1}),
-                422,
-                "prompt",
-                Some("context_length_exceeded"),
-            ),
-            (
-                json!({"prompt": "x", "tokens": [1, 2], "max_tokens": 2}),
-                422,
-                "tokens",
-                None,
-            ),
-            (json!({"max_tokens": 4}), 422, "prompt", None),
-            (
-                json!({"model": "nope", "prompt": "x", "max_tokens": 2}),
-                404,
-                "model",
-                Some("model_not_found"),
-            ),
-            (
-                json!({"prompt": "x", "stream": "yes", "max_tokens": 2}),
-                422,
-                "stream",
-                None,
-            ),
-            (
-                json!({"prompt": "x", "max_tokens": 2, "stop": ["."]}),
-                422,
-                "stop",
-                None,
-            ),
-            (
-                json!({"prompt": "x", "max_tokens": 2, "suffix": "y"}),
-                400,
-                "suffix",
-                None,
-            ),
-            (
-                json!({"prompt": "x", "max_tokens": 2, "num_beams": 2}),
-                422,
-                "num_beams",
-                None,
-            ),
-            (
-                json!({"prompt": "x", "max_tokens": 600}),
-                422,
-                "max_tokens",
-                Some("context_length_exceeded"),
-            ),
-            (
-                json!({"tokens": [1, 49152], "max_tokens": 2}),
-                422,
-                "tokens",
-                None,
-            ),
-        ];
-        for (body, status, param, code) in cases {
+        for (body, status, param, code) in error_cases() {
             let (got, v) = srv.post_json(&body).await;
             assert_eq!(got, status, "{body} -> {v}");
             assert_eq!(v["error"]["param"], param, "{body} -> {v}");

@@ -43,463 +43,163 @@ enum Expect {
 }
 use Expect::{Err as E, Ok as OK};
 
-fn cases() -> Vec<(&'static str, Value, Expect)> {
+type Case = (&'static str, Value, Expect);
+
+/// The contract's T-cases (valid requests), as answered now: fields the engine does not
+/// implement yet are 422 naming the field.
+#[rustfmt::skip]
+fn t_cases() -> Vec<Case> {
     vec![
-        (
-            "T01",
-            json!({"model": "my-model", "prompt": "Say this is a test!", "max_tokens": 16}),
-            OK,
-        ),
-        (
-            "T02",
-            json!({"model": "my-model", "tokens": [182, 327, 164], "max_tokens": 200, "top_k": 1,
+        ("T01", json!({"model": "my-model", "prompt": "Say this is a test!", "max_tokens": 16}), OK),
+        ("T02", json!({"model": "my-model", "tokens": [182, 327, 164], "max_tokens": 200, "top_k": 1,
             "beam_search_type": "DETERMINISTIC", "early_stopping": false, "encoder_no_repeat_ngram": 1,
-            "min_tokens": 0, "n": 1, "no_repeat_ngram": 1, "stream": false}),
-            OK,
-        ),
+            "min_tokens": 0, "n": 1, "no_repeat_ngram": 1, "stream": false}), OK),
         ("T03", t03_body(), OK),
-        (
-            "T04",
-            json!({"model": "my-model", "prompt": "Count: 1, 2,", "max_tokens": 8, "stream": true,
-            "beam_search_type": "DETERMINISTIC"}),
-            OK,
-        ),
-        (
-            "T05",
-            json!({"model": "my-model", "prompt": "Count: 1, 2,", "max_tokens": 8, "stream": true,
-            "stream_options": {"include_usage": true}}),
-            OK,
-        ),
-        (
-            "T06",
-            json!({"model": "m", "prompt": "the of and", "max_tokens": 128, "temperature": 0.0,
-            "seed": 1234, "stream": true, "stream_options": {"include_usage": true}, "ignore_eos": true}),
-            OK,
-        ),
-        (
-            "T07",
-            json!({"model": "my-model", "prompt": "Once upon a time", "max_tokens": 16, "n": 3,
-            "seed": [11, 22, 33], "temperature": 0.8}),
-            OK,
-        ),
-        (
-            "T08",
-            json!({"model": "my-model", "prompt": "Once upon a time", "max_tokens": 16, "temperature": 1.0}),
-            OK,
-        ),
-        (
-            "T09",
-            json!({"model": "my-model", "prompt": "2+2=", "max_tokens": 4, "temperature": 0}),
-            OK,
-        ),
-        (
-            "T10",
-            json!({"model": "my-model", "prompt": "List fruits:", "max_tokens": 32, "top_k": 40, "top_p": 0.9,
+        ("T04", json!({"model": "my-model", "prompt": "Count: 1, 2,", "max_tokens": 8, "stream": true,
+            "beam_search_type": "DETERMINISTIC"}), OK),
+        ("T05", json!({"model": "my-model", "prompt": "Count: 1, 2,", "max_tokens": 8, "stream": true,
+            "stream_options": {"include_usage": true}}), OK),
+        ("T06", json!({"model": "m", "prompt": "the of and", "max_tokens": 128, "temperature": 0.0,
+            "seed": 1234, "stream": true, "stream_options": {"include_usage": true}, "ignore_eos": true}), OK),
+        ("T07", json!({"model": "my-model", "prompt": "Once upon a time", "max_tokens": 16, "n": 3,
+            "seed": [11, 22, 33], "temperature": 0.8}), OK),
+        ("T08", json!({"model": "my-model", "prompt": "Once upon a time", "max_tokens": 16, "temperature": 1.0}), OK),
+        ("T09", json!({"model": "my-model", "prompt": "2+2=", "max_tokens": 4, "temperature": 0}), OK),
+        ("T10", json!({"model": "my-model", "prompt": "List fruits:", "max_tokens": 32, "top_k": 40, "top_p": 0.9,
             "frequency_penalty": 0.5, "presence_penalty": 0.5, "repetition_penalty": 1.2, "no_repeat_ngram": 3}),
-            E(422, "no_repeat_ngram"),
-        ),
-        (
-            "T11",
-            json!({"model": "my-model", "prompt": "Q: name a color\nA:", "max_tokens": 32, "stop": ["\n"]}),
-            E(422, "stop"),
-        ),
-        (
-            "T12",
-            json!({"model": "my-model", "prompt": "Hello", "max_tokens": 32, "stop_tokens": [{"tokens": [13]}],
-            "eos_token": [2]}),
-            E(422, "stop_tokens"),
-        ),
-        (
-            "T13",
-            json!({"model": "my-model", "prompt": "It is very", "max_tokens": 16, "bad_words": [" very"],
-            "bad_word_tokens": [{"tokens": [123, 567]}]}),
-            E(422, "bad_words"),
-        ),
-        (
-            "T14",
-            json!({"model": "my-model", "prompt": "Yes or no?", "max_tokens": 16, "min_tokens": 8}),
-            E(422, "min_tokens"),
-        ),
-        (
-            "T15",
-            json!({"model": "my-model", "prompt": "Tell me a story", "max_total_tokens": 32}),
-            OK,
-        ),
-        (
-            "T16",
-            json!({"model": "my-model", "prompt": "Translate to French: cheese", "max_tokens": 16,
+            E(422, "no_repeat_ngram")),
+        ("T11", json!({"model": "my-model", "prompt": "Q: name a color\nA:", "max_tokens": 32, "stop": ["\n"]}),
+            E(422, "stop")),
+        ("T12", json!({"model": "my-model", "prompt": "Hello", "max_tokens": 32, "stop_tokens": [{"tokens": [13]}],
+            "eos_token": [2]}), E(422, "stop_tokens")),
+        ("T13", json!({"model": "my-model", "prompt": "It is very", "max_tokens": 16, "bad_words": [" very"],
+            "bad_word_tokens": [{"tokens": [123, 567]}]}), E(422, "bad_words")),
+        ("T14", json!({"model": "my-model", "prompt": "Yes or no?", "max_tokens": 16, "min_tokens": 8}),
+            E(422, "min_tokens")),
+        ("T15", json!({"model": "my-model", "prompt": "Tell me a story", "max_total_tokens": 32}), OK),
+        ("T16", json!({"model": "my-model", "prompt": "Translate to French: cheese", "max_tokens": 16,
             "num_beams": 4, "length_penalty": 1.2, "early_stopping": true, "beam_search_type": "DETERMINISTIC",
             "beam_compat_pre_normalization": true, "beam_compat_no_post_normalization": true}),
-            E(422, "num_beams"),
-        ),
-        (
-            "T17",
-            json!({"model": "my-model", "prompt": "Poem:", "max_tokens": 16, "num_beams": 3,
-            "beam_search_type": "NAIVE_SAMPLING", "top_k": 50}),
-            E(422, "num_beams"),
-        ),
-        (
-            "T18",
-            json!({"model": "my-model", "tokens": [1, 450, 731, 310], "forced_output_tokens": [344, 338, 263],
-            "include_output_logprobs": true, "temperature": 0}),
-            E(422, "include_output_logprobs"),
-        ),
-        (
-            "T19",
-            json!({"model": "my-model", "prompt": "Hi", "max_tokens": 2, "include_output_logits": true}),
-            E(422, "include_output_logits"),
-        ),
-        (
-            "T20",
-            json!({"model": "my-model", "prompt": "The capital of France is", "max_tokens": 4, "logprobs": 3,
-            "echo": true}),
-            E(400, "logprobs"),
-        ),
-        (
-            "T21",
-            json!({"model": "my-model", "prompt": ["Hello", "Goodbye"], "n": 2, "max_tokens": 4}),
-            OK,
-        ),
-        (
-            "T22",
-            json!({"model": "my-model", "prompt": [[1, 150], [1, 2]], "max_tokens": 4}),
-            OK,
-        ),
-        (
-            "T23",
-            json!({"model": "my-model", "prompt": "Return a JSON person:", "max_tokens": 64,
-            "response_format": {"type": "json_object", "schema": "{\"type\":\"object\"}"}}),
-            E(422, "response_format"),
-        ),
-        (
-            "T24",
-            json!({"model": "my-model", "prompt": "Return JSON:", "max_tokens": 64, "response_format":
-            {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}}),
-            E(422, "response_format"),
-        ),
-        (
-            "T25",
-            json!({"model": "my-model", "prompt": "Phone:", "max_tokens": 16,
-            "response_format": {"type": "regex", "schema": "[0-9]{3}-[0-9]{4}"}}),
-            E(422, "response_format"),
-        ),
-        (
-            "T26",
-            json!({"model": "my-model", "prompt": "A B C", "max_tokens": 4, "token_index_to_replace": [0, 2],
-            "embedding_to_replace": [0.0, 0.1]}),
-            E(422, "token_index_to_replace"),
-        ),
-        (
-            "T27",
-            json!({"model": "my-model", "prompt": "Write a long essay", "max_tokens": 64,
-            "timeout_microseconds": 1000}),
-            E(422, "timeout_microseconds"),
-        ),
-        (
-            "E01",
-            json!({"model": "m", "prompt": "x", "tokens": [1, 2]}),
-            E(422, "tokens"),
-        ),
-        (
-            "E02",
-            json!({"model": "m", "max_tokens": 4}),
-            E(422, "prompt"),
-        ),
-        (
-            "E03",
-            json!({"model": "m", "prompt": "x", "max_tokens": 4, "max_total_tokens": 64}),
-            E(422, "max_total_tokens"),
-        ),
-        (
-            "E04",
-            json!({"model": "m", "prompt": "x", "min_tokens": 2, "min_total_tokens": 8}),
-            E(422, "min_total_tokens"),
-        ),
-        (
-            "E05",
-            json!({"model": "m", "prompt": "x", "stream": true, "num_beams": 2}),
-            E(422, "stream"),
-        ),
-        (
-            "E06",
-            json!({"model": "m", "prompt": "x", "n": 2, "num_beams": 2}),
-            E(422, "n"),
-        ),
-        (
-            "E07",
-            json!({"model": "m", "prompt": "x", "stop": ["."], "num_beams": 2}),
-            E(422, "stop"),
-        ),
-        (
-            "E08",
-            json!({"model": "m", "prompt": "x", "num_beams": 2, "top_p": 0.9}),
-            E(422, "top_p"),
-        ),
-        (
-            "E09",
-            json!({"model": "m", "prompt": "x", "length_penalty": 2.0}),
-            E(422, "length_penalty"),
-        ),
-        (
-            "E10",
-            json!({"model": "m", "prompt": "x", "early_stopping": true}),
-            E(422, "early_stopping"),
-        ),
-        (
-            "E11",
-            json!({"model": "m", "prompt": "x", "num_beams": 32}),
-            E(422, "num_beams"),
-        ),
-        (
-            "E12a",
-            json!({"model": "m", "prompt": "x", "top_p": 0}),
-            E(422, "top_p"),
-        ),
-        (
-            "E12b",
-            json!({"model": "m", "prompt": "x", "top_p": 1.5}),
-            E(422, "top_p"),
-        ),
-        (
-            "E13",
-            json!({"model": "m", "prompt": "x", "frequency_penalty": 2.5}),
-            E(422, "frequency_penalty"),
-        ),
-        (
-            "E14",
-            json!({"model": "m", "prompt": "x", "repetition_penalty": 0.9}),
-            E(422, "repetition_penalty"),
-        ),
-        (
-            "E15",
-            json!({"model": "m", "prompt": "x", "num_beams": 2, "beam_search_type": "GREEDY"}),
-            E(422, "beam_search_type"),
-        ),
-        (
-            "E16",
-            json!({"model": "m", "prompt": "x", "num_beams": 2, "beam_compat_no_post_normalization": true}),
-            E(422, "beam_compat_no_post_normalization"),
-        ),
-        (
-            "E17",
-            json!({"model": "m", "prompt": "x", "response_format": {"type": "regex"}}),
-            E(422, "response_format"),
-        ),
-        (
-            "E18",
-            json!({"model": "m", "prompt": "x", "min_tokens": 4, "response_format": {"type": "json_object"}}),
-            E(422, "min_tokens"),
-        ),
-        (
-            "E19",
-            json!({"model": "m", "prompt": "x".repeat(CONTEXT + 10), "max_tokens": 1}),
-            E(422, "prompt"),
-        ),
-        (
-            "E20",
-            json!({"model": "m", "prompt": "x", "n": 2, "seed": [1, 2, 3]}),
-            E(422, "seed"),
-        ),
-        (
-            "E21",
-            json!({"model": "m", "prompt": "x", "stream": "yes"}),
-            E(422, "stream"),
-        ),
-        (
-            "E22",
-            json!({"model": "m", "prompt": "x", "logprobs": 2, "include_output_logprobs": true}),
-            E(400, "logprobs"),
-        ),
-        (
-            "E23a",
-            json!({"model": "m", "prompt": "x", "suffix": "y"}),
-            E(400, "suffix"),
-        ),
-        (
-            "E23b",
-            json!({"model": "m", "prompt": "x", "best_of": 2, "stream": true}),
-            E(400, "best_of"),
-        ),
-        (
-            "E24",
-            json!({"model": "m", "prompt": "x", "position_ids": [0, 1]}),
-            E(422, "position_ids"),
-        ),
+            E(422, "num_beams")),
+        ("T17", json!({"model": "my-model", "prompt": "Poem:", "max_tokens": 16, "num_beams": 3,
+            "beam_search_type": "NAIVE_SAMPLING", "top_k": 50}), E(422, "num_beams")),
+        ("T18", json!({"model": "my-model", "tokens": [1, 450, 731, 310], "forced_output_tokens": [344, 338, 263],
+            "include_output_logprobs": true, "temperature": 0}), E(422, "include_output_logprobs")),
+        ("T19", json!({"model": "my-model", "prompt": "Hi", "max_tokens": 2, "include_output_logits": true}),
+            E(422, "include_output_logits")),
+        ("T20", json!({"model": "my-model", "prompt": "The capital of France is", "max_tokens": 4, "logprobs": 3,
+            "echo": true}), E(400, "logprobs")),
+        ("T21", json!({"model": "my-model", "prompt": ["Hello", "Goodbye"], "n": 2, "max_tokens": 4}), OK),
+        ("T22", json!({"model": "my-model", "prompt": [[1, 150], [1, 2]], "max_tokens": 4}), OK),
+        ("T23", json!({"model": "my-model", "prompt": "Return a JSON person:", "max_tokens": 64,
+            "response_format": {"type": "json_object", "schema": "{\"type\":\"object\"}"}}), E(422, "response_format")),
+        ("T24", json!({"model": "my-model", "prompt": "Return JSON:", "max_tokens": 64, "response_format":
+            {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}}), E(422, "response_format")),
+        ("T25", json!({"model": "my-model", "prompt": "Phone:", "max_tokens": 16,
+            "response_format": {"type": "regex", "schema": "[0-9]{3}-[0-9]{4}"}}), E(422, "response_format")),
+        ("T26", json!({"model": "my-model", "prompt": "A B C", "max_tokens": 4, "token_index_to_replace": [0, 2],
+            "embedding_to_replace": [0.0, 0.1]}), E(422, "token_index_to_replace")),
+        ("T27", json!({"model": "my-model", "prompt": "Write a long essay", "max_tokens": 64,
+            "timeout_microseconds": 1000}), E(422, "timeout_microseconds")),
+    ]
+}
+
+/// The contract's E-cases (invalid) and A-cases (must be accepted).
+#[rustfmt::skip]
+fn e_and_a_cases() -> Vec<Case> {
+    vec![
+        ("E01", json!({"model": "m", "prompt": "x", "tokens": [1, 2]}), E(422, "tokens")),
+        ("E02", json!({"model": "m", "max_tokens": 4}), E(422, "prompt")),
+        ("E03", json!({"model": "m", "prompt": "x", "max_tokens": 4, "max_total_tokens": 64}), E(422, "max_total_tokens")),
+        ("E04", json!({"model": "m", "prompt": "x", "min_tokens": 2, "min_total_tokens": 8}), E(422, "min_total_tokens")),
+        ("E05", json!({"model": "m", "prompt": "x", "stream": true, "num_beams": 2}), E(422, "stream")),
+        ("E06", json!({"model": "m", "prompt": "x", "n": 2, "num_beams": 2}), E(422, "n")),
+        ("E07", json!({"model": "m", "prompt": "x", "stop": ["."], "num_beams": 2}), E(422, "stop")),
+        ("E08", json!({"model": "m", "prompt": "x", "num_beams": 2, "top_p": 0.9}), E(422, "top_p")),
+        ("E09", json!({"model": "m", "prompt": "x", "length_penalty": 2.0}), E(422, "length_penalty")),
+        ("E10", json!({"model": "m", "prompt": "x", "early_stopping": true}), E(422, "early_stopping")),
+        ("E11", json!({"model": "m", "prompt": "x", "num_beams": 32}), E(422, "num_beams")),
+        ("E12a", json!({"model": "m", "prompt": "x", "top_p": 0}), E(422, "top_p")),
+        ("E12b", json!({"model": "m", "prompt": "x", "top_p": 1.5}), E(422, "top_p")),
+        ("E13", json!({"model": "m", "prompt": "x", "frequency_penalty": 2.5}), E(422, "frequency_penalty")),
+        ("E14", json!({"model": "m", "prompt": "x", "repetition_penalty": 0.9}), E(422, "repetition_penalty")),
+        ("E15", json!({"model": "m", "prompt": "x", "num_beams": 2, "beam_search_type": "GREEDY"}),
+            E(422, "beam_search_type")),
+        ("E16", json!({"model": "m", "prompt": "x", "num_beams": 2, "beam_compat_no_post_normalization": true}),
+            E(422, "beam_compat_no_post_normalization")),
+        ("E17", json!({"model": "m", "prompt": "x", "response_format": {"type": "regex"}}), E(422, "response_format")),
+        ("E18", json!({"model": "m", "prompt": "x", "min_tokens": 4, "response_format": {"type": "json_object"}}),
+            E(422, "min_tokens")),
+        ("E19", json!({"model": "m", "prompt": "x".repeat(CONTEXT + 10), "max_tokens": 1}), E(422, "prompt")),
+        ("E20", json!({"model": "m", "prompt": "x", "n": 2, "seed": [1, 2, 3]}), E(422, "seed")),
+        ("E21", json!({"model": "m", "prompt": "x", "stream": "yes"}), E(422, "stream")),
+        ("E22", json!({"model": "m", "prompt": "x", "logprobs": 2, "include_output_logprobs": true}), E(400, "logprobs")),
+        ("E23a", json!({"model": "m", "prompt": "x", "suffix": "y"}), E(400, "suffix")),
+        ("E23b", json!({"model": "m", "prompt": "x", "best_of": 2, "stream": true}), E(400, "best_of")),
+        ("E24", json!({"model": "m", "prompt": "x", "position_ids": [0, 1]}), E(422, "position_ids")),
         // A01 stays rejected until min_total_tokens is implemented: not by C4 (R2 holds), but as
         // an unsupported field.
-        (
-            "A01",
-            json!({"model": "m", "prompt": "x", "min_tokens": 0, "min_total_tokens": 8}),
-            E(422, "min_total_tokens"),
-        ),
-        (
-            "A02",
-            json!({"model": "m", "prompt": "x", "num_beams": 2, "top_k": 0, "n": 1,
-            "beam_search_type": "DETERMINISTIC", "early_stopping": false}),
-            E(422, "num_beams"),
-        ),
-        (
-            "A03",
-            json!({"model": "m", "prompt": "x", "beam_search_type": "STOCHASTIC"}),
-            OK,
-        ),
-        (
-            "A04",
-            json!({"model": "m", "prompt": "x", "encoder_no_repeat_ngram": 1}),
-            OK,
-        ),
-        (
-            "unknown model",
-            json!({"model": "gpt-4", "prompt": "x"}),
-            E(404, "model"),
-        ),
-        (
-            "context via max_tokens",
-            json!({"prompt": "xx", "max_tokens": CONTEXT - 1}),
-            E(422, "max_tokens"),
-        ),
-        (
-            "max_tokens 0",
-            json!({"prompt": "x", "max_tokens": 0}),
-            E(422, "max_tokens"),
-        ),
+        ("A01", json!({"model": "m", "prompt": "x", "min_tokens": 0, "min_total_tokens": 8}), E(422, "min_total_tokens")),
+        ("A02", json!({"model": "m", "prompt": "x", "num_beams": 2, "top_k": 0, "n": 1,
+            "beam_search_type": "DETERMINISTIC", "early_stopping": false}), E(422, "num_beams")),
+        ("A03", json!({"model": "m", "prompt": "x", "beam_search_type": "STOCHASTIC"}), OK),
+        ("A04", json!({"model": "m", "prompt": "x", "encoder_no_repeat_ngram": 1}), OK),
+    ]
+}
+
+/// Limits, shapes and rule R2 beyond the contract's list.
+#[rustfmt::skip]
+fn extra_cases() -> Vec<Case> {
+    vec![
+        ("unknown model", json!({"model": "gpt-4", "prompt": "x"}), E(404, "model")),
+        ("context via max_tokens", json!({"prompt": "xx", "max_tokens": CONTEXT - 1}), E(422, "max_tokens")),
+        ("max_tokens 0", json!({"prompt": "x", "max_tokens": 0}), E(422, "max_tokens")),
         ("n 0", json!({"prompt": "x", "n": 0}), E(422, "n")),
         ("n 129", json!({"prompt": "x", "n": 129}), E(422, "n")),
-        (
-            "batch x n over cap",
-            json!({"prompt": ["a", "b", "c"], "n": 50}),
-            E(400, "prompt"),
-        ),
-        (
-            "temperature < 0",
-            json!({"prompt": "x", "temperature": -0.1}),
-            E(422, "temperature"),
-        ),
-        (
-            "top_k > vocab",
-            json!({"prompt": "x", "top_k": VOCAB + 1}),
-            E(422, "top_k"),
-        ),
+        ("batch x n over cap", json!({"prompt": ["a", "b", "c"], "n": 50}), E(400, "prompt")),
+        ("temperature < 0", json!({"prompt": "x", "temperature": -0.1}), E(422, "temperature")),
+        ("top_k > vocab", json!({"prompt": "x", "top_k": VOCAB + 1}), E(422, "top_k")),
         ("top_k = vocab", json!({"prompt": "x", "top_k": VOCAB}), OK),
-        (
-            "token id = vocab",
-            json!({"tokens": [1, VOCAB]}),
-            E(422, "tokens"),
-        ),
-        (
-            "negative token id",
-            json!({"tokens": [-1]}),
-            E(422, "tokens"),
-        ),
+        ("token id = vocab", json!({"tokens": [1, VOCAB]}), E(422, "tokens")),
+        ("negative token id", json!({"tokens": [-1]}), E(422, "tokens")),
         ("empty tokens", json!({"tokens": []}), E(422, "tokens")),
         ("empty prompt", json!({"prompt": ""}), E(422, "prompt")),
-        (
-            "empty prompt batch",
-            json!({"prompt": []}),
-            E(400, "prompt"),
-        ),
-        (
-            "prompt id out of vocab",
-            json!({"prompt": [[1, 5000]]}),
-            E(400, "prompt"),
-        ),
-        (
-            "ignore_eos wrong type",
-            json!({"prompt": "x", "ignore_eos": 1}),
-            E(422, "ignore_eos"),
-        ),
-        (
-            "include_usage wrong type",
-            json!({"prompt": "x", "stream_options": {"include_usage": "y"}}),
-            E(400, "stream_options"),
-        ),
-        (
-            "user is ignored",
-            json!({"prompt": "x", "user": "someone"}),
-            OK,
-        ),
-        (
-            "max_total_tokens <= prompt",
-            json!({"prompt": "abcd", "max_total_tokens": 4}),
-            E(422, "max_total_tokens"),
-        ),
-        (
-            "max_total_tokens > context",
-            json!({"prompt": "x", "max_total_tokens": CONTEXT + 1}),
-            E(422, "max_total_tokens"),
-        ),
-        (
-            "R2: max_total_tokens at its default",
-            json!({"prompt": "x", "max_tokens": 3, "max_total_tokens": CONTEXT}),
-            OK,
-        ),
-        (
-            "R2: friendli 0.3.21 defaults",
-            json!({"prompt": "x", "beam_search_type": "DETERMINISTIC",
+        ("empty prompt batch", json!({"prompt": []}), E(400, "prompt")),
+        ("prompt id out of vocab", json!({"prompt": [[1, 5000]]}), E(400, "prompt")),
+        ("ignore_eos wrong type", json!({"prompt": "x", "ignore_eos": 1}), E(422, "ignore_eos")),
+        ("include_usage wrong type", json!({"prompt": "x", "stream_options": {"include_usage": "y"}}),
+            E(400, "stream_options")),
+        ("user is ignored", json!({"prompt": "x", "user": "someone"}), OK),
+        ("max_total_tokens <= prompt", json!({"prompt": "abcd", "max_total_tokens": 4}), E(422, "max_total_tokens")),
+        ("max_total_tokens > context", json!({"prompt": "x", "max_total_tokens": CONTEXT + 1}), E(422, "max_total_tokens")),
+        ("R2: max_total_tokens at its default", json!({"prompt": "x", "max_tokens": 3, "max_total_tokens": CONTEXT}), OK),
+        ("R2: friendli 0.3.21 defaults", json!({"prompt": "x", "beam_search_type": "DETERMINISTIC",
             "early_stopping": false, "encoder_no_repeat_ngram": 1, "min_tokens": 0, "n": 1, "no_repeat_ngram": 1,
             "top_k": 0, "stream": false, "length_penalty": 1.0, "repetition_penalty": 1.0, "top_p": 1.0,
             "frequency_penalty": 0, "presence_penalty": 0, "stop": [], "bad_words": [], "min_p": 0,
             "xtc_threshold": 0, "xtc_probability": 0, "echo": false, "best_of": 1, "logit_bias": {},
-            "include_output_logits": false, "include_output_logprobs": false, "response_format": {"type": "text"}}),
-            OK,
-        ),
-        (
-            "encoder_repetition_penalty",
-            json!({"prompt": "x", "encoder_repetition_penalty": 1.5}),
-            E(422, "encoder_repetition_penalty"),
-        ),
-        (
-            "logit_bias out of vocab",
-            json!({"prompt": "x", "logit_bias": {"99999": 1}}),
-            E(400, "logit_bias"),
-        ),
-        (
-            "continuous usage",
-            json!({"prompt": "x", "stream": true,
+            "include_output_logits": false, "include_output_logprobs": false, "response_format": {"type": "text"}}), OK),
+        ("encoder_repetition_penalty", json!({"prompt": "x", "encoder_repetition_penalty": 1.5}),
+            E(422, "encoder_repetition_penalty")),
+        ("logit_bias out of vocab", json!({"prompt": "x", "logit_bias": {"99999": 1}}), E(400, "logit_bias")),
+        ("continuous usage", json!({"prompt": "x", "stream": true,
             "stream_options": {"include_usage": true, "continuous_usage_stats": true}}),
-            E(400, "stream_options.continuous_usage_stats"),
-        ),
+            E(400, "stream_options.continuous_usage_stats")),
     ]
 }
 
+/// friendli-client 1.5.8's body: every key, unset ones as null.
+#[rustfmt::skip]
 fn t03_body() -> Value {
     let mut body = serde_json::Map::new();
     for key in [
-        "model",
-        "tokens",
-        "timeout_microseconds",
-        "max_total_tokens",
-        "min_tokens",
-        "min_total_tokens",
-        "n",
-        "num_beams",
-        "length_penalty",
-        "early_stopping",
-        "no_repeat_ngram",
-        "encoder_no_repeat_ngram",
-        "repetition_penalty",
-        "encoder_repetition_penalty",
-        "frequency_penalty",
-        "presence_penalty",
-        "temperature",
-        "top_k",
-        "top_p",
-        "stop",
-        "stop_tokens",
-        "seed",
-        "token_index_to_replace",
-        "embedding_to_replace",
-        "beam_search_type",
-        "beam_compat_pre_normalization",
-        "beam_compat_no_post_normalization",
-        "bad_words",
-        "bad_word_tokens",
-        "include_output_logits",
-        "include_output_logprobs",
-        "forced_output_tokens",
-        "eos_token",
-        "soft_prompts",
-        "position_ids",
+        "model", "tokens", "timeout_microseconds", "max_total_tokens", "min_tokens", "min_total_tokens", "n",
+        "num_beams", "length_penalty", "early_stopping", "no_repeat_ngram", "encoder_no_repeat_ngram",
+        "repetition_penalty", "encoder_repetition_penalty", "frequency_penalty", "presence_penalty",
+        "temperature", "top_k", "top_p", "stop", "stop_tokens", "seed", "token_index_to_replace",
+        "embedding_to_replace", "beam_search_type", "beam_compat_pre_normalization",
+        "beam_compat_no_post_normalization", "bad_words", "bad_word_tokens", "include_output_logits",
+        "include_output_logprobs", "forced_output_tokens", "eos_token", "soft_prompts", "position_ids",
         "generation_offset",
     ] {
         body.insert(key.to_owned(), Value::Null);
@@ -513,7 +213,10 @@ fn t03_body() -> Value {
 #[test]
 fn contract_cases() {
     let mut failures = Vec::new();
-    for (name, body, expect) in cases() {
+    for (name, body, expect) in [t_cases(), e_and_a_cases(), extra_cases()]
+        .into_iter()
+        .flatten()
+    {
         let got = run(&body);
         let ok = match (&expect, &got) {
             (Expect::Ok, Ok(_)) => true,
