@@ -1,11 +1,17 @@
 //! Glue from `cordial-model` (pure compute over a paged KV cache) to the engine's
-//! `ModelExecutor`, plus loading a GGUF file with its tokenizer. (Owned by the model engineer.)
+//! `ModelExecutor`, plus loading a GGUF file with its tokenizer.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use cordial_engine::ModelExecutor;
+use anyhow::{bail, Context};
+use cordial_engine::{ModelError, ModelExecutor, SeqStep};
+use cordial_model::gguf::GgufFile;
+use cordial_model::{Batch, Compute, KvCache, Model, Scratch, SeqInput, ThreadPool};
 use cordial_tokenizer::Tokenizer;
+
+/// Tokens per KV block.
+pub const BLOCK_SIZE: usize = 16;
 
 /// How to load the model.
 #[derive(Debug, Clone)]
@@ -33,6 +39,78 @@ pub struct LoadedModel {
 
 /// Loads a GGUF model file and its tokenizer.
 pub fn load(path: &Path, opts: &RunnerOptions) -> anyhow::Result<LoadedModel> {
-    let _ = (path, opts);
-    todo!("model engineer")
+    let file = Arc::new(GgufFile::open(path)?);
+    let tokenizer = Tokenizer::from_gguf(&file).context("building the tokenizer")?;
+    let model = Model::load(file.clone())?;
+    let cfg = model.config().clone();
+    if tokenizer.vocab_size() > cfg.vocab {
+        bail!("the tokenizer has {} tokens but the model only {} logits", tokenizer.vocab_size(), cfg.vocab);
+    }
+    let max_context = opts.max_model_len.map_or(cfg.context, |m| m.min(cfg.context));
+    if max_context == 0 {
+        bail!("--max-model-len must be at least 1");
+    }
+    let num_blocks = opts.kv_cache_tokens.div_ceil(BLOCK_SIZE).max(1);
+    let kv = KvCache::new(cfg.n_layers, cfg.n_kv_heads * cfg.head_dim, BLOCK_SIZE, num_blocks);
+    let executor = LlamaExecutor {
+        model,
+        kv,
+        pool: ThreadPool::new(opts.threads),
+        scratch: Scratch::default(),
+        cx: Compute::detect(),
+        max_context,
+    };
+    Ok(LoadedModel {
+        executor: Box::new(executor),
+        tokenizer: Arc::new(tokenizer),
+        max_context,
+        vocab_size: cfg.vocab,
+        hidden_size: cfg.hidden,
+        architecture: cfg.arch.clone(),
+    })
+}
+
+/// The real model behind the engine: weights, KV bytes, scratch buffers and the compute pool.
+struct LlamaExecutor {
+    model: Model,
+    kv: KvCache,
+    pool: ThreadPool,
+    scratch: Scratch,
+    cx: Compute,
+    max_context: usize,
+}
+
+impl ModelExecutor for LlamaExecutor {
+    fn vocab_size(&self) -> usize {
+        self.model.config().vocab
+    }
+    fn max_context(&self) -> usize {
+        self.max_context
+    }
+    fn block_size(&self) -> usize {
+        self.kv.block_size
+    }
+    fn num_blocks(&self) -> usize {
+        self.kv.num_blocks
+    }
+    fn forward(&mut self, seqs: &[SeqStep<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
+        let batch = Batch {
+            seqs: seqs
+                .iter()
+                .map(|s| SeqInput {
+                    tokens: s.tokens,
+                    start_pos: s.start_pos,
+                    block_table: s.block_table,
+                    want_logits: s.want_logits,
+                    replace: &[],
+                })
+                .collect(),
+        };
+        self.model
+            .forward(&self.pool, self.cx, &batch, &mut self.kv, &mut self.scratch, logits)
+            .map_err(|e| ModelError(e.to_string()))
+    }
+    fn copy_block(&mut self, src: u32, dst: u32) {
+        self.kv.copy_block(src, dst);
+    }
 }
