@@ -67,6 +67,7 @@ struct ServeArgs {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -205,23 +206,36 @@ fn load(args: &ServeArgs, path: PathBuf) -> anyhow::Result<Serving> {
     })
 }
 
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM, naming it in the log.
 async fn shutdown_signal() {
     let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => "SIGINT",
+            Err(e) => {
+                tracing::warn!("cannot listen for Ctrl-C: {e}");
+                std::future::pending().await
+            }
+        }
     };
     #[cfg(unix)]
     let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
             Ok(mut s) => {
                 s.recv().await;
+                "SIGTERM"
             }
-            Err(_) => std::future::pending::<()>().await,
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending().await
+            }
         }
     };
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
+    let term = std::future::pending::<&str>();
+    let name = tokio::select! {
+        name = ctrl_c => name,
+        name = term => name,
+    };
+    tracing::info!("{name} received");
 }

@@ -208,7 +208,6 @@ async fn a_model_that_cannot_load_ends_the_process() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs runner::load (still todo!() in crates/server/src/runner.rs)"]
 async fn serves_the_default_model() {
     within(async {
         let srv = Server::spawn(&["--served-model-name", "smol", "--served-model-name", "smol-alias"]).ready().await;
@@ -240,7 +239,6 @@ async fn serves_the_default_model() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs runner::load (still todo!() in crates/server/src/runner.rs)"]
 async fn sixteen_concurrent_greedy_requests_equal_the_same_requests_alone() {
     within(async {
         let srv = std::sync::Arc::new(Server::spawn(&[]).ready().await);
