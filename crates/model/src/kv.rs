@@ -89,10 +89,21 @@ mod tests {
         kv.write(1, 33, &[1.0, 2.0, 3.0, 4.0], &[-1.0, -2.0, -3.0, 0.5]);
         kv.copy_block(2, 6);
         let s = 6 * 16 + 1;
-        let back: Vec<f32> = kv.k_slot(1, s).iter().map(|b| f16::from_bits(*b).to_f32()).collect();
+        let back: Vec<f32> = kv
+            .k_slot(1, s)
+            .iter()
+            .map(|b| f16::from_bits(*b).to_f32())
+            .collect();
         assert_eq!(back, vec![1.0, 2.0, 3.0, 4.0]);
-        let back: Vec<f32> = kv.v_slot(1, s).iter().map(|b| f16::from_bits(*b).to_f32()).collect();
+        let back: Vec<f32> = kv
+            .v_slot(1, s)
+            .iter()
+            .map(|b| f16::from_bits(*b).to_f32())
+            .collect();
         assert_eq!(back, vec![-1.0, -2.0, -3.0, 0.5]);
-        assert!(kv.k_slot(0, s).iter().all(|&b| b == 0), "other layer untouched");
+        assert!(
+            kv.k_slot(0, s).iter().all(|&b| b == 0),
+            "other layer untouched"
+        );
     }
 }

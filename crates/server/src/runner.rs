@@ -102,6 +102,7 @@ impl ModelExecutor for LlamaExecutor {
                     start_pos: s.start_pos,
                     block_table: s.block_table,
                     want_logits: s.want_logits,
+                    all_logits: false,
                     replace: &[],
                 })
                 .collect(),

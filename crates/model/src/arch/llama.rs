@@ -68,7 +68,14 @@ impl Llama {
             Err(e) => return Err(e.into()),
         };
         let out_norm = load_f32(f, "output_norm.weight", d)?;
-        Ok(Llama { file, config, embed, layers, out_norm, output })
+        Ok(Llama {
+            file,
+            config,
+            embed,
+            layers,
+            out_norm,
+            output,
+        })
     }
 
     /// One forward step over the batch; appends a logits row per sequence that wants one.
@@ -102,14 +109,28 @@ impl Llama {
             }
         }
         for (ti, p) in places.iter().enumerate() {
-            rope_table(p.pos, c.rope_dims, c.rope_base, &mut s.cos[ti * hd / 2..(ti + 1) * hd / 2], &mut s.sin[ti * hd / 2..(ti + 1) * hd / 2]);
+            rope_table(
+                p.pos,
+                c.rope_dims,
+                c.rope_base,
+                &mut s.cos[ti * hd / 2..(ti + 1) * hd / 2],
+                &mut s.sin[ti * hd / 2..(ti + 1) * hd / 2],
+            );
         }
-        let shape = AttnShape { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: hd };
+        let shape = AttnShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: hd,
+        };
         for (l, layer) in self.layers.iter().enumerate() {
             rmsnorm(&s.x[..t * d], &layer.attn_norm, c.eps, &mut s.xn[..t * d]);
             s.xq.quantize(cx.isa, &s.xn[..t * d], t, d);
             {
-                let x = Acts { f: &s.xn[..t * d], q: &s.xq, t };
+                let x = Acts {
+                    f: &s.xn[..t * d],
+                    q: &s.xq,
+                    t,
+                };
                 let mut jobs = [
                     layer.wq.job(f, &mut s.q[..t * qd]),
                     layer.wk.job(f, &mut s.k[..t * kvd]),
@@ -118,45 +139,97 @@ impl Llama {
                 matmul(pool, cx, &x, &mut jobs);
             }
             for (ti, p) in places.iter().enumerate() {
-                let (cs, sn) = (&s.cos[ti * hd / 2..(ti + 1) * hd / 2], &s.sin[ti * hd / 2..(ti + 1) * hd / 2]);
+                let (cs, sn) = (
+                    &s.cos[ti * hd / 2..(ti + 1) * hd / 2],
+                    &s.sin[ti * hd / 2..(ti + 1) * hd / 2],
+                );
                 rope_norm(&mut s.q[ti * qd..(ti + 1) * qd], hd, cs, sn);
                 rope_norm(&mut s.k[ti * kvd..(ti + 1) * kvd], hd, cs, sn);
                 let slot = kv.slot(p.block_table, p.pos).expect("validated");
-                kv.write(l, slot, &s.k[ti * kvd..(ti + 1) * kvd], &s.v[ti * kvd..(ti + 1) * kvd]);
+                kv.write(
+                    l,
+                    slot,
+                    &s.k[ti * kvd..(ti + 1) * kvd],
+                    &s.v[ti * kvd..(ti + 1) * kvd],
+                );
             }
-            attention(pool, cx.isa, kv, l, &shape, &places, &s.q[..t * qd], &mut s.attn[..t * qd], &mut s.thread_scratch);
+            attention(
+                pool,
+                cx.isa,
+                kv,
+                l,
+                &shape,
+                &places,
+                &s.q[..t * qd],
+                &mut s.attn[..t * qd],
+                &mut s.thread_scratch,
+            );
             s.xq.quantize(cx.isa, &s.attn[..t * qd], t, qd);
             {
-                let x = Acts { f: &s.attn[..t * qd], q: &s.xq, t };
+                let x = Acts {
+                    f: &s.attn[..t * qd],
+                    q: &s.xq,
+                    t,
+                };
                 matmul(pool, cx, &x, &mut [layer.wo.job(f, &mut s.xn[..t * d])]);
             }
-            s.x[..t * d].iter_mut().zip(&s.xn[..t * d]).for_each(|(a, b)| *a += b);
+            s.x[..t * d]
+                .iter_mut()
+                .zip(&s.xn[..t * d])
+                .for_each(|(a, b)| *a += b);
             rmsnorm(&s.x[..t * d], &layer.ffn_norm, c.eps, &mut s.xn[..t * d]);
             s.xq.quantize(cx.isa, &s.xn[..t * d], t, d);
             {
-                let x = Acts { f: &s.xn[..t * d], q: &s.xq, t };
-                let mut jobs = [layer.w_gate.job(f, &mut s.gate[..t * c.ffn]), layer.w_up.job(f, &mut s.up[..t * c.ffn])];
+                let x = Acts {
+                    f: &s.xn[..t * d],
+                    q: &s.xq,
+                    t,
+                };
+                let mut jobs = [
+                    layer.w_gate.job(f, &mut s.gate[..t * c.ffn]),
+                    layer.w_up.job(f, &mut s.up[..t * c.ffn]),
+                ];
                 matmul(pool, cx, &x, &mut jobs);
             }
             silu_mul(&mut s.gate[..t * c.ffn], &s.up[..t * c.ffn]);
             s.xq.quantize(cx.isa, &s.gate[..t * c.ffn], t, c.ffn);
             {
-                let x = Acts { f: &s.gate[..t * c.ffn], q: &s.xq, t };
+                let x = Acts {
+                    f: &s.gate[..t * c.ffn],
+                    q: &s.xq,
+                    t,
+                };
                 matmul(pool, cx, &x, &mut [layer.w_down.job(f, &mut s.xn[..t * d])]);
             }
-            s.x[..t * d].iter_mut().zip(&s.xn[..t * d]).for_each(|(a, b)| *a += b);
+            s.x[..t * d]
+                .iter_mut()
+                .zip(&s.xn[..t * d])
+                .for_each(|(a, b)| *a += b);
         }
-        // Logits only for the last token of the sequences that want them.
+        // Logits for the last token of the sequences that want them (every token with
+        // `all_logits`).
         let mut rows = 0;
         let mut ti = 0;
         for seq in &batch.seqs {
-            ti += seq.tokens.len();
-            if seq.want_logits {
-                let src = (ti - 1) * d;
+            let n = seq.tokens.len();
+            let first = if seq.all_logits {
+                ti
+            } else if seq.want_logits {
+                ti + n - 1
+            } else {
+                ti + n
+            };
+            for src in first..ti + n {
                 let (x, xn) = (&s.x, &mut s.xn);
-                rmsnorm(&x[src..src + d], &self.out_norm, c.eps, &mut xn[rows * d..(rows + 1) * d]);
+                rmsnorm(
+                    &x[src * d..(src + 1) * d],
+                    &self.out_norm,
+                    c.eps,
+                    &mut xn[rows * d..(rows + 1) * d],
+                );
                 rows += 1;
             }
+            ti += n;
         }
         if rows == 0 {
             logits.clear();
@@ -165,7 +238,11 @@ impl Llama {
         s.xq.quantize(cx.isa, &s.xn[..rows * d], rows, d);
         logits.clear();
         logits.resize(rows * c.vocab, 0.0);
-        let x = Acts { f: &s.xn[..rows * d], q: &s.xq, t: rows };
+        let x = Acts {
+            f: &s.xn[..rows * d],
+            q: &s.xq,
+            t: rows,
+        };
         matmul(pool, cx, &x, &mut [self.output.job(f, logits)]);
         Ok(())
     }

@@ -22,7 +22,12 @@ pub enum ModelError {
     #[error("unsupported architecture `{0}` (supported: {supported})", supported = SUPPORTED_ARCHITECTURES.join(", "))]
     UnsupportedArchitecture(String),
     #[error("tensor `{name}` has shape {found:?}, expected [{cols}, {rows}]")]
-    Shape { name: String, found: Vec<u64>, rows: usize, cols: usize },
+    Shape {
+        name: String,
+        found: Vec<u64>,
+        rows: usize,
+        cols: usize,
+    },
     #[error("invalid model: {0}")]
     Invalid(String),
     #[error("invalid batch: {0}")]
@@ -53,7 +58,9 @@ impl ModelConfig {
         let n_heads = u("attention.head_count")?;
         let n_kv_heads = u("attention.head_count_kv").unwrap_or(n_heads);
         if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || hidden % n_heads != 0 {
-            return Err(ModelError::Invalid(format!("{n_heads} heads, {n_kv_heads} KV heads, width {hidden}")));
+            return Err(ModelError::Invalid(format!(
+                "{n_heads} heads, {n_kv_heads} KV heads, width {hidden}"
+            )));
         }
         let head_dim = u("attention.key_length").unwrap_or(hidden / n_heads);
         let vocab = match u("vocab_size") {
@@ -71,11 +78,16 @@ impl ModelConfig {
             vocab,
             context: u("context_length")?,
             eps: f.get_f32(&format!("{arch}.attention.layer_norm_rms_epsilon"))?,
-            rope_base: f.get_f32(&format!("{arch}.rope.freq_base")).unwrap_or(10000.0),
+            rope_base: f
+                .get_f32(&format!("{arch}.rope.freq_base"))
+                .unwrap_or(10000.0),
             rope_dims: u("rope.dimension_count").unwrap_or(head_dim),
         };
         if cfg.rope_dims != head_dim || head_dim % 2 != 0 {
-            return Err(ModelError::Invalid(format!("partial rotary ({} of {head_dim} dims) is not supported", cfg.rope_dims)));
+            return Err(ModelError::Invalid(format!(
+                "partial rotary ({} of {head_dim} dims) is not supported",
+                cfg.rope_dims
+            )));
         }
         Ok(cfg)
     }
@@ -100,12 +112,25 @@ impl Weight {
             _ => false,
         };
         if !ok {
-            return Err(ModelError::Shape { name: name.into(), found: info.dims.clone(), rows, cols });
+            return Err(ModelError::Shape {
+                name: name.into(),
+                found: info.dims.clone(),
+                rows,
+                cols,
+            });
         }
         if cols % info.ty.block_elems() != 0 {
-            return Err(ModelError::Invalid(format!("tensor `{name}`: rows of {cols} are not whole blocks")));
+            return Err(ModelError::Invalid(format!(
+                "tensor `{name}`: rows of {cols} are not whole blocks"
+            )));
         }
-        Ok(Weight { ty: info.ty, rows, cols, offset: info.offset as usize, size: info.size as usize })
+        Ok(Weight {
+            ty: info.ty,
+            rows,
+            cols,
+            offset: info.offset as usize,
+            size: info.size as usize,
+        })
     }
     pub fn data<'f>(&self, f: &'f GgufFile) -> &'f [u8] {
         let all = f.tensor_data_at(self.offset, self.size);
@@ -120,7 +145,13 @@ impl Weight {
         &self.data(f)[r * rb..(r + 1) * rb]
     }
     pub fn job<'a>(&self, f: &'a GgufFile, out: &'a mut [f32]) -> MatJob<'a> {
-        MatJob { w: self.data(f), ty: self.ty, rows: self.rows, cols: self.cols, out }
+        MatJob {
+            w: self.data(f),
+            ty: self.ty,
+            rows: self.rows,
+            cols: self.cols,
+            out,
+        }
     }
 }
 
@@ -130,6 +161,8 @@ pub struct SeqInput<'a> {
     pub start_pos: usize,
     pub block_table: &'a [u32],
     pub want_logits: bool,
+    /// Return a logits row for every token of `tokens` (prompt scoring, teacher forcing).
+    pub all_logits: bool,
     /// Input embeddings replacing the token embedding at these absolute positions.
     pub replace: &'a [(usize, &'a [f32])],
 }
@@ -140,26 +173,47 @@ pub struct Batch<'a> {
 
 impl<'a> Batch<'a> {
     /// Checks ids, positions, block coverage and replacement widths; returns each token's place.
-    pub(crate) fn validate(&self, c: &ModelConfig, kv: &KvCache) -> Result<Vec<TokenPlace<'a>>, ModelError> {
+    pub(crate) fn validate(
+        &self,
+        c: &ModelConfig,
+        kv: &KvCache,
+    ) -> Result<Vec<TokenPlace<'a>>, ModelError> {
         let mut places = Vec::new();
         for (si, s) in self.seqs.iter().enumerate() {
             let end = s.start_pos + s.tokens.len();
             if end > c.context {
-                return Err(ModelError::Batch(format!("sequence {si} reaches position {end}, past the context {}", c.context)));
+                return Err(ModelError::Batch(format!(
+                    "sequence {si} reaches position {end}, past the context {}",
+                    c.context
+                )));
             }
             if end > s.block_table.len() * kv.block_size {
-                return Err(ModelError::Batch(format!("sequence {si}: block table covers {} positions, needs {end}", s.block_table.len() * kv.block_size)));
+                return Err(ModelError::Batch(format!(
+                    "sequence {si}: block table covers {} positions, needs {end}",
+                    s.block_table.len() * kv.block_size
+                )));
             }
             if let Some(b) = s.block_table.iter().find(|&&b| b as usize >= kv.num_blocks) {
-                return Err(ModelError::Batch(format!("sequence {si}: block {b} out of range")));
+                return Err(ModelError::Batch(format!(
+                    "sequence {si}: block {b} out of range"
+                )));
             }
             if let Some(t) = s.tokens.iter().find(|&&t| t as usize >= c.vocab) {
-                return Err(ModelError::Batch(format!("sequence {si}: token {t} outside the vocabulary of {}", c.vocab)));
+                return Err(ModelError::Batch(format!(
+                    "sequence {si}: token {t} outside the vocabulary of {}",
+                    c.vocab
+                )));
             }
             if s.replace.iter().any(|(_, e)| e.len() != c.hidden) {
-                return Err(ModelError::Batch(format!("sequence {si}: replacement embeddings must have {} floats", c.hidden)));
+                return Err(ModelError::Batch(format!(
+                    "sequence {si}: replacement embeddings must have {} floats",
+                    c.hidden
+                )));
             }
-            places.extend((s.start_pos..end).map(|pos| TokenPlace { block_table: s.block_table, pos }));
+            places.extend((s.start_pos..end).map(|pos| TokenPlace {
+                block_table: s.block_table,
+                pos,
+            }));
         }
         Ok(places)
     }

@@ -39,7 +39,10 @@ pub fn attention(
     let qdim = nh * hd;
     let scale = 1.0 / (hd as f32).sqrt();
     let outp = SyncPtr(out.as_mut_ptr());
-    let scr: Vec<SyncPtr<Vec<f32>>> = scratch.iter_mut().map(|s| SyncPtr(s as *mut Vec<f32>)).collect();
+    let scr: Vec<SyncPtr<Vec<f32>>> = scratch
+        .iter_mut()
+        .map(|s| SyncPtr(s as *mut Vec<f32>))
+        .collect();
     let scr = &scr;
     let task = |task: usize, thread: usize| {
         let (ti, g) = (task / nkv, task % nkv);
@@ -52,7 +55,9 @@ pub fn attention(
         }
         let qt = &q[ti * qdim..(ti + 1) * qdim];
         for j in 0..n {
-            let slot = kv.slot(place.block_table, j).expect("block table covers the sequence");
+            let slot = kv
+                .slot(place.block_table, j)
+                .expect("block table covers the sequence");
             let k = &kv.k_slot(layer, slot)[g * hd..(g + 1) * hd];
             for h in 0..group {
                 let qh = &qt[(g * group + h) * hd..(g * group + h + 1) * hd];
@@ -63,10 +68,14 @@ pub fn attention(
             softmax(&mut scores[h * n..(h + 1) * n]);
         }
         // SAFETY: this task alone writes heads g*group..(g+1)*group of token ti.
-        let o = unsafe { std::slice::from_raw_parts_mut(outp.get().add(ti * qdim + g * group * hd), group * hd) };
+        let o = unsafe {
+            std::slice::from_raw_parts_mut(outp.get().add(ti * qdim + g * group * hd), group * hd)
+        };
         o.fill(0.0);
         for j in 0..n {
-            let slot = kv.slot(place.block_table, j).expect("block table covers the sequence");
+            let slot = kv
+                .slot(place.block_table, j)
+                .expect("block table covers the sequence");
             let v = &kv.v_slot(layer, slot)[g * hd..(g + 1) * hd];
             for h in 0..group {
                 axpy_f16(isa, scores[h * n + j], v, &mut o[h * hd..(h + 1) * hd]);
@@ -95,7 +104,10 @@ fn dot_f16(isa: Isa, k: &[u16], q: &[f32]) -> f32 {
         return unsafe { crate::quant::avx2::dot_f16_f32(k, q) };
     }
     let _ = isa;
-    k.iter().zip(q).map(|(a, b)| f16::from_bits(*a).to_f32() * b).sum()
+    k.iter()
+        .zip(q)
+        .map(|(a, b)| f16::from_bits(*a).to_f32() * b)
+        .sum()
 }
 
 #[inline]
@@ -106,5 +118,7 @@ fn axpy_f16(isa: Isa, a: f32, v: &[u16], out: &mut [f32]) {
         return unsafe { crate::quant::avx2::axpy_f16(a, v, out) };
     }
     let _ = isa;
-    out.iter_mut().zip(v).for_each(|(o, x)| *o += a * f16::from_bits(*x).to_f32());
+    out.iter_mut()
+        .zip(v)
+        .for_each(|(o, x)| *o += a * f16::from_bits(*x).to_f32());
 }

@@ -42,7 +42,11 @@ pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'
     let mut parts = Vec::with_capacity(jobs.len());
     let mut tasks = 0;
     for j in jobs.iter_mut() {
-        assert_eq!(j.w.len(), j.rows * j.cols / j.ty.block_elems() * j.ty.block_bytes(), "weight size");
+        assert_eq!(
+            j.w.len(),
+            j.rows * j.cols / j.ty.block_elems() * j.ty.block_bytes(),
+            "weight size"
+        );
         assert!(j.out.len() >= x.t * j.rows, "output size");
         parts.push(Part {
             w: j.w,
@@ -57,19 +61,32 @@ pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'
     let parts = &parts;
     let t = x.t;
     let run = |task: usize, _thread: usize| {
-        let p = parts.iter().rev().find(|p| p.first_task <= task).expect("task belongs to a part");
+        let p = parts
+            .iter()
+            .rev()
+            .find(|p| p.first_task <= task)
+            .expect("task belongs to a part");
         let w = p.w;
         let row_bytes = p.cols / p.ty.block_elems() * p.ty.block_bytes();
         let r0 = (task - p.first_task) * ROWS_PER_TASK;
         let r1 = (r0 + ROWS_PER_TASK).min(p.rows);
-        let mut deq = if cx.f32_activations && p.ty.is_quantized() { vec![0.0f32; p.cols] } else { Vec::new() };
+        let mut deq = if cx.f32_activations && p.ty.is_quantized() {
+            vec![0.0f32; p.cols]
+        } else {
+            Vec::new()
+        };
         for r in r0..r1 {
             let wr = &w[r * row_bytes..(r + 1) * row_bytes];
             if !deq.is_empty() {
                 quant::dequantize_row(p.ty, wr, &mut deq);
                 let deq_bytes: &[u8] = bytes_of(&deq);
                 for ti in 0..t {
-                    let v = quant::dot_f(isa, GgmlType::F32, deq_bytes, &x.f[ti * p.cols..(ti + 1) * p.cols]);
+                    let v = quant::dot_f(
+                        isa,
+                        GgmlType::F32,
+                        deq_bytes,
+                        &x.f[ti * p.cols..(ti + 1) * p.cols],
+                    );
                     // SAFETY: each (ti, r) is written by exactly one task.
                     unsafe { *p.out.get().add(ti * p.rows + r) = v };
                 }

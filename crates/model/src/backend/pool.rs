@@ -46,7 +46,9 @@ impl ThreadPool {
     /// A pool of `threads` threads in all (the caller counts as one); 0 = available cores.
     pub fn new(threads: usize) -> ThreadPool {
         let threads = if threads == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             threads
         };
@@ -72,7 +74,11 @@ impl ThreadPool {
                     .expect("spawn compute thread")
             })
             .collect();
-        ThreadPool { shared, workers, running: Mutex::new(()) }
+        ThreadPool {
+            shared,
+            workers,
+            running: Mutex::new(()),
+        }
     }
 
     pub fn threads(&self) -> usize {
@@ -93,7 +99,9 @@ impl ThreadPool {
         let s = &*self.shared;
         // SAFETY: erase the lifetime; we do not return before every worker is done with `f`.
         let short: *const (dyn Fn(usize, usize) + Sync + '_) = f;
-        let ptr: *const Job = unsafe { std::mem::transmute::<*const (dyn Fn(usize, usize) + Sync + '_), *const Job>(short) };
+        let ptr: *const Job = unsafe {
+            std::mem::transmute::<*const (dyn Fn(usize, usize) + Sync + '_), *const Job>(short)
+        };
         // SAFETY: all workers are idle (the previous run waited for active == 0).
         unsafe { *s.job.get() = ptr };
         s.n_tasks.store(n_tasks, Ordering::Relaxed);
@@ -153,7 +161,9 @@ fn worker(s: Arc<Shared>, id: usize) {
             }
             let mut g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.sleepers.fetch_add(1, Ordering::AcqRel);
-            while s.generation.load(Ordering::Acquire) == seen && !s.shutdown.load(Ordering::Acquire) {
+            while s.generation.load(Ordering::Acquire) == seen
+                && !s.shutdown.load(Ordering::Acquire)
+            {
                 g = s.wake.wait(g).unwrap_or_else(|e| e.into_inner());
             }
             s.sleepers.fetch_sub(1, Ordering::AcqRel);
@@ -163,7 +173,8 @@ fn worker(s: Arc<Shared>, id: usize) {
         // SAFETY: the job pointer was published before the generation bump we observed.
         let f: &Job = unsafe { &**s.job.get() };
         // A panicking task must not kill the worker: the caller re-raises it after the run.
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_tasks(&s, f, id))).is_err() {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_tasks(&s, f, id))).is_err()
+        {
             s.panicked.store(true, Ordering::Relaxed);
         }
         s.active.fetch_sub(1, Ordering::Release);
@@ -240,7 +251,10 @@ mod tests {
                 }
             })
         }));
-        assert!(r.is_err(), "the panic reaches the caller wherever the task ran");
+        assert!(
+            r.is_err(),
+            "the panic reaches the caller wherever the task ran"
+        );
         let total = AtomicUsize::new(0);
         pool.run(10, &|_, _| {
             total.fetch_add(1, Ordering::Relaxed);

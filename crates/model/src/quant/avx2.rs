@@ -23,7 +23,12 @@ unsafe fn hsum(v: __m256) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn quantize_block_q8(x: &[f32], q: &mut [i8]) -> (f32, f32) {
     let p = x.as_ptr();
-    let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
+    let v = [
+        _mm256_loadu_ps(p),
+        _mm256_loadu_ps(p.add(8)),
+        _mm256_loadu_ps(p.add(16)),
+        _mm256_loadu_ps(p.add(24)),
+    ];
     let sign = _mm256_set1_ps(-0.0);
     let mut m = _mm256_andnot_ps(sign, v[0]);
     for vi in &v[1..] {
@@ -38,11 +43,20 @@ pub unsafe fn quantize_block_q8(x: &[f32], q: &mut [i8]) -> (f32, f32) {
     let idv = _mm256_set1_ps(id);
     let mut ints = [_mm256_setzero_si256(); 4];
     for i in 0..4 {
-        let r = _mm256_round_ps(_mm256_mul_ps(v[i], idv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        let r = _mm256_round_ps(
+            _mm256_mul_ps(v[i], idv),
+            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+        );
         ints[i] = _mm256_cvtps_epi32(r);
     }
-    let sum32 = _mm256_add_epi32(_mm256_add_epi32(ints[0], ints[1]), _mm256_add_epi32(ints[2], ints[3]));
-    let s4 = _mm_add_epi32(_mm256_castsi256_si128(sum32), _mm256_extracti128_si256(sum32, 1));
+    let sum32 = _mm256_add_epi32(
+        _mm256_add_epi32(ints[0], ints[1]),
+        _mm256_add_epi32(ints[2], ints[3]),
+    );
+    let s4 = _mm_add_epi32(
+        _mm256_castsi256_si128(sum32),
+        _mm256_extracti128_si256(sum32, 1),
+    );
     let s4 = _mm_hadd_epi32(s4, s4);
     let s4 = _mm_hadd_epi32(s4, s4);
     let sum = _mm_cvtsi128_si32(s4);
@@ -185,6 +199,9 @@ pub unsafe fn axpy_f16(a: f32, v: &[u16], out: &mut [f32]) {
     for i in (0..out.len()).step_by(8) {
         let h = _mm_loadu_si128(v.as_ptr().add(i) as *const __m128i);
         let o = out.as_mut_ptr().add(i);
-        _mm256_storeu_ps(o, _mm256_fmadd_ps(av, _mm256_cvtph_ps(h), _mm256_loadu_ps(o)));
+        _mm256_storeu_ps(
+            o,
+            _mm256_fmadd_ps(av, _mm256_cvtph_ps(h), _mm256_loadu_ps(o)),
+        );
     }
 }

@@ -127,7 +127,10 @@ pub enum Isa {
 impl Isa {
     /// The best level this CPU supports. `CORDIAL_ISA=scalar` forces the reference kernels.
     pub fn detect() -> Isa {
-        if std::env::var("CORDIAL_ISA").map(|v| v.eq_ignore_ascii_case("scalar")).unwrap_or(false) {
+        if std::env::var("CORDIAL_ISA")
+            .map(|v| v.eq_ignore_ascii_case("scalar"))
+            .unwrap_or(false)
+        {
             return Isa::Scalar;
         }
         Self::best_available()
@@ -166,7 +169,10 @@ pub struct Compute {
 
 impl Compute {
     pub fn new(isa: Isa) -> Compute {
-        Compute { isa, f32_activations: false }
+        Compute {
+            isa,
+            f32_activations: false,
+        }
     }
     /// The best ISA of this CPU (or `CORDIAL_ISA=scalar`), int8 activations.
     pub fn detect() -> Compute {
@@ -193,11 +199,19 @@ impl QuantizedActs {
     #[inline]
     pub fn row(&self, r: usize) -> (&[i8], &[f32], &[f32]) {
         let nb = self.cols / QK;
-        (&self.qs[r * self.cols..(r + 1) * self.cols], &self.d[r * nb..(r + 1) * nb], &self.s[r * nb..(r + 1) * nb])
+        (
+            &self.qs[r * self.cols..(r + 1) * self.cols],
+            &self.d[r * nb..(r + 1) * nb],
+            &self.s[r * nb..(r + 1) * nb],
+        )
     }
     /// Quantize `x` (`rows` × `cols`, row-major). Reuses the buffers (no allocation once grown).
     pub fn quantize(&mut self, isa: Isa, x: &[f32], rows: usize, cols: usize) {
-        assert_eq!(cols % QK, 0, "activation width {cols} is not a multiple of {QK}");
+        assert_eq!(
+            cols % QK,
+            0,
+            "activation width {cols} is not a multiple of {QK}"
+        );
         assert!(x.len() >= rows * cols);
         self.rows = rows;
         self.cols = cols;

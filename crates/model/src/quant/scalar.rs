@@ -22,7 +22,10 @@ pub fn quantize_block_q8(x: &[f32], q: &mut [i8]) -> (f32, f32) {
 /// matches the reference implementation closely (this small model is sensitive to it).
 #[inline]
 pub fn round_scales(d: f32, sum: i32) -> (f32, f32) {
-    (f16::from_f32(d).to_f32(), f16::from_f32(d * sum as f32).to_f32())
+    (
+        f16::from_f32(d).to_f32(),
+        f16::from_f32(d * sum as f32).to_f32(),
+    )
 }
 
 /// Σ over blocks of the weight row `w` (type `ty`) · activation row (qs, d, s).
@@ -124,20 +127,27 @@ pub fn dequantize_row(ty: GgmlType, w: &[u8], out: &mut [f32]) {
 pub fn quantize_row(ty: GgmlType, x: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(x.len() / ty.block_elems() * ty.block_bytes());
     match ty {
-        GgmlType::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        GgmlType::F16 => x.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
+        GgmlType::F32 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        GgmlType::F16 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
         GgmlType::Q8_0 => {
             for blk in x.chunks(QK) {
                 let amax = blk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                 let d = amax / 127.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                 out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-                blk.iter().for_each(|v| out.push((v * id).round() as i8 as u8));
+                blk.iter()
+                    .for_each(|v| out.push((v * id).round() as i8 as u8));
             }
         }
         GgmlType::Q4_0 => {
             for blk in x.chunks(QK) {
-                let max = blk.iter().fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                let max = blk
+                    .iter()
+                    .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
                 let d = max / -8.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                 out.extend_from_slice(&f16::from_f32(d).to_le_bytes());

@@ -18,7 +18,13 @@ impl Rng {
     }
 }
 
-const TYPES: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16, GgmlType::F32];
+const TYPES: [GgmlType; 5] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q8_0,
+    GgmlType::F16,
+    GgmlType::F32,
+];
 
 #[test]
 fn activation_quantization_matches_scalar_and_roundtrips() {
@@ -38,7 +44,10 @@ fn activation_quantization_matches_scalar_and_roundtrips() {
                 assert!((a.s[b] - a.d[b] * sum as f32).abs() <= 2e-3 * a.s[b].abs().max(a.d[b]));
                 for i in 0..QK {
                     let back = a.d[b] * a.qs[b * QK + i] as f32;
-                    assert!((back - x[b * QK + i]).abs() <= a.d[b] * (0.5 + 127.0 / 2048.0) + 1e-6, "f16-rounded scale");
+                    assert!(
+                        (back - x[b * QK + i]).abs() <= a.d[b] * (0.5 + 127.0 / 2048.0) + 1e-6,
+                        "f16-rounded scale"
+                    );
                 }
             }
         }
@@ -75,15 +84,34 @@ fn dot_kernels_match_reference() {
             } else {
                 wd.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum()
             };
-            let scale: f64 = wd.iter().zip(&x).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum::<f64>().max(1e-3);
-            let reference = if ty.is_quantized() { dot_q(Isa::Scalar, ty, &wq, qs, d, s) } else { dot_f(Isa::Scalar, ty, &wq, &x) };
+            let scale: f64 = wd
+                .iter()
+                .zip(&x)
+                .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                .sum::<f64>()
+                .max(1e-3);
+            let reference = if ty.is_quantized() {
+                dot_q(Isa::Scalar, ty, &wq, qs, d, s)
+            } else {
+                dot_f(Isa::Scalar, ty, &wq, &x)
+            };
             // The reference kernel is exact up to f32 rounding and the f16 storage of `s`.
             let err = (reference as f64 - exact).abs() / scale;
-            assert!(err < 2e-3, "{ty:?} {cols} scalar: {reference} vs {exact} (rel {err:e})");
+            assert!(
+                err < 2e-3,
+                "{ty:?} {cols} scalar: {reference} vs {exact} (rel {err:e})"
+            );
             for isa in Isa::all_available() {
-                let got = if ty.is_quantized() { dot_q(isa, ty, &wq, qs, d, s) } else { dot_f(isa, ty, &wq, &x) };
+                let got = if ty.is_quantized() {
+                    dot_q(isa, ty, &wq, qs, d, s)
+                } else {
+                    dot_f(isa, ty, &wq, &x)
+                };
                 let err = (got as f64 - reference as f64).abs() / scale;
-                assert!(err < 1e-5, "{ty:?} {cols} {isa:?}: {got} vs scalar {reference} (rel {err:e})");
+                assert!(
+                    err < 1e-5,
+                    "{ty:?} {cols} {isa:?}: {got} vs scalar {reference} (rel {err:e})"
+                );
             }
         }
     }
@@ -99,7 +127,10 @@ fn float_dots_handle_tails() {
             let wq = quantize_row(ty, &w);
             let r = dot_f(Isa::Scalar, ty, &wq, &x);
             for isa in Isa::all_available() {
-                assert!((dot_f(isa, ty, &wq, &x) - r).abs() < 1e-5, "{ty:?} {cols} {isa:?}");
+                assert!(
+                    (dot_f(isa, ty, &wq, &x) - r).abs() < 1e-5,
+                    "{ty:?} {cols} {isa:?}"
+                );
             }
         }
     }

@@ -6,12 +6,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cordial_model::gguf::GgufFile;
-use cordial_model::{Batch, Isa, KvCache, Model, Scratch, SeqInput, ThreadPool};
+use cordial_model::{Batch, Compute, KvCache, Model, Scratch, SeqInput, ThreadPool};
 
 pub const BLOCK: usize = 16;
 
 pub fn reference_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/smollm2-135m-instruct-q4_1")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/reference/smollm2-135m-instruct-q4_1")
 }
 
 pub fn load_default() -> Model {
@@ -35,7 +36,9 @@ pub struct Greedy {
 
 pub fn greedy_cases() -> Vec<Greedy> {
     let text = std::fs::read_to_string(reference_dir().join("greedy.jsonl")).expect("greedy.jsonl");
-    text.lines().map(|l| serde_json::from_str(l).expect("greedy line")).collect()
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("greedy line"))
+        .collect()
 }
 
 /// Runs sequences on the model with a private KV cache; each sequence owns a contiguous range
@@ -45,33 +48,70 @@ pub struct Harness {
     pub pool: ThreadPool,
     pub kv: KvCache,
     pub scratch: Scratch,
-    pub isa: Isa,
+    pub cx: Compute,
     pub blocks_per_seq: usize,
 }
 
 impl Harness {
-    pub fn new(model: Model, isa: Isa, n_seqs: usize, max_len: usize) -> Harness {
+    pub fn new(model: Model, cx: Compute, n_seqs: usize, max_len: usize) -> Harness {
         let c = model.config().clone();
         let blocks_per_seq = max_len.div_ceil(BLOCK);
-        let kv = KvCache::new(c.n_layers, c.n_kv_heads * c.head_dim, BLOCK, blocks_per_seq * n_seqs);
-        Harness { model, pool: ThreadPool::new(2), kv, scratch: Scratch::default(), isa, blocks_per_seq }
+        let kv = KvCache::new(
+            c.n_layers,
+            c.n_kv_heads * c.head_dim,
+            BLOCK,
+            blocks_per_seq * n_seqs,
+        );
+        Harness {
+            model,
+            pool: ThreadPool::new(2),
+            kv,
+            scratch: Scratch::default(),
+            cx,
+            blocks_per_seq,
+        }
     }
 
     pub fn table(&self, seq: usize) -> Vec<u32> {
-        (0..self.blocks_per_seq).map(|b| (seq * self.blocks_per_seq + b) as u32).collect()
+        (0..self.blocks_per_seq)
+            .map(|b| (seq * self.blocks_per_seq + b) as u32)
+            .collect()
     }
 
     /// One step: (seq slot, tokens, start_pos) each; returns one logits row per entry.
     pub fn step(&mut self, items: &[(usize, &[u32], usize)]) -> Vec<Vec<f32>> {
+        self.run(items, false)
+    }
+
+    /// Prefill of `tokens` at position 0 of slot 0, a logits row for every token.
+    pub fn score(&mut self, tokens: &[u32]) -> Vec<Vec<f32>> {
+        self.run(&[(0, tokens, 0)], true)
+    }
+
+    fn run(&mut self, items: &[(usize, &[u32], usize)], all: bool) -> Vec<Vec<f32>> {
         let tables: Vec<Vec<u32>> = items.iter().map(|(s, _, _)| self.table(*s)).collect();
         let seqs = items
             .iter()
             .zip(&tables)
-            .map(|((_, toks, pos), t)| SeqInput { tokens: toks, start_pos: *pos, block_table: t, want_logits: true, replace: &[] })
+            .map(|((_, toks, pos), t)| SeqInput {
+                tokens: toks,
+                start_pos: *pos,
+                block_table: t,
+                want_logits: true,
+                all_logits: all,
+                replace: &[],
+            })
             .collect();
         let mut logits = Vec::new();
         self.model
-            .forward(&self.pool, self.isa, &Batch { seqs }, &mut self.kv, &mut self.scratch, &mut logits)
+            .forward(
+                &self.pool,
+                self.cx,
+                &Batch { seqs },
+                &mut self.kv,
+                &mut self.scratch,
+                &mut logits,
+            )
             .expect("forward");
         let v = self.model.config().vocab;
         logits.chunks(v).map(|r| r.to_vec()).collect()
@@ -92,4 +132,27 @@ pub fn argmax(x: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+#[derive(serde::Deserialize)]
+pub struct Exact {
+    pub prompt: String,
+    pub steps: Vec<Vec<(u32, f32)>>,
+}
+
+/// Exact-math (float64) top-8 per teacher-forced step, made by scripts/make-exact-reference.py.
+pub fn exact_cases() -> Vec<Exact> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/exact-smollm2.jsonl");
+    let text = std::fs::read_to_string(p).expect("exact fixture");
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("exact line"))
+        .collect()
+}
+
+/// Teacher-forced rows: logits after prompt_ids + ids[..i], for i in 0..ids.len(), by one prefill.
+pub fn teacher_forced(h: &mut Harness, case: &Greedy) -> Vec<Vec<f32>> {
+    let mut all = case.prompt_ids.clone();
+    all.extend_from_slice(&case.ids[..case.ids.len() - 1]);
+    let rows = h.score(&all);
+    rows[case.prompt_ids.len() - 1..].to_vec()
 }
