@@ -278,3 +278,58 @@ async fn non_stream_disconnect_frees_blocks() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_before_the_first_token_is_a_plain_error_response() {
+    within(async {
+        let srv = start(FakeModelConfig {
+            fail_at_forward: Some(0),
+            ..fake_config()
+        })
+        .await;
+        let body = json!({"prompt": "Hi", "max_tokens": 4, "stream": true});
+        let resp = srv.post(&body).await;
+        assert_eq!(resp.status(), 500);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["type"], "server_error");
+        srv.wait_idle().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_mid_stream_ends_with_an_error_event_in_each_dialect() {
+    within(async {
+        // Forward 0 is the prefill (token 1); forwards 1 and 2 give tokens 2 and 3; 3 fails.
+        let srv = start(FakeModelConfig {
+            fail_at_forward: Some(3),
+            ..fake_config()
+        })
+        .await;
+        let body =
+            json!({"prompt": "Hi", "max_tokens": 8, "stream": true, "beam_search_type": null});
+        let events: Vec<Value> = sse_payloads(&stream_body(&srv, &body, None).await)
+            .iter()
+            .map(|s| json(s))
+            .collect();
+        assert_eq!(events.len(), 4, "{events:?}");
+        assert!(events[..3].iter().all(|e| e["event"] == "token_sampled"));
+        assert_eq!(events[3]["event"], "error");
+        assert_eq!(events[3]["error"]["type"], "server_error");
+        srv.wait_idle().await;
+
+        let srv = start(FakeModelConfig {
+            fail_at_forward: Some(3),
+            ..fake_config()
+        })
+        .await;
+        let body = json!({"prompt": "Hi", "max_tokens": 8, "stream": true});
+        let payloads = sse_payloads(&stream_body(&srv, &body, None).await);
+        assert_eq!(payloads.len(), 5, "{payloads:?}");
+        assert_eq!(json(&payloads[3])["error"]["type"], "server_error");
+        assert_eq!(payloads[4], "[DONE]");
+        srv.wait_idle().await;
+    })
+    .await
+}
