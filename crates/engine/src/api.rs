@@ -1,6 +1,8 @@
 //! The engine's public request/event types: what the server submits and what it gets back.
 //! Plain Rust types, no JSON. (Fields may be added; existing ones keep their meaning.)
 
+use std::time::Instant;
+
 use crate::model::TokenId;
 
 /// Sampling and stopping parameters of one request (already validated by the server).
@@ -19,6 +21,32 @@ pub struct SamplingParams {
     pub eos_tokens: Vec<TokenId>,
     /// EOS is an ordinary token (vLLM/llama.cpp `ignore_eos`).
     pub ignore_eos: bool,
+    /// EOS and `stop_sequences` cannot end a choice before it has this many output tokens
+    /// (their completing tokens are masked until then).
+    pub min_new_tokens: usize,
+    /// Token sequences that end a choice when the output ends with one of them; treated like
+    /// EOS: the matched tokens are not output (they are held back while a match is possible).
+    pub stop_sequences: Vec<Vec<TokenId>>,
+    /// Token sequences that can never be completed: when the output ends with all but the last
+    /// token of one, that last token is masked.
+    pub bad_sequences: Vec<Vec<TokenId>>,
+    /// Multiplicative penalty on every token of prompt + output (1.0 = off; Keskar et al.).
+    pub repetition_penalty: f32,
+    /// Subtracted once per occurrence of the token in the output (0 = off; OpenAI).
+    pub frequency_penalty: f32,
+    /// Subtracted once if the token occurs in the output (0 = off; OpenAI).
+    pub presence_penalty: f32,
+    /// No n-gram of this size occurs twice in prompt + output (0 or 1 = off).
+    pub no_repeat_ngram: usize,
+    /// Keeps tokens whose probability is at least `min_p` × the top probability (0 = off).
+    pub min_p: f32,
+    /// When non-empty, the output is exactly these tokens (no sampling, no stop checks); the
+    /// choice then ends with `Length`.
+    pub forced_tokens: Vec<TokenId>,
+    /// Report this many most likely tokens (of the raw distribution) with each token (0 = none).
+    pub top_logprobs: usize,
+    /// Report each token's raw logits row.
+    pub output_logits: bool,
 }
 
 impl Default for SamplingParams {
@@ -30,6 +58,17 @@ impl Default for SamplingParams {
             max_new_tokens: 16,
             eos_tokens: Vec::new(),
             ignore_eos: false,
+            min_new_tokens: 0,
+            stop_sequences: Vec::new(),
+            bad_sequences: Vec::new(),
+            repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            no_repeat_ngram: 0,
+            min_p: 0.0,
+            forced_tokens: Vec::new(),
+            top_logprobs: 0,
+            output_logits: false,
         }
     }
 }
@@ -41,6 +80,8 @@ pub struct EngineRequest {
     pub params: SamplingParams,
     /// One seed per choice (n = seeds.len() ≥ 1). Replaying a seed reproduces its choice exactly.
     pub seeds: Vec<u64>,
+    /// Not finished by then: the request ends with `EngineError::Timeout` and frees its blocks.
+    pub deadline: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,10 +96,13 @@ pub enum FinishReason {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A generated token of choice `choice` (EOS tokens are not reported unless `ignore_eos`).
+    /// `logprob` is `log_softmax` of the raw logits row at `token`.
     Token {
         choice: usize,
         token: TokenId,
         logprob: f32,
+        /// Present when the request asked for top log-probabilities or logits.
+        extra: Option<Box<TokenExtra>>,
     },
     /// Choice `choice` is done.
     ChoiceFinished { choice: usize, reason: FinishReason },
@@ -71,6 +115,15 @@ pub enum Event {
     Error(EngineError),
 }
 
+/// What a token reports beyond its log-probability, when asked for.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TokenExtra {
+    /// The `top_logprobs` most likely tokens of the raw row, most likely first (ties: lowest id).
+    pub top_logprobs: Vec<(TokenId, f32)>,
+    /// The raw logits row the token was chosen from (`output_logits`).
+    pub logits: Option<Vec<f32>>,
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EngineError {
     #[error("the model failed: {0}")]
@@ -79,6 +132,9 @@ pub enum EngineError {
     TooLarge { needed: usize, total: usize },
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The request's `deadline` passed before it finished.
+    #[error("the request did not finish within its timeout")]
+    Timeout,
 }
 
 /// Why `submit` refused a request before queueing it.

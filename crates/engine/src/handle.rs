@@ -98,7 +98,7 @@ impl EngineHandle {
             .commands
             .send(Command::Add {
                 id,
-                request: req,
+                request: Box::new(req),
                 events,
             })
             .is_err()
@@ -107,9 +107,11 @@ impl EngineHandle {
             return Err(SubmitError::NotRunning);
         }
         Ok(RequestStream {
-            id,
+            control: RequestControl {
+                id,
+                commands: inner.commands.clone(),
+            },
             events: receiver,
-            commands: inner.commands.clone(),
             ended: false,
         })
     }
@@ -165,8 +167,43 @@ fn validate(req: &EngineRequest, shape: ModelShape) -> Result<(), SubmitError> {
             p.temperature
         ));
     }
-    if p.top_p.is_nan() {
-        return invalid("`top_p` is NaN".to_string());
+    for (name, x) in [
+        ("top_p", p.top_p),
+        ("min_p", p.min_p),
+        ("repetition_penalty", p.repetition_penalty),
+        ("frequency_penalty", p.frequency_penalty),
+        ("presence_penalty", p.presence_penalty),
+    ] {
+        if !x.is_finite() {
+            return invalid(format!("`{name}` must be a finite number. Given: {x}"));
+        }
+    }
+    if p.repetition_penalty <= 0.0 {
+        return invalid("`repetition_penalty` must be positive".to_string());
+    }
+    let lists = [
+        ("eos_tokens", p.eos_tokens.as_slice()),
+        ("forced_tokens", p.forced_tokens.as_slice()),
+    ];
+    let seqs = p
+        .stop_sequences
+        .iter()
+        .map(|s| ("stop_sequences", s.as_slice()))
+        .chain(
+            p.bad_sequences
+                .iter()
+                .map(|s| ("bad_sequences", s.as_slice())),
+        );
+    for (name, ids) in lists.into_iter().chain(seqs) {
+        if let Some(&t) = ids.iter().find(|&&t| t as usize >= shape.vocab_size) {
+            let vocab = shape.vocab_size;
+            return invalid(format!(
+                "`{name}` has token {t}, outside the vocabulary ({vocab})"
+            ));
+        }
+    }
+    if !p.forced_tokens.is_empty() && p.max_new_tokens < p.forced_tokens.len() {
+        return invalid("`max_new_tokens` is shorter than `forced_tokens`".to_string());
     }
     Ok(())
 }
@@ -175,14 +212,39 @@ fn validate(req: &EngineRequest, shape: ModelShape) -> Result<(), SubmitError> {
 /// engine's next step).
 #[derive(Debug)]
 pub struct RequestStream {
-    id: RequestId,
+    control: RequestControl,
     events: UnboundedReceiver<Event>,
-    commands: Sender<Command>,
     /// The final event (`Finished` or `Error`) was returned.
     ended: bool,
 }
 
+/// Steers one running request from outside the engine (cheap to clone; outlives nothing: a
+/// command for a request that has ended is ignored).
+#[derive(Debug, Clone)]
+pub struct RequestControl {
+    id: RequestId,
+    commands: Sender<Command>,
+}
+
+impl RequestControl {
+    /// Ends choice `choice` now with `FinishReason::Stop` (e.g. the client found a stop phrase
+    /// in its text): the engine stops sampling it, frees its KV blocks, and sends its
+    /// `ChoiceFinished` (and `Finished` if it was the last live choice). Tokens of that choice
+    /// already in flight may still arrive before it; the caller ignores them.
+    pub fn stop_choice(&self, choice: usize) {
+        let _ = self.commands.send(Command::StopChoice {
+            id: self.id,
+            choice,
+        });
+    }
+}
+
 impl RequestStream {
+    /// A handle to steer this request while its events are read elsewhere.
+    pub fn control(&self) -> RequestControl {
+        self.control.clone()
+    }
+
     /// The next event; `None` after the final event. If the engine thread vanished without a
     /// final event, the stream ends with `Error(ShuttingDown)` so callers always see one.
     pub async fn recv(&mut self) -> Option<Event> {
@@ -202,7 +264,9 @@ impl RequestStream {
 impl Drop for RequestStream {
     fn drop(&mut self) {
         if !self.ended {
-            let _ = self.commands.send(Command::Abort { id: self.id });
+            let _ = self.control.commands.send(Command::Abort {
+                id: self.control.id,
+            });
         }
     }
 }

@@ -23,5 +23,5 @@ mod seq;
 mod shared;
 
 pub use api::*;
-pub use handle::{EngineHandle, RequestStream};
+pub use handle::{EngineHandle, RequestControl, RequestStream};
 pub use model::{ModelError, ModelExecutor, SeqStep, TokenId};

@@ -49,6 +49,7 @@ async fn logprobs_are_of_the_raw_logits_and_filters_hold() {
             prompt: p.clone(),
             params,
             seeds: vec![9],
+            deadline: None,
         })
         .await;
     let mut history = p;
@@ -77,6 +78,7 @@ async fn top_k_one_samples_the_greedy_output() {
             prompt: p.clone(),
             params,
             seeds: vec![1],
+            deadline: None,
         })
         .await;
     assert_eq!(out.single(), e.model.greedy_reference(&p, 12, &[]));

@@ -56,6 +56,9 @@ pub enum ApiError {
     Overloaded(String),
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// `timeout_microseconds` passed before the request finished: 429.
+    #[error("the request did not finish within `timeout_microseconds`")]
+    Timeout,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -75,6 +78,7 @@ impl ApiError {
             ApiError::NotReady | ApiError::Overloaded(_) | ApiError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::Timeout => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -92,6 +96,7 @@ impl ApiError {
         let (param, code) = match self {
             ApiError::Invalid(v, _) => (v.param.clone(), v.code),
             ApiError::ModelNotFound(_) => (Some("model".to_owned()), Some("model_not_found")),
+            ApiError::Timeout => (Some("timeout_microseconds".to_owned()), Some("timeout")),
             _ => (None, None),
         };
         let kind = if self.status().is_server_error() {
@@ -125,6 +130,7 @@ impl ApiError {
                 ApiError::Invalid(v, flavor)
             }
             EngineError::ShuttingDown => ApiError::ShuttingDown,
+            EngineError::Timeout => ApiError::Timeout,
             EngineError::Model(_) => ApiError::Internal(err.to_string()),
         }
     }
@@ -180,6 +186,15 @@ mod tests {
         assert_eq!(d.code, Some("model_not_found"));
         assert_eq!(d.kind, "invalid_request_error");
         assert_eq!(ApiError::NotReady.detail().kind, "server_error");
+    }
+
+    #[test]
+    fn timeout_is_429_naming_the_field() {
+        let e = ApiError::from_engine(EngineError::Timeout, Flavor::Friendli);
+        assert_eq!(e.status(), 429);
+        let d = e.detail();
+        assert_eq!(d.param.as_deref(), Some("timeout_microseconds"));
+        assert_eq!(d.kind, "invalid_request_error");
     }
 
     #[test]

@@ -13,11 +13,14 @@ pub(crate) enum Command {
     /// by `EngineHandle::submit`.)
     Add {
         id: RequestId,
-        request: EngineRequest,
+        request: Box<EngineRequest>,
         events: UnboundedSender<Event>,
     },
     /// The client is gone: drop the request and free its blocks.
     Abort { id: RequestId },
+    /// End choice `choice` of request `id` now with `Stop` (the client matched a stop phrase)
+    /// and free its blocks; the request goes on with its other choices.
+    StopChoice { id: RequestId, choice: usize },
     /// End every request with `EngineError::ShuttingDown` and stop the thread.
     Shutdown,
 }

@@ -126,8 +126,9 @@ impl EngineCore {
                 id,
                 request,
                 events,
-            } => self.add(id, request, events),
+            } => self.add(id, *request, events),
             Command::Abort { id } => self.abort(id),
+            Command::StopChoice { id, choice } => self.stop_choice(id, choice),
             Command::Shutdown => return ControlFlow::Break(()),
         }
         ControlFlow::Continue(())
@@ -155,6 +156,37 @@ impl EngineCore {
         }
         if place.is_some() {
             tracing::debug!(request = id, "aborted");
+        }
+    }
+
+    /// Ends one choice early (see `Command::StopChoice`); the request ends when it was its last.
+    fn stop_choice(&mut self, id: RequestId, choice: usize) {
+        let Some(group) = self.scheduler.find_mut(id) else {
+            return;
+        };
+        let mut events = Vec::new();
+        if !group.stop_choice(choice, &mut events) {
+            return;
+        }
+        group.choices[choice].blocks.release(&mut self.blocks);
+        group.finish_if_done(&mut events);
+        group.send_all(events);
+        let (gone, waiting) = self.scheduler.remove_where(|g| g.done, &mut self.blocks);
+        self.shared.left_waiting(waiting);
+        if !gone.is_empty() {
+            tracing::debug!(request = id, "finished by stop phrase");
+        }
+    }
+
+    /// Ends every request whose deadline passed with `EngineError::Timeout`, freeing its blocks.
+    fn expire(&mut self, now: std::time::Instant) {
+        let (expired, waiting) = self
+            .scheduler
+            .remove_where(|g| g.expired(now) && !g.done, &mut self.blocks);
+        self.shared.left_waiting(waiting);
+        for mut group in expired {
+            tracing::debug!(request = group.id, "timed out");
+            group.fail(EngineError::Timeout);
         }
     }
 

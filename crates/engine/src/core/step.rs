@@ -1,6 +1,7 @@
 //! One engine step: schedule → execute → sample → update → emit.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
 
 use super::EngineCore;
 use crate::api::{EngineError, Event};
@@ -17,6 +18,7 @@ struct GroupRows {
 
 impl EngineCore {
     pub(super) fn step(&mut self) {
+        self.expire(Instant::now());
         let out = self.scheduler.schedule(&mut self.blocks);
         self.shared.left_waiting(out.admitted);
         self.shared.rejoined_waiting(out.preempted);
@@ -110,6 +112,10 @@ impl EngineCore {
     /// only this request), frees the blocks of finished choices and emits the events.
     fn update_group(&mut self, g: &GroupRows) {
         let group = &mut self.scheduler.running[g.group];
+        if group.expired(Instant::now()) {
+            group.fail(EngineError::Timeout);
+            return;
+        }
         if !group.forked && group.prompt_computed == group.prompt.len() {
             group.fork(&mut self.blocks);
         }
@@ -139,22 +145,8 @@ impl EngineCore {
                 seq.blocks.release(&mut self.blocks);
             }
         }
-        if group.num_live() == 0 {
-            let (prompt_tokens, completion_tokens) =
-                (group.prompt.len(), group.completion_tokens());
-            events.push(Event::Finished {
-                prompt_tokens,
-                completion_tokens,
-            });
-            group.done = true;
-        }
-        for event in events {
-            if !group.send(event) {
-                tracing::debug!(request = group.id, "client gone; aborting");
-                group.done = true;
-                break;
-            }
-        }
+        group.finish_if_done(&mut events);
+        group.send_all(events);
     }
 }
 
@@ -176,10 +168,13 @@ fn sample_rows<'a>(
             Target::Choice(c) => vec![c],
         };
         for c in choices {
+            let seq = &mut group.choices[c];
             let ctx = RowContext {
                 params: &group.params,
+                prompt: &group.prompt,
+                generated: &seq.generated,
             };
-            let sampled = sampler.sample(row, &ctx, &mut group.choices[c].rng);
+            let sampled = sampler.sample(row, &ctx, &mut seq.rng);
             group.accept(c, sampled, max_context, &mut events);
         }
     }

@@ -73,6 +73,7 @@ fn request(top_k: usize, prompt: Vec<u32>) -> EngineRequest {
         prompt,
         params,
         seeds: vec![0],
+        deadline: None,
     }
 }
 

@@ -28,9 +28,57 @@ pub(crate) fn log_softmax_at(row: &[f32], token: TokenId) -> f32 {
     (chosen - max - sum.ln()) as f32
 }
 
+/// The `k` most likely tokens of `log_softmax(row)`, most likely first, ties to the lowest id
+/// (NaN entries never appear). One normalizer for the whole row.
+pub(crate) fn top_logprobs(row: &[f32], k: usize) -> Vec<(TokenId, f32)> {
+    let k = k.min(row.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut ids: Vec<TokenId> = (0..row.len() as TokenId)
+        .filter(|&i| !row[i as usize].is_nan())
+        .collect();
+    let order =
+        |a: &TokenId, b: &TokenId| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+    if ids.len() > k {
+        ids.select_nth_unstable_by(k - 1, order);
+        ids.truncate(k);
+    }
+    ids.sort_unstable_by(order);
+    let Some(&best) = ids.first() else {
+        return Vec::new();
+    };
+    let max = f64::from(row[best as usize]);
+    if !max.is_finite() {
+        return ids.iter().map(|&t| (t, log_softmax_at(row, t))).collect();
+    }
+    let sum: f64 = row
+        .iter()
+        .filter(|x| !x.is_nan())
+        .map(|&x| (f64::from(x) - max).exp())
+        .sum();
+    let norm = max + sum.ln();
+    ids.iter()
+        .map(|&t| (t, (f64::from(row[t as usize]) - norm) as f32))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_logprobs_are_sorted_and_match_log_softmax() {
+        let row = [1.0f32, 4.0, f32::NAN, 3.0, 4.0, -2.0];
+        let top = top_logprobs(&row, 3);
+        let ids: Vec<TokenId> = top.iter().map(|&(t, _)| t).collect();
+        assert_eq!(ids, [1, 4, 3], "ties go to the lowest id");
+        for (t, lp) in top {
+            assert!((lp - log_softmax_at(&row, t)).abs() < 1e-6);
+        }
+        assert!(top_logprobs(&row, 0).is_empty());
+        assert_eq!(top_logprobs(&row, 100).len(), 5, "NaN entries are left out");
+    }
 
     #[test]
     fn matches_a_hand_computed_softmax() {

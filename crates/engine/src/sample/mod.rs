@@ -2,25 +2,37 @@
 //!
 //! The pipeline, in this order (one file per step):
 //!
-//! 1. `logprob`: `log_softmax` of the RAW row at the chosen token (what `Event::Token` reports),
-//!    computed from the row as the model returned it.
-//! 2. Sanitize: NaN becomes `-inf` in a working copy of the row.
-//! 3. Processors that can change the argmax (none yet: logit bias, bad words, repetition /
-//!    frequency / presence penalties, min_tokens and grammar masks go here, in that order).
-//! 4. `greedy`: `temperature == 0` → argmax of the row, ties to the lowest id. Greedy rows stop here.
-//! 5. `temperature`: divide by the temperature.
-//! 6. `top_k`: keep the k largest logits.
-//! 7. `top_p`: keep the nucleus of mass p (min_p / typical_p would follow here).
-//! 8. `categorical`: a draw from `softmax(row)` with the choice's own seeded `rng`.
+//! 1. Forced output (`forced_tokens`): the token is given; no processor runs.
+//! 2. `logprob`: `log_softmax` of the RAW row at the chosen token (what `Event::Token` reports),
+//!    computed from the row as the model returned it; likewise the top log-probabilities and the
+//!    raw row itself when asked for (`TokenExtra`).
+//! 3. Sanitize: NaN becomes `-inf` in a working copy of the row.
+//! 4. Processors that can change the argmax, on the raw scale: `bad_words`, `min_tokens` (EOS
+//!    and stop sequences masked until the minimum length), `repetition`, `frequency`,
+//!    `presence`, `no_repeat_ngram` (logit bias and grammar masks would join here).
+//! 5. `greedy`: `temperature == 0` → argmax of the row, ties to the lowest id. Greedy rows stop here.
+//! 6. `temperature`: divide by the temperature.
+//! 7. `top_k`: keep the k largest logits.
+//! 8. `top_p`: keep the nucleus of mass p.
+//! 9. `min_p`: keep tokens at least `min_p` × as likely as the top one.
+//! 10. `categorical`: a draw from `softmax(row)` with the choice's own seeded `rng`.
 //!
-//! Steps 3 and 5–7 are [`LogitsProcessor`]s in one ordered list; a processor that is argmax
+//! Steps 4 and 6–9 are [`LogitsProcessor`]s in one ordered list; a processor that is argmax
 //! invariant is skipped for greedy rows. New processors are new files added to
 //! [`Sampler::default`] at their place in this list.
 
+mod bad_words;
 mod categorical;
-mod greedy;
+mod counts;
+mod frequency;
+pub(crate) mod greedy;
 mod logprob;
+mod min_p;
+mod min_tokens;
+mod no_repeat_ngram;
+mod presence;
 mod processor;
+mod repetition;
 pub(crate) mod rng;
 mod temperature;
 mod top_k;
@@ -29,13 +41,26 @@ mod top_p;
 pub(crate) use processor::{LogitsProcessor, RowContext};
 pub(crate) use rng::Rng;
 
+use crate::api::TokenExtra;
 use crate::model::TokenId;
 
 /// A sampled token with the log-probability of the raw distribution at it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Sampled {
     pub(crate) token: TokenId,
     pub(crate) logprob: f32,
+    pub(crate) extra: Option<Box<TokenExtra>>,
+}
+
+impl Sampled {
+    #[cfg(test)]
+    pub(crate) fn plain(token: TokenId, logprob: f32) -> Sampled {
+        Sampled {
+            token,
+            logprob,
+            extra: None,
+        }
+    }
 }
 
 /// The ordered pipeline (see the module docs), with a scratch row reused across calls.
@@ -55,9 +80,16 @@ impl std::fmt::Debug for Sampler {
 impl Default for Sampler {
     fn default() -> Sampler {
         Sampler::new(vec![
+            Box::new(bad_words::BadWords),
+            Box::new(min_tokens::MinTokens),
+            Box::new(repetition::RepetitionPenalty),
+            Box::new(frequency::FrequencyPenalty),
+            Box::new(presence::PresencePenalty),
+            Box::new(no_repeat_ngram::NoRepeatNgram),
             Box::new(temperature::Temperature),
             Box::new(top_k::TopK),
             Box::new(top_p::TopP),
+            Box::new(min_p::MinP),
         ])
     }
 }
@@ -71,8 +103,28 @@ impl Sampler {
         }
     }
 
-    /// Samples one token from the raw logits `row`.
+    /// Samples one token from the raw logits `row` (or takes the forced one).
     pub(crate) fn sample(&mut self, row: &[f32], ctx: &RowContext<'_>, rng: &mut Rng) -> Sampled {
+        let forced = ctx.params.forced_tokens.get(ctx.generated.len()).copied();
+        let token = match forced {
+            Some(t) => t,
+            None => self.choose(row, ctx, rng),
+        };
+        let params = ctx.params;
+        let extra = (params.top_logprobs > 0 || params.output_logits).then(|| {
+            Box::new(TokenExtra {
+                top_logprobs: logprob::top_logprobs(row, params.top_logprobs),
+                logits: params.output_logits.then(|| row.to_vec()),
+            })
+        });
+        Sampled {
+            token,
+            logprob: logprob::log_softmax_at(row, token),
+            extra,
+        }
+    }
+
+    fn choose(&mut self, row: &[f32], ctx: &RowContext<'_>, rng: &mut Rng) -> TokenId {
         let greedy = ctx.params.temperature <= 0.0;
         self.scratch.clear();
         self.scratch.extend(
@@ -84,109 +136,13 @@ impl Sampler {
                 p.apply(&mut self.scratch, ctx);
             }
         }
-        let token = if greedy {
+        if greedy {
             greedy::argmax(&self.scratch)
         } else {
             categorical::draw(&self.scratch, rng)
-        };
-        Sampled {
-            token,
-            logprob: logprob::log_softmax_at(row, token),
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::SamplingParams;
-
-    fn sample(row: &[f32], params: SamplingParams, seed: u64) -> Vec<Sampled> {
-        let mut sampler = Sampler::default();
-        let mut rng = Rng::new(seed);
-        let ctx = RowContext { params: &params };
-        (0..16)
-            .map(|_| sampler.sample(row, &ctx, &mut rng))
-            .collect()
-    }
-
-    #[test]
-    fn default_order_is_documented_order() {
-        assert_eq!(
-            format!("{:?}", Sampler::default()),
-            r#"["temperature", "top_k", "top_p"]"#
-        );
-    }
-
-    #[test]
-    fn greedy_ignores_filters_and_rng() {
-        let row = [0.1f32, 0.4, 0.2, 0.4];
-        let params = SamplingParams {
-            temperature: 0.0,
-            top_k: 3,
-            top_p: 0.1,
-            ..Default::default()
-        };
-        let out = sample(&row, params, 1);
-        assert!(out.iter().all(|s| s.token == 1));
-        let want = logprob::log_softmax_at(&row, 1);
-        assert!(out.iter().all(|s| s.logprob == want));
-    }
-
-    #[test]
-    fn logprob_is_of_the_raw_row_not_the_filtered_one() {
-        let row = [0.0f32, 1.0, 2.0, 3.0];
-        let params = SamplingParams {
-            temperature: 0.5,
-            top_k: 1,
-            ..Default::default()
-        };
-        let out = sample(&row, params, 3);
-        assert!(out.iter().all(|s| s.token == 3));
-        let raw = logprob::log_softmax_at(&row, 3);
-        assert!(out.iter().all(|s| s.logprob == raw));
-        assert!(raw < -0.1, "top_k must not make the reported probability 1");
-    }
-
-    #[test]
-    fn seeded_draws_replay_and_differ_across_seeds() {
-        let row = [0.3f32, 0.1, 0.5, 0.2, 0.4, 0.0];
-        let params = SamplingParams {
-            temperature: 1.0,
-            ..Default::default()
-        };
-        let a = sample(&row, params.clone(), 42);
-        assert_eq!(a, sample(&row, params.clone(), 42));
-        assert_ne!(a, sample(&row, params, 43));
-    }
-
-    #[test]
-    fn filters_restrict_the_draw() {
-        let row = [0.3f32, 0.1, 0.5, 0.2, 0.4, 0.0];
-        let params = SamplingParams {
-            temperature: 2.0,
-            top_k: 2,
-            ..Default::default()
-        };
-        assert!(sample(&row, params, 9)
-            .iter()
-            .all(|s| s.token == 2 || s.token == 4));
-    }
-
-    #[test]
-    fn nan_logits_are_never_sampled() {
-        let row = [f32::NAN, 0.0, f32::NAN, 0.0];
-        let params = SamplingParams {
-            temperature: 1.0,
-            ..Default::default()
-        };
-        assert!(sample(&row, params, 5)
-            .iter()
-            .all(|s| s.token == 1 || s.token == 3));
-        let params = SamplingParams {
-            temperature: 0.0,
-            ..Default::default()
-        };
-        assert!(sample(&row, params, 5).iter().all(|s| s.token == 1));
-    }
-}
+mod tests;

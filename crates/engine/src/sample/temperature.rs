@@ -40,7 +40,7 @@ mod tests {
             temperature,
             ..Default::default()
         };
-        Temperature.apply(row, &RowContext { params: &params });
+        Temperature.apply(row, &RowContext::bare(&params));
     }
 
     #[test]

@@ -48,7 +48,7 @@ mod tests {
             top_k,
             ..Default::default()
         };
-        TopK.apply(row, &RowContext { params: &params });
+        TopK.apply(row, &RowContext::bare(&params));
     }
 
     const NEG: f32 = f32::NEG_INFINITY;

@@ -74,7 +74,7 @@ mod tests {
             top_p,
             ..Default::default()
         };
-        TopP.apply(row, &RowContext { params: &params });
+        TopP.apply(row, &RowContext::bare(&params));
     }
 
     /// Logits whose softmax is exactly `probs`.

@@ -107,6 +107,39 @@ impl Scheduler {
         Some(Place::Running)
     }
 
+    /// The group of request `id`, running or waiting.
+    pub(crate) fn find_mut(&mut self, id: RequestId) -> Option<&mut SequenceGroup> {
+        self.running
+            .iter_mut()
+            .chain(self.waiting.iter_mut())
+            .find(|g| g.id == id)
+    }
+
+    /// Takes out the groups `pred` selects (waiting ones first), with their blocks freed, and
+    /// how many of them were waiting.
+    pub(crate) fn remove_where(
+        &mut self,
+        pred: impl Fn(&SequenceGroup) -> bool,
+        alloc: &mut BlockAllocator,
+    ) -> (Vec<SequenceGroup>, usize) {
+        let mut out = Vec::new();
+        let (kept, taken): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|g| !pred(g));
+        self.waiting = kept;
+        let from_waiting = taken.len();
+        out.extend(taken);
+        let (kept, taken): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|g| !pred(g));
+        self.running = kept;
+        out.extend(taken);
+        for group in &mut out {
+            group.release_blocks(alloc);
+        }
+        (out, from_waiting)
+    }
+
     /// Takes every group out (waiting ones first), with its blocks freed.
     pub(crate) fn take_all(&mut self, alloc: &mut BlockAllocator) -> Vec<SequenceGroup> {
         let mut all: Vec<SequenceGroup> = self.waiting.drain(..).collect();

@@ -21,6 +21,7 @@ fn group(id: RequestId, prompt: usize, n: usize) -> SequenceGroup {
             ..Default::default()
         },
         seeds: (0..n as u64).collect(),
+        deadline: None,
     };
     SequenceGroup::new(id, req, tokio::sync::mpsc::unbounded_channel().0)
 }

@@ -17,6 +17,9 @@ use crate::api::{EngineRequest, Event, FinishReason, SamplingParams};
 use crate::kv::{blocks_for, BlockAllocator, BlockTable};
 use crate::model::TokenId;
 use crate::sample::{Rng, Sampled};
+use accept::{accept, finish};
+
+mod accept;
 
 /// The engine's id of a request (unique per handle).
 pub(crate) type RequestId = u64;
@@ -39,6 +42,9 @@ pub(crate) struct Sequence {
     pub(crate) blocks: BlockTable,
     pub(crate) rng: Rng,
     pub(crate) finish: Option<FinishReason>,
+    /// Token events of the last generated tokens, not sent yet because they may be the start of
+    /// a stop sequence (whose tokens are never output).
+    held: Vec<Event>,
 }
 
 /// One request: the prompt, its `n` choices and the channel its events go to.
@@ -53,6 +59,8 @@ pub(crate) struct SequenceGroup {
     /// Prompt tokens in `prompt_blocks` (before the fork).
     pub(crate) prompt_computed: usize,
     pub(crate) forked: bool,
+    /// When the request times out (`EngineError::Timeout`).
+    pub(crate) deadline: Option<std::time::Instant>,
     /// The final event was sent, or the client is gone: the group leaves at the end of the step.
     pub(crate) done: bool,
     events: UnboundedSender<Event>,
@@ -69,6 +77,7 @@ impl SequenceGroup {
                 blocks: BlockTable::default(),
                 rng: Rng::new(seed),
                 finish: None,
+                held: Vec::new(),
             })
             .collect();
         SequenceGroup {
@@ -79,6 +88,7 @@ impl SequenceGroup {
             prompt_blocks: BlockTable::default(),
             prompt_computed: 0,
             forked: false,
+            deadline: req.deadline,
             done: false,
             events,
         }
@@ -102,8 +112,37 @@ impl SequenceGroup {
         self.live().any(|i| self.choices[i].generated.is_empty())
     }
 
+    /// Whether the deadline has passed at `now`.
+    pub(crate) fn expired(&self, now: std::time::Instant) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+    }
+
     pub(crate) fn completion_tokens(&self) -> usize {
         self.choices.iter().map(|s| s.generated.len()).sum()
+    }
+
+    /// When no choice is live: pushes `Finished` and marks the group done. True if it did.
+    pub(crate) fn finish_if_done(&mut self, out: &mut Vec<Event>) -> bool {
+        if self.done || self.num_live() > 0 {
+            return false;
+        }
+        out.push(Event::Finished {
+            prompt_tokens: self.prompt.len(),
+            completion_tokens: self.completion_tokens(),
+        });
+        self.done = true;
+        true
+    }
+
+    /// Sends `events` in order; on a gone client, marks the group done (to be dropped).
+    pub(crate) fn send_all(&mut self, events: Vec<Event>) {
+        for event in events {
+            if !self.send(event) {
+                tracing::debug!(request = self.id, "client gone; aborting");
+                self.done = true;
+                break;
+            }
+        }
     }
 
     /// Sends one event; false when the client is gone (the request must be aborted).
@@ -206,9 +245,8 @@ impl SequenceGroup {
         }
     }
 
-    /// Applies a token sampled for choice `c` and pushes the events it causes: EOS (unless
-    /// `ignore_eos`) ends the choice with `Stop` and is not a token; otherwise the token is
-    /// reported, and `max_new_tokens` or the context limit end the choice with `Length`.
+    /// Applies a token sampled for choice `c` and pushes the events it causes (see
+    /// [`accept`]); finished choices are then recorded.
     pub(crate) fn accept(
         &mut self,
         c: usize,
@@ -216,30 +254,30 @@ impl SequenceGroup {
         max_context: usize,
         out: &mut Vec<Event>,
     ) {
-        let params = &self.params;
-        let seq = &mut self.choices[c];
-        if !params.ignore_eos && params.eos_tokens.contains(&s.token) {
-            seq.finish = Some(FinishReason::Stop);
-            out.push(Event::ChoiceFinished {
-                choice: c,
-                reason: FinishReason::Stop,
-            });
-            return;
+        accept(
+            &self.params,
+            self.prompt.len(),
+            &mut self.choices[c],
+            c,
+            s,
+            max_context,
+            out,
+        );
+    }
+
+    /// Ends live choice `c` early with `Stop` (the client matched a stop phrase): its held
+    /// tokens are dropped. The caller frees its blocks. False when it had already finished.
+    pub(crate) fn stop_choice(&mut self, c: usize, out: &mut Vec<Event>) -> bool {
+        let Some(seq) = self.choices.get_mut(c) else {
+            return false;
+        };
+        if seq.finish.is_some() {
+            return false;
         }
-        seq.generated.push(s.token);
-        out.push(Event::Token {
-            choice: c,
-            token: s.token,
-            logprob: s.logprob,
-        });
-        let len = self.prompt.len() + seq.generated.len();
-        if seq.generated.len() >= params.max_new_tokens || len >= max_context {
-            seq.finish = Some(FinishReason::Length);
-            out.push(Event::ChoiceFinished {
-                choice: c,
-                reason: FinishReason::Length,
-            });
-        }
+        let held = std::mem::take(&mut seq.held).len();
+        seq.generated.truncate(seq.generated.len() - held);
+        finish(seq, c, FinishReason::Stop, out);
+        true
     }
 }
 
@@ -256,6 +294,7 @@ mod tests {
                 ..Default::default()
             },
             seeds: (0..n as u64).collect(),
+            deadline: None,
         };
         SequenceGroup::new(1, req, tokio::sync::mpsc::unbounded_channel().0)
     }
@@ -275,15 +314,7 @@ mod tests {
     fn accept_handles_eos_and_limits() {
         let mut g = group(3, 2, 2);
         let mut ev = Vec::new();
-        g.accept(
-            0,
-            Sampled {
-                token: 7,
-                logprob: -1.0,
-            },
-            100,
-            &mut ev,
-        );
+        g.accept(0, Sampled::plain(7, -1.0), 100, &mut ev);
         assert_eq!(
             ev,
             vec![Event::ChoiceFinished {
@@ -293,24 +324,8 @@ mod tests {
         );
         assert!(g.choices[0].generated.is_empty());
         ev.clear();
-        g.accept(
-            1,
-            Sampled {
-                token: 5,
-                logprob: -1.0,
-            },
-            100,
-            &mut ev,
-        );
-        g.accept(
-            1,
-            Sampled {
-                token: 6,
-                logprob: -2.0,
-            },
-            100,
-            &mut ev,
-        );
+        g.accept(1, Sampled::plain(5, -1.0), 100, &mut ev);
+        g.accept(1, Sampled::plain(6, -2.0), 100, &mut ev);
         assert_eq!(ev.len(), 3);
         assert_eq!(
             ev[2],
@@ -328,32 +343,17 @@ mod tests {
         let mut g = group(3, 1, 10);
         g.params.ignore_eos = true;
         let mut ev = Vec::new();
-        g.accept(
-            0,
-            Sampled {
-                token: 7,
-                logprob: -1.0,
-            },
-            5,
-            &mut ev,
-        );
+        g.accept(0, Sampled::plain(7, -1.0), 5, &mut ev);
         assert_eq!(
             ev,
             vec![Event::Token {
                 choice: 0,
                 token: 7,
-                logprob: -1.0
+                logprob: -1.0,
+                extra: None
             }]
         );
-        g.accept(
-            0,
-            Sampled {
-                token: 1,
-                logprob: -1.0,
-            },
-            5,
-            &mut ev,
-        );
+        g.accept(0, Sampled::plain(1, -1.0), 5, &mut ev);
         assert_eq!(
             ev[2],
             Event::ChoiceFinished {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cordial_engine::{
     EngineConfig, EngineHandle, EngineRequest, EngineStats, Event, FinishReason, RequestStream,
-    SamplingParams, TokenId,
+    SamplingParams, TokenExtra, TokenId,
 };
 use cordial_testkit::fake_model::{FakeModel, FakeModelConfig, FakeStats, StepGate};
 
@@ -90,6 +90,8 @@ impl Engine {
 pub struct Outcome {
     pub tokens: Vec<Vec<TokenId>>,
     pub logprobs: Vec<Vec<f32>>,
+    /// Each token's `extra` (top log-probabilities, logits), when asked for.
+    pub extras: Vec<Vec<Option<Box<TokenExtra>>>>,
     pub reasons: Vec<Option<FinishReason>>,
     /// The final event (`Finished` or `Error`).
     pub end: Event,
@@ -114,6 +116,7 @@ pub async fn collect(mut stream: RequestStream, n: usize) -> Outcome {
     let mut out = Outcome {
         tokens: vec![Vec::new(); n],
         logprobs: vec![Vec::new(); n],
+        extras: vec![Vec::new(); n],
         reasons: vec![None; n],
         end: Event::Error(cordial_engine::EngineError::ShuttingDown),
     };
@@ -126,10 +129,12 @@ pub async fn collect(mut stream: RequestStream, n: usize) -> Outcome {
                     choice,
                     token,
                     logprob,
+                    extra,
                 } => {
                     assert!(out.reasons[choice].is_none(), "token after ChoiceFinished");
                     out.tokens[choice].push(token);
                     out.logprobs[choice].push(logprob);
+                    out.extras[choice].push(extra);
                 }
                 Event::ChoiceFinished { choice, reason } => {
                     assert!(
@@ -185,6 +190,7 @@ pub fn greedy(prompt: Vec<TokenId>, max_new_tokens: usize) -> EngineRequest {
         prompt,
         params,
         seeds: vec![0],
+        deadline: None,
     }
 }
 
@@ -198,5 +204,6 @@ pub fn sampled(prompt: Vec<TokenId>, max_new_tokens: usize, seeds: Vec<u64>) -> 
         prompt,
         params,
         seeds,
+        deadline: None,
     }
 }

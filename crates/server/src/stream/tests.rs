@@ -15,6 +15,7 @@ fn tok(choice: usize, token: u32) -> Option<Event> {
         choice,
         token,
         logprob: 0.0,
+        extra: None,
     })
 }
 

@@ -191,6 +191,7 @@ pub(crate) fn engine_requests(
         max_new_tokens: 0,
         eos_tokens: model.eos_tokens.to_vec(),
         ignore_eos: req.ignore_eos.unwrap_or(false),
+        ..SamplingParams::default()
     };
     inputs
         .rows
@@ -205,6 +206,7 @@ pub(crate) fn engine_requests(
                 prompt,
                 params,
                 seeds: seeds.clone(),
+                deadline: None,
             })
         })
         .collect()
