@@ -315,7 +315,7 @@ impl GgufFile {
                 .iter()
                 .try_fold(1u64, |a, &d| a.checked_mul(d))
                 .ok_or_else(|| c.truncated(format!("tensor `{name}` dimensions overflow")))?;
-            if n % ty.block_elems() as u64 != 0 {
+            if !n.is_multiple_of(ty.block_elems() as u64) {
                 return Err(c.truncated(format!(
                     "tensor `{name}` has {n} elements, not a multiple of the {} block size {}",
                     ty.name(),

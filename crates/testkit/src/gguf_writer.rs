@@ -32,14 +32,18 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 impl GgufWriter {
     pub fn new() -> GgufWriter {
-        GgufWriter { alignment: 32, ..Default::default() }
+        GgufWriter {
+            alignment: 32,
+            ..Default::default()
+        }
     }
     pub fn meta(mut self, key: &str, v: Meta) -> Self {
         self.meta.push((key.to_string(), v));
         self
     }
     pub fn tensor(mut self, name: &str, dims: &[u64], ggml_type: u32, data: Vec<u8>) -> Self {
-        self.tensors.push((name.to_string(), dims.to_vec(), ggml_type, data));
+        self.tensors
+            .push((name.to_string(), dims.to_vec(), ggml_type, data));
         self
     }
 
@@ -86,7 +90,8 @@ impl GgufWriter {
                     out.extend_from_slice(&9u32.to_le_bytes());
                     out.extend_from_slice(&5u32.to_le_bytes());
                     out.extend_from_slice(&(a.len() as u64).to_le_bytes());
-                    a.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+                    a.iter()
+                        .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
                 }
             }
         }
@@ -95,13 +100,15 @@ impl GgufWriter {
         for (name, dims, ty, data) in &self.tensors {
             put_str(&mut out, name);
             out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
-            dims.iter().for_each(|d| out.extend_from_slice(&d.to_le_bytes()));
+            dims.iter()
+                .for_each(|d| out.extend_from_slice(&d.to_le_bytes()));
             out.extend_from_slice(&ty.to_le_bytes());
             out.extend_from_slice(&offset.to_le_bytes());
             offsets.push(offset);
-            offset = (offset + data.len() as u64).div_ceil(self.alignment as u64) * self.alignment as u64;
+            offset = (offset + data.len() as u64).div_ceil(self.alignment as u64)
+                * self.alignment as u64;
         }
-        while out.len() % self.alignment != 0 {
+        while !out.len().is_multiple_of(self.alignment) {
             out.push(0);
         }
         let start = out.len();
@@ -120,6 +127,12 @@ impl GgufWriter {
 
 /// A fresh temporary path (the caller removes it; tests use unique names).
 pub fn temp_path(name: &str) -> std::path::PathBuf {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    std::env::temp_dir().join(format!("cordial-test-{}-{nanos}-{name}", std::process::id()))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!(
+        "cordial-test-{}-{nanos}-{name}",
+        std::process::id()
+    ))
 }

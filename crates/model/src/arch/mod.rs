@@ -119,7 +119,7 @@ impl Weight {
                 cols,
             });
         }
-        if cols % info.ty.block_elems() != 0 {
+        if !cols.is_multiple_of(info.ty.block_elems()) {
             return Err(ModelError::Invalid(format!(
                 "tensor `{name}`: rows of {cols} are not whole blocks"
             )));

@@ -99,7 +99,7 @@ fn softmax(x: &mut [f32]) {
 #[inline]
 fn dot_f16(isa: Isa, k: &[u16], q: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 && q.len() % 8 == 0 {
+    if isa == Isa::Avx2 && q.len().is_multiple_of(8) {
         // SAFETY: Avx2 is only selected when the CPU has AVX2/FMA/F16C.
         return unsafe { crate::quant::avx2::dot_f16_f32(k, q) };
     }
@@ -113,7 +113,7 @@ fn dot_f16(isa: Isa, k: &[u16], q: &[f32]) -> f32 {
 #[inline]
 fn axpy_f16(isa: Isa, a: f32, v: &[u16], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 && out.len() % 8 == 0 {
+    if isa == Isa::Avx2 && out.len().is_multiple_of(8) {
         // SAFETY: as above.
         return unsafe { crate::quant::avx2::axpy_f16(a, v, out) };
     }

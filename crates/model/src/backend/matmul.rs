@@ -6,8 +6,19 @@
 use super::pool::{SyncPtr, ThreadPool};
 use crate::quant::{self, Compute, GgmlType, QuantizedActs};
 
-/// Weight rows handed to one task.
-const ROWS_PER_TASK: usize = 16;
+/// Fewest weight rows handed to one task.
+const MIN_ROWS_PER_TASK: usize = 16;
+
+/// Rows per task: small batches are memory-bound, so each thread gets a few long contiguous
+/// runs of weights (good for the prefetcher); large batches are compute-bound, so tasks are
+/// small for balance.
+fn rows_per_task(rows: usize, t: usize, threads: usize) -> usize {
+    if t > 8 {
+        return MIN_ROWS_PER_TASK;
+    }
+    let per = rows.div_ceil(threads * 4);
+    per.div_ceil(MIN_ROWS_PER_TASK).max(1) * MIN_ROWS_PER_TASK
+}
 
 /// One matrix of a (possibly fused) matmul region.
 pub struct MatJob<'a> {
@@ -38,6 +49,7 @@ pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'
         cols: usize,
         out: SyncPtr<f32>,
         first_task: usize,
+        per_task: usize,
     }
     let mut parts = Vec::with_capacity(jobs.len());
     let mut tasks = 0;
@@ -55,8 +67,9 @@ pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'
             cols: j.cols,
             out: SyncPtr(j.out.as_mut_ptr()),
             first_task: tasks,
+            per_task: rows_per_task(j.rows, x.t, pool.threads()),
         });
-        tasks += j.rows.div_ceil(ROWS_PER_TASK);
+        tasks += j.rows.div_ceil(parts.last().expect("just pushed").per_task);
     }
     let parts = &parts;
     let t = x.t;
@@ -68,8 +81,8 @@ pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'
             .expect("task belongs to a part");
         let w = p.w;
         let row_bytes = p.cols / p.ty.block_elems() * p.ty.block_bytes();
-        let r0 = (task - p.first_task) * ROWS_PER_TASK;
-        let r1 = (r0 + ROWS_PER_TASK).min(p.rows);
+        let r0 = (task - p.first_task) * p.per_task;
+        let r1 = (r0 + p.per_task).min(p.rows);
         let mut deq = if cx.f32_activations && p.ty.is_quantized() {
             vec![0.0f32; p.cols]
         } else {
@@ -92,15 +105,35 @@ pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'
                 }
                 continue;
             }
-            for ti in 0..t {
-                let v = if p.ty.is_quantized() {
+            if p.ty.is_quantized() {
+                let mut ti = 0;
+                while ti + 4 <= t {
+                    let rows = [
+                        x.q.row(ti),
+                        x.q.row(ti + 1),
+                        x.q.row(ti + 2),
+                        x.q.row(ti + 3),
+                    ];
+                    let mut v = [0.0f32; 4];
+                    quant::dot_q4(isa, p.ty, wr, &rows, &mut v);
+                    for (k, v) in v.iter().enumerate() {
+                        // SAFETY: each (ti, r) is written by exactly one task.
+                        unsafe { *p.out.get().add((ti + k) * p.rows + r) = *v };
+                    }
+                    ti += 4;
+                }
+                for ti in ti..t {
                     let (qs, d, s) = x.q.row(ti);
-                    quant::dot_q(isa, p.ty, wr, qs, d, s)
-                } else {
-                    quant::dot_f(isa, p.ty, wr, &x.f[ti * p.cols..(ti + 1) * p.cols])
-                };
-                // SAFETY: each (ti, r) is written by exactly one task.
-                unsafe { *p.out.get().add(ti * p.rows + r) = v };
+                    let v = quant::dot_q(isa, p.ty, wr, qs, d, s);
+                    // SAFETY: as above.
+                    unsafe { *p.out.get().add(ti * p.rows + r) = v };
+                }
+            } else {
+                for ti in 0..t {
+                    let v = quant::dot_f(isa, p.ty, wr, &x.f[ti * p.cols..(ti + 1) * p.cols]);
+                    // SAFETY: as above.
+                    unsafe { *p.out.get().add(ti * p.rows + r) = v };
+                }
             }
         }
     };

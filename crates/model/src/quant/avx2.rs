@@ -5,7 +5,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{f16_at, GgmlType, QK};
+use super::{GgmlType, QK};
 
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -16,6 +16,14 @@ unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
     _mm_cvtss_f32(s)
+}
+
+/// The f16 at byte offset `i` of `b`, converted with F16C (no call, no spill).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_at(b: &[u8], i: usize) -> f32 {
+    let bits = (b.as_ptr().add(i) as *const u16).read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
 /// # Safety
@@ -89,54 +97,121 @@ unsafe fn dot_u8_i8(w: __m256i, x: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(p32)
 }
 
+/// One quantized activation row: (int8 values, per-block scales d, per-block d·Σq).
+pub type ActRow<'a> = (&'a [i8], &'a [f32], &'a [f32]);
+
+/// The weight block `b` of a row, unpacked once for all activation rows: 32 values as bytes
+/// (unsigned nibbles for Q4_x, absolute values for Q8_0), the scale, and the offset factor.
+struct WBlock {
+    v: __m256i,
+    /// Q8_0 only: the weight signs, moved onto the activations.
+    sign: __m256i,
+    d: f32,
+    m: f32,
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_block(ty: GgmlType, blk: *const u8) -> WBlock {
+    let bytes = std::slice::from_raw_parts(blk, ty.block_bytes());
+    match ty {
+        GgmlType::Q4_1 => WBlock {
+            v: unpack_nibbles(blk.add(4)),
+            sign: _mm256_setzero_si256(),
+            d: f16_at(bytes, 0),
+            m: f16_at(bytes, 2),
+        },
+        GgmlType::Q4_0 => {
+            let d = f16_at(bytes, 0);
+            WBlock {
+                v: unpack_nibbles(blk.add(2)),
+                sign: _mm256_setzero_si256(),
+                d,
+                m: -8.0 * d,
+            }
+        }
+        _ => {
+            let w = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+            WBlock {
+                v: _mm256_sign_epi8(w, w),
+                sign: w,
+                d: f16_at(bytes, 0),
+                m: 0.0,
+            }
+        }
+    }
+}
+
+/// Adds block `b` of `wb` times activation row `a` to (acc, off).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_dot(
+    ty: GgmlType,
+    wb: &WBlock,
+    a: &ActRow<'_>,
+    b: usize,
+    acc: &mut __m256,
+    off: &mut f32,
+) {
+    let mut x = _mm256_loadu_si256(a.0.as_ptr().add(b * QK) as *const __m256i);
+    if ty == GgmlType::Q8_0 {
+        x = _mm256_sign_epi8(x, wb.sign);
+    }
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(wb.d * a.1[b]), dot_u8_i8(wb.v, x), *acc);
+    *off += wb.m * a.2[b];
+}
+
+/// Dot products of one quantized weight row with `N` activation rows: `out[i] = w · acts[i]`.
+///
+/// The weight block is unpacked once for all rows. Each row's result is computed by the same
+/// sequence of operations whatever `N` is (even blocks into one accumulator, odd blocks into
+/// another, then a fixed reduction), so results are bit-identical for any batch.
+///
+/// # Safety
+/// CPU must support AVX2/FMA/F16C; `ty` is Q4_0, Q4_1 or Q8_0; each row has `w`'s block count.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q_rows<const N: usize>(
+    ty: GgmlType,
+    w: &[u8],
+    acts: &[ActRow<'_>; N],
+    out: &mut [f32; N],
+) {
+    let nb = acts[0].1.len();
+    let bb = ty.block_bytes();
+    debug_assert!(w.len() >= nb * bb);
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    let mut off = [[0.0f32; 2]; N];
+    let wp = w.as_ptr();
+    let mut b = 0;
+    while b + 1 < nb {
+        let w0 = load_block(ty, wp.add(b * bb));
+        let w1 = load_block(ty, wp.add((b + 1) * bb));
+        for i in 0..N {
+            let [a0, a1] = &mut acc[i];
+            let [o0, o1] = &mut off[i];
+            block_dot(ty, &w0, &acts[i], b, a0, o0);
+            block_dot(ty, &w1, &acts[i], b + 1, a1, o1);
+        }
+        b += 2;
+    }
+    if b < nb {
+        let w0 = load_block(ty, wp.add(b * bb));
+        for i in 0..N {
+            block_dot(ty, &w0, &acts[i], b, &mut acc[i][0], &mut off[i][0]);
+        }
+    }
+    for i in 0..N {
+        out[i] = hsum(_mm256_add_ps(acc[i][0], acc[i][1])) + (off[i][0] + off[i][1]);
+    }
+}
+
 /// # Safety
 /// CPU must support AVX2/FMA/F16C; slices as for [`super::scalar::dot_q`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q(ty: GgmlType, w: &[u8], qs: &[i8], d: &[f32], s: &[f32]) -> f32 {
-    let nb = d.len();
-    let bb = ty.block_bytes();
-    debug_assert!(w.len() >= nb * bb && qs.len() >= nb * QK);
-    let mut acc = _mm256_setzero_ps();
-    let mut off = 0.0f32;
-    let wp = w.as_ptr();
-    let xp = qs.as_ptr();
-    match ty {
-        GgmlType::Q4_1 => {
-            for b in 0..nb {
-                let blk = wp.add(b * bb);
-                let dw = f16_at(w, b * bb);
-                let mw = f16_at(w, b * bb + 2);
-                let wv = unpack_nibbles(blk.add(4));
-                let xv = _mm256_loadu_si256(xp.add(b * QK) as *const __m256i);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * d[b]), dot_u8_i8(wv, xv), acc);
-                off += mw * s[b];
-            }
-        }
-        GgmlType::Q4_0 => {
-            for b in 0..nb {
-                let blk = wp.add(b * bb);
-                let dw = f16_at(w, b * bb);
-                let wv = unpack_nibbles(blk.add(2));
-                let xv = _mm256_loadu_si256(xp.add(b * QK) as *const __m256i);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * d[b]), dot_u8_i8(wv, xv), acc);
-                off -= 8.0 * dw * s[b];
-            }
-        }
-        GgmlType::Q8_0 => {
-            for b in 0..nb {
-                let blk = wp.add(b * bb);
-                let dw = f16_at(w, b * bb);
-                let wv = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                let xv = _mm256_loadu_si256(xp.add(b * QK) as *const __m256i);
-                // maddubs needs unsigned × signed: move w's sign onto x.
-                let aw = _mm256_sign_epi8(wv, wv);
-                let sx = _mm256_sign_epi8(xv, wv);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * d[b]), dot_u8_i8(aw, sx), acc);
-            }
-        }
-        GgmlType::F32 | GgmlType::F16 => unreachable!("float weights take float activations"),
-    }
-    hsum(acc) + off
+    let mut out = [0.0f32];
+    dot_q_rows::<1>(ty, w, &[(qs, d, s)], &mut out);
+    out[0]
 }
 
 /// # Safety

@@ -149,3 +149,29 @@ fn quantized_weights_roundtrip_closely() {
         }
     }
 }
+
+#[test]
+fn four_row_kernel_is_bit_identical_to_single_rows() {
+    let mut rng = Rng(99);
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for cols in [32usize, 64, 96, 576, 1536] {
+            let wq = quantize_row(ty, &rng.vec(cols, 0.7));
+            let x = rng.vec(4 * cols, 3.0);
+            for isa in Isa::all_available() {
+                let mut a = QuantizedActs::default();
+                a.quantize(isa, &x, 4, cols);
+                let rows = [a.row(0), a.row(1), a.row(2), a.row(3)];
+                let mut four = [0.0f32; 4];
+                dot_q4(isa, ty, &wq, &rows, &mut four);
+                for (i, r) in rows.iter().enumerate() {
+                    let one = dot_q(isa, ty, &wq, r.0, r.1, r.2);
+                    assert_eq!(
+                        one.to_bits(),
+                        four[i].to_bits(),
+                        "{ty:?} {cols} {isa:?} row {i}"
+                    );
+                }
+            }
+        }
+    }
+}
