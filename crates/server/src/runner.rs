@@ -44,14 +44,25 @@ pub fn load(path: &Path, opts: &RunnerOptions) -> anyhow::Result<LoadedModel> {
     let model = Model::load(file.clone())?;
     let cfg = model.config().clone();
     if tokenizer.vocab_size() > cfg.vocab {
-        bail!("the tokenizer has {} tokens but the model only {} logits", tokenizer.vocab_size(), cfg.vocab);
+        bail!(
+            "the tokenizer has {} tokens but the model only {} logits",
+            tokenizer.vocab_size(),
+            cfg.vocab
+        );
     }
-    let max_context = opts.max_model_len.map_or(cfg.context, |m| m.min(cfg.context));
+    let max_context = opts
+        .max_model_len
+        .map_or(cfg.context, |m| m.min(cfg.context));
     if max_context == 0 {
         bail!("--max-model-len must be at least 1");
     }
     let num_blocks = opts.kv_cache_tokens.div_ceil(BLOCK_SIZE).max(1);
-    let kv = KvCache::new(cfg.n_layers, cfg.n_kv_heads * cfg.head_dim, BLOCK_SIZE, num_blocks);
+    let kv = KvCache::new(
+        cfg.n_layers,
+        cfg.n_kv_heads * cfg.head_dim,
+        BLOCK_SIZE,
+        num_blocks,
+    );
     let executor = LlamaExecutor {
         model,
         kv,
@@ -108,7 +119,14 @@ impl ModelExecutor for LlamaExecutor {
                 .collect(),
         };
         self.model
-            .forward(&self.pool, self.cx, &batch, &mut self.kv, &mut self.scratch, logits)
+            .forward(
+                &self.pool,
+                self.cx,
+                &batch,
+                &mut self.kv,
+                &mut self.scratch,
+                logits,
+            )
             .map_err(|e| ModelError(e.to_string()))
     }
     fn copy_block(&mut self, src: u32, dst: u32) {
