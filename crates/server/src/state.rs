@@ -22,7 +22,7 @@ impl Serving {
     /// Runs `f` with what validation needs from this model.
     pub fn with_model_info<R>(&self, f: impl FnOnce(&ModelInfo) -> R) -> R {
         let tok = Arc::clone(&self.tokenizer);
-        let encode = move |text: &str| -> Vec<TokenId> { tok.encode(text, true) };
+        let encode = move |text: &str, bos: bool| -> Vec<TokenId> { tok.encode(text, bos) };
         let info = ModelInfo {
             limits: Limits {
                 vocab_size: self.vocab_size.min(self.tokenizer.vocab_size()),

@@ -88,7 +88,7 @@ fn error_cases() -> Vec<(serde_json::Value, u16, &'static str, Option<&'static s
         (json!({"max_tokens": 4}), 422, "prompt", None),
         (json!({"model": "nope", "prompt": "x", "max_tokens": 2}), 404, "model", Some("model_not_found")),
         (json!({"prompt": "x", "stream": "yes", "max_tokens": 2}), 422, "stream", None),
-        (json!({"prompt": "x", "max_tokens": 2, "stop": ["."]}), 422, "stop", None),
+        (json!({"prompt": "x", "max_tokens": 2, "stop": [""]}), 422, "stop", None),
         (json!({"prompt": "x", "max_tokens": 2, "suffix": "y"}), 400, "suffix", None),
         (json!({"prompt": "x", "max_tokens": 2, "num_beams": 2}), 422, "num_beams", None),
         (json!({"prompt": "x", "max_tokens": 600}), 422, "max_tokens", Some("context_length_exceeded")),

@@ -34,8 +34,50 @@ pub struct CompletionChoice {
     pub text: String,
     pub tokens: Vec<u32>,
     pub finish_reason: Option<FinishReasonWire>,
-    /// Always `null` until logprobs are implemented.
-    pub logprobs: Option<()>,
+    /// `include_output_logprobs`: floats aligned with `tokens`; `logprobs: k`: OpenAI's object;
+    /// otherwise `null`.
+    pub logprobs: Option<LogprobsWire>,
+    /// `include_output_logits`: one raw logits row per token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logits: Option<Vec<Vec<f32>>>,
+}
+
+/// `choices[i].logprobs` (decision 11), for a whole choice or for one streamed token.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum LogprobsWire {
+    /// One log-probability per token (Friendli `include_output_logprobs`).
+    Floats(Vec<f32>),
+    /// OpenAI's `logprobs: k` object.
+    OpenAi(OpenAiLogprobs),
+}
+
+/// OpenAI's completion logprobs: parallel lists, one entry per token.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct OpenAiLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    pub top_logprobs: Vec<TopLogprobs>,
+    /// Character offset of each token's text in the choice's text.
+    pub text_offset: Vec<usize>,
+}
+
+/// `{token text: logprob}` in decreasing probability (a JSON object; the first of equal texts
+/// wins).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TopLogprobs(pub Vec<(String, f32)>);
+
+impl Serialize for TopLogprobs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (i, (text, lp)) in self.0.iter().enumerate() {
+            if !self.0[..i].iter().any(|(t, _)| t == text) {
+                map.serialize_entry(text, lp)?;
+            }
+        }
+        map.end()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

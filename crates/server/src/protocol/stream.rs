@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::response::{ErrorDetail, FinishReasonWire, Usage};
+use super::response::{ErrorDetail, FinishReasonWire, LogprobsWire, Usage};
 
 /// Legacy dialect (§5.1): one per generated token.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -12,6 +12,15 @@ pub struct LegacyTokenSampled<'a> {
     pub index: usize,
     pub text: &'a str,
     pub token: u32,
+    /// `include_output_logprobs`: this token's log-probability.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprob: Option<f32>,
+    /// `logprobs: k`: OpenAI's object for this token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<&'a LogprobsWire>,
+    /// `include_output_logits`: this token's raw logits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logits: Option<&'a [f32]>,
 }
 
 /// Legacy dialect: the last event, with the full results.
@@ -30,6 +39,10 @@ pub struct LegacyChoice {
     pub text: String,
     pub tokens: Vec<u32>,
     pub finish_reason: Option<FinishReasonWire>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<LogprobsWire>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logits: Option<Vec<Vec<f32>>>,
 }
 
 /// Legacy dialect: a failure after the stream started.
@@ -61,7 +74,10 @@ pub struct ChunkChoice<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<u32>,
     pub finish_reason: Option<FinishReasonWire>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<&'a LogprobsWire>,
+    /// `include_output_logits`: this token's raw logits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logits: Option<&'a [f32]>,
 }
 
 /// Current dialect: a failure after the stream started (followed by `data: [DONE]`).

@@ -20,7 +20,7 @@ use super::BODY_LIMIT;
 use crate::error::ApiError;
 use crate::protocol::{CompletionChoice, CompletionResponse};
 use crate::state::{AppState, Serving};
-use crate::stream::{collect, outputs, Generation, Output, SseDialect, StreamMeta};
+use crate::stream::{collect, outputs, Generation, Output, SseDialect, StreamMeta, TextControls};
 use crate::util::{completion_id, random_u64, unix_now};
 use crate::validate::{parse_request, validate, ResponseMode, ValidRequest};
 
@@ -80,7 +80,8 @@ async fn handle(
                     text: c.text,
                     tokens: c.tokens,
                     finish_reason: c.finish_reason,
-                    logprobs: None,
+                    logprobs: c.logprobs,
+                    logits: c.logits,
                 })
                 .collect();
             let body = CompletionResponse {
@@ -119,7 +120,18 @@ fn check(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<ValidRequ
 
 fn generation(serving: &Serving, valid: &ValidRequest) -> Generation {
     let seeds: Vec<Vec<u64>> = valid.requests.iter().map(|r| r.seeds.clone()).collect();
-    Generation::new(serving.tokenizer.clone(), valid.n, &seeds, valid.flavor)
+    let controls = TextControls {
+        stop: valid.stop.clone(),
+        min_tokens: valid
+            .requests
+            .iter()
+            .map(|r| r.params.min_new_tokens)
+            .collect(),
+        logprobs: Some(valid.logprobs),
+        logits: valid.logits,
+    };
+    let tt = serving.tokenizer.clone();
+    Generation::with_controls(tt, valid.n, &seeds, valid.flavor, controls)
 }
 
 /// Submits every input; on a refusal the streams already obtained are dropped (aborted).

@@ -1,16 +1,24 @@
 //! Engine events of all the request's inputs → one ordered stream of dialect-neutral outputs.
 //! Choice index = input index × n + choice (OpenAI's rule for prompt batches).
+//!
+//! Stop phrases are matched here, per choice ([`ChoiceText`]); a match ends the choice at once
+//! (`ChoiceDone` with `stop`) and is recorded in [`Generation::take_stops`] so that the caller
+//! tells the engine to stop sampling it. Tokens of that choice still in flight are ignored, and
+//! `usage.completion_tokens` counts the tokens the choices report.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use cordial_engine::{Event, FinishReason, RequestStream};
+use cordial_engine::{Event, FinishReason, RequestControl, RequestStream};
 use futures::stream::{self, BoxStream};
 use futures::{Stream, StreamExt};
 
+use super::logprobs::{self, TokenInfo};
+use super::stop::StopMatcher;
 use super::text::{ChoiceText, Delta, TokenText};
 use crate::error::{ApiError, Flavor};
-use crate::protocol::{FinishReasonWire, Usage};
+use crate::protocol::{FinishReasonWire, LogprobsWire, Usage};
+use crate::validate::LogprobMode;
 
 /// Final result of one choice.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,16 +28,20 @@ pub struct ChoiceResult {
     pub text: String,
     pub tokens: Vec<u32>,
     pub finish_reason: Option<FinishReasonWire>,
+    pub logprobs: Option<LogprobsWire>,
+    pub logits: Option<Vec<Vec<f32>>>,
 }
 
 /// What the dialect serializers and the JSON collector consume.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// A generated token of choice `index` and the text it completes.
+    /// A generated token of choice `index`, the text it completes, and what was asked about it.
     Token {
         index: usize,
         token: u32,
         text: String,
+        logprobs: Option<LogprobsWire>,
+        logits: Option<Vec<f32>>,
     },
     /// Choice `index` ended.
     ChoiceDone {
@@ -58,10 +70,26 @@ pub fn finish_reason(r: FinishReason) -> FinishReasonWire {
     }
 }
 
+/// The request's text-side controls: stop phrases and what each token reports.
+#[derive(Debug, Clone, Default)]
+pub struct TextControls {
+    pub stop: Vec<String>,
+    /// Per input: stop phrases count only from this many tokens on (`min_tokens`).
+    pub min_tokens: Vec<usize>,
+    pub logprobs: Option<LogprobMode>,
+    pub logits: bool,
+}
+
 struct ChoiceState {
     seed: u64,
     text: ChoiceText,
     reason: Option<FinishReasonWire>,
+    /// What the engine reported with each token whose delta is not out yet, in order.
+    infos: VecDeque<TokenInfo>,
+    /// Characters of text released so far (OpenAI `text_offset`).
+    chars: usize,
+    logprobs: Option<LogprobsWire>,
+    logits: Option<Vec<Vec<f32>>>,
 }
 
 /// The state of one request across its inputs.
@@ -69,33 +97,62 @@ pub struct Generation {
     n: usize,
     flavor: Flavor,
     tt: Arc<dyn TokenText>,
+    mode: LogprobMode,
     choices: Vec<ChoiceState>,
     inputs_left: usize,
-    usage: Usage,
+    prompt_tokens: usize,
+    /// `(input, choice)` of the choices a stop phrase ended, not yet told to the engine.
+    stops: Vec<(usize, usize)>,
     ended: bool,
 }
 
 impl Generation {
     /// `seeds[i]`: the seeds of input `i`'s choices (all of length `n`).
     pub fn new(tt: Arc<dyn TokenText>, n: usize, seeds: &[Vec<u64>], flavor: Flavor) -> Generation {
+        Generation::with_controls(tt, n, seeds, flavor, TextControls::default())
+    }
+
+    pub fn with_controls(
+        tt: Arc<dyn TokenText>,
+        n: usize,
+        seeds: &[Vec<u64>],
+        flavor: Flavor,
+        controls: TextControls,
+    ) -> Generation {
+        let mode = controls.logprobs.unwrap_or(LogprobMode::None);
         let choices = seeds
             .iter()
-            .flat_map(|s| s.iter())
-            .map(|&seed| ChoiceState {
-                seed,
-                text: ChoiceText::new(),
-                reason: None,
+            .enumerate()
+            .flat_map(|(input, s)| s.iter().map(move |&seed| (input, seed)))
+            .map(|(input, seed)| {
+                let min = controls.min_tokens.get(input).copied().unwrap_or(0);
+                ChoiceState {
+                    seed,
+                    text: ChoiceText::with_stop(StopMatcher::new(controls.stop.clone(), min)),
+                    reason: None,
+                    infos: VecDeque::new(),
+                    chars: 0,
+                    logprobs: logprobs::empty(mode),
+                    logits: controls.logits.then(Vec::new),
+                }
             })
             .collect();
         Generation {
             n,
             flavor,
             tt,
+            mode,
             choices,
             inputs_left: seeds.len(),
-            usage: Usage::default(),
+            prompt_tokens: 0,
+            stops: Vec::new(),
             ended: false,
         }
+    }
+
+    /// The choices that stop phrases ended since the last call, as `(input, choice)`.
+    pub fn take_stops(&mut self) -> Vec<(usize, usize)> {
+        std::mem::take(&mut self.stops)
     }
 
     fn choice(
@@ -130,40 +187,51 @@ impl Generation {
         out: &mut VecDeque<Output>,
     ) -> Result<(), ApiError> {
         match event {
-            Some(Event::Token { choice, token, .. }) => {
-                let tt = Arc::clone(&self.tt);
+            Some(Event::Token {
+                choice,
+                token,
+                logprob,
+                extra,
+            }) => {
+                let (tt, mode) = (Arc::clone(&self.tt), self.mode);
                 let (index, c) = self.choice(input, choice)?;
+                if c.reason.is_some() {
+                    return Ok(()); // ended by a stop phrase; the engine had it in flight
+                }
+                c.infos.push_back(TokenInfo { logprob, extra });
                 let mut deltas = Vec::with_capacity(2);
-                c.text.push(tt.as_ref(), token, &mut deltas);
-                out.extend(
-                    deltas
-                        .into_iter()
-                        .map(|Delta { token, text }| Output::Token { index, token, text }),
-                );
+                let stopped = c.text.push(tt.as_ref(), token, &mut deltas);
+                emit(c, index, deltas, tt.as_ref(), mode, out);
+                if stopped {
+                    end_choice(c, index, FinishReasonWire::Stop, out);
+                    self.stops.push((input, choice));
+                }
             }
             Some(Event::ChoiceFinished { choice, reason }) => {
+                let (tt, mode) = (Arc::clone(&self.tt), self.mode);
                 let (index, c) = self.choice(input, choice)?;
-                if let Some(Delta { token, text }) = c.text.finish() {
-                    out.push_back(Output::Token { index, token, text });
+                if c.reason.is_some() {
+                    return Ok(());
                 }
-                let reason = finish_reason(reason);
-                c.reason = Some(reason);
-                out.push_back(Output::ChoiceDone { index, reason });
+                let mut deltas = Vec::new();
+                let stopped = c.text.finish(&mut deltas);
+                emit(c, index, deltas, tt.as_ref(), mode, out);
+                let reason = if stopped {
+                    FinishReasonWire::Stop
+                } else {
+                    finish_reason(reason)
+                };
+                end_choice(c, index, reason, out);
             }
-            Some(Event::Finished {
-                prompt_tokens,
-                completion_tokens,
-            }) => {
-                self.usage = Usage::new(
-                    self.usage.prompt_tokens + prompt_tokens,
-                    self.usage.completion_tokens + completion_tokens,
-                );
+            Some(Event::Finished { prompt_tokens, .. }) => {
+                self.prompt_tokens += prompt_tokens;
                 self.inputs_left -= 1;
                 if self.inputs_left == 0 {
                     self.ended = true;
+                    let completion = self.choices.iter().map(|c| c.text.tokens.len()).sum();
                     out.push_back(Output::Done {
                         choices: self.results(),
-                        usage: self.usage,
+                        usage: Usage::new(self.prompt_tokens, completion),
                     });
                 }
             }
@@ -177,9 +245,9 @@ impl Generation {
         Ok(())
     }
 
-    fn results(&self) -> Vec<ChoiceResult> {
+    fn results(&mut self) -> Vec<ChoiceResult> {
         self.choices
-            .iter()
+            .iter_mut()
             .enumerate()
             .map(|(index, c)| ChoiceResult {
                 index,
@@ -187,9 +255,59 @@ impl Generation {
                 text: c.text.text.clone(),
                 tokens: c.text.tokens.clone(),
                 finish_reason: c.reason,
+                logprobs: c.logprobs.take(),
+                logits: c.logits.take(),
             })
             .collect()
     }
+}
+
+/// Turns released deltas into `Token` outputs, pairing each with its engine info, and records
+/// what the choice reports.
+fn emit(
+    c: &mut ChoiceState,
+    index: usize,
+    deltas: Vec<Delta>,
+    tt: &dyn TokenText,
+    mode: LogprobMode,
+    out: &mut VecDeque<Output>,
+) {
+    for Delta { token, text } in deltas {
+        let info = c.infos.pop_front().unwrap_or(TokenInfo {
+            logprob: f32::NAN,
+            extra: None,
+        });
+        let lp = logprobs::token_logprobs(mode, tt, token, &info, c.chars);
+        if let Some(one) = &lp {
+            logprobs::append(&mut c.logprobs, one.clone());
+        }
+        let logits = match (&mut c.logits, info.extra.and_then(|e| e.logits)) {
+            (Some(rows), Some(row)) => {
+                rows.push(row.clone());
+                Some(row)
+            }
+            _ => None,
+        };
+        c.chars += text.chars().count();
+        out.push_back(Output::Token {
+            index,
+            token,
+            text,
+            logprobs: lp,
+            logits,
+        });
+    }
+}
+
+fn end_choice(
+    c: &mut ChoiceState,
+    index: usize,
+    reason: FinishReasonWire,
+    out: &mut VecDeque<Output>,
+) {
+    c.infos.clear();
+    c.reason = Some(reason);
+    out.push_back(Output::ChoiceDone { index, reason });
 }
 
 /// The events of one engine request, tagged with its input index. Ends after the final event
@@ -212,25 +330,41 @@ fn tagged(input: usize, rs: RequestStream) -> BoxStream<'static, (usize, Option<
 /// All inputs' events merged (interleaved as they come), turned into outputs. Ends after the
 /// last output. Dropping it drops the engine streams, which aborts the requests.
 pub fn outputs(streams: Vec<RequestStream>, gen: Generation) -> impl Stream<Item = Output> + Send {
+    let controls: Vec<RequestControl> = streams.iter().map(RequestStream::control).collect();
     let merged = stream::select_all(streams.into_iter().enumerate().map(|(i, s)| tagged(i, s)));
-    outputs_from(merged, gen)
+    outputs_with(merged, gen, controls)
 }
 
 struct OutputState<S> {
     events: S,
     gen: Generation,
+    /// Per input: how to stop one of its choices in the engine.
+    controls: Vec<RequestControl>,
     queue: VecDeque<Output>,
     ended: bool,
 }
 
-/// `outputs` over any stream of tagged events (unit tests feed it directly).
+/// `outputs` over any stream of tagged events (unit tests feed it directly; stop phrases are
+/// then not told to any engine).
 pub fn outputs_from<S>(events: S, gen: Generation) -> impl Stream<Item = Output> + Send
+where
+    S: Stream<Item = (usize, Option<Event>)> + Unpin + Send,
+{
+    outputs_with(events, gen, Vec::new())
+}
+
+fn outputs_with<S>(
+    events: S,
+    gen: Generation,
+    controls: Vec<RequestControl>,
+) -> impl Stream<Item = Output> + Send
 where
     S: Stream<Item = (usize, Option<Event>)> + Unpin + Send,
 {
     let state = OutputState {
         events,
         gen,
+        controls,
         queue: VecDeque::new(),
         ended: false,
     };
@@ -244,7 +378,14 @@ where
                 return Some((out, st));
             }
             match st.events.next().await {
-                Some((input, event)) => st.gen.on_event(input, event, &mut st.queue),
+                Some((input, event)) => {
+                    st.gen.on_event(input, event, &mut st.queue);
+                    for (input, choice) in st.gen.take_stops() {
+                        if let Some(control) = st.controls.get(input) {
+                            control.stop_choice(choice);
+                        }
+                    }
+                }
                 None => {
                     let e = ApiError::Internal("the engine streams ended early".into());
                     st.queue.push_back(Output::Failed(e));

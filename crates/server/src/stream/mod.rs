@@ -6,13 +6,19 @@
 //! streamed text always equals non-streamed text.
 
 mod generation;
+mod logprobs;
 mod sse;
+mod stop;
 #[cfg(test)]
 mod tests;
 mod text;
 
-pub use generation::{finish_reason, outputs, outputs_from, ChoiceResult, Generation, Output};
+pub use generation::{
+    finish_reason, outputs, outputs_from, ChoiceResult, Generation, Output, TextControls,
+};
+pub use logprobs::TokenInfo;
 pub use sse::{current_event, legacy_event, SseDialect, StreamMeta, DONE};
+pub use stop::StopMatcher;
 pub use text::{ChoiceText, Delta, TokenText};
 
 use futures::{Stream, StreamExt};

@@ -4,7 +4,7 @@ use super::generation::{ChoiceResult, Output};
 use crate::json::sse_event;
 use crate::protocol::{
     ChunkChoice, ChunkError, CompletionChunk, LegacyChoice, LegacyComplete, LegacyError,
-    LegacyTokenSampled,
+    LegacyTokenSampled, LogprobsWire,
 };
 
 /// The end marker of the current dialect.
@@ -48,18 +48,35 @@ fn legacy_choice(c: &ChoiceResult) -> LegacyChoice {
         text: c.text.clone(),
         tokens: c.tokens.clone(),
         finish_reason: c.finish_reason,
+        logprobs: c.logprobs.clone(),
+        logits: c.logits.clone(),
     }
 }
 
 /// Legacy: `token_sampled` per token, one `complete` at the end (no `[DONE]`), or an `error`.
 pub fn legacy_event(out: &Output) -> Option<String> {
     match out {
-        Output::Token { index, token, text } => Some(sse_event(&LegacyTokenSampled {
-            event: "token_sampled",
-            index: *index,
+        Output::Token {
+            index,
+            token,
             text,
-            token: *token,
-        })),
+            logprobs,
+            logits,
+        } => {
+            let (logprob, logprobs) = match logprobs {
+                Some(LogprobsWire::Floats(v)) => (v.first().copied(), None),
+                other => (None, other.as_ref()),
+            };
+            Some(sse_event(&LegacyTokenSampled {
+                event: "token_sampled",
+                index: *index,
+                text,
+                token: *token,
+                logprob,
+                logprobs,
+                logits: logits.as_deref(),
+            }))
+        }
         Output::ChoiceDone { .. } => None,
         Output::Done { choices, usage } => {
             let choices: Vec<LegacyChoice> = choices.iter().map(legacy_choice).collect();
@@ -90,13 +107,20 @@ pub fn current_event(out: &Output, meta: &StreamMeta, include_usage: bool) -> St
         })
     };
     match out {
-        Output::Token { index, token, text } => chunk(
+        Output::Token {
+            index,
+            token,
+            text,
+            logprobs,
+            logits,
+        } => chunk(
             vec![ChunkChoice {
                 index: *index,
                 text,
                 token: Some(*token),
                 finish_reason: None,
-                logprobs: None,
+                logprobs: logprobs.as_ref(),
+                logits: logits.as_deref(),
             }],
             None,
         ),
@@ -107,6 +131,7 @@ pub fn current_event(out: &Output, meta: &StreamMeta, include_usage: bool) -> St
                 token: None,
                 finish_reason: Some(*reason),
                 logprobs: None,
+                logits: None,
             }],
             None,
         ),
@@ -136,6 +161,8 @@ mod tests {
                 text: "This is\u{e9}".into(),
                 tokens: vec![2028, 374, 9],
                 finish_reason: Some(FinishReasonWire::Length),
+                logprobs: None,
+                logits: None,
             }],
             usage: Usage::new(8, 3),
         }
@@ -146,6 +173,8 @@ mod tests {
             index: 0,
             token,
             text: text.into(),
+            logprobs: None,
+            logits: None,
         }
     }
 

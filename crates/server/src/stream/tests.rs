@@ -9,6 +9,7 @@ use super::text::tests::table;
 use super::*;
 use crate::error::Flavor;
 use crate::protocol::FinishReasonWire;
+use crate::stream::TextControls;
 
 fn tok(choice: usize, token: u32) -> Option<Event> {
     Some(Event::Token {
@@ -57,7 +58,9 @@ fn batch_and_n_interleave_by_index() {
     let tokens: Vec<(usize, u32, &str)> = outs
         .iter()
         .filter_map(|o| match o {
-            Output::Token { index, token, text } => Some((*index, *token, text.as_str())),
+            Output::Token {
+                index, token, text, ..
+            } => Some((*index, *token, text.as_str())),
             _ => None,
         })
         .collect();
@@ -118,12 +121,16 @@ fn held_bytes_flush_before_choice_done() {
             Output::Token {
                 index: 0,
                 token: 1,
-                text: "a".into()
+                text: "a".into(),
+                logprobs: None,
+                logits: None,
             },
             Output::Token {
                 index: 0,
                 token: 2,
-                text: "\u{FFFD}".into()
+                text: "\u{FFFD}".into(),
+                logprobs: None,
+                logits: None,
             },
             Output::ChoiceDone {
                 index: 0,
@@ -174,4 +181,124 @@ fn collect_returns_results_or_the_error() {
     );
     let err = futures::executor::block_on(collect(stream::iter(bad))).unwrap_err();
     assert_eq!(err.status(), 503);
+}
+
+fn run_with(
+    n: usize,
+    seeds: Vec<Vec<u64>>,
+    controls: TextControls,
+    events: Vec<(usize, Option<Event>)>,
+) -> (Vec<Output>, Vec<(usize, usize)>) {
+    let mut gen =
+        Generation::with_controls(Arc::new(table()), n, &seeds, Flavor::Friendli, controls);
+    let mut queue = std::collections::VecDeque::new();
+    let mut stops = Vec::new();
+    for (input, event) in events {
+        gen.on_event(input, event, &mut queue);
+        stops.extend(gen.take_stops());
+    }
+    (queue.into_iter().collect(), stops)
+}
+
+#[test]
+fn a_stop_phrase_ends_its_choice_and_is_reported_for_the_engine() {
+    // Table: 1 = "a", 4 = " b". Stop " ba": choice 1 of input 0 matches at its third token;
+    // choice 0 never does. The engine's in-flight token and Stop for choice 1 are ignored.
+    let controls = TextControls {
+        stop: vec![" ba".into()],
+        ..TextControls::default()
+    };
+    let events = vec![
+        (0, tok(0, 1)),
+        (0, tok(1, 1)),
+        (0, tok(1, 4)),
+        (0, tok(0, 4)),
+        (0, tok(1, 1)),
+        (0, tok(1, 1)),
+        (0, tok(0, 4)),
+        (
+            0,
+            Some(Event::ChoiceFinished {
+                choice: 1,
+                reason: FinishReason::Stop,
+            }),
+        ),
+        (0, fin(0)),
+        (0, finished(2, 6)),
+    ];
+    let (outs, stops) = run_with(2, vec![vec![1, 2]], controls, events);
+    assert_eq!(stops, [(0, 1)]);
+    let Some(Output::Done { choices, usage }) = outs.last() else {
+        panic!("{outs:?}")
+    };
+    assert_eq!(
+        (choices[0].text.as_str(), choices[0].tokens.as_slice()),
+        ("a b b", &[1, 4, 4][..])
+    );
+    assert_eq!(choices[0].finish_reason, Some(FinishReasonWire::Length));
+    assert_eq!(
+        (choices[1].text.as_str(), choices[1].tokens.as_slice()),
+        ("a", &[1, 4, 1][..])
+    );
+    assert_eq!(choices[1].finish_reason, Some(FinishReasonWire::Stop));
+    assert_eq!(usage.completion_tokens, 6, "the tokens the choices report");
+    // Streamed text of each choice equals its final text; one ChoiceDone each.
+    for (i, c) in choices.iter().enumerate() {
+        let text: String = outs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Token { index, text, .. } if *index == i => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(text, c.text);
+    }
+    let dones = outs
+        .iter()
+        .filter(|o| matches!(o, Output::ChoiceDone { .. }))
+        .count();
+    assert_eq!(dones, 2);
+}
+
+#[test]
+fn logprobs_and_logits_follow_their_tokens() {
+    let controls = TextControls {
+        logprobs: Some(crate::validate::LogprobMode::Floats),
+        logits: true,
+        ..TextControls::default()
+    };
+    let tok_lp = |token, lp: f32| {
+        Some(Event::Token {
+            choice: 0,
+            token,
+            logprob: lp,
+            extra: Some(Box::new(cordial_engine::TokenExtra {
+                top_logprobs: Vec::new(),
+                logits: Some(vec![lp; 3]),
+            })),
+        })
+    };
+    let events = vec![
+        (0, tok_lp(1, -0.5)),
+        (0, tok_lp(2, -1.5)),
+        (0, tok_lp(3, -2.5)),
+        (0, fin(0)),
+        (0, finished(1, 3)),
+    ];
+    let (outs, _) = run_with(1, vec![vec![1]], controls, events);
+    let Some(Output::Done { choices, .. }) = outs.last() else {
+        panic!("{outs:?}")
+    };
+    let c = &choices[0];
+    assert_eq!(c.tokens, [1, 2, 3]);
+    assert_eq!(
+        c.logprobs,
+        Some(crate::protocol::LogprobsWire::Floats(vec![
+            -0.5, -1.5, -2.5
+        ]))
+    );
+    assert_eq!(
+        c.logits,
+        Some(vec![vec![-0.5; 3], vec![-1.5; 3], vec![-2.5; 3]])
+    );
 }

@@ -1,22 +1,30 @@
 //! Per-choice detokenization: token ids → text deltas, UTF-8 safe, control tokens skipped
-//! (decision 17) but kept in `tokens`.
+//! (decision 17) but kept in `tokens`, then stop phrases ([`StopMatcher`]).
 //!
 //! A token whose bytes end inside a UTF-8 sequence is held back (with its text so far) until
 //! the next token of its choice or the choice's end; at the end, the dangling bytes become
-//! U+FFFD in that held delta. So the concatenated deltas always equal the final text, and the
-//! final text equals `Tokenizer::decode(tokens, true)`.
+//! U+FFFD in that held delta. Its delta then goes through the stop matcher, which may hold it
+//! longer (see `stop.rs`). So the concatenated deltas always equal the final text, and without
+//! stop phrases the final text equals `Tokenizer::decode(tokens, true)`.
 
 use cordial_tokenizer::{IncrementalDecoder, TokenId, Tokenizer};
+
+use super::stop::StopMatcher;
 
 /// How token ids become text (the real tokenizer; tests use byte tables).
 pub trait TokenText: Send + Sync {
     /// Feeds `id` to `decoder`, appending the text it completes to `out`.
     fn push(&self, decoder: &mut IncrementalDecoder, id: TokenId, out: &mut String);
+    /// The text of `id` alone (OpenAI's `logprobs.tokens`; partial UTF-8 becomes U+FFFD).
+    fn token_str(&self, id: TokenId) -> String;
 }
 
 impl TokenText for Tokenizer {
     fn push(&self, decoder: &mut IncrementalDecoder, id: TokenId, out: &mut String) {
         decoder.push_to(self, id, out);
+    }
+    fn token_str(&self, id: TokenId) -> String {
+        String::from_utf8_lossy(self.token_bytes(id)).into_owned()
     }
 }
 
@@ -32,7 +40,11 @@ pub struct Delta {
 pub struct ChoiceText {
     decoder: IncrementalDecoder,
     held: Option<Delta>,
+    stop: StopMatcher,
+    stopped: bool,
+    /// The text released so far (the final text once the choice ended).
     pub text: String,
+    /// The tokens whose deltas were released or are waiting in the stop matcher.
     pub tokens: Vec<TokenId>,
 }
 
@@ -44,36 +56,79 @@ impl Default for ChoiceText {
 
 impl ChoiceText {
     pub fn new() -> ChoiceText {
+        ChoiceText::with_stop(StopMatcher::default())
+    }
+
+    /// A choice whose text ends at the first of the `stop` matcher's phrases.
+    pub fn with_stop(stop: StopMatcher) -> ChoiceText {
         ChoiceText {
             decoder: IncrementalDecoder::new(true),
             held: None,
+            stop,
+            stopped: false,
             text: String::new(),
             tokens: Vec::new(),
         }
     }
 
-    /// Adds a generated token; appends the deltas now ready (0, 1 or 2) to `out`.
-    pub fn push(&mut self, tt: &dyn TokenText, id: TokenId, out: &mut Vec<Delta>) {
-        out.extend(self.held.take());
+    /// Whether a stop phrase ended the choice (later tokens are ignored).
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Adds a generated token; appends the deltas now ready to `out`. True when a stop phrase
+    /// completed (the choice is over).
+    pub fn push(&mut self, tt: &dyn TokenText, id: TokenId, out: &mut Vec<Delta>) -> bool {
+        if self.stopped {
+            return true;
+        }
+        let mut ready = Vec::with_capacity(2);
+        ready.extend(self.held.take());
         let mut text = String::new();
         tt.push(&mut self.decoder, id, &mut text);
-        self.text.push_str(&text);
-        self.tokens.push(id);
         let delta = Delta { token: id, text };
         if self.decoder.pending_bytes().is_empty() {
-            out.push(delta);
+            ready.push(delta);
         } else {
             self.held = Some(delta);
         }
+        self.release(ready, out)
     }
 
-    /// Ends the choice: the held delta, if any, with the dangling bytes as U+FFFD.
-    pub fn finish(&mut self) -> Option<Delta> {
-        let mut held = self.held.take()?;
-        let tail = self.decoder.finish();
-        held.text.push_str(&tail);
-        self.text.push_str(&tail);
-        Some(held)
+    /// Ends the choice: the held deltas, the dangling bytes as U+FFFD. True when that last text
+    /// completed a stop phrase.
+    pub fn finish(&mut self, out: &mut Vec<Delta>) -> bool {
+        if self.stopped {
+            return true;
+        }
+        let mut ready = Vec::new();
+        if let Some(mut held) = self.held.take() {
+            held.text.push_str(&self.decoder.finish());
+            ready.push(held);
+        }
+        if self.release(ready, out) {
+            return true;
+        }
+        let from = out.len();
+        self.stop.finish(out);
+        self.text
+            .extend(out[from..].iter().map(|d| d.text.as_str()));
+        false
+    }
+
+    /// Passes `ready` deltas through the stop matcher into `out`.
+    fn release(&mut self, ready: Vec<Delta>, out: &mut Vec<Delta>) -> bool {
+        let from = out.len();
+        for d in ready {
+            self.tokens.push(d.token);
+            if self.stop.push(d, out) {
+                self.stopped = true;
+                break;
+            }
+        }
+        self.text
+            .extend(out[from..].iter().map(|d| d.text.as_str()));
+        self.stopped
     }
 }
 
@@ -89,6 +144,9 @@ pub(crate) mod tests {
             if id != 0 {
                 decoder.push_bytes(&self.0[id as usize], out);
             }
+        }
+        fn token_str(&self, id: TokenId) -> String {
+            String::from_utf8_lossy(&self.0[id as usize]).into_owned()
         }
     }
 
@@ -109,9 +167,9 @@ pub(crate) mod tests {
         let mut c = ChoiceText::new();
         let mut out = Vec::new();
         for &id in ids {
-            c.push(&t, id, &mut out);
+            assert!(!c.push(&t, id, &mut out));
         }
-        out.extend(c.finish());
+        assert!(!c.finish(&mut out));
         assert_eq!(c.tokens, ids, "every token is kept");
         let joined: String = out.iter().map(|d| d.text.as_str()).collect();
         assert_eq!(joined, c.text, "deltas concatenate to the text");
@@ -142,6 +200,24 @@ pub(crate) mod tests {
                 text: String::new()
             }
         );
+    }
+
+    #[test]
+    fn stop_phrases_cut_the_text_after_utf8_holds() {
+        let t = table();
+        let mut c = ChoiceText::with_stop(StopMatcher::new(vec!["é b".into()], 0));
+        let mut out = Vec::new();
+        for id in [1, 2, 3] {
+            assert!(!c.push(&t, id, &mut out));
+        }
+        assert!(c.push(&t, 4, &mut out), "\"é b\" completes with token 4");
+        assert_eq!(c.text, "a");
+        assert_eq!(c.tokens, [1, 2, 3, 4]);
+        let texts: Vec<&str> = out.iter().map(|d| d.text.as_str()).collect();
+        assert_eq!(texts, ["a", "", "", ""]);
+        assert!(c.push(&t, 1, &mut out), "tokens after the stop are ignored");
+        assert_eq!((c.tokens.len(), out.len()), (4, 4));
+        assert!(c.finish(&mut out));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use cordial_engine::{EngineRequest, SamplingParams, TokenId};
 
+use super::controls;
 use super::rules::{Limits, MAX_N};
 use crate::error::{Flavor, ValidationError};
 use crate::protocol::{CompletionRequest, Prompt, Seed, TokenInput};
@@ -16,8 +17,9 @@ pub struct ModelInfo<'a> {
     pub limits: Limits,
     /// The model's end-of-generation set (decision 16).
     pub eos_tokens: &'a [TokenId],
-    /// Text → ids, special tokens parsed, BOS added as the model wants.
-    pub encode: &'a (dyn Fn(&str) -> Vec<TokenId> + Sync),
+    /// Text → ids, special tokens parsed; with `true`, BOS added as the model wants (prompts),
+    /// with `false` never (phrases such as `bad_words`).
+    pub encode: &'a (dyn Fn(&str, bool) -> Vec<TokenId> + Sync),
 }
 
 /// One input of the request with the name of the field it came from.
@@ -57,8 +59,11 @@ pub(crate) fn inputs(
     check_choice_count(req)?;
     let vocab = model.limits.vocab_size;
     let (param, rows) = match (&req.prompt, &req.tokens) {
-        (Some(Prompt::Text(s)), _) => ("prompt", vec![(model.encode)(s)]),
-        (Some(Prompt::Texts(v)), _) => ("prompt", v.iter().map(|s| (model.encode)(s)).collect()),
+        (Some(Prompt::Text(s)), _) => ("prompt", vec![(model.encode)(s, true)]),
+        (Some(Prompt::Texts(v)), _) => (
+            "prompt",
+            v.iter().map(|s| (model.encode)(s, true)).collect(),
+        ),
         (Some(Prompt::Tokens(ids)), _) => ("prompt", vec![checked_ids("prompt", ids, vocab)?]),
         (Some(Prompt::TokenBatch(b)), _) => (
             "prompt",
@@ -184,30 +189,39 @@ pub(crate) fn engine_requests(
 ) -> Result<Vec<EngineRequest>, ValidationError> {
     let n = req.n.unwrap_or(1) as usize;
     let seeds = choice_seeds(req.seed.as_ref(), n, random);
-    let base = SamplingParams {
-        temperature: req.temperature.unwrap_or(1.0) as f32,
-        top_k: req.top_k.unwrap_or(0) as usize,
-        top_p: req.top_p.unwrap_or(1.0) as f32,
-        max_new_tokens: 0,
-        eos_tokens: model.eos_tokens.to_vec(),
-        ignore_eos: req.ignore_eos.unwrap_or(false),
-        ..SamplingParams::default()
-    };
-    inputs
+    let base = controls::base_params(req, model);
+    let deadline = controls::deadline(req);
+    let forced = controls::forced_rows(req, inputs.rows.len())?;
+    let requests: Vec<EngineRequest> = inputs
         .rows
         .into_iter()
-        .map(|prompt| {
-            let max_new = max_new_tokens(req, prompt.len(), inputs.param, &model.limits, flavor)?;
+        .zip(forced)
+        .map(|(prompt, forced)| {
+            let (max_new, min_new) = controls::lengths(
+                req,
+                prompt.len(),
+                &forced,
+                inputs.param,
+                &model.limits,
+                flavor,
+            )?;
             let params = SamplingParams {
                 max_new_tokens: max_new,
+                min_new_tokens: min_new,
+                forced_tokens: forced,
                 ..base.clone()
             };
             Ok(EngineRequest {
                 prompt,
                 params,
                 seeds: seeds.clone(),
-                deadline: None,
+                deadline,
             })
         })
-        .collect()
+        .collect::<Result<_, ValidationError>>()?;
+    if base.output_logits {
+        let rows = requests.iter().map(|r| r.params.max_new_tokens * n).sum();
+        controls::check_logits_size(rows, model.limits.vocab_size)?;
+    }
+    Ok(requests)
 }

@@ -4,12 +4,16 @@
 //! 3. `build`: tokenization, token ids, context length, defaults, seeds.
 
 mod build;
+mod controls;
 mod parse;
 mod rules;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_controls;
 
 pub use build::{ModelInfo, OPENAI_DEFAULT_MAX_TOKENS};
+pub use controls::{LogprobMode, MAX_OUTPUT_LOGITS};
 pub use parse::{parse_request, Dialect, ParsedRequest, LEGACY_KEYS, STREAM_FORMAT_HEADER};
 pub use rules::{Limits, IMPLEMENTED, MAX_N};
 
@@ -40,6 +44,12 @@ pub struct ValidRequest {
     pub n: usize,
     /// One per input (prompt batch row), in order.
     pub requests: Vec<EngineRequest>,
+    /// Stop phrases, matched in each choice's text by the server (decision 9).
+    pub stop: Vec<String>,
+    /// What `choices[i].logprobs` reports.
+    pub logprobs: LogprobMode,
+    /// Whether `choices[i].logits` is reported.
+    pub logits: bool,
 }
 
 /// Runs the rule tables over a typed request: the first failing row is the error.
@@ -91,5 +101,8 @@ pub fn validate(
         mode,
         n,
         requests,
+        stop: rules::stop_phrases(&req),
+        logprobs: LogprobMode::of(&req),
+        logits: req.include_output_logits == Some(true),
     })
 }

@@ -145,7 +145,7 @@ fn logit_bias_error(r: &CompletionRequest, l: &Limits) -> Option<String> {
     })
 }
 
-fn token_input_ids(t: &TokenInput) -> Vec<i64> {
+pub(crate) fn token_input_ids(t: &TokenInput) -> Vec<i64> {
     match t {
         TokenInput::One(v) => v.clone(),
         TokenInput::Batch(b) => b.concat(),
@@ -258,7 +258,58 @@ pub const RULES: &[Rule] = &[
         || format!("`logprobs` must be between 0 and {MAX_LOGPROBS}")) },
     Rule { param: "logprobs", check: |r, _| fail(r.logprobs.is_some() && r.include_output_logprobs == Some(true),
         || "`logprobs` and `include_output_logprobs` cannot be used together".into()) },
+    // Stopping and banning (decisions 9, 16).
+    Rule { param: "stop", check: |r, _| fail(stop_phrases(r).iter().any(|s| s.is_empty()),
+        || "`stop` phrases must not be empty".into()) },
+    Rule { param: "stop", check: |r, _| fail(stop_phrases(r).len() > MAX_STOP,
+        || format!("`stop` may hold at most {MAX_STOP} phrases")) },
+    Rule { param: "stop_tokens", check: |r, _| fail(r.stop_tokens.iter().flatten().any(|s| s.tokens.is_empty()),
+        || "each `stop_tokens` entry needs at least one token".into()) },
+    Rule { param: "bad_words", check: |r, _| fail(r.bad_words.iter().flatten().any(|s| s.trim_start_matches(' ').is_empty()),
+        || "`bad_words` phrases must not be empty".into()) },
+    Rule { param: "bad_word_tokens", check: |r, _| fail(r.bad_word_tokens.iter().flatten().any(|s| s.tokens.is_empty()),
+        || "each `bad_word_tokens` entry needs at least one token".into()) },
+    Rule { param: "eos_token", check: |r, _| fail(r.eos_token.is_some() && r.ignore_eos == Some(true),
+        || "`eos_token` cannot be combined with `ignore_eos: true`".into()) },
+    // A forced output is not sampled, so nothing may stop, ban or lengthen it.
+    Rule { param: "forced_output_tokens", check: |r, _| forced_conflict(r).map(|f| format!(
+        "`forced_output_tokens` fixes the output; it cannot be combined with `{f}`")) },
 ];
+
+/// Most `stop` phrases in one request.
+pub const MAX_STOP: usize = 64;
+
+/// The `stop` phrases (a bare string is one phrase).
+pub fn stop_phrases(r: &CompletionRequest) -> Vec<String> {
+    match &r.stop {
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(v)) => v.clone(),
+        None => Vec::new(),
+    }
+}
+
+/// Whether `forced_output_tokens` is set (a non-empty list, or a batch).
+pub fn forced_set(r: &CompletionRequest) -> bool {
+    r.forced_output_tokens
+        .as_ref()
+        .is_some_and(|t| !token_input_ids(t).is_empty() || matches!(t, TokenInput::Batch(_)))
+}
+
+/// The first field set alongside `forced_output_tokens` that would change its output.
+fn forced_conflict(r: &CompletionRequest) -> Option<&'static str> {
+    if !forced_set(r) {
+        return None;
+    }
+    let set = [
+        ("stop", stop_set(r)),
+        ("stop_tokens", non_empty(&r.stop_tokens)),
+        ("bad_words", non_empty(&r.bad_words)),
+        ("bad_word_tokens", non_empty(&r.bad_word_tokens)),
+        ("min_tokens", min_tokens_set(r)),
+        ("min_total_tokens", r.min_total_tokens.is_some()),
+    ];
+    set.into_iter().find(|(_, on)| *on).map(|(f, _)| f)
+}
 
 fn non_empty<T>(v: &Option<Vec<T>>) -> bool {
     v.as_ref().is_some_and(|v| !v.is_empty())
@@ -268,14 +319,6 @@ fn non_empty<T>(v: &Option<Vec<T>>) -> bool {
 pub const UNSUPPORTED: &[Unsupported] = &[
     Unsupported { param: "num_beams", is_set: |r| r.num_beams.is_some(),
         message: Some("beam search (`num_beams`) is not available yet") },
-    Unsupported { param: "timeout_microseconds", is_set: |r| r.timeout_microseconds.is_some(), message: None },
-    Unsupported { param: "min_tokens", is_set: min_tokens_set, message: None },
-    Unsupported { param: "min_total_tokens", is_set: |r| r.min_total_tokens.is_some(), message: None },
-    Unsupported { param: "no_repeat_ngram", is_set: |r| r.no_repeat_ngram.is_some_and(|n| n != 1), message: None },
-    Unsupported { param: "repetition_penalty", is_set: |r| r.repetition_penalty.is_some_and(|p| p != 1.0), message: None },
-    Unsupported { param: "frequency_penalty", is_set: |r| r.frequency_penalty.is_some_and(|p| p != 0.0), message: None },
-    Unsupported { param: "presence_penalty", is_set: |r| r.presence_penalty.is_some_and(|p| p != 0.0), message: None },
-    Unsupported { param: "min_p", is_set: |r| r.min_p.is_some_and(|p| p != 0.0), message: None },
     Unsupported { param: "xtc_threshold", is_set: |r| r.xtc_threshold.is_some_and(|p| p != 0.0), message: None },
     Unsupported { param: "xtc_probability", is_set: |r| r.xtc_probability.is_some_and(|p| p != 0.0), message: None },
     Unsupported { param: "logit_bias", is_set: |r| match &r.logit_bias {
@@ -283,16 +326,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
         Some(crate::protocol::LogitBias::Pairs(p)) => !p.is_empty(),
         None => false,
     }, message: None },
-    Unsupported { param: "stop", is_set: stop_set, message: None },
-    Unsupported { param: "stop_tokens", is_set: |r| non_empty(&r.stop_tokens), message: None },
-    Unsupported { param: "eos_token", is_set: |r| r.eos_token.is_some(), message: None },
-    Unsupported { param: "bad_words", is_set: |r| non_empty(&r.bad_words), message: None },
-    Unsupported { param: "bad_word_tokens", is_set: |r| non_empty(&r.bad_word_tokens), message: None },
-    Unsupported { param: "include_output_logits", is_set: |r| r.include_output_logits == Some(true), message: None },
-    Unsupported { param: "include_output_logprobs", is_set: |r| r.include_output_logprobs == Some(true), message: None },
-    Unsupported { param: "logprobs", is_set: |r| r.logprobs.is_some(), message: None },
-    Unsupported { param: "forced_output_tokens", is_set: |r| r.forced_output_tokens.as_ref()
-        .is_some_and(|t| !token_input_ids(t).is_empty()), message: None },
     Unsupported { param: "response_format", is_set: non_text_format, message: None },
     Unsupported { param: "echo", is_set: |r| r.echo == Some(true), message: None },
     Unsupported { param: "best_of", is_set: |r| r.best_of.is_some_and(|b| b != 1), message: None },
@@ -328,6 +361,24 @@ pub const IMPLEMENTED: &[&str] = &[
     "beam_search_type",
     "beam_compat_pre_normalization",
     "beam_compat_no_post_normalization",
+    // Decoding controls (mapped in `controls.rs`).
+    "timeout_microseconds",
+    "min_tokens",
+    "min_total_tokens",
+    "no_repeat_ngram",
+    "repetition_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+    "min_p",
+    "stop",
+    "stop_tokens",
+    "eos_token",
+    "bad_words",
+    "bad_word_tokens",
+    "include_output_logits",
+    "include_output_logprobs",
+    "logprobs",
+    "forced_output_tokens",
     // Meaningful only on encoder-decoder models; RULES reject non-default values.
     "encoder_no_repeat_ngram",
     "encoder_repetition_penalty",
