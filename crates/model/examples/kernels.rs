@@ -10,7 +10,11 @@ use cordial_model::ThreadPool;
 
 fn main() {
     let pool = ThreadPool::new(1);
-    let (rows, cols) = (1536usize, 576usize);
+    let rows: usize = std::env::var("ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1536);
+    let cols = 576usize;
     let w: Vec<f32> = (0..rows * cols)
         .map(|i| ((i * 2654435761usize) % 1000) as f32 / 1000.0 - 0.5)
         .collect();

@@ -1,4 +1,4 @@
-//! Causal attention over the paged f16 KV cache. One task per (token, KV head): the query heads
+//! Causal attention over the paged f16 KV cache. One task per (token, KV head), where the query heads
 //! that share a KV head (grouped-query attention) read its keys and values once. A token's
 //! result depends only on its own query and the K/V of its sequence's positions `0..=pos`, so
 //! prefill and decode, alone or batched, compute it the same way.
@@ -44,14 +44,21 @@ pub fn attention(
         .map(|s| SyncPtr(s as *mut Vec<f32>))
         .collect();
     let scr = &scr;
+    // Few tokens (decode): one task per query head, so the threads stay balanced. Many tokens:
+    // one task per KV head, whose query heads share each K/V read. Each head's arithmetic is
+    // the same either way, so the results are identical.
+    let split = places.len() * nkv < 4 * pool.threads();
+    let hpt = if split { 1 } else { group };
+    let tasks_per_token = nh / hpt;
     let task = |task: usize, thread: usize| {
-        let (ti, g) = (task / nkv, task % nkv);
+        let (ti, first) = (task / tasks_per_token, task % tasks_per_token * hpt);
+        let g = first / group;
         let place = &places[ti];
         let n = place.pos + 1;
         // SAFETY: one scratch buffer per thread; a thread runs one task at a time.
         let scores = unsafe { &mut *scr[thread].get() };
-        if scores.len() < group * n {
-            scores.resize(group * n, 0.0);
+        if scores.len() < hpt * n {
+            scores.resize(hpt * n, 0.0);
         }
         let qt = &q[ti * qdim..(ti + 1) * qdim];
         for j in 0..n {
@@ -59,17 +66,17 @@ pub fn attention(
                 .slot(place.block_table, j)
                 .expect("block table covers the sequence");
             let k = &kv.k_slot(layer, slot)[g * hd..(g + 1) * hd];
-            for h in 0..group {
-                let qh = &qt[(g * group + h) * hd..(g * group + h + 1) * hd];
+            for h in 0..hpt {
+                let qh = &qt[(first + h) * hd..(first + h + 1) * hd];
                 scores[h * n + j] = dot_f16(isa, k, qh) * scale;
             }
         }
-        for h in 0..group {
+        for h in 0..hpt {
             softmax(&mut scores[h * n..(h + 1) * n]);
         }
-        // SAFETY: this task alone writes heads g*group..(g+1)*group of token ti.
+        // SAFETY: this task alone writes heads first..first+hpt of token ti.
         let o = unsafe {
-            std::slice::from_raw_parts_mut(outp.get().add(ti * qdim + g * group * hd), group * hd)
+            std::slice::from_raw_parts_mut(outp.get().add(ti * qdim + first * hd), hpt * hd)
         };
         o.fill(0.0);
         for j in 0..n {
@@ -77,12 +84,12 @@ pub fn attention(
                 .slot(place.block_table, j)
                 .expect("block table covers the sequence");
             let v = &kv.v_slot(layer, slot)[g * hd..(g + 1) * hd];
-            for h in 0..group {
+            for h in 0..hpt {
                 axpy_f16(isa, scores[h * n + j], v, &mut o[h * hd..(h + 1) * hd]);
             }
         }
     };
-    pool.run(places.len() * nkv, &task);
+    pool.run(places.len() * tasks_per_token, &task);
 }
 
 fn softmax(x: &mut [f32]) {
