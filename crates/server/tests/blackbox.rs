@@ -1,125 +1,15 @@
 //! Black-box tests: the real `cordial` binary on a free loopback port with the real default
 //! model.
 
+mod binary;
+
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use binary::*;
 use serde_json::{json, Value};
-
-const BIN: &str = env!("CARGO_BIN_EXE_cordial");
-const TEST_TIMEOUT: Duration = Duration::from_secs(300);
-const LOAD_TIMEOUT: Duration = Duration::from_secs(180);
-
-async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(TEST_TIMEOUT, fut)
-        .await
-        .expect("the test timed out")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The running binary; killed on drop. Its stderr goes to a log file shown on failure.
-struct Server {
-    child: Child,
-    base: String,
-    log: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn spawn(extra: &[&str]) -> Server {
-        let port = free_port();
-        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cordial-{port}.log"));
-        let child = Command::new(BIN)
-            .args([
-                "serve",
-                "--port",
-                &port.to_string(),
-                "--kv-cache-tokens",
-                "16384",
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .expect("start cordial");
-        Server {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits for `/health` 200; fails at once if the process exits.
-    async fn ready(mut self) -> Server {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + LOAD_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "cordial exited ({status}) before becoming ready:\n{}",
-                    self.log()
-                );
-            }
-            if let Ok(r) = client.get(format!("{}/health", self.base)).send().await {
-                if r.status() == 200 {
-                    return self;
-                }
-                assert_eq!(r.status(), 503, "health while loading");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not ready in time:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn post(&self, body: &Value) -> (u16, String) {
-        let resp = reqwest::Client::new()
-            .post(format!("{}/v1/completions", self.base))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        (resp.status().as_u16(), resp.text().await.unwrap())
-    }
-
-    async fn complete(&self, body: &Value) -> Value {
-        let (status, text) = self.post(body).await;
-        assert_eq!(status, 200, "{text}");
-        serde_json::from_str(&text).unwrap()
-    }
-}
-
-fn sse_payloads(body: &str) -> Vec<Value> {
-    body.trim_end()
-        .split("\n\n")
-        .map(|e| e.strip_prefix("data: ").unwrap_or_else(|| panic!("{e:?}")))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect()
-}
 
 /// Runs the binary to its end (killed after `limit`): success and stdout.
 fn run_bin(args: &[&str], limit: Duration) -> (bool, String) {
