@@ -250,15 +250,15 @@ async fn a_request_past_its_deadline_times_out_and_frees_its_blocks() {
     };
     let e = Engine::start(model, config);
     let mut req = sampled(prompt(6, 9, 64), 50, vec![1]);
-    req.deadline = Some(Instant::now() + Duration::from_millis(50));
+    req.deadline = Some(Instant::now() + Duration::from_millis(500));
     let stream = e.submit(req);
     // A request waiting behind it times out too, before it is ever admitted.
     let mut queued = sampled(prompt(6, 10, 64), 5, vec![1]);
-    queued.deadline = Some(Instant::now() + Duration::from_millis(50));
+    queued.deadline = Some(Instant::now() + Duration::from_millis(500));
     let queued = e.submit(queued);
     e.parked_at(0);
     e.step_to(1);
-    std::thread::sleep(Duration::from_millis(80));
+    std::thread::sleep(Duration::from_millis(600));
     e.gate.open();
     let out = collect(stream, 1).await;
     assert_eq!(out.end, Event::Error(EngineError::Timeout));

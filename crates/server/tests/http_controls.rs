@@ -175,6 +175,8 @@ async fn timeouts_are_429_before_the_stream_and_an_error_event_after() {
             let client = srv.client.clone();
             let url = format!("{}/v1/completions", srv.base);
             let req = tokio::spawn(async move { client.post(url).json(&body).send().await.unwrap() });
+            // Once the request's first forward waits at the gate, let its deadline pass.
+            assert!(srv.gate.wait_parked(Duration::from_secs(20)).is_some());
             tokio::time::sleep(Duration::from_millis(80)).await;
             srv.gate.allow(1);
             let resp = req.await.unwrap();
@@ -185,14 +187,15 @@ async fn timeouts_are_429_before_the_stream_and_an_error_event_after() {
         }
         // A deadline that passes mid-stream ends the stream with an error event (the legacy
         // dialect: `timeout_microseconds` is a legacy key).
-        let body = json!({"prompt": "x", "max_tokens": 8, "timeout_microseconds": 150_000, "stream": true});
+        let body = json!({"prompt": "x", "max_tokens": 8, "timeout_microseconds": 1_000_000, "stream": true});
         let client = srv.client.clone();
         let url = format!("{}/v1/completions", srv.base);
         let req = tokio::spawn(async move { client.post(url).json(&body).send().await.unwrap() });
         srv.gate.allow(2);
         let resp = req.await.unwrap();
         assert_eq!(resp.status(), 200);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(srv.gate.wait_parked(Duration::from_secs(20)).is_some());
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         srv.gate.open();
         let raw = resp.text().await.unwrap();
         let payloads = sse_payloads(&raw);
