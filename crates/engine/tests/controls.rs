@@ -270,3 +270,37 @@ async fn a_request_past_its_deadline_times_out_and_frees_its_blocks() {
     let out = e.run(sampled(prompt(6, 9, 64), 5, vec![1])).await;
     assert!(out.is_finished());
 }
+
+#[tokio::test]
+async fn a_choice_stopped_while_its_request_waits_never_runs() {
+    let config = EngineConfig {
+        max_num_seqs: 1,
+        ..EngineConfig::default()
+    };
+    let model = FakeModelConfig {
+        gated: true,
+        ..FakeModelConfig::default()
+    };
+    let e = Engine::start(model, config);
+    let first = e.submit(greedy(prompt(6, 11, 64), 3));
+    let queued = e.submit(sampled(prompt(6, 12, 64), 4, vec![1, 2]));
+    let control = queued.control();
+    e.parked_at(0);
+    control.stop_choice(0);
+    e.gate.open();
+    assert!(collect(first, 1).await.is_finished());
+    let out = collect(queued, 2).await;
+    assert_eq!(
+        out.reasons,
+        [Some(FinishReason::Stop), Some(FinishReason::Length)]
+    );
+    assert_eq!((out.tokens[0].len(), out.tokens[1].len()), (0, 4));
+    assert!(matches!(
+        out.end,
+        Event::Finished {
+            completion_tokens: 4,
+            ..
+        }
+    ));
+    e.wait_all_free().await;
+}
