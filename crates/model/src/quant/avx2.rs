@@ -100,65 +100,69 @@ unsafe fn dot_u8_i8(w: __m256i, x: __m256i) -> __m256 {
 /// One quantized activation row: (int8 values, per-block scales d, per-block d·Σq).
 pub type ActRow<'a> = (&'a [i8], &'a [f32], &'a [f32]);
 
-/// The weight block `b` of a row, unpacked once for all activation rows: 32 values as bytes
-/// (unsigned nibbles for Q4_x, absolute values for Q8_0), the scale, and the offset factor.
-struct WBlock {
-    v: __m256i,
-    /// Q8_0 only: the weight signs, moved onto the activations.
-    sign: __m256i,
-    d: f32,
-    m: f32,
-}
+/// Type tags for the const-generic kernels (the ggml type ids), so each type gets its own
+/// branch-free inner loop.
+pub const T_Q4_0: u32 = 2;
+pub const T_Q4_1: u32 = 3;
+pub const T_Q8_0: u32 = 8;
 
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load_block(ty: GgmlType, blk: *const u8) -> WBlock {
-    let bytes = std::slice::from_raw_parts(blk, ty.block_bytes());
-    match ty {
-        GgmlType::Q4_1 => WBlock {
-            v: unpack_nibbles(blk.add(4)),
-            sign: _mm256_setzero_si256(),
-            d: f16_at(bytes, 0),
-            m: f16_at(bytes, 2),
-        },
-        GgmlType::Q4_0 => {
-            let d = f16_at(bytes, 0);
-            WBlock {
-                v: unpack_nibbles(blk.add(2)),
-                sign: _mm256_setzero_si256(),
+/// The weight block at `blk`, unpacked once for all activation rows: 32 values as bytes
+/// (unsigned nibbles for Q4_x, absolute values for Q8_0), the Q8_0 signs, scale and offset.
+#[inline(always)]
+unsafe fn load_block<const TY: u32>(blk: *const u8) -> (__m256i, __m256i, f32, f32) {
+    let h = |i: usize| {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+            (blk.add(i) as *const u16).read_unaligned() as i32,
+        )))
+    };
+    match TY {
+        T_Q4_1 => (
+            unpack_nibbles(blk.add(4)),
+            _mm256_setzero_si256(),
+            h(0),
+            h(2),
+        ),
+        T_Q4_0 => {
+            let d = h(0);
+            (
+                unpack_nibbles(blk.add(2)),
+                _mm256_setzero_si256(),
                 d,
-                m: -8.0 * d,
-            }
+                -8.0 * d,
+            )
         }
         _ => {
             let w = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-            WBlock {
-                v: _mm256_sign_epi8(w, w),
-                sign: w,
-                d: f16_at(bytes, 0),
-                m: 0.0,
-            }
+            (_mm256_sign_epi8(w, w), w, h(0), 0.0)
         }
     }
 }
 
-/// Adds block `b` of `wb` times activation row `a` to (acc, off).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block_dot(
-    ty: GgmlType,
-    wb: &WBlock,
+/// Adds block `b` (unpacked as `w`, `sign`, scale `d`, offset `m`) times activation row `a`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_dot<const TY: u32>(
+    w: __m256i,
+    sign: __m256i,
+    d: f32,
+    m: f32,
     a: &ActRow<'_>,
     b: usize,
     acc: &mut __m256,
     off: &mut f32,
 ) {
     let mut x = _mm256_loadu_si256(a.0.as_ptr().add(b * QK) as *const __m256i);
-    if ty == GgmlType::Q8_0 {
-        x = _mm256_sign_epi8(x, wb.sign);
+    if TY == T_Q8_0 {
+        x = _mm256_sign_epi8(x, sign);
     }
-    *acc = _mm256_fmadd_ps(_mm256_set1_ps(wb.d * a.1[b]), dot_u8_i8(wb.v, x), *acc);
-    *off += wb.m * a.2[b];
+    *acc = _mm256_fmadd_ps(
+        _mm256_set1_ps(d * *a.1.get_unchecked(b)),
+        dot_u8_i8(w, x),
+        *acc,
+    );
+    if TY != T_Q8_0 {
+        *off += m * *a.2.get_unchecked(b);
+    }
 }
 
 /// Dot products of one quantized weight row with `N` activation rows: `out[i] = w · acts[i]`.
@@ -168,40 +172,66 @@ unsafe fn block_dot(
 /// another, then a fixed reduction), so results are bit-identical for any batch.
 ///
 /// # Safety
-/// CPU must support AVX2/FMA/F16C; `ty` is Q4_0, Q4_1 or Q8_0; each row has `w`'s block count.
+/// CPU must support AVX2/FMA/F16C; `TY` is one of the `T_*` tags and `w` holds rows of that
+/// type with the activation rows' block count.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q_rows<const N: usize>(
-    ty: GgmlType,
+pub unsafe fn dot_q_rows<const TY: u32, const N: usize>(
     w: &[u8],
     acts: &[ActRow<'_>; N],
     out: &mut [f32; N],
 ) {
     let nb = acts[0].1.len();
-    let bb = ty.block_bytes();
-    debug_assert!(w.len() >= nb * bb);
+    let bb = match TY {
+        T_Q4_1 => 20,
+        T_Q4_0 => 18,
+        _ => 34,
+    };
+    debug_assert!(
+        w.len() >= nb * bb && acts.iter().all(|a| a.1.len() == nb && a.0.len() >= nb * QK)
+    );
     let mut acc = [[_mm256_setzero_ps(); 2]; N];
     let mut off = [[0.0f32; 2]; N];
     let wp = w.as_ptr();
     let mut b = 0;
     while b + 1 < nb {
-        let w0 = load_block(ty, wp.add(b * bb));
-        let w1 = load_block(ty, wp.add((b + 1) * bb));
+        let (w0, s0, d0, m0) = load_block::<TY>(wp.add(b * bb));
+        let (w1, s1, d1, m1) = load_block::<TY>(wp.add((b + 1) * bb));
         for i in 0..N {
             let [a0, a1] = &mut acc[i];
             let [o0, o1] = &mut off[i];
-            block_dot(ty, &w0, &acts[i], b, a0, o0);
-            block_dot(ty, &w1, &acts[i], b + 1, a1, o1);
+            block_dot::<TY>(w0, s0, d0, m0, &acts[i], b, a0, o0);
+            block_dot::<TY>(w1, s1, d1, m1, &acts[i], b + 1, a1, o1);
         }
         b += 2;
     }
     if b < nb {
-        let w0 = load_block(ty, wp.add(b * bb));
+        let (w0, s0, d0, m0) = load_block::<TY>(wp.add(b * bb));
         for i in 0..N {
-            block_dot(ty, &w0, &acts[i], b, &mut acc[i][0], &mut off[i][0]);
+            block_dot::<TY>(w0, s0, d0, m0, &acts[i], b, &mut acc[i][0], &mut off[i][0]);
         }
     }
     for i in 0..N {
         out[i] = hsum(_mm256_add_ps(acc[i][0], acc[i][1])) + (off[i][0] + off[i][1]);
+    }
+}
+
+/// [`dot_q_rows`] with the type chosen at run time.
+///
+/// # Safety
+/// As for [`dot_q_rows`]; `ty` is Q4_0, Q4_1 or Q8_0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q_rows_dyn<const N: usize>(
+    ty: GgmlType,
+    w: &[u8],
+    acts: &[ActRow<'_>; N],
+    out: &mut [f32; N],
+) {
+    match ty {
+        GgmlType::Q4_1 => dot_q_rows::<T_Q4_1, N>(w, acts, out),
+        GgmlType::Q4_0 => dot_q_rows::<T_Q4_0, N>(w, acts, out),
+        GgmlType::Q8_0 => dot_q_rows::<T_Q8_0, N>(w, acts, out),
+        _ => unreachable!("float weights take float activations"),
     }
 }
 
@@ -210,7 +240,7 @@ pub unsafe fn dot_q_rows<const N: usize>(
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q(ty: GgmlType, w: &[u8], qs: &[i8], d: &[f32], s: &[f32]) -> f32 {
     let mut out = [0.0f32];
-    dot_q_rows::<1>(ty, w, &[(qs, d, s)], &mut out);
+    dot_q_rows_dyn::<1>(ty, w, &[(qs, d, s)], &mut out);
     out[0]
 }
 

@@ -263,7 +263,7 @@ pub fn dot_q4(
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2 is only selected when the CPU has AVX2/FMA/F16C.
-        Isa::Avx2 => unsafe { avx2::dot_q_rows::<4>(ty, w, rows, out) },
+        Isa::Avx2 => unsafe { avx2::dot_q_rows_dyn::<4>(ty, w, rows, out) },
         _ => {
             for (o, r) in out.iter_mut().zip(rows) {
                 *o = dot_q(isa, ty, w, r.0, r.1, r.2);
