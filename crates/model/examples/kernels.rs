@@ -5,7 +5,9 @@
 use std::time::Instant;
 
 use cordial_model::backend::matmul::{matmul, Acts, MatJob};
-use cordial_model::quant::{scalar::quantize_row, Compute, GgmlType, Isa, QuantizedActs};
+use cordial_model::quant::{
+    repack::Packed, scalar::quantize_row, Compute, GgmlType, Isa, QuantizedActs,
+};
 use cordial_model::ThreadPool;
 
 fn main() {
@@ -20,7 +22,15 @@ fn main() {
         .collect();
     for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_0] {
         let wq = quantize_row(ty, &w);
-        for isa in Isa::all_available() {
+        let packed = Packed::new(ty, rows, cols, &wq);
+        let mut variants: Vec<(Isa, bool)> = Isa::all_available()
+            .into_iter()
+            .map(|i| (i, false))
+            .collect();
+        if Isa::best_available() == Isa::Avx2 {
+            variants.push((Isa::Avx2, true));
+        }
+        for (isa, use_packed) in variants {
             for t in [1usize, 4, 16, 64] {
                 let x: Vec<f32> = (0..t * cols)
                     .map(|i| ((i * 40503) % 997) as f32 / 997.0 - 0.5)
@@ -38,6 +48,7 @@ fn main() {
                         Compute::new(isa),
                         &acts,
                         &mut [MatJob {
+                            packed: if use_packed { packed.as_ref() } else { None },
                             w: &wq,
                             ty,
                             rows,

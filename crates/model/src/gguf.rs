@@ -459,4 +459,23 @@ impl GgufFile {
     pub fn tensor_data_at(&self, offset: usize, size: usize) -> &[u8] {
         &self.mmap[offset..offset + size]
     }
+
+    /// Drops the mapped pages of a byte range from this process's resident memory (a later
+    /// read faults them back in from the page cache). Only whole pages inside the range.
+    pub fn release_range(&self, offset: usize, size: usize) {
+        const PAGE: usize = 4096;
+        let start = offset.div_ceil(PAGE) * PAGE;
+        let end = (offset + size) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: the map is read-only and file-backed: dropping pages only means they are
+            // read from the file again if touched; no content changes.
+            let _ = unsafe {
+                self.mmap.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
+            };
+        }
+    }
 }

@@ -68,6 +68,21 @@ impl Llama {
             Err(e) => return Err(e.into()),
         };
         let out_norm = load_f32(f, "output_norm.weight", d)?;
+        let mut output = output;
+        output.repack(f);
+        for l in &mut layers {
+            for w in [
+                &mut l.wq,
+                &mut l.wk,
+                &mut l.wv,
+                &mut l.wo,
+                &mut l.w_gate,
+                &mut l.w_up,
+                &mut l.w_down,
+            ] {
+                w.repack(f);
+            }
+        }
         Ok(Llama {
             file,
             config,

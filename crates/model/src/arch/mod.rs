@@ -10,7 +10,8 @@ use crate::backend::matmul::MatJob;
 use crate::backend::pool::ThreadPool;
 use crate::gguf::{GgufError, GgufFile};
 use crate::kv::KvCache;
-use crate::quant::{Compute, GgmlType, QuantizedActs};
+use crate::quant::repack::Packed;
+use crate::quant::{Compute, GgmlType, Isa, QuantizedActs};
 
 /// Architectures this build runs.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
@@ -101,6 +102,8 @@ pub struct Weight {
     pub cols: usize,
     offset: usize,
     size: usize,
+    /// The same weights repacked for the AVX2 kernels (`quant::repack`), when this CPU runs them.
+    pub packed: Option<Arc<Packed>>,
 }
 
 impl Weight {
@@ -130,6 +133,7 @@ impl Weight {
             cols,
             offset: info.offset as usize,
             size: info.size as usize,
+            packed: None,
         })
     }
     pub fn data<'f>(&self, f: &'f GgufFile) -> &'f [u8] {
@@ -144,13 +148,28 @@ impl Weight {
         let rb = self.row_bytes();
         &self.data(f)[r * rb..(r + 1) * rb]
     }
-    pub fn job<'a>(&self, f: &'a GgufFile, out: &'a mut [f32]) -> MatJob<'a> {
+    pub fn job<'a>(&'a self, f: &'a GgufFile, out: &'a mut [f32]) -> MatJob<'a> {
         MatJob {
             w: self.data(f),
             ty: self.ty,
             rows: self.rows,
             cols: self.cols,
             out,
+            packed: self.packed.as_deref(),
+        }
+    }
+
+    /// Repacks the weights for the AVX2 kernels when this CPU runs them and the type has a
+    /// repacked form (`CORDIAL_REPACK=0` turns it off), then lets the kernel drop the mapped
+    /// GGUF pages of the tensor from our resident memory (they stay in the page cache).
+    pub fn repack(&mut self, f: &GgufFile) {
+        let off = std::env::var("CORDIAL_REPACK").is_ok_and(|v| v == "0");
+        if off || Isa::detect() < Isa::Avx2 {
+            return;
+        }
+        if let Some(p) = Packed::new(self.ty, self.rows, self.cols, self.data(f)) {
+            self.packed = Some(Arc::new(p));
+            f.release_range(self.offset, self.size);
         }
     }
 }

@@ -4,7 +4,10 @@
 //! kernel whatever the batch, so results are batch invariant.
 
 use super::pool::{SyncPtr, ThreadPool};
-use crate::quant::{self, Compute, GgmlType, QuantizedActs};
+use crate::quant::{self, repack::Packed, Compute, GgmlType, Isa, QuantizedActs};
+
+/// Activation rows per tile (a multiple of 4, the kernel's row group).
+const T_TILE: usize = 16;
 
 /// Fewest weight rows handed to one task.
 const MIN_ROWS_PER_TASK: usize = 16;
@@ -29,6 +32,8 @@ pub struct MatJob<'a> {
     pub cols: usize,
     /// Output, `t` × `rows`, row-major.
     pub out: &'a mut [f32],
+    /// The same weights repacked for the AVX2 kernels, when available (used on that path).
+    pub packed: Option<&'a Packed>,
 }
 
 /// The input of a matmul: f32 rows (for float weights) and their int8 quantization (for
@@ -48,6 +53,7 @@ pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'
         rows: usize,
         cols: usize,
         out: SyncPtr<f32>,
+        packed: Option<&'w Packed>,
         first_task: usize,
         per_task: usize,
     }
@@ -66,6 +72,9 @@ pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'
             rows: j.rows,
             cols: j.cols,
             out: SyncPtr(j.out.as_mut_ptr()),
+            packed: j
+                .packed
+                .filter(|_| cx.isa == Isa::Avx2 && !cx.f32_activations),
             first_task: tasks,
             per_task: rows_per_task(j.rows, x.t, pool.threads()),
         });
@@ -88,51 +97,69 @@ pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'
         } else {
             Vec::new()
         };
-        for r in r0..r1 {
-            let wr = &w[r * row_bytes..(r + 1) * row_bytes];
-            if !deq.is_empty() {
-                quant::dequantize_row(p.ty, wr, &mut deq);
-                let deq_bytes: &[u8] = bytes_of(&deq);
-                for ti in 0..t {
-                    let v = quant::dot_f(
-                        isa,
-                        GgmlType::F32,
-                        deq_bytes,
-                        &x.f[ti * p.cols..(ti + 1) * p.cols],
-                    );
-                    // SAFETY: each (ti, r) is written by exactly one task.
-                    unsafe { *p.out.get().add(ti * p.rows + r) = v };
-                }
-                continue;
-            }
-            if p.ty.is_quantized() {
-                let mut ti = 0;
-                while ti + 4 <= t {
-                    let rows = [
-                        x.q.row(ti),
-                        x.q.row(ti + 1),
-                        x.q.row(ti + 2),
-                        x.q.row(ti + 3),
-                    ];
-                    let mut v = [0.0f32; 4];
-                    quant::dot_q4(isa, p.ty, wr, &rows, &mut v);
-                    for (k, v) in v.iter().enumerate() {
+        // Activation rows in tiles that stay in L1 while the task's weight rows pass over them.
+        for t0 in (0..t).step_by(T_TILE) {
+            let t1 = (t0 + T_TILE).min(t);
+            for r in r0..r1 {
+                let wr = &w[r * row_bytes..(r + 1) * row_bytes];
+                if !deq.is_empty() {
+                    quant::dequantize_row(p.ty, wr, &mut deq);
+                    let deq_bytes: &[u8] = bytes_of(&deq);
+                    for ti in t0..t1 {
+                        let v = quant::dot_f(
+                            isa,
+                            GgmlType::F32,
+                            deq_bytes,
+                            &x.f[ti * p.cols..(ti + 1) * p.cols],
+                        );
                         // SAFETY: each (ti, r) is written by exactly one task.
-                        unsafe { *p.out.get().add((ti + k) * p.rows + r) = *v };
+                        unsafe { *p.out.get().add(ti * p.rows + r) = v };
                     }
-                    ti += 4;
+                    continue;
                 }
-                for ti in ti..t {
-                    let (qs, d, s) = x.q.row(ti);
-                    let v = quant::dot_q(isa, p.ty, wr, qs, d, s);
-                    // SAFETY: as above.
-                    unsafe { *p.out.get().add(ti * p.rows + r) = v };
-                }
-            } else {
-                for ti in 0..t {
-                    let v = quant::dot_f(isa, p.ty, wr, &x.f[ti * p.cols..(ti + 1) * p.cols]);
-                    // SAFETY: as above.
-                    unsafe { *p.out.get().add(ti * p.rows + r) = v };
+                if p.ty.is_quantized() {
+                    let wr = match p.packed {
+                        Some(pk) => pk.row(r),
+                        None => wr,
+                    };
+                    let mut ti = t0;
+                    while ti + 4 <= t1 {
+                        let rows = [
+                            x.q.row(ti),
+                            x.q.row(ti + 1),
+                            x.q.row(ti + 2),
+                            x.q.row(ti + 3),
+                        ];
+                        let mut v = [0.0f32; 4];
+                        match p.packed {
+                            Some(_) => quant::dot_packed::<4>(p.ty, wr, &rows, &mut v),
+                            None => quant::dot_q4(isa, p.ty, wr, &rows, &mut v),
+                        }
+                        for (k, v) in v.iter().enumerate() {
+                            // SAFETY: each (ti, r) is written by exactly one task.
+                            unsafe { *p.out.get().add((ti + k) * p.rows + r) = *v };
+                        }
+                        ti += 4;
+                    }
+                    for ti in ti..t1 {
+                        let row = x.q.row(ti);
+                        let v = match p.packed {
+                            Some(_) => {
+                                let mut v = [0.0f32];
+                                quant::dot_packed::<1>(p.ty, wr, &[row], &mut v);
+                                v[0]
+                            }
+                            None => quant::dot_q(isa, p.ty, wr, row.0, row.1, row.2),
+                        };
+                        // SAFETY: as above.
+                        unsafe { *p.out.get().add(ti * p.rows + r) = v };
+                    }
+                } else {
+                    for ti in t0..t1 {
+                        let v = quant::dot_f(isa, p.ty, wr, &x.f[ti * p.cols..(ti + 1) * p.cols]);
+                        // SAFETY: as above.
+                        unsafe { *p.out.get().add(ti * p.rows + r) = v };
+                    }
                 }
             }
         }

@@ -105,6 +105,8 @@ pub type ActRow<'a> = (&'a [i8], &'a [f32], &'a [f32]);
 pub const T_Q4_0: u32 = 2;
 pub const T_Q4_1: u32 = 3;
 pub const T_Q8_0: u32 = 8;
+/// Q4_1 repacked with f32 scale and offset (`super::repack`).
+pub const T_Q4_1F: u32 = 103;
 
 /// The weight block at `blk`, unpacked once for all activation rows: 32 values as bytes
 /// (unsigned nibbles for Q4_x, absolute values for Q8_0), the Q8_0 signs, scale and offset.
@@ -122,6 +124,15 @@ unsafe fn load_block<const TY: u32>(blk: *const u8) -> (__m256i, __m256i, f32, f
             h(0),
             h(2),
         ),
+        T_Q4_1F => {
+            let f = |i: usize| (blk.add(i) as *const f32).read_unaligned();
+            (
+                unpack_nibbles(blk.add(8)),
+                _mm256_setzero_si256(),
+                f(0),
+                f(4),
+            )
+        }
         T_Q4_0 => {
             let d = h(0);
             (
@@ -182,6 +193,7 @@ pub unsafe fn dot_q_rows<const TY: u32, const N: usize>(
 ) {
     let nb = acts[0].1.len();
     let bb = match TY {
+        T_Q4_1F => super::repack::Q4_1F_BLOCK,
         T_Q4_1 => 20,
         T_Q4_0 => 18,
         _ => 34,
@@ -309,4 +321,18 @@ pub unsafe fn axpy_f16(a: f32, v: &[u16], out: &mut [f32]) {
             _mm256_fmadd_ps(av, _mm256_cvtph_ps(h), _mm256_loadu_ps(o)),
         );
     }
+}
+
+/// Dot products of one repacked Q4_1 row (f32 scales, see [`super::repack`]) with `N`
+/// activation rows: [`dot_q_rows`] without the f16 conversions. Bit-identical to it.
+///
+/// # Safety
+/// As for [`dot_q_rows`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_packed_rows<const N: usize>(
+    w: &[u8],
+    acts: &[ActRow<'_>; N],
+    out: &mut [f32; N],
+) {
+    dot_q_rows::<T_Q4_1F, N>(w, acts, out)
 }
