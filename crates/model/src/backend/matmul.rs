@@ -92,6 +92,10 @@ pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'
         let row_bytes = p.cols / p.ty.block_elems() * p.ty.block_bytes();
         let r0 = (task - p.first_task) * p.per_task;
         let r1 = (r0 + p.per_task).min(p.rows);
+        if let Some(pk) = p.packed {
+            packed_task(pk, x, r0, r1, p.out);
+            return;
+        }
         let mut deq = if cx.f32_activations && p.ty.is_quantized() {
             vec![0.0f32; p.cols]
         } else {
@@ -118,10 +122,6 @@ pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'
                     continue;
                 }
                 if p.ty.is_quantized() {
-                    let wr = match p.packed {
-                        Some(pk) => pk.row(r),
-                        None => wr,
-                    };
                     let mut ti = t0;
                     while ti + 4 <= t1 {
                         let rows = [
@@ -131,10 +131,7 @@ pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'
                             x.q.row(ti + 3),
                         ];
                         let mut v = [0.0f32; 4];
-                        match p.packed {
-                            Some(_) => quant::dot_packed::<4>(p.ty, wr, &rows, &mut v),
-                            None => quant::dot_q4(isa, p.ty, wr, &rows, &mut v),
-                        }
+                        quant::dot_q4(isa, p.ty, wr, &rows, &mut v);
                         for (k, v) in v.iter().enumerate() {
                             // SAFETY: each (ti, r) is written by exactly one task.
                             unsafe { *p.out.get().add((ti + k) * p.rows + r) = *v };
@@ -143,14 +140,7 @@ pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'
                     }
                     for ti in ti..t1 {
                         let row = x.q.row(ti);
-                        let v = match p.packed {
-                            Some(_) => {
-                                let mut v = [0.0f32];
-                                quant::dot_packed::<1>(p.ty, wr, &[row], &mut v);
-                                v[0]
-                            }
-                            None => quant::dot_q(isa, p.ty, wr, row.0, row.1, row.2),
-                        };
+                        let v = quant::dot_q(isa, p.ty, wr, row.0, row.1, row.2);
                         // SAFETY: as above.
                         unsafe { *p.out.get().add(ti * p.rows + r) = v };
                     }
@@ -165,6 +155,46 @@ pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'
         }
     };
     pool.run(tasks, &run);
+}
+
+/// Rows `r0..r1` (`r0` a multiple of 4) of a repacked matrix times every activation row.
+fn packed_task(pk: &Packed, x: &Acts<'_>, r0: usize, r1: usize, out: SyncPtr<f32>) {
+    let rows = pk.rows;
+    let write = |ti: usize, g: usize, v: &[f32; 4]| {
+        for (k, v) in v.iter().enumerate() {
+            let r = 4 * g + k;
+            if r < r1 {
+                // SAFETY: each (ti, r) is written by exactly one task.
+                unsafe { *out.get().add(ti * rows + r) = *v };
+            }
+        }
+    };
+    for t0 in (0..x.t).step_by(T_TILE) {
+        let t1 = (t0 + T_TILE).min(x.t);
+        for g in r0 / 4..r1.div_ceil(4) {
+            let w4 = pk.group(g);
+            let mut ti = t0;
+            while ti + 4 <= t1 {
+                let acts = [
+                    x.q.row(ti),
+                    x.q.row(ti + 1),
+                    x.q.row(ti + 2),
+                    x.q.row(ti + 3),
+                ];
+                let mut v = [[0.0f32; 4]; 4];
+                quant::dot_packed::<4>(pk.ty, w4, &acts, &mut v);
+                for (k, v) in v.iter().enumerate() {
+                    write(ti + k, g, v);
+                }
+                ti += 4;
+            }
+            for ti in ti..t1 {
+                let mut v = [[0.0f32; 4]; 1];
+                quant::dot_packed::<1>(pk.ty, w4, &[x.q.row(ti)], &mut v);
+                write(ti, g, &v[0]);
+            }
+        }
+    }
 }
 
 fn bytes_of(v: &[f32]) -> &[u8] {

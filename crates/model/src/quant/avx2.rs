@@ -105,8 +105,6 @@ pub type ActRow<'a> = (&'a [i8], &'a [f32], &'a [f32]);
 pub const T_Q4_0: u32 = 2;
 pub const T_Q4_1: u32 = 3;
 pub const T_Q8_0: u32 = 8;
-/// Q4_1 repacked with f32 scale and offset (`super::repack`).
-pub const T_Q4_1F: u32 = 103;
 
 /// The weight block at `blk`, unpacked once for all activation rows: 32 values as bytes
 /// (unsigned nibbles for Q4_x, absolute values for Q8_0), the Q8_0 signs, scale and offset.
@@ -124,15 +122,6 @@ unsafe fn load_block<const TY: u32>(blk: *const u8) -> (__m256i, __m256i, f32, f
             h(0),
             h(2),
         ),
-        T_Q4_1F => {
-            let f = |i: usize| (blk.add(i) as *const f32).read_unaligned();
-            (
-                unpack_nibbles(blk.add(8)),
-                _mm256_setzero_si256(),
-                f(0),
-                f(4),
-            )
-        }
         T_Q4_0 => {
             let d = h(0);
             (
@@ -193,7 +182,6 @@ pub unsafe fn dot_q_rows<const TY: u32, const N: usize>(
 ) {
     let nb = acts[0].1.len();
     let bb = match TY {
-        T_Q4_1F => super::repack::Q4_1F_BLOCK,
         T_Q4_1 => 20,
         T_Q4_0 => 18,
         _ => 34,
@@ -323,16 +311,94 @@ pub unsafe fn axpy_f16(a: f32, v: &[u16], out: &mut [f32]) {
     }
 }
 
-/// Dot products of one repacked Q4_1 row (f32 scales, see [`super::repack`]) with `N`
-/// activation rows: [`dot_q_rows`] without the f16 conversions. Bit-identical to it.
+/// Dot products of one interleaved group of 4 weight rows (see [`super::repack`]) with `N`
+/// activation rows: `out[i][r] = w_r · acts[i]`.
+///
+/// Per block, each weight row's 32 products are summed to 8 lanes (maddubs, madd), the four
+/// rows' lanes are folded by horizontal adds into one vector (rows 0..4 in each half), which
+/// one conversion and one FMA with the four rows' scales accumulate. Each activation row's
+/// results are computed by the same operations whatever `N` is, so they are bit-identical for
+/// any batch.
 ///
 /// # Safety
-/// As for [`dot_q_rows`].
+/// CPU must support AVX2/FMA/F16C; `TY` is one of the `T_*` tags; `w4` is one group of `TY`
+/// whose block count equals the activation rows' block count.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_packed_rows<const N: usize>(
-    w: &[u8],
+pub unsafe fn dot_x4_rows<const TY: u32, const N: usize>(
+    w4: &[u8],
     acts: &[ActRow<'_>; N],
-    out: &mut [f32; N],
+    out: &mut [[f32; 4]; N],
 ) {
-    dot_q_rows::<T_Q4_1F, N>(w, acts, out)
+    let gbb = if TY == T_Q8_0 {
+        4 * 4 + 4 * QK
+    } else {
+        4 * 8 + 4 * QK / 2
+    };
+    let nb = acts[0].1.len();
+    debug_assert!(
+        w4.len() >= nb * gbb && acts.iter().all(|a| a.1.len() == nb && a.0.len() >= nb * QK)
+    );
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut off = [_mm_setzero_ps(); N];
+    for b in 0..nb {
+        let base = w4.as_ptr().add(b * gbb);
+        let dv = _mm256_broadcast_ps(&*(base as *const __m128));
+        let mut wv = [_mm256_setzero_si256(); 4];
+        for r in 0..4 {
+            wv[r] = if TY == T_Q8_0 {
+                _mm256_loadu_si256(base.add(16 + r * QK) as *const __m256i)
+            } else {
+                unpack_nibbles(base.add(32 + 16 * r))
+            };
+        }
+        for i in 0..N {
+            let x = _mm256_loadu_si256(acts[i].0.as_ptr().add(b * QK) as *const __m256i);
+            let mut p = [_mm256_setzero_si256(); 4];
+            for r in 0..4 {
+                let prod = if TY == T_Q8_0 {
+                    _mm256_maddubs_epi16(_mm256_sign_epi8(wv[r], wv[r]), _mm256_sign_epi8(x, wv[r]))
+                } else {
+                    _mm256_maddubs_epi16(wv[r], x)
+                };
+                p[r] = _mm256_madd_epi16(prod, ones);
+            }
+            let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+            let sc = _mm256_mul_ps(dv, _mm256_set1_ps(*acts[i].1.get_unchecked(b)));
+            acc[i] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(h), acc[i]);
+            if TY != T_Q8_0 {
+                let mv = _mm_loadu_ps(base.add(16) as *const f32);
+                off[i] = _mm_fmadd_ps(mv, _mm_set1_ps(*acts[i].2.get_unchecked(b)), off[i]);
+            }
+        }
+    }
+    for i in 0..N {
+        let v = _mm_add_ps(
+            _mm_add_ps(
+                _mm256_castps256_ps128(acc[i]),
+                _mm256_extractf128_ps(acc[i], 1),
+            ),
+            off[i],
+        );
+        _mm_storeu_ps(out[i].as_mut_ptr(), v);
+    }
+}
+
+/// [`dot_x4_rows`] with the type chosen at run time.
+///
+/// # Safety
+/// As for [`dot_x4_rows`]; `ty` is Q4_0, Q4_1 or Q8_0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_x4_rows_dyn<const N: usize>(
+    ty: GgmlType,
+    w4: &[u8],
+    acts: &[ActRow<'_>; N],
+    out: &mut [[f32; 4]; N],
+) {
+    match ty {
+        GgmlType::Q4_1 | GgmlType::Q4_0 => dot_x4_rows::<T_Q4_1, N>(w4, acts, out),
+        GgmlType::Q8_0 => dot_x4_rows::<T_Q8_0, N>(w4, acts, out),
+        _ => unreachable!("float weights are not repacked"),
+    }
 }

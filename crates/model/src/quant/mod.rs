@@ -273,25 +273,25 @@ pub fn dot_q4(
     }
 }
 
-/// Like [`dot_q4`] (`N` = 4) or [`dot_q`] (`N` = 1) on a repacked Q4_1 row ([`repack::Packed`]).
-/// Repacked weights exist only where AVX2 runs, so this is AVX2 code.
+/// Dot products of one interleaved group of 4 repacked weight rows ([`repack::Packed`]) with
+/// `N` activation rows: `out[i][r] = w_r · rows[i]`. Repacked weights exist only where AVX2
+/// runs, so this is AVX2 code.
 #[inline]
 pub fn dot_packed<const N: usize>(
     ty: GgmlType,
-    w: &[u8],
+    w4: &[u8],
     rows: &[(&[i8], &[f32], &[f32]); N],
-    out: &mut [f32; N],
+    out: &mut [[f32; 4]; N],
 ) {
-    debug_assert_eq!(ty, GgmlType::Q4_1, "only Q4_1 is repacked");
     #[cfg(target_arch = "x86_64")]
     // SAFETY: weights are repacked only when the CPU has AVX2/FMA/F16C (see `Isa::detect`).
     unsafe {
-        avx2::dot_packed_rows::<N>(w, rows, out)
+        avx2::dot_x4_rows_dyn::<N>(ty, w4, rows, out)
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!(
         "repacked {ty:?} weights on a CPU without AVX2 ({} bytes, {} rows, {})",
-        w.len(),
+        w4.len(),
         rows.len(),
         out.len()
     )

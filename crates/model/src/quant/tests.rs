@@ -177,46 +177,51 @@ fn four_row_kernel_is_bit_identical_to_single_rows() {
 }
 
 #[test]
-fn repacked_q4_1_is_bit_identical_to_gguf_layout() {
+fn repacked_four_row_kernel_matches_reference_and_is_batch_invariant() {
     if Isa::best_available() < Isa::Avx2 {
         return; // repacked weights exist only on the AVX2 path
     }
     let mut rng = Rng(5);
-    for cols in [32usize, 64, 576, 1536] {
-        let rows = 3;
-        let w = quantize_row(GgmlType::Q4_1, &rng.vec(rows * cols, 0.6));
-        let packed = repack::Packed::new(GgmlType::Q4_1, rows, cols, &w).expect("Q4_1 repacks");
-        assert!(repack::Packed::new(
-            GgmlType::Q8_0,
-            rows,
-            cols,
-            &quantize_row(GgmlType::Q8_0, &rng.vec(rows * cols, 1.0))
-        )
-        .is_none());
-        let x = rng.vec(4 * cols, 2.0);
-        let mut a = QuantizedActs::default();
-        a.quantize(Isa::Avx2, &x, 4, cols);
-        let acts = [a.row(0), a.row(1), a.row(2), a.row(3)];
-        let rb = w.len() / rows;
-        for r in 0..rows {
-            let mut want = [0.0f32; 4];
-            dot_q4(
-                Isa::Avx2,
-                GgmlType::Q4_1,
-                &w[r * rb..(r + 1) * rb],
-                &acts,
-                &mut want,
-            );
-            let mut got = [0.0f32; 4];
-            dot_packed::<4>(GgmlType::Q4_1, packed.row(r), &acts, &mut got);
-            let mut one = [0.0f32];
-            dot_packed::<1>(GgmlType::Q4_1, packed.row(r), &[acts[2]], &mut one);
-            assert_eq!(
-                want.map(f32::to_bits),
-                got.map(f32::to_bits),
-                "cols {cols} row {r}"
-            );
-            assert_eq!(one[0].to_bits(), want[2].to_bits());
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for (rows, cols) in [(4usize, 32usize), (5, 64), (7, 576), (8, 1536)] {
+            let w = quantize_row(ty, &rng.vec(rows * cols, 0.6));
+            let packed = repack::Packed::new(ty, rows, cols, &w).expect("repacks");
+            let x = rng.vec(4 * cols, 2.0);
+            let mut a = QuantizedActs::default();
+            a.quantize(Isa::Avx2, &x, 4, cols);
+            let acts = [a.row(0), a.row(1), a.row(2), a.row(3)];
+            let rb = w.len() / rows;
+            for g in 0..rows.div_ceil(4) {
+                let mut four = [[0.0f32; 4]; 4];
+                dot_packed::<4>(ty, packed.group(g), &acts, &mut four);
+                for (i, act) in acts.iter().enumerate() {
+                    let mut one = [[0.0f32; 4]; 1];
+                    dot_packed::<1>(ty, packed.group(g), &[*act], &mut one);
+                    assert_eq!(
+                        one[0].map(f32::to_bits),
+                        four[i].map(f32::to_bits),
+                        "{ty:?} {cols}: batch changed a result"
+                    );
+                    for k in 0..4.min(rows - 4 * g) {
+                        let r = 4 * g + k;
+                        let want = dot_q(
+                            Isa::Scalar,
+                            ty,
+                            &w[r * rb..(r + 1) * rb],
+                            act.0,
+                            act.1,
+                            act.2,
+                        );
+                        let scale: f32 =
+                            act.1.iter().map(|d| d.abs()).sum::<f32>() * 127.0 * 16.0 + 1.0;
+                        assert!(
+                            (four[i][k] - want).abs() <= 1e-5 * scale,
+                            "{ty:?} {cols} row {r}: {} vs {want}",
+                            four[i][k]
+                        );
+                    }
+                }
+            }
         }
     }
 }
