@@ -39,11 +39,11 @@ pub fn attention(
     let qdim = nh * hd;
     let scale = 1.0 / (hd as f32).sqrt();
     let outp = SyncPtr(out.as_mut_ptr());
-    let scr: Vec<SyncPtr<Vec<f32>>> = scratch
-        .iter_mut()
-        .map(|s| SyncPtr(s as *mut Vec<f32>))
-        .collect();
-    let scr = &scr;
+    assert!(
+        scratch.len() >= pool.threads(),
+        "one scratch buffer per thread"
+    );
+    let scr = SyncPtr(scratch.as_mut_ptr());
     // Few tokens (decode): one task per query head, so the threads stay balanced. Many tokens:
     // one task per KV head, whose query heads share each K/V read. Each head's arithmetic is
     // the same either way, so the results are identical.
@@ -56,7 +56,7 @@ pub fn attention(
         let place = &places[ti];
         let n = place.pos + 1;
         // SAFETY: one scratch buffer per thread; a thread runs one task at a time.
-        let scores = unsafe { &mut *scr[thread].get() };
+        let scores = unsafe { &mut *scr.get().add(thread) };
         if scores.len() < hpt * n {
             scores.resize(hpt * n, 0.0);
         }

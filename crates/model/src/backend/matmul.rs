@@ -6,6 +6,9 @@
 use super::pool::{SyncPtr, ThreadPool};
 use crate::quant::{self, repack::Packed, Compute, GgmlType, Isa, QuantizedActs};
 
+/// Most matrices fused into one parallel region.
+const MAX_JOBS: usize = 4;
+
 /// Activation rows per tile (a multiple of 4, the kernel's row group).
 const T_TILE: usize = 16;
 
@@ -57,16 +60,19 @@ pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'
         first_task: usize,
         per_task: usize,
     }
-    let mut parts = Vec::with_capacity(jobs.len());
+    // At most a few fused matrices: parts live on the stack (no allocation per matmul).
+    let mut parts: [Option<Part<'_>>; MAX_JOBS] = [const { None }; MAX_JOBS];
+    assert!(jobs.len() <= MAX_JOBS, "at most {MAX_JOBS} fused matrices");
     let mut tasks = 0;
-    for j in jobs.iter_mut() {
+    for (slot, j) in parts.iter_mut().zip(jobs.iter_mut()) {
         assert_eq!(
             j.w.len(),
             j.rows * j.cols / j.ty.block_elems() * j.ty.block_bytes(),
             "weight size"
         );
         assert!(j.out.len() >= x.t * j.rows, "output size");
-        parts.push(Part {
+        let per_task = rows_per_task(j.rows, x.t, pool.threads());
+        *slot = Some(Part {
             w: j.w,
             ty: j.ty,
             rows: j.rows,
@@ -76,9 +82,9 @@ pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'
                 .packed
                 .filter(|_| cx.isa == Isa::Avx2 && !cx.f32_activations),
             first_task: tasks,
-            per_task: rows_per_task(j.rows, x.t, pool.threads()),
+            per_task,
         });
-        tasks += j.rows.div_ceil(parts.last().expect("just pushed").per_task);
+        tasks += j.rows.div_ceil(per_task);
     }
     let parts = &parts;
     let t = x.t;
@@ -86,6 +92,7 @@ pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'
         let p = parts
             .iter()
             .rev()
+            .flatten()
             .find(|p| p.first_task <= task)
             .expect("task belongs to a part");
         let w = p.w;

@@ -33,7 +33,7 @@ unsafe impl Sync for Shared {}
 unsafe impl Send for Shared {}
 
 /// Iterations a worker spins waiting for work before it sleeps.
-const SPIN: u32 = 20_000;
+const SPIN: u32 = 2_000;
 
 pub struct ThreadPool {
     shared: Arc<Shared>,
