@@ -49,6 +49,13 @@ impl KvCache {
         &self.k[layer][slot * self.kv_dim..(slot + 1) * self.kv_dim]
     }
 
+    /// Keys of `count` consecutive slots from `slot` (one slice, for kernels that read rows
+    /// of several positions).
+    #[inline]
+    pub fn k_slots(&self, layer: usize, slot: usize, count: usize) -> &[u16] {
+        &self.k[layer][slot * self.kv_dim..(slot + count) * self.kv_dim]
+    }
+
     #[inline]
     pub fn v_slot(&self, layer: usize, slot: usize) -> &[u16] {
         &self.v[layer][slot * self.kv_dim..(slot + 1) * self.kv_dim]

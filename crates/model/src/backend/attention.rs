@@ -61,7 +61,30 @@ pub fn attention(
             scores.resize(hpt * n, 0.0);
         }
         let qt = &q[ti * qdim..(ti + 1) * qdim];
-        for j in 0..n {
+        // Keys eight at a time where the kernel allows (eight positions from a multiple of 8
+        // lie in one block), then one at a time. The split depends only on `n`, i.e. on the
+        // query's own position, so a query is computed the same way in any batch.
+        let mut j0 = 0;
+        if isa == Isa::Avx2 && hd.is_multiple_of(8) && kv.block_size.is_multiple_of(8) {
+            while j0 + 8 <= n {
+                let slot = kv
+                    .slot(place.block_table, j0)
+                    .expect("block table covers the sequence");
+                let k = kv.k_slots(layer, slot, 8)[g * hd..].as_ptr();
+                for h in 0..hpt {
+                    let qh = &qt[(first + h) * hd..(first + h + 1) * hd];
+                    scores8(
+                        k,
+                        kv.kv_dim,
+                        qh,
+                        scale,
+                        &mut scores[h * n + j0..h * n + j0 + 8],
+                    );
+                }
+                j0 += 8;
+            }
+        }
+        for j in j0..n {
             let slot = kv
                 .slot(place.block_table, j)
                 .expect("block table covers the sequence");
@@ -101,6 +124,24 @@ fn softmax(x: &mut [f32]) {
     }
     let inv = 1.0 / sum;
     x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Scaled scores of `q` against the 8 keys at `k`, `k + stride`, … (AVX2 only).
+#[inline]
+fn scores8(k: *const u16, stride: usize, q: &[f32], scale: f32, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: only called on the AVX2 path; the 8 key rows lie in one KV block.
+    unsafe {
+        use std::arch::x86_64::*;
+        let s = crate::quant::avx2::dot8_f16_f32(k, stride, q);
+        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(s, _mm256_set1_ps(scale)));
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!(
+        "8-wide scores on a CPU without AVX2 ({k:?}, {stride}, {}, {scale}, {})",
+        q.len(),
+        out.len()
+    )
 }
 
 #[inline]

@@ -402,3 +402,30 @@ pub unsafe fn dot_x4_rows_dyn<const N: usize>(
         _ => unreachable!("float weights are not repacked"),
     }
 }
+
+/// Dot products of `q` with 8 f16 rows `k + p·stride` (p in 0..8), `q.len()` a multiple of 8:
+/// one accumulator per row, then one horizontal reduction for all eight.
+///
+/// # Safety
+/// CPU must support AVX2/FMA/F16C; the 8 rows of `q.len()` elements are readable at `k`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot8_f16_f32(k: *const u16, stride: usize, q: &[f32]) -> __m256 {
+    let mut acc = [_mm256_setzero_ps(); 8];
+    for c in (0..q.len()).step_by(8) {
+        let qv = _mm256_loadu_ps(q.as_ptr().add(c));
+        for p in 0..8 {
+            let kv = _mm256_cvtph_ps(_mm_loadu_si128(k.add(p * stride + c) as *const __m128i));
+            acc[p] = _mm256_fmadd_ps(kv, qv, acc[p]);
+        }
+    }
+    let s01 = _mm256_hadd_ps(acc[0], acc[1]);
+    let s23 = _mm256_hadd_ps(acc[2], acc[3]);
+    let s45 = _mm256_hadd_ps(acc[4], acc[5]);
+    let s67 = _mm256_hadd_ps(acc[6], acc[7]);
+    let s0123 = _mm256_hadd_ps(s01, s23);
+    let s4567 = _mm256_hadd_ps(s45, s67);
+    // Each 128-bit half holds partial sums of rows 0..4 (resp. 4..8); add the halves.
+    let lo = _mm256_permute2f128_ps(s0123, s4567, 0x20);
+    let hi = _mm256_permute2f128_ps(s0123, s4567, 0x31);
+    _mm256_add_ps(lo, hi)
+}

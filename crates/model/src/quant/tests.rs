@@ -225,3 +225,33 @@ fn repacked_four_row_kernel_matches_reference_and_is_batch_invariant() {
         }
     }
 }
+
+#[test]
+fn eight_key_scores_match_single_dots() {
+    if Isa::best_available() < Isa::Avx2 {
+        return;
+    }
+    let mut rng = Rng(17);
+    for hd in [8usize, 64, 128] {
+        let stride = hd * 3 + 8;
+        let keys: Vec<u16> = rng
+            .vec(8 * stride, 1.0)
+            .iter()
+            .map(|v| half::f16::from_f32(*v).to_bits())
+            .collect();
+        let q = rng.vec(hd, 1.0);
+        // SAFETY: AVX2 checked above; 8 rows of `hd` lie inside `keys`.
+        let got: [f32; 8] =
+            unsafe { std::mem::transmute(avx2::dot8_f16_f32(keys.as_ptr(), stride, &q)) };
+        for p in 0..8 {
+            let want: f32 = (0..hd)
+                .map(|c| half::f16::from_bits(keys[p * stride + c]).to_f32() * q[c])
+                .sum();
+            assert!(
+                (got[p] - want).abs() < 1e-4 * (1.0 + want.abs()),
+                "hd {hd} row {p}: {} vs {want}",
+                got[p]
+            );
+        }
+    }
+}
