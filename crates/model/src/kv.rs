@@ -56,6 +56,12 @@ impl KvCache {
         &self.k[layer][slot * self.kv_dim..(slot + count) * self.kv_dim]
     }
 
+    /// Values of `count` consecutive slots from `slot`.
+    #[inline]
+    pub fn v_slots(&self, layer: usize, slot: usize, count: usize) -> &[u16] {
+        &self.v[layer][slot * self.kv_dim..(slot + count) * self.kv_dim]
+    }
+
     #[inline]
     pub fn v_slot(&self, layer: usize, slot: usize) -> &[u16] {
         &self.v[layer][slot * self.kv_dim..(slot + 1) * self.kv_dim]

@@ -102,6 +102,23 @@ pub fn attention(
             std::slice::from_raw_parts_mut(outp.get().add(ti * qdim + first * hd), hpt * hd)
         };
         o.fill(0.0);
+        if isa == Isa::Avx2 && (hd == 64 || hd == 128) {
+            // Values one KV block at a time (its slots are consecutive), accumulators in
+            // registers; the same additions in the same order as the loop below.
+            let bs = kv.block_size;
+            for j0 in (0..n).step_by(bs) {
+                let count = bs.min(n - j0);
+                let slot = kv
+                    .slot(place.block_table, j0)
+                    .expect("block table covers the sequence");
+                let v = kv.v_slots(layer, slot, count)[g * hd..].as_ptr();
+                for h in 0..hpt {
+                    let w = &scores[h * n + j0..h * n + j0 + count];
+                    weighted_rows(v, kv.kv_dim, w, &mut o[h * hd..(h + 1) * hd]);
+                }
+            }
+            return;
+        }
         for j in 0..n {
             let slot = kv
                 .slot(place.block_table, j)
@@ -140,6 +157,25 @@ fn scores8(k: *const u16, stride: usize, q: &[f32], scale: f32, out: &mut [f32])
     unreachable!(
         "8-wide scores on a CPU without AVX2 ({k:?}, {stride}, {}, {scale}, {})",
         q.len(),
+        out.len()
+    )
+}
+
+/// `out += Σ w[p] · v[p]` over f16 rows `v + p·stride`, `out.len()` 64 or 128 (AVX2 only).
+#[inline]
+fn weighted_rows(v: *const u16, stride: usize, w: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: only called on the AVX2 path; the rows lie in one KV block.
+    unsafe {
+        match out.len() {
+            64 => crate::quant::avx2::weighted_rows_f16::<8>(v, stride, w, out),
+            _ => crate::quant::avx2::weighted_rows_f16::<16>(v, stride, w, out),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!(
+        "register accumulation on a CPU without AVX2 ({v:?}, {stride}, {}, {})",
+        w.len(),
         out.len()
     )
 }

@@ -429,3 +429,33 @@ pub unsafe fn dot8_f16_f32(k: *const u16, stride: usize, q: &[f32]) -> __m256 {
     let hi = _mm256_permute2f128_ps(s0123, s4567, 0x31);
     _mm256_add_ps(lo, hi)
 }
+
+/// `acc += Σ_p w[p] · v[p]` over `w.len()` f16 rows `v + p·stride` of `8·CH` elements, with the
+/// accumulator held in registers across the rows. Per element the additions happen in row
+/// order, exactly as repeated [`axpy_f16`] calls would do them.
+///
+/// # Safety
+/// CPU must support AVX2/FMA/F16C; the rows are readable at `v`; `acc` has `8·CH` elements.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn weighted_rows_f16<const CH: usize>(
+    v: *const u16,
+    stride: usize,
+    w: &[f32],
+    acc: &mut [f32],
+) {
+    let mut a = [_mm256_setzero_ps(); CH];
+    for c in 0..CH {
+        a[c] = _mm256_loadu_ps(acc.as_ptr().add(8 * c));
+    }
+    for (p, wp) in w.iter().enumerate() {
+        let wv = _mm256_set1_ps(*wp);
+        let row = v.add(p * stride);
+        for c in 0..CH {
+            let x = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * c) as *const __m128i));
+            a[c] = _mm256_fmadd_ps(wv, x, a[c]);
+        }
+    }
+    for c in 0..CH {
+        _mm256_storeu_ps(acc.as_mut_ptr().add(8 * c), a[c]);
+    }
+}
