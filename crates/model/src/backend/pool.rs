@@ -38,8 +38,8 @@ const SPIN: u32 = 2_000;
 pub struct ThreadPool {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
-    /// Serializes `run` calls (the pool runs one job at a time).
-    running: Mutex<()>,
+    /// Serializes `run` calls (the pool runs one job at a time) and holds the contention state.
+    running: Mutex<Contention>,
 }
 
 impl ThreadPool {
@@ -77,7 +77,7 @@ impl ThreadPool {
         ThreadPool {
             shared,
             workers,
-            running: Mutex::new(()),
+            running: Mutex::new(Contention::default()),
         }
     }
 
@@ -95,7 +95,14 @@ impl ThreadPool {
             (0..n_tasks).for_each(|t| f(t, 0));
             return;
         }
-        let _serial = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if state.solo_left > 0 {
+            // Another process is using our cores: run alone rather than wait for descheduled
+            // workers at every step (the results do not depend on which thread runs a task).
+            state.solo_left -= 1;
+            (0..n_tasks).for_each(|t| f(t, 0));
+            return;
+        }
         let s = &*self.shared;
         // SAFETY: erase the lifetime; we do not return before every worker is done with `f`.
         let short: *const (dyn Fn(usize, usize) + Sync + '_) = f;
@@ -112,7 +119,10 @@ impl ThreadPool {
             let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
+        let start = std::time::Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_tasks(s, f, 0)));
+        let own_done = std::time::Instant::now();
+        let own = own_done - start;
         let mut spins = 0u32;
         while s.active.load(Ordering::Acquire) != 0 {
             spins += 1;
@@ -122,6 +132,8 @@ impl ThreadPool {
                 std::thread::yield_now();
             }
         }
+        let mean_task = own / (*result.as_ref().unwrap_or(&1)).max(1) as u32;
+        state.record(own_done.elapsed(), mean_task);
         if let Err(p) = result {
             s.panicked.store(false, Ordering::Relaxed);
             std::panic::resume_unwind(p);
@@ -132,15 +144,69 @@ impl ThreadPool {
     }
 }
 
-fn run_tasks(s: &Shared, f: &(dyn Fn(usize, usize) + Sync + '_), thread: usize) {
+/// A wait for workers, after our own share of a job is done, longer than this plus a few
+/// task lengths means a worker was descheduled (a worker that is running finishes its last
+/// task within one task length).
+const STRAGGLE: std::time::Duration = std::time::Duration::from_micros(1500);
+/// Straggling runs in the recent window that switch the pool to running alone.
+const STRAGGLE_LIMIT: u32 = 4;
+/// Runs in the window.
+const WINDOW: u32 = 64;
+/// Runs done alone before trying the workers again.
+const SOLO_RUNS: u32 = 4096;
+
+/// Detects another process competing for our cores, from how long the caller waits for
+/// workers at the end of each run.
+#[derive(Default)]
+struct Contention {
+    runs: u32,
+    straggles: u32,
+    solo_left: u32,
+    /// Times the pool switched to running alone (for tests and logs).
+    solo_switches: u64,
+}
+
+impl Contention {
+    fn record(&mut self, waited: std::time::Duration, mean_task: std::time::Duration) {
+        self.runs += 1;
+        if waited >= STRAGGLE + 4 * mean_task {
+            self.straggles += 1;
+        }
+        if self.straggles >= STRAGGLE_LIMIT {
+            self.solo_left = SOLO_RUNS;
+            self.solo_switches += 1;
+            self.runs = 0;
+            self.straggles = 0;
+        } else if self.runs >= WINDOW {
+            self.runs = 0;
+            self.straggles = 0;
+        }
+    }
+}
+
+impl ThreadPool {
+    /// How often the pool has switched to running alone because workers were descheduled.
+    pub fn solo_switches(&self) -> u64 {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .solo_switches
+    }
+}
+
+/// Runs tasks until none are left; returns how many this thread ran.
+fn run_tasks(s: &Shared, f: &(dyn Fn(usize, usize) + Sync + '_), thread: usize) -> usize {
     let n = s.n_tasks.load(Ordering::Relaxed);
+    let mut ran = 0;
     loop {
         let t = s.next.fetch_add(1, Ordering::Relaxed);
         if t >= n {
             break;
         }
         f(t, thread);
+        ran += 1;
     }
+    ran
 }
 
 fn worker(s: Arc<Shared>, id: usize) {
@@ -239,6 +305,31 @@ mod tests {
             });
         }
         assert_eq!(total.load(Ordering::Relaxed), 800);
+    }
+
+    #[test]
+    fn a_descheduled_worker_switches_the_pool_to_running_alone() {
+        let pool = ThreadPool::new(2);
+        let ran = AtomicUsize::new(0);
+        // The worker (thread 1) stalls in each task, as if another process held its core.
+        for _ in 0..STRAGGLE_LIMIT {
+            pool.run(8, &|_, th| {
+                // Every task takes a while, so the worker gets some; the worker's are slow.
+                std::thread::sleep(std::time::Duration::from_micros(300));
+                if th == 1 {
+                    std::thread::sleep(STRAGGLE * 5);
+                }
+                ran.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        assert_eq!(ran.load(Ordering::Relaxed), 8 * STRAGGLE_LIMIT as usize);
+        assert_eq!(pool.solo_switches(), 1);
+        // Alone, every task runs on the caller.
+        let on_worker = AtomicUsize::new(0);
+        pool.run(16, &|_, th| {
+            on_worker.fetch_add(th, Ordering::Relaxed);
+        });
+        assert_eq!(on_worker.load(Ordering::Relaxed), 0);
     }
 
     #[test]
