@@ -158,6 +158,10 @@ pub struct EngineConfig {
     pub max_waiting: usize,
     /// Most prompt tokens prefilled in one step (chunked prefill budget).
     pub max_prefill_tokens: usize,
+    /// Automatic prefix caching: full KV blocks of prompts are kept (while their memory is not
+    /// needed) and reused by later prompts that start with the same tokens, which then skip
+    /// computing them. The output is the same either way.
+    pub enable_prefix_caching: bool,
 }
 
 impl Default for EngineConfig {
@@ -166,6 +170,7 @@ impl Default for EngineConfig {
             max_num_seqs: 64,
             max_waiting: 256,
             max_prefill_tokens: 512,
+            enable_prefix_caching: true,
         }
     }
 }
@@ -174,10 +179,20 @@ impl Default for EngineConfig {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EngineStats {
     pub total_blocks: usize,
+    /// Blocks not used by any sequence, including `cached_free_blocks` (which are handed out,
+    /// least recently used first, once no other free block is left).
     pub free_blocks: usize,
+    /// Free blocks that still hold a cached full prompt block (prefix caching).
+    pub cached_free_blocks: usize,
     pub running_seqs: usize,
     pub waiting_requests: usize,
     pub steps: u64,
     /// Requests preempted so far (blocks ran out; recomputed later).
     pub preemptions: u64,
+    /// Prompt tokens looked up in the prefix cache so far: each admitted request's prompt
+    /// length, counted again when a preempted request is admitted again. 0 with caching off.
+    pub prefix_cache_queries_tokens: u64,
+    /// Of `prefix_cache_queries_tokens`, the tokens whose KV was reused instead of computed
+    /// (whole blocks; never a prompt's last token). Hit rate = hits / queries.
+    pub prefix_cache_hit_tokens: u64,
 }

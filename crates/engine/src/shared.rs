@@ -10,12 +10,15 @@ use crate::api::EngineStats;
 pub(crate) struct Shared {
     pub(crate) total_blocks: usize,
     pub(crate) free_blocks: AtomicUsize,
+    pub(crate) cached_free_blocks: AtomicUsize,
     pub(crate) running_seqs: AtomicUsize,
     /// Requests submitted (or preempted) and not yet admitted. `submit` increments it, so
     /// requests still in the command channel count too.
     pub(crate) waiting: AtomicUsize,
     pub(crate) steps: AtomicU64,
     pub(crate) preemptions: AtomicU64,
+    pub(crate) prefix_queries: AtomicU64,
+    pub(crate) prefix_hits: AtomicU64,
     /// The engine thread is alive.
     pub(crate) running: AtomicBool,
     /// `shutdown` has not been called.
@@ -27,10 +30,13 @@ impl Shared {
         Shared {
             total_blocks,
             free_blocks: AtomicUsize::new(total_blocks),
+            cached_free_blocks: AtomicUsize::new(0),
             running_seqs: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             steps: AtomicU64::new(0),
             preemptions: AtomicU64::new(0),
+            prefix_queries: AtomicU64::new(0),
+            prefix_hits: AtomicU64::new(0),
             running: AtomicBool::new(false),
             accepting: AtomicBool::new(true),
         }
@@ -60,14 +66,24 @@ impl Shared {
         self.preemptions.fetch_add(n as u64, Ordering::Relaxed);
     }
 
+    /// Admissions looked up `queried` prompt tokens in the prefix cache; `hits` were reused.
+    pub(crate) fn prefix_queried(&self, queried: usize, hits: usize) {
+        self.prefix_queries
+            .fetch_add(queried as u64, Ordering::Relaxed);
+        self.prefix_hits.fetch_add(hits as u64, Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> EngineStats {
         EngineStats {
             total_blocks: self.total_blocks,
             free_blocks: self.free_blocks.load(Ordering::Acquire),
+            cached_free_blocks: self.cached_free_blocks.load(Ordering::Acquire),
             running_seqs: self.running_seqs.load(Ordering::Acquire),
             waiting_requests: self.waiting.load(Ordering::Acquire),
             steps: self.steps.load(Ordering::Acquire),
             preemptions: self.preemptions.load(Ordering::Acquire),
+            prefix_cache_queries_tokens: self.prefix_queries.load(Ordering::Acquire),
+            prefix_cache_hit_tokens: self.prefix_hits.load(Ordering::Acquire),
         }
     }
 }

@@ -71,7 +71,8 @@ async fn greedy_output_does_not_depend_on_the_batch() {
 }
 
 /// A long prompt prefilled in chunks of 8 while another request decodes gives the same output
-/// as prefilling it at once, greedy and sampled.
+/// as prefilling it at once, greedy and sampled. (Prefix caching is off: the two requests share
+/// their prompt, so the second would reuse the first one's blocks; `prefix_cache.rs` tests that.)
 #[tokio::test]
 async fn chunked_prefill_matches_unchunked_and_does_not_stall_decodes() {
     let model = gated();
@@ -81,6 +82,7 @@ async fn chunked_prefill_matches_unchunked_and_does_not_stall_decodes() {
     for budget in [8, 512] {
         let config = EngineConfig {
             max_prefill_tokens: budget,
+            enable_prefix_caching: false,
             ..Default::default()
         };
         let e = Engine::start(model.clone(), config);

@@ -196,6 +196,7 @@ fn load(args: &ServeArgs, path: PathBuf) -> anyhow::Result<Serving> {
         max_num_seqs: args.max_num_seqs,
         max_waiting: args.max_waiting,
         max_prefill_tokens: args.max_prefill_tokens,
+        ..EngineConfig::default()
     };
     let engine = EngineHandle::spawn(loaded.executor, config);
     Ok(Serving {

@@ -4,10 +4,14 @@
 //! fake finds in ITS OWN KV slots for positions `0..=p` (read through the block table the
 //! engine passed), see [`FakeModelConfig::logits`]: a hash of that whole history gives every
 //! vocabulary entry a logit in `[-4, 4)`. The model stores, per KV slot, the token written
-//! there; nothing else. So a wrong block table, a missed or wrong `copy_block`, or a block freed
-//! and reused while still in use changes the output (or fails the forward when a position is read
-//! before it was written), instead of going unnoticed. Batch composition never matters: rows are
-//! computed one sequence at a time, after every write of the step.
+//! there and, like real K/V, a fingerprint of the prefix it was computed after (a hash chain
+//! over the slots of positions `0..=p` as read through the writer's block table). So a wrong
+//! block table, a missed or wrong `copy_block`, or a block freed and reused while still in use
+//! changes the output (or fails the forward when a position is read before it was written),
+//! and a block reused for another prefix (equal tokens after a different start, as a broken
+//! prefix cache would share it) fails the forward, instead of going unnoticed. Batch
+//! composition never matters: rows are computed one sequence at a time, after every write of
+//! the step.
 //!
 //! **Options** ([`FakeModelConfig`]): vocabulary size, block size, number of blocks, context
 //! length; [`FakeEos`] (EOS strongly suppressed before a history length, strongly preferred from
@@ -21,7 +25,8 @@
 //!
 //! **Checks.** A forward fails with a `ModelError` naming the problem when a block id is out of
 //! range, a block table does not cover the positions written, a position reaches
-//! `max_context`, or a position is read before it was ever written.
+//! `max_context`, a position is read before it was ever written, or a slot read holds K/V
+//! computed after a different prefix.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -74,9 +79,9 @@ impl Default for FakeModelConfig {
 impl FakeModelConfig {
     /// The logits row the model returns after the tokens `history` (positions `0..len`).
     pub fn logits(&self, history: &[TokenId]) -> Vec<f32> {
-        let mut h = 0x243F_6A88_85A3_08D3u64;
+        let mut h = CHAIN_START;
         for (pos, &t) in history.iter().enumerate() {
-            h = mix(h ^ u64::from(t) ^ ((pos as u64) << 32));
+            h = chain(h, pos, t);
         }
         let mut row: Vec<f32> = (0..self.vocab_size as u64)
             .map(|v| {
@@ -123,6 +128,14 @@ impl FakeModelConfig {
         }
         out
     }
+}
+
+/// The start of the history hash chain (see [`chain`]).
+const CHAIN_START: u64 = 0x243F_6A88_85A3_08D3;
+
+/// One step of the history hash chain: `h` after the token `t` at position `pos`.
+fn chain(h: u64, pos: usize, t: TokenId) -> u64 {
+    mix(h ^ u64::from(t) ^ ((pos as u64) << 32))
 }
 
 /// SplitMix64's finalizer: a cheap, well-mixing 64-bit hash step.
@@ -232,8 +245,9 @@ impl StepGate {
 #[derive(Debug)]
 pub struct FakeModel {
     config: FakeModelConfig,
-    /// The token written in each KV slot (`block * block_size + offset`), if any.
-    slots: Vec<Option<TokenId>>,
+    /// The token written in each KV slot (`block * block_size + offset`), if any, and the
+    /// history chain hash up to and including it, as seen by the write.
+    slots: Vec<Option<(TokenId, u64)>>,
     stats: Arc<Mutex<FakeStats>>,
     gate: StepGate,
     calls: u64,
@@ -283,21 +297,43 @@ impl FakeModel {
         Ok(block * bs + pos % bs)
     }
 
+    /// What the slot of `pos` in `table` holds: its token and history hash.
+    fn read(&self, table: &[u32], pos: usize) -> Result<(TokenId, u64), ModelError> {
+        self.slots[self.slot(table, pos)?]
+            .ok_or_else(|| ModelError(format!("position {pos} read before it was written")))
+    }
+
+    /// Writes the tokens; each slot's hash chains on the previous position's slot, read through
+    /// the same table (as attention reads the earlier K/V).
     fn write(&mut self, seq: &SeqStep<'_>) -> Result<(), ModelError> {
         for (i, &token) in seq.tokens.iter().enumerate() {
-            let slot = self.slot(seq.block_table, seq.start_pos + i)?;
-            self.slots[slot] = Some(token);
+            let pos = seq.start_pos + i;
+            let slot = self.slot(seq.block_table, pos)?;
+            let prev = match pos {
+                0 => CHAIN_START,
+                _ => self.read(seq.block_table, pos - 1)?.1,
+            };
+            self.slots[slot] = Some((token, chain(prev, pos, token)));
         }
         Ok(())
     }
 
+    /// The tokens at positions `0..len`, checking that every slot was computed after exactly
+    /// the prefix it is read with.
     fn history(&self, table: &[u32], len: usize) -> Result<Vec<TokenId>, ModelError> {
-        (0..len)
-            .map(|pos| {
-                self.slots[self.slot(table, pos)?]
-                    .ok_or_else(|| ModelError(format!("position {pos} read before it was written")))
-            })
-            .collect()
+        let mut h = CHAIN_START;
+        let mut tokens = Vec::with_capacity(len);
+        for pos in 0..len {
+            let (token, stored) = self.read(table, pos)?;
+            h = chain(h, pos, token);
+            if stored != h {
+                return Err(ModelError(format!(
+                    "position {pos} holds K/V computed after another prefix"
+                )));
+            }
+            tokens.push(token);
+        }
+        Ok(tokens)
     }
 
     fn record(&self, seqs: &[SeqStep<'_>]) {
@@ -427,6 +463,29 @@ mod tests {
             .forward(&[step(&[6], 0, &[64])], &mut logits)
             .unwrap_err();
         assert!(err.0.contains("out of range"), "{err}");
+    }
+
+    #[test]
+    fn a_block_reused_after_another_prefix_is_detected() {
+        let mut model = FakeModel::new(FakeModelConfig::default());
+        let mut logits = Vec::new();
+        // Blocks 0, 1: [1 2 3 4][5 6 7 8]; block 2: [9 2 3 4].
+        model
+            .forward(&[step(&[1, 2, 3, 4, 5, 6, 7, 8], 0, &[0, 1])], &mut logits)
+            .unwrap();
+        model
+            .forward(&[step(&[9, 2, 3, 4], 0, &[2])], &mut logits)
+            .unwrap();
+        // Block 1 holds the right tokens for [9 2 3 4][5 6 7 8] but was computed after [1 2 3 4].
+        let err = model
+            .forward(&[step(&[10], 8, &[2, 1, 3])], &mut logits)
+            .unwrap_err();
+        assert!(err.0.contains("another prefix"), "{err}");
+        // Reused after the right prefix, it is fine.
+        model
+            .forward(&[step(&[10], 8, &[0, 1, 3])], &mut logits)
+            .unwrap();
+        assert_eq!(logits, model.config.logits(&[1, 2, 3, 4, 5, 6, 7, 8, 10]));
     }
 
     #[test]

@@ -73,7 +73,8 @@ impl EngineCore {
             max_prefill_tokens: config.max_prefill_tokens.max(1),
             block_size: shape.block_size,
         });
-        let blocks = BlockAllocator::new(model.num_blocks());
+        let blocks =
+            BlockAllocator::with_prefix_caching(model.num_blocks(), config.enable_prefix_caching);
         EngineCore {
             model,
             shape,
@@ -203,14 +204,17 @@ impl EngineCore {
                 group.fail(err.clone());
             }
         }
-        // Waiting groups hold no blocks, so every block is free now.
-        self.blocks = BlockAllocator::new(self.blocks.total());
+        // Waiting groups hold no blocks, so every block is free now; the prefix cache is
+        // dropped too, since a block the failed step was writing may be registered.
+        self.blocks = self.blocks.fresh();
     }
 
     fn publish(&self) {
         let s = &self.shared;
         s.free_blocks
             .store(self.blocks.num_free(), Ordering::Release);
+        s.cached_free_blocks
+            .store(self.blocks.num_cached_free(), Ordering::Release);
         s.running_seqs
             .store(self.scheduler.running_seqs(), Ordering::Release);
         s.steps.store(self.steps, Ordering::Release);

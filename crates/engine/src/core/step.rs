@@ -22,6 +22,8 @@ impl EngineCore {
         let out = self.scheduler.schedule(&mut self.blocks);
         self.shared.left_waiting(out.admitted);
         self.shared.rejoined_waiting(out.preempted);
+        self.shared
+            .prefix_queried(out.prefix_query_tokens, out.prefix_hit_tokens);
         self.publish();
         if out.chunks.is_empty() {
             return;
@@ -82,12 +84,18 @@ impl EngineCore {
         }
     }
 
-    /// Records the computed tokens, then samples, updates and emits group by group.
+    /// Records the computed tokens (registering the prompt blocks they filled with the prefix
+    /// cache), then samples, updates and emits group by group.
     fn update(&mut self, chunks: &[ScheduledChunk]) {
         let mut per_group: Vec<GroupRows> = Vec::new();
         let mut row = 0;
         for c in chunks {
-            self.scheduler.running[c.group].mark_computed(c.target, c.start, c.len);
+            let group = &mut self.scheduler.running[c.group];
+            group.mark_computed(c.target, c.start, c.len);
+            if c.target == Target::Prompt {
+                let range = (c.start, c.start + c.len);
+                group.register_prompt_blocks(&mut self.blocks, self.shape.block_size, range);
+            }
             if per_group.last().is_none_or(|g| g.group != c.group) {
                 per_group.push(GroupRows {
                     group: c.group,

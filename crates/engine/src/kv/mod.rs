@@ -1,13 +1,17 @@
 //! Paged KV block accounting. The model owns the bytes of blocks `0..num_blocks`; the engine owns
 //! which sequence uses which block:
 //!
-//! - [`BlockAllocator`]: the free list and a reference count per block.
+//! - [`BlockAllocator`]: the free list and a reference count per block, plus the prefix cache.
 //! - [`BlockTable`]: one sequence's blocks in position order, with copy-on-write of shared blocks.
 //! - [`BlockNeed`]: how many free blocks a set of writes will take, counted before allocating so a
 //!   group is either scheduled whole or not at all.
+//! - `prefix` ([`BlockKey`], [`chain_hashes`]): full prompt blocks named by a hash chain, so a new
+//!   prompt that starts like an earlier one reuses its blocks instead of recomputing them.
 
 mod allocator;
+mod prefix;
 mod table;
 
 pub(crate) use allocator::{BlockAllocator, BlockId};
+pub(crate) use prefix::{chain_hashes, BlockKey};
 pub(crate) use table::{blocks_for, BlockNeed, BlockTable};

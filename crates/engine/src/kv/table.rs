@@ -54,6 +54,13 @@ impl BlockTable {
         Ok(())
     }
 
+    /// Appends a block whose user this table becomes (a cached prompt block the caller took
+    /// with `BlockAllocator::acquire_cached`). The table must end on a block boundary, and the
+    /// block must never be written through this table.
+    pub(crate) fn push_acquired(&mut self, block: BlockId) {
+        self.blocks.push(block);
+    }
+
     /// A second table over the same blocks (each gains one user).
     pub(crate) fn fork(&self, alloc: &mut BlockAllocator) -> BlockTable {
         for &block in &self.blocks {
@@ -64,9 +71,11 @@ impl BlockTable {
         }
     }
 
-    /// Gives every block back (one user fewer each) and leaves the table empty.
+    /// Gives every block back (one user fewer each) and leaves the table empty. Last block
+    /// first: cached blocks enter the allocator's LRU tail first, so eviction takes a cached
+    /// prefix's tail before its head (a head alone still gives hits; a tail alone cannot).
     pub(crate) fn release(&mut self, alloc: &mut BlockAllocator) {
-        for block in self.blocks.drain(..) {
+        for block in self.blocks.drain(..).rev() {
             alloc.release(block);
         }
     }

@@ -12,7 +12,10 @@
 //! 2. `admit_waiting` (only when nothing was preempted this step): waiting groups join in FIFO
 //!    order while `max_num_seqs`, the prefill budget and the free blocks allow. A group is
 //!    admitted only if, after its first chunk, a reserve of one block per running sequence stays
-//!    free, so that admissions rarely force a preemption at the next decode.
+//!    free, so that admissions rarely force a preemption at the next decode. Before its plan is
+//!    counted, a group takes the cached blocks its prompt starts with (prefix caching), so its
+//!    first chunk starts after them and they count neither against the budget nor as new
+//!    blocks; a group that is not admitted gives them back at once.
 //!
 //! The output is a plain value: the chunks to run (in batch order) and the block copies the
 //! model must make before the forward.
@@ -56,6 +59,10 @@ pub(crate) struct SchedulerOutput {
     pub(crate) admitted: usize,
     /// Groups preempted back into the waiting queue this step.
     pub(crate) preempted: usize,
+    /// Prompt tokens of the groups admitted this step, when prefix caching is on.
+    pub(crate) prefix_query_tokens: usize,
+    /// Of those, the tokens reused from the prefix cache instead of computed.
+    pub(crate) prefix_hit_tokens: usize,
 }
 
 /// Where an aborted request was found.
@@ -202,29 +209,40 @@ impl Scheduler {
         budget: &mut TokenBudget,
         out: &mut SchedulerOutput,
     ) {
-        while let Some(group) = self.waiting.front() {
+        let block_size = self.config.block_size;
+        loop {
+            let running_seqs = self.running_seqs();
+            let Some(group) = self.waiting.front_mut() else {
+                break;
+            };
             if budget.is_spent() {
                 break;
             }
-            let seqs_after = self.running_seqs() + group.num_live();
+            let seqs_after = running_seqs + group.num_live();
             if !self.running.is_empty() && seqs_after > self.config.max_num_seqs {
                 break;
             }
+            let hit = group.attach_cached_prefix(alloc, block_size);
             let mut trial = *budget;
             let plan = plan_group(group, &mut trial);
-            let need = blocks_needed(group, &plan, self.config.block_size, alloc);
+            let need = blocks_needed(group, &plan, block_size, alloc);
             let reserve = if self.running.is_empty() {
                 0
             } else {
                 seqs_after
             };
             if plan.is_empty() || alloc.num_free() < need + reserve {
+                group.detach_cached_prefix(alloc);
                 break;
+            }
+            if alloc.prefix_caching() {
+                out.prefix_query_tokens += group.prompt.len();
+                out.prefix_hit_tokens += hit;
             }
             let Some(group) = self.waiting.pop_front() else {
                 break;
             };
-            tracing::debug!(request = group.id, "admitted");
+            tracing::debug!(request = group.id, cached_tokens = hit, "admitted");
             self.running.push(group);
             out.admitted += 1;
             if self.apply(self.running.len() - 1, &plan, alloc, out) {

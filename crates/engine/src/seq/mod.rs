@@ -10,6 +10,11 @@
 //! generated tokens and each choice's RNG: on resume the prompt is prefilled once again, forked,
 //! and each choice prefills its generated tokens before it samples the next one. So the events a
 //! client already has are never repeated or changed.
+//!
+//! Prefix caching (`prefix.rs`): at admission the prompt's leading full blocks that are cached
+//! are taken instead of computed (`prompt_computed` starts after them), and every full prompt
+//! block the group computes is registered for later prompts. A preempted group's registered
+//! blocks stay cached-free, so its recompute often starts with a hit.
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -20,6 +25,7 @@ use crate::sample::{Rng, Sampled};
 use accept::{accept, finish};
 
 mod accept;
+mod prefix;
 
 /// The engine's id of a request (unique per handle).
 pub(crate) type RequestId = u64;
@@ -59,6 +65,10 @@ pub(crate) struct SequenceGroup {
     /// Prompt tokens in `prompt_blocks` (before the fork).
     pub(crate) prompt_computed: usize,
     pub(crate) forked: bool,
+    /// Chain hashes of the prompt's full blocks (prefix caching), computed on first use.
+    block_hashes: Vec<u64>,
+    /// Prompt tokens reused from the prefix cache at the last admission (not computed).
+    pub(crate) cached_tokens: usize,
     /// When the request times out (`EngineError::Timeout`).
     pub(crate) deadline: Option<std::time::Instant>,
     /// The final event was sent, or the client is gone: the group leaves at the end of the step.
@@ -88,6 +98,8 @@ impl SequenceGroup {
             prompt_blocks: BlockTable::default(),
             prompt_computed: 0,
             forked: false,
+            block_hashes: Vec::new(),
+            cached_tokens: 0,
             deadline: req.deadline,
             done: false,
             events,
@@ -239,6 +251,7 @@ impl SequenceGroup {
     pub(crate) fn reset_for_recompute(&mut self, alloc: &mut BlockAllocator) {
         self.release_blocks(alloc);
         self.prompt_computed = 0;
+        self.cached_tokens = 0;
         self.forked = false;
         for seq in &mut self.choices {
             seq.num_computed = 0;

@@ -1,0 +1,150 @@
+//! Prefix caching for one group's prompt: reusing cached full blocks when the group is admitted,
+//! and registering the full prompt blocks it computes (see `kv::prefix`).
+//!
+//! Only full blocks lying entirely before the prompt's last token are reused, so at least that
+//! token is computed (its logits are sampled) and no reused block is ever written: the prompt's
+//! remaining tokens, and later the choices' tokens, go to blocks after the reused ones.
+
+use super::SequenceGroup;
+use crate::kv::{chain_hashes, BlockAllocator, BlockKey};
+
+impl SequenceGroup {
+    /// Computes the chain hashes of the prompt's full blocks, once.
+    fn ensure_chain(&mut self, block_size: usize) {
+        if self.block_hashes.is_empty() && self.prompt.len() >= block_size {
+            self.block_hashes = chain_hashes(&self.prompt, block_size);
+        }
+    }
+
+    /// At admission, before any prompt token is computed: takes the longest run of cached blocks
+    /// the prompt starts with (one more user each) and marks their tokens computed. Returns the
+    /// prompt tokens reused (0 when caching is off or nothing matched).
+    pub(crate) fn attach_cached_prefix(
+        &mut self,
+        alloc: &mut BlockAllocator,
+        block_size: usize,
+    ) -> usize {
+        let fresh =
+            !self.forked && self.prompt_computed == 0 && self.prompt_blocks.ids().is_empty();
+        if !alloc.prefix_caching() || !fresh || block_size == 0 {
+            return 0;
+        }
+        self.ensure_chain(block_size);
+        let reusable = self.prompt.len().saturating_sub(1) / block_size;
+        for i in 0..reusable {
+            let key = BlockKey::of_block(&self.prompt, block_size, &self.block_hashes, i);
+            let Some(block) = alloc.lookup(&key) else {
+                break;
+            };
+            alloc.acquire_cached(block);
+            self.prompt_blocks.push_acquired(block);
+        }
+        let hit = self.prompt_blocks.ids().len() * block_size;
+        self.prompt_computed = hit;
+        self.cached_tokens = hit;
+        hit
+    }
+
+    /// Undoes [`Self::attach_cached_prefix`] when the group is not admitted after all: a
+    /// waiting group holds no blocks.
+    pub(crate) fn detach_cached_prefix(&mut self, alloc: &mut BlockAllocator) {
+        debug_assert!(!self.forked && self.prompt_computed == self.cached_tokens);
+        self.prompt_blocks.release(alloc);
+        self.prompt_computed = 0;
+        self.cached_tokens = 0;
+    }
+
+    /// After a forward wrote prompt positions `start..end` (before the fork): registers the
+    /// prompt blocks that this made full, so later prompts can reuse them.
+    pub(crate) fn register_prompt_blocks(
+        &mut self,
+        alloc: &mut BlockAllocator,
+        block_size: usize,
+        (start, end): (usize, usize),
+    ) {
+        if !alloc.prefix_caching() || block_size == 0 {
+            return;
+        }
+        self.ensure_chain(block_size);
+        for i in start / block_size..end / block_size {
+            let block = self.prompt_blocks.ids()[i];
+            let key = BlockKey::of_block(&self.prompt, block_size, &self.block_hashes, i);
+            alloc.register(block, key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Target;
+    use super::*;
+    use crate::api::{EngineRequest, SamplingParams};
+
+    const BS: usize = 4;
+
+    fn group(prompt: Vec<u32>) -> SequenceGroup {
+        let req = EngineRequest {
+            prompt,
+            params: SamplingParams::default(),
+            seeds: vec![1, 2],
+            deadline: None,
+        };
+        SequenceGroup::new(1, req, tokio::sync::mpsc::unbounded_channel().0)
+    }
+
+    /// Computes `g`'s whole prompt (as the engine's step would) and forks it.
+    fn compute_prompt(g: &mut SequenceGroup, alloc: &mut BlockAllocator) {
+        let (start, end) = (g.prompt_computed, g.prompt.len());
+        g.prompt_blocks
+            .prepare_write((start, end), BS, alloc, &mut Vec::new())
+            .unwrap();
+        g.mark_computed(Target::Prompt, start, end - start);
+        g.register_prompt_blocks(alloc, BS, (start, end));
+        g.fork(alloc);
+    }
+
+    #[test]
+    fn a_repeated_prompt_reuses_its_full_blocks_but_not_the_last_token() {
+        let mut alloc = BlockAllocator::new(16);
+        let p: Vec<u32> = (1..=12).collect(); // 3 full blocks
+        let mut a = group(p.clone());
+        assert_eq!(a.attach_cached_prefix(&mut alloc, BS), 0);
+        compute_prompt(&mut a, &mut alloc);
+        let a_blocks = a.choices[0].blocks.ids().to_vec();
+        // While `a` runs, `b` shares its first two blocks; the third holds the last token.
+        let mut b = group(p.clone());
+        assert_eq!(b.attach_cached_prefix(&mut alloc, BS), 8);
+        assert_eq!(b.prompt_blocks.ids(), &a_blocks[..2]);
+        assert_eq!(alloc.ref_count(a_blocks[0]), 3); // two choices of `a`, and `b`
+        b.detach_cached_prefix(&mut alloc);
+        assert_eq!((b.prompt_computed, alloc.ref_count(a_blocks[0])), (0, 2));
+        a.release_blocks(&mut alloc);
+        assert_eq!((alloc.num_free(), alloc.num_cached_free()), (16, 3));
+        // A longer prompt with the same start reuses all three after `a` is gone.
+        let mut c = group((1..=14).collect());
+        assert_eq!(c.attach_cached_prefix(&mut alloc, BS), 12);
+        compute_prompt(&mut c, &mut alloc);
+        c.release_blocks(&mut alloc);
+        assert_eq!(alloc.num_free(), 16);
+    }
+
+    #[test]
+    fn a_different_first_block_hits_nothing_and_caching_off_registers_nothing() {
+        let mut alloc = BlockAllocator::new(16);
+        let mut a = group((1..=9).collect());
+        compute_prompt(&mut a, &mut alloc);
+        let mut other: Vec<u32> = (1..=9).collect();
+        other[0] = 50;
+        assert_eq!(group(other).attach_cached_prefix(&mut alloc, BS), 0);
+
+        let mut off = BlockAllocator::with_prefix_caching(16, false);
+        let mut a = group((1..=9).collect());
+        compute_prompt(&mut a, &mut off);
+        a.release_blocks(&mut off);
+        assert_eq!(off.num_cached_free(), 0);
+        assert_eq!(
+            group((1..=9).collect()).attach_cached_prefix(&mut off, BS),
+            0
+        );
+    }
+}
