@@ -164,5 +164,9 @@ fn main() -> anyhow::Result<()> {
             (64 * batch) as f64 / t.elapsed().as_secs_f64()
         );
     }
+    println!(
+        "pool switched to running alone {} times",
+        pool.solo_switches()
+    );
     Ok(())
 }

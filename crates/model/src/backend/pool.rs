@@ -16,9 +16,11 @@ struct Shared {
     job: UnsafeCell<*const Job>,
     n_tasks: AtomicUsize,
     next: AtomicUsize,
-    /// Workers still working on the current generation.
-    active: AtomicUsize,
-    generation: AtomicU64,
+    /// The job state: generation in the high 32 bits, [`CLOSED`] once the caller stops letting
+    /// workers in, and in the low bits the number of workers inside the job. A worker that
+    /// has not entered when the job closes skips it, so the caller never waits for a worker
+    /// that is asleep or descheduled and has no task.
+    state: AtomicU64,
     sleepers: AtomicUsize,
     shutdown: AtomicBool,
     /// A worker's task panicked during the current run.
@@ -57,8 +59,7 @@ impl ThreadPool {
             job: UnsafeCell::new(noop as *const Job),
             n_tasks: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
-            active: AtomicUsize::new(0),
-            generation: AtomicU64::new(0),
+            state: AtomicU64::new(0),
             sleepers: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
@@ -109,12 +110,13 @@ impl ThreadPool {
         let ptr: *const Job = unsafe {
             std::mem::transmute::<*const (dyn Fn(usize, usize) + Sync + '_), *const Job>(short)
         };
-        // SAFETY: all workers are idle (the previous run waited for active == 0).
+        // SAFETY: no worker is inside a job (the previous run waited for the count to be 0,
+        // and a closed job admits nobody).
         unsafe { *s.job.get() = ptr };
         s.n_tasks.store(n_tasks, Ordering::Relaxed);
         s.next.store(0, Ordering::Relaxed);
-        s.active.store(self.workers.len(), Ordering::Relaxed);
-        s.generation.fetch_add(1, Ordering::Release);
+        let generation = ((s.state.load(Ordering::Relaxed) >> 32) + 1) & 0xFFFF_FFFF;
+        s.state.store(generation << 32, Ordering::Release);
         if s.sleepers.load(Ordering::Acquire) > 0 {
             let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
@@ -123,8 +125,10 @@ impl ThreadPool {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_tasks(s, f, 0)));
         let own_done = std::time::Instant::now();
         let own = own_done - start;
+        // Every task is claimed: close the job, then wait only for workers inside it.
+        s.state.fetch_or(CLOSED, Ordering::AcqRel);
         let mut spins = 0u32;
-        while s.active.load(Ordering::Acquire) != 0 {
+        while s.state.load(Ordering::Acquire) & INSIDE != 0 {
             spins += 1;
             if spins < 1000 {
                 std::hint::spin_loop();
@@ -144,10 +148,15 @@ impl ThreadPool {
     }
 }
 
+/// Bit of [`Shared::state`]: the job admits no more workers.
+const CLOSED: u64 = 1 << 31;
+/// Bits of [`Shared::state`]: workers inside the job.
+const INSIDE: u64 = CLOSED - 1;
+
 /// A wait for workers, after our own share of a job is done, longer than this plus a few
 /// task lengths means a worker was descheduled (a worker that is running finishes its last
 /// task within one task length).
-const STRAGGLE: std::time::Duration = std::time::Duration::from_micros(1500);
+const STRAGGLE: std::time::Duration = std::time::Duration::from_micros(300);
 /// Straggling runs in the recent window that switch the pool to running alone.
 const STRAGGLE_LIMIT: u32 = 4;
 /// Runs in the window.
@@ -210,6 +219,7 @@ fn run_tasks(s: &Shared, f: &(dyn Fn(usize, usize) + Sync + '_), thread: usize) 
 }
 
 fn worker(s: Arc<Shared>, id: usize) {
+    let generation = |s: &Shared| s.state.load(Ordering::Acquire) >> 32;
     let mut seen = 0u64;
     loop {
         let mut spins = 0u32;
@@ -217,7 +227,7 @@ fn worker(s: Arc<Shared>, id: usize) {
             if s.shutdown.load(Ordering::Acquire) {
                 return;
             }
-            if s.generation.load(Ordering::Acquire) != seen {
+            if generation(&s) != seen {
                 break;
             }
             spins += 1;
@@ -227,23 +237,39 @@ fn worker(s: Arc<Shared>, id: usize) {
             }
             let mut g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.sleepers.fetch_add(1, Ordering::AcqRel);
-            while s.generation.load(Ordering::Acquire) == seen
-                && !s.shutdown.load(Ordering::Acquire)
-            {
+            while generation(&s) == seen && !s.shutdown.load(Ordering::Acquire) {
                 g = s.wake.wait(g).unwrap_or_else(|e| e.into_inner());
             }
             s.sleepers.fetch_sub(1, Ordering::AcqRel);
             drop(g);
         }
-        seen = s.generation.load(Ordering::Acquire);
-        // SAFETY: the job pointer was published before the generation bump we observed.
+        // Enter the job unless it is already closed (then all its tasks are claimed).
+        let mut st = s.state.load(Ordering::Acquire);
+        seen = st >> 32;
+        let entered = loop {
+            if st & CLOSED != 0 || st >> 32 != seen {
+                break false;
+            }
+            match s
+                .state
+                .compare_exchange_weak(st, st + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break true,
+                Err(now) => st = now,
+            }
+        };
+        if !entered {
+            continue;
+        }
+        // SAFETY: the job pointer was published before the state we entered, and the caller
+        // does not return while we are inside.
         let f: &Job = unsafe { &**s.job.get() };
         // A panicking task must not kill the worker: the caller re-raises it after the run.
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_tasks(&s, f, id))).is_err()
         {
             s.panicked.store(true, Ordering::Relaxed);
         }
-        s.active.fetch_sub(1, Ordering::Release);
+        s.state.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -311,18 +337,21 @@ mod tests {
     fn a_descheduled_worker_switches_the_pool_to_running_alone() {
         let pool = ThreadPool::new(2);
         let ran = AtomicUsize::new(0);
+        let on_worker_before = AtomicUsize::new(0);
         // The worker (thread 1) stalls in each task, as if another process held its core.
         for _ in 0..STRAGGLE_LIMIT {
             pool.run(8, &|_, th| {
                 // Every task takes a while, so the worker gets some; the worker's are slow.
                 std::thread::sleep(std::time::Duration::from_micros(300));
                 if th == 1 {
-                    std::thread::sleep(STRAGGLE * 5);
+                    on_worker_before.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(STRAGGLE * 20);
                 }
                 ran.fetch_add(1, Ordering::Relaxed);
             });
         }
         assert_eq!(ran.load(Ordering::Relaxed), 8 * STRAGGLE_LIMIT as usize);
+        assert!(on_worker_before.load(Ordering::Relaxed) >= STRAGGLE_LIMIT as usize);
         assert_eq!(pool.solo_switches(), 1);
         // Alone, every task runs on the caller.
         let on_worker = AtomicUsize::new(0);
