@@ -156,7 +156,7 @@ const INSIDE: u64 = CLOSED - 1;
 /// A wait for workers, after our own share of a job is done, longer than this plus a few
 /// task lengths means a worker was descheduled (a worker that is running finishes its last
 /// task within one task length).
-const STRAGGLE: std::time::Duration = std::time::Duration::from_micros(300);
+const STRAGGLE: std::time::Duration = std::time::Duration::from_micros(2000);
 /// Straggling runs in the recent window that switch the pool to running alone.
 const STRAGGLE_LIMIT: u32 = 4;
 /// Runs in the window.
