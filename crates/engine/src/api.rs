@@ -82,6 +82,9 @@ pub struct EngineRequest {
     pub seeds: Vec<u64>,
     /// Not finished by then: the request ends with `EngineError::Timeout` and frees its blocks.
     pub deadline: Option<Instant>,
+    /// Input embeddings (hidden-size vectors) replacing the token embeddings at these prompt
+    /// positions. A request with any is never served from, nor added to, the prefix cache.
+    pub prompt_embeddings: Vec<(usize, Vec<f32>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,6 +16,9 @@ pub struct SeqStep<'a> {
     pub block_table: &'a [u32],
     /// Whether to return the logits row of the last token of `tokens`.
     pub want_logits: bool,
+    /// Input embeddings replacing the token embeddings at these absolute positions (those
+    /// outside this step's tokens are ignored).
+    pub replace: &'a [(usize, Vec<f32>)],
 }
 
 /// Errors a model step can report (the engine fails the step's requests, and goes on).

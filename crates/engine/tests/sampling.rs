@@ -50,6 +50,7 @@ async fn logprobs_are_of_the_raw_logits_and_filters_hold() {
             params,
             seeds: vec![9],
             deadline: None,
+            prompt_embeddings: Vec::new(),
         })
         .await;
     let mut history = p;
@@ -79,6 +80,7 @@ async fn top_k_one_samples_the_greedy_output() {
             params,
             seeds: vec![1],
             deadline: None,
+            prompt_embeddings: Vec::new(),
         })
         .await;
     assert_eq!(out.single(), e.model.greedy_reference(&p, 12, &[]));

@@ -204,6 +204,7 @@ fn load(args: &ServeArgs, path: PathBuf) -> anyhow::Result<Serving> {
         tokenizer: loaded.tokenizer,
         max_context: loaded.max_context,
         vocab_size: loaded.vocab_size,
+        hidden_size: loaded.hidden_size,
     })
 }
 

@@ -114,7 +114,7 @@ impl ModelExecutor for LlamaExecutor {
                     block_table: s.block_table,
                     want_logits: s.want_logits,
                     all_logits: false,
-                    replace: &[],
+                    replace: s.replace,
                 })
                 .collect(),
         };

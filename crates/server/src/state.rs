@@ -16,6 +16,8 @@ pub struct Serving {
     pub max_context: usize,
     /// Width of the model's logits (token ids must be below it and below the tokenizer's).
     pub vocab_size: usize,
+    /// Width of an input embedding.
+    pub hidden_size: usize,
 }
 
 impl Serving {
@@ -27,6 +29,7 @@ impl Serving {
             limits: Limits {
                 vocab_size: self.vocab_size.min(self.tokenizer.vocab_size()),
                 max_context: self.max_context,
+                hidden_size: self.hidden_size,
             },
             eos_tokens: self.tokenizer.eog_tokens(),
             encode: &encode,

@@ -215,3 +215,38 @@ async fn forced_scoring_logprobs_batches_and_timeouts_on_the_real_model() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedding_replacement_changes_the_output_deterministically() {
+    within(async {
+        let srv = Server::spawn(&["--threads", "1"]).ready().await;
+        // Over two KV blocks of 16 tokens, so the prefix cache has full blocks to offer.
+        let prompt = "My name is Alice. I am a teacher and I live in a small town near the sea \
+                      with my two cats and a garden full of roses. Question: what is my name? Answer: my name is";
+        let plain_body = json!({"prompt": prompt, "max_tokens": 8, "temperature": 0});
+        let plain_v = srv.complete(&plain_body).await;
+        let plain = tokens(&plain_v);
+        let last = plain_v["usage"]["prompt_tokens"].as_u64().unwrap() - 1;
+        assert!(last >= 32, "the prompt must fill two KV blocks");
+        // SmolLM2's hidden size is 576: a replaced position takes 576 floats. Position 3 (the
+        // name) lies in a full, cacheable block.
+        let vector: Vec<f64> = (0..576).map(|i| ((i * 37) % 11) as f64 * 0.05 - 0.25).collect();
+        let replaced_body = json!({"prompt": prompt, "max_tokens": 8, "temperature": 0,
+            "token_index_to_replace": [3], "embedding_to_replace": vector});
+        let replaced = tokens(&srv.complete(&replaced_body).await);
+        assert_ne!(replaced, plain, "replacing embeddings must change the output");
+        assert_eq!(tokens(&srv.complete(&replaced_body).await), replaced, "deterministic");
+        // The prefix cache neither served the plain prompt's blocks to the replaced one (same
+        // answer as on a fresh server) nor kept the replaced blocks for the plain prompt.
+        assert_eq!(tokens(&srv.complete(&plain_body).await), plain);
+        let fresh = Server::spawn(&["--threads", "1"]).ready().await;
+        assert_eq!(tokens(&fresh.complete(&replaced_body).await), replaced, "as on a fresh server");
+        // Wrong sizes name the field.
+        let (status, raw) = srv
+            .post(&json!({"prompt": prompt, "max_tokens": 2, "token_index_to_replace": [0], "embedding_to_replace": [0.5]}))
+            .await;
+        assert_eq!(status, 422, "{raw}");
+        assert!(raw.contains("embedding_to_replace") && raw.contains("576"), "{raw}");
+    })
+    .await;
+}

@@ -410,6 +410,7 @@ mod tests {
             start_pos,
             block_table: table,
             want_logits: true,
+            replace: &[],
         }
     }
 

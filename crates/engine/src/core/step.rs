@@ -52,6 +52,7 @@ impl EngineCore {
                     start_pos: c.start,
                     block_table: group.table(c.target).ids(),
                     want_logits: c.want_logits,
+                    replace: &group.prompt_embeddings,
                 }
             })
             .collect();

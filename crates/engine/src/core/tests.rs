@@ -74,6 +74,7 @@ fn request(top_k: usize, prompt: Vec<u32>) -> EngineRequest {
         params,
         seeds: vec![0],
         deadline: None,
+        prompt_embeddings: Vec::new(),
     }
 }
 

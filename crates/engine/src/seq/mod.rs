@@ -71,6 +71,8 @@ pub(crate) struct SequenceGroup {
     pub(crate) cached_tokens: usize,
     /// When the request times out (`EngineError::Timeout`).
     pub(crate) deadline: Option<std::time::Instant>,
+    /// Input embeddings replacing prompt positions (see `EngineRequest::prompt_embeddings`).
+    pub(crate) prompt_embeddings: Vec<(usize, Vec<f32>)>,
     /// The final event was sent, or the client is gone: the group leaves at the end of the step.
     pub(crate) done: bool,
     events: UnboundedSender<Event>,
@@ -101,6 +103,7 @@ impl SequenceGroup {
             block_hashes: Vec::new(),
             cached_tokens: 0,
             deadline: req.deadline,
+            prompt_embeddings: req.prompt_embeddings,
             done: false,
             events,
         }
@@ -308,6 +311,7 @@ mod tests {
             },
             seeds: (0..n as u64).collect(),
             deadline: None,
+            prompt_embeddings: Vec::new(),
         };
         SequenceGroup::new(1, req, tokio::sync::mpsc::unbounded_channel().0)
     }

@@ -26,7 +26,12 @@ impl SequenceGroup {
     ) -> usize {
         let fresh =
             !self.forked && self.prompt_computed == 0 && self.prompt_blocks.ids().is_empty();
-        if !alloc.prefix_caching() || !fresh || block_size == 0 {
+        // Replaced embeddings change K/V without changing the token ids: never share those.
+        if !alloc.prefix_caching()
+            || !fresh
+            || block_size == 0
+            || !self.prompt_embeddings.is_empty()
+        {
             return 0;
         }
         self.ensure_chain(block_size);
@@ -62,7 +67,7 @@ impl SequenceGroup {
         block_size: usize,
         (start, end): (usize, usize),
     ) {
-        if !alloc.prefix_caching() || block_size == 0 {
+        if !alloc.prefix_caching() || block_size == 0 || !self.prompt_embeddings.is_empty() {
             return;
         }
         self.ensure_chain(block_size);
@@ -88,6 +93,7 @@ mod tests {
             params: SamplingParams::default(),
             seeds: vec![1, 2],
             deadline: None,
+            prompt_embeddings: Vec::new(),
         };
         SequenceGroup::new(1, req, tokio::sync::mpsc::unbounded_channel().0)
     }

@@ -191,6 +191,7 @@ pub fn greedy(prompt: Vec<TokenId>, max_new_tokens: usize) -> EngineRequest {
         params,
         seeds: vec![0],
         deadline: None,
+        prompt_embeddings: Vec::new(),
     }
 }
 
@@ -205,5 +206,6 @@ pub fn sampled(prompt: Vec<TokenId>, max_new_tokens: usize, seeds: Vec<u64>) -> 
         params,
         seeds,
         deadline: None,
+        prompt_embeddings: Vec::new(),
     }
 }

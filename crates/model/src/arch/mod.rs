@@ -183,7 +183,7 @@ pub struct SeqInput<'a> {
     /// Return a logits row for every token of `tokens` (prompt scoring, teacher forcing).
     pub all_logits: bool,
     /// Input embeddings replacing the token embedding at these absolute positions.
-    pub replace: &'a [(usize, &'a [f32])],
+    pub replace: &'a [(usize, Vec<f32>)],
 }
 
 pub struct Batch<'a> {

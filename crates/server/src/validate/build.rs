@@ -211,11 +211,13 @@ pub(crate) fn engine_requests(
                 forced_tokens: forced,
                 ..base.clone()
             };
+            let prompt_embeddings = replacements(req, prompt.len(), &model.limits, inputs.param)?;
             Ok(EngineRequest {
                 prompt,
                 params,
                 seeds: seeds.clone(),
                 deadline,
+                prompt_embeddings,
             })
         })
         .collect::<Result<_, ValidationError>>()?;
@@ -224,4 +226,34 @@ pub(crate) fn engine_requests(
         controls::check_logits_size(rows, model.limits.vocab_size)?;
     }
     Ok(requests)
+}
+
+/// `token_index_to_replace` + `embedding_to_replace` (already checked for sizes and values by the
+/// rules) as (position, vector) pairs for an input of `len` tokens.
+fn replacements(
+    req: &CompletionRequest,
+    len: usize,
+    limits: &Limits,
+    input_param: &str,
+) -> Result<Vec<(usize, Vec<f32>)>, ValidationError> {
+    let (Some(idx), Some(emb)) = (&req.token_index_to_replace, &req.embedding_to_replace) else {
+        return Ok(Vec::new());
+    };
+    let h = limits.hidden_size;
+    idx.iter()
+        .enumerate()
+        .map(|(k, &i)| {
+            let i = i as usize;
+            if i >= len {
+                return Err(ValidationError::new(
+                    "token_index_to_replace",
+                    format!("index {i} is outside the input (`{input_param}` has {len} tokens)"),
+                ));
+            }
+            Ok((
+                i,
+                emb[k * h..(k + 1) * h].iter().map(|v| *v as f32).collect(),
+            ))
+        })
+        .collect()
 }

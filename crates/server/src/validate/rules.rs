@@ -15,6 +15,8 @@ use crate::protocol::{CompletionRequest, ResponseFormat, Seed, Stop, TokenInput}
 pub struct Limits {
     pub vocab_size: usize,
     pub max_context: usize,
+    /// Width of an input embedding (`embedding_to_replace` holds one per replaced index).
+    pub hidden_size: usize,
 }
 
 /// Largest `n` (and largest number of choices over a prompt batch).
@@ -253,6 +255,17 @@ pub const RULES: &[Rule] = &[
     Rule { param: "embedding_to_replace", check: |r, _| fail(
         r.token_index_to_replace.is_some() != r.embedding_to_replace.is_some(),
         || "`token_index_to_replace` and `embedding_to_replace` must be given together".into()) },
+    Rule { param: "token_index_to_replace", check: |r, _| replace_index_error(r.token_index_to_replace.as_deref()) },
+    Rule { param: "embedding_to_replace", check: |r, l| {
+        let (idx, emb) = (r.token_index_to_replace.as_ref()?, r.embedding_to_replace.as_ref()?);
+        if emb.len() != idx.len() * l.hidden_size {
+            return Some(format!(
+                "`embedding_to_replace` must hold {} floats ({} indices × hidden size {}), got {}",
+                idx.len() * l.hidden_size, idx.len(), l.hidden_size, emb.len()));
+        }
+        fail(emb.iter().any(|v| !v.is_finite() || v.abs() > f32::MAX as f64),
+            || "`embedding_to_replace` values must be finite 32-bit floats".into())
+    } },
     Rule { param: "response_format", check: |r, _| r.response_format.as_ref().and_then(response_format_error) },
     Rule { param: "logprobs", check: |r, _| fail(r.logprobs.is_some_and(|k| !(0..=MAX_LOGPROBS).contains(&k)),
         || format!("`logprobs` must be between 0 and {MAX_LOGPROBS}")) },
@@ -330,8 +343,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     Unsupported { param: "echo", is_set: |r| r.echo == Some(true), message: None },
     Unsupported { param: "best_of", is_set: |r| r.best_of.is_some_and(|b| b != 1), message: None },
     Unsupported { param: "suffix", is_set: |r| r.suffix.as_ref().is_some_and(|s| !s.is_empty()), message: None },
-    Unsupported { param: "token_index_to_replace", is_set: |r| non_empty(&r.token_index_to_replace), message: None },
-    Unsupported { param: "embedding_to_replace", is_set: |r| non_empty(&r.embedding_to_replace), message: None },
     Unsupported { param: "soft_prompts", is_set: |r| r.soft_prompts.is_some(), message: None },
     Unsupported { param: "position_ids", is_set: |r| r.position_ids.is_some(), message: None },
     Unsupported { param: "generation_offset", is_set: |r| r.generation_offset.is_some(), message: None },
@@ -355,6 +366,8 @@ pub const IMPLEMENTED: &[&str] = &[
     "seed",
     "ignore_eos",
     "user",
+    "token_index_to_replace",
+    "embedding_to_replace",
     // Ignored because they only tune beam search, which `num_beams` (rejected) turns on.
     "length_penalty",
     "early_stopping",
@@ -383,3 +396,18 @@ pub const IMPLEMENTED: &[&str] = &[
     "encoder_no_repeat_ngram",
     "encoder_repetition_penalty",
 ];
+
+/// `token_index_to_replace`: non-negative and distinct (the upper bound, the input's length, is
+/// checked per input when it is tokenized).
+fn replace_index_error(idx: Option<&[i64]>) -> Option<String> {
+    let idx = idx?;
+    if let Some(i) = idx.iter().find(|i| **i < 0) {
+        return Some(format!(
+            "`token_index_to_replace` entries must be non-negative, got {i}"
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    idx.iter()
+        .find(|i| !seen.insert(**i))
+        .map(|i| format!("`token_index_to_replace` lists index {i} twice"))
+}

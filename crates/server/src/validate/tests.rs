@@ -27,6 +27,7 @@ fn model() -> ModelInfo<'static> {
         limits: Limits {
             vocab_size: VOCAB,
             max_context: CONTEXT,
+            hidden_size: 2,
         },
         eos_tokens: EOS,
         encode: &encode_bos,
@@ -98,7 +99,18 @@ fn t_cases() -> Vec<Case> {
             {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}}), E(422, "response_format")),
         ("T25", json!({"model": "my-model", "prompt": "Phone:", "max_tokens": 16,
             "response_format": {"type": "regex", "schema": "[0-9]{3}-[0-9]{4}"}}), E(422, "response_format")),
+        // Hidden size 2 here: two indices take four floats (decision 21: sizes are the model's).
         ("T26", json!({"model": "my-model", "prompt": "A B C", "max_tokens": 4, "token_index_to_replace": [0, 2],
+            "embedding_to_replace": [0.0, 0.1, 0.2, 0.3]}), OK),
+        ("T26-size", json!({"model": "my-model", "prompt": "A B C", "max_tokens": 4, "token_index_to_replace": [0, 2],
+            "embedding_to_replace": [0.0, 0.1]}), E(422, "embedding_to_replace")),
+        ("T26-only-one", json!({"model": "my-model", "prompt": "A B C", "max_tokens": 4,
+            "token_index_to_replace": [0]}), E(422, "embedding_to_replace")),
+        ("T26-outside", json!({"model": "my-model", "prompt": "A B C", "max_tokens": 4, "token_index_to_replace": [99],
+            "embedding_to_replace": [0.0, 0.1]}), E(422, "token_index_to_replace")),
+        ("T26-twice", json!({"model": "my-model", "prompt": "A B C", "max_tokens": 4, "token_index_to_replace": [1, 1],
+            "embedding_to_replace": [0.0, 0.1, 0.2, 0.3]}), E(422, "token_index_to_replace")),
+        ("T26-negative", json!({"model": "my-model", "prompt": "A B C", "max_tokens": 4, "token_index_to_replace": [-1],
             "embedding_to_replace": [0.0, 0.1]}), E(422, "token_index_to_replace")),
         ("T27", json!({"model": "my-model", "prompt": "Write a long essay", "max_tokens": 64,
             "timeout_microseconds": 1000}), OK),
@@ -274,7 +286,6 @@ fn every_unsupported_row_rejects_only_when_set() {
         ("echo", json!(true), Some(json!(false))),
         ("best_of", json!(2), Some(json!(1))),
         ("suffix", json!("s"), Some(json!(""))),
-        ("token_index_to_replace", json!([0]), None),
         ("soft_prompts", json!([]), None),
         ("position_ids", json!([0]), None),
         ("generation_offset", json!(0), None),
@@ -283,16 +294,10 @@ fn every_unsupported_row_rejects_only_when_set() {
     for (field, set, default) in rows {
         let mut body = json!({"prompt": "x", "max_tokens": 2});
         body[*field] = set.clone();
-        if *field == "token_index_to_replace" {
-            body["embedding_to_replace"] = json!([0.5]);
-        }
         let err = run(&body).expect_err(field);
         assert_eq!(err.detail().param.as_deref(), Some(*field), "{body}");
         assert!(err.to_string().contains("not"), "{err}");
         body[*field] = default.clone().unwrap_or(Value::Null);
-        if *field == "token_index_to_replace" {
-            body["embedding_to_replace"] = Value::Null;
-        }
         assert!(
             run(&body).is_ok(),
             "{field} at its default must be accepted: {body}"

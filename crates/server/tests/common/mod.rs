@@ -27,6 +27,9 @@ pub async fn within<T>(fut: impl Future<Output = T>) -> T {
 }
 
 /// The default model's tokenizer, loaded once per test binary.
+/// The hidden size the fake model reports to validation (it has no embeddings to replace).
+pub const FAKE_HIDDEN_SIZE: usize = 8;
+
 pub fn tokenizer() -> Arc<Tokenizer> {
     static TOK: OnceLock<Arc<Tokenizer>> = OnceLock::new();
     TOK.get_or_init(|| {
@@ -91,6 +94,7 @@ pub async fn start_with(config: FakeModelConfig, engine_config: EngineConfig) ->
         tokenizer: tokenizer(),
         max_context: config.max_context,
         vocab_size: config.vocab_size,
+        hidden_size: FAKE_HIDDEN_SIZE,
     };
     assert!(state.set_serving(serving).is_ok());
     let (base, task) = bind(state.clone()).await;
