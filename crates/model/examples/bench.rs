@@ -1,12 +1,54 @@
 //! Model-alone speed: single-sequence decode and prefill, like `llama-bench -p 512 -n 128`.
-//! Usage: cargo run --release -p cordial-model --example bench -- [MODEL.gguf] [threads] [batch]
+//! Usage: cargo run --release -p cordial-model --example bench -- [MODEL.gguf|-] [threads] [batch]
 //! (default: the default model, all cores; `batch` > 1 also measures batched decode).
+//! `BENCH_DECODE_ONLY=1` skips prefill and decodes 512 tokens.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use cordial_model::gguf::GgufFile;
 use cordial_model::{Batch, Compute, KvCache, Model, Scratch, SeqInput, ThreadPool};
+
+/// Tokens per KV block, and KV blocks per sequence slot.
+const BS: usize = 16;
+const BLOCKS_PER_SEQ: usize = (1024 + 256) / BS;
+
+struct Runner {
+    model: Model,
+    pool: ThreadPool,
+    cx: Compute,
+    kv: KvCache,
+    scratch: Scratch,
+    logits: Vec<f32>,
+    tables: Vec<Vec<u32>>,
+}
+
+impl Runner {
+    /// One forward step: (sequence slot, tokens, start position) each.
+    fn step(&mut self, items: &[(usize, &[u32], usize)]) -> anyhow::Result<()> {
+        let seqs = items
+            .iter()
+            .map(|&(s, tokens, start_pos)| SeqInput {
+                tokens,
+                start_pos,
+                block_table: &self.tables[s],
+                want_logits: true,
+                all_logits: false,
+                replace: &[],
+            })
+            .collect();
+        let batch = Batch { seqs };
+        self.model.forward(
+            &self.pool,
+            self.cx,
+            &batch,
+            &mut self.kv,
+            &mut self.scratch,
+            &mut self.logits,
+        )?;
+        Ok(())
+    }
+}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -15,149 +57,75 @@ fn main() -> anyhow::Result<()> {
         _ => cordial_model::fetch::ensure_default_model()?,
     };
     let threads: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(0);
-    let batch: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(1);
+    let batch: usize = args
+        .get(2)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1)
+        .max(1);
+    let decode_only = std::env::var_os("BENCH_DECODE_ONLY").is_some();
     let model = Model::load(Arc::new(GgufFile::open(&path)?))?;
     let c = model.config().clone();
-    let pool = ThreadPool::new(threads);
-    let cx = Compute::detect();
-    let bs = 16;
-    let per_seq = (1024 + 256) / bs;
-    let mut kv = KvCache::new(
+    let kv = KvCache::new(
         c.n_layers,
         c.n_kv_heads * c.head_dim,
-        bs,
-        per_seq * batch.max(1),
+        BS,
+        BLOCKS_PER_SEQ * batch,
     );
-    let mut scratch = Scratch::default();
-    let mut logits = Vec::new();
-    let table = |s: usize| {
-        (0..per_seq)
-            .map(|b| (s * per_seq + b) as u32)
-            .collect::<Vec<u32>>()
+    let tables = (0..batch)
+        .map(|s| {
+            (0..BLOCKS_PER_SEQ)
+                .map(|b| (s * BLOCKS_PER_SEQ + b) as u32)
+                .collect()
+        })
+        .collect();
+    let mut r = Runner {
+        model,
+        pool: ThreadPool::new(threads),
+        cx: Compute::detect(),
+        kv,
+        scratch: Scratch::default(),
+        logits: Vec::new(),
+        tables,
     };
     let prompt: Vec<u32> = (0..512).map(|i| (i * 7919 % 40000 + 100) as u32).collect();
     println!(
         "model {} ({} threads, {:?})",
         path.display(),
-        pool.threads(),
-        cx.isa
+        r.pool.threads(),
+        r.cx.isa
     );
-    // Prefill 512 (best of 3).
-    let t0 = table(0);
-    let mut best = f64::MAX;
-    let prefill_reps = if std::env::var_os("BENCH_DECODE_ONLY").is_some() {
-        0
-    } else {
-        3
-    };
-    for _ in 0..prefill_reps {
-        let seqs = vec![SeqInput {
-            tokens: &prompt,
-            start_pos: 0,
-            block_table: &t0,
-            want_logits: true,
-            all_logits: false,
-            replace: &[],
-        }];
-        let t = Instant::now();
-        model.forward(
-            &pool,
-            cx,
-            &Batch { seqs },
-            &mut kv,
-            &mut scratch,
-            &mut logits,
-        )?;
-        best = best.min(t.elapsed().as_secs_f64());
+    if !decode_only {
+        // Prefill 512 (best of 3).
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            r.step(&[(0, &prompt, 0)])?;
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!("prefill 512: {:.1} tok/s", 512.0 / best);
     }
-    println!("prefill 512: {:.1} tok/s", 512.0 / best);
-    // Decode 128 after a 16-token prompt.
-    let seqs = vec![SeqInput {
-        tokens: &prompt[..16],
-        start_pos: 0,
-        block_table: &t0,
-        want_logits: true,
-        all_logits: false,
-        replace: &[],
-    }];
-    model.forward(
-        &pool,
-        cx,
-        &Batch { seqs },
-        &mut kv,
-        &mut scratch,
-        &mut logits,
-    )?;
+    // Decode after a 16-token prompt.
+    let n_decode = if decode_only { 512 } else { 128 };
+    r.step(&[(0, &prompt[..16], 0)])?;
     let t = Instant::now();
-    let n_decode = if std::env::var_os("BENCH_DECODE_ONLY").is_some() {
-        512
-    } else {
-        128
-    };
     for i in 0..n_decode {
-        let tok = [prompt[(16 + i) % 512]];
-        let seqs = vec![SeqInput {
-            tokens: &tok,
-            start_pos: 16 + i,
-            block_table: &t0,
-            want_logits: true,
-            all_logits: false,
-            replace: &[],
-        }];
-        model.forward(
-            &pool,
-            cx,
-            &Batch { seqs },
-            &mut kv,
-            &mut scratch,
-            &mut logits,
-        )?;
+        r.step(&[(0, &[prompt[(16 + i) % 512]], 16 + i)])?;
     }
     println!(
         "decode {n_decode}: {:.1} tok/s",
         n_decode as f64 / t.elapsed().as_secs_f64()
     );
     if batch > 1 {
-        let tables: Vec<Vec<u32>> = (0..batch).map(table).collect();
-        for (s, tb) in tables.iter().enumerate() {
-            let seqs = vec![SeqInput {
-                tokens: &prompt[s..s + 16],
-                start_pos: 0,
-                block_table: tb,
-                want_logits: true,
-                all_logits: false,
-                replace: &[],
-            }];
-            model.forward(
-                &pool,
-                cx,
-                &Batch { seqs },
-                &mut kv,
-                &mut scratch,
-                &mut logits,
-            )?;
+        for s in 0..batch {
+            r.step(&[(s, &prompt[s..s + 16], 0)])?;
         }
         let t = Instant::now();
         for i in 0..64 {
             let toks: Vec<[u32; 1]> = (0..batch).map(|s| [prompt[100 + s + i]]).collect();
-            let seqs = (0..batch)
-                .map(|s| SeqInput {
-                    tokens: &toks[s],
-                    start_pos: 16 + i,
-                    block_table: &tables[s],
-                    want_logits: true,
-                    all_logits: false,
-                    replace: &[],
-                })
-                .collect();
-            model.forward(
-                &pool,
-                cx,
-                &Batch { seqs },
-                &mut kv,
-                &mut scratch,
-                &mut logits,
-            )?;
+            let items: Vec<(usize, &[u32], usize)> =
+                (0..batch).map(|s| (s, &toks[s][..], 16 + i)).collect();
+            r.step(&items)?;
         }
         println!(
             "decode batch {batch}: {:.1} tok/s aggregate",
@@ -166,7 +134,7 @@ fn main() -> anyhow::Result<()> {
     }
     println!(
         "pool switched to running alone {} times",
-        pool.solo_switches()
+        r.pool.solo_switches()
     );
     Ok(())
 }
