@@ -2,22 +2,23 @@
 
 use crate::model::TokenId;
 
-/// `log_softmax(row)[token]`, computed in f64 with the max subtracted. NaN entries count as
-/// `-inf` (probability 0).
-pub(crate) fn log_softmax_at(row: &[f32], token: TokenId) -> f32 {
-    let chosen = f64::from(row[token as usize]);
+/// The normalizer of `log_softmax(row)`: the largest non-NaN logit and `ln Σ exp(x - max)` over
+/// the non-NaN entries, in f64. `None` when the row has no finite maximum (all `-inf`, or an
+/// infinite logit). Computed once per row and shared by every log-probability of that row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Normalizer {
+    max: f64,
+    ln_sum: f64,
+}
+
+pub(crate) fn normalizer(row: &[f32]) -> Option<Normalizer> {
     let max = row
         .iter()
         .copied()
         .filter(|x| !x.is_nan())
         .fold(f32::NEG_INFINITY, f32::max);
-    if !max.is_finite() || chosen.is_nan() {
-        // All -inf, or an infinite logit: the distribution is degenerate.
-        return if chosen == f64::from(max) {
-            0.0
-        } else {
-            f32::NEG_INFINITY
-        };
+    if !max.is_finite() {
+        return None;
     }
     let max = f64::from(max);
     let sum: f64 = row
@@ -25,12 +26,42 @@ pub(crate) fn log_softmax_at(row: &[f32], token: TokenId) -> f32 {
         .filter(|x| !x.is_nan())
         .map(|&x| (f64::from(x) - max).exp())
         .sum();
-    (chosen - max - sum.ln()) as f32
+    Some(Normalizer {
+        max,
+        ln_sum: sum.ln(),
+    })
+}
+
+/// `log_softmax(row)[token]` given the row's [`normalizer`]. NaN entries count as `-inf`
+/// (probability 0); a degenerate row gives 0 to its maximum and `-inf` elsewhere.
+pub(crate) fn logprob_at(row: &[f32], token: TokenId, norm: Option<Normalizer>) -> f32 {
+    let chosen = f64::from(row[token as usize]);
+    match norm {
+        Some(n) if !chosen.is_nan() => (chosen - n.max - n.ln_sum) as f32,
+        _ => {
+            let max = row
+                .iter()
+                .copied()
+                .filter(|x| !x.is_nan())
+                .fold(f32::NEG_INFINITY, f32::max);
+            if chosen == f64::from(max) {
+                0.0
+            } else {
+                f32::NEG_INFINITY
+            }
+        }
+    }
+}
+
+/// `log_softmax(row)[token]` (one pass for the normalizer; use [`logprob_at`] to share it).
+#[cfg(test)]
+pub(crate) fn log_softmax_at(row: &[f32], token: TokenId) -> f32 {
+    logprob_at(row, token, normalizer(row))
 }
 
 /// The `k` most likely tokens of `log_softmax(row)`, most likely first, ties to the lowest id
-/// (NaN entries never appear). One normalizer for the whole row.
-pub(crate) fn top_logprobs(row: &[f32], k: usize) -> Vec<(TokenId, f32)> {
+/// (NaN entries never appear), given the row's [`normalizer`].
+pub(crate) fn top_logprobs(row: &[f32], k: usize, norm: Option<Normalizer>) -> Vec<(TokenId, f32)> {
     let k = k.min(row.len());
     if k == 0 {
         return Vec::new();
@@ -45,22 +76,15 @@ pub(crate) fn top_logprobs(row: &[f32], k: usize) -> Vec<(TokenId, f32)> {
         ids.truncate(k);
     }
     ids.sort_unstable_by(order);
-    let Some(&best) = ids.first() else {
-        return Vec::new();
-    };
-    let max = f64::from(row[best as usize]);
-    if !max.is_finite() {
-        return ids.iter().map(|&t| (t, log_softmax_at(row, t))).collect();
+    match norm {
+        Some(n) => {
+            let norm = n.max + n.ln_sum;
+            ids.iter()
+                .map(|&t| (t, (f64::from(row[t as usize]) - norm) as f32))
+                .collect()
+        }
+        None => ids.iter().map(|&t| (t, logprob_at(row, t, None))).collect(),
     }
-    let sum: f64 = row
-        .iter()
-        .filter(|x| !x.is_nan())
-        .map(|&x| (f64::from(x) - max).exp())
-        .sum();
-    let norm = max + sum.ln();
-    ids.iter()
-        .map(|&t| (t, (f64::from(row[t as usize]) - norm) as f32))
-        .collect()
 }
 
 #[cfg(test)]
@@ -70,14 +94,18 @@ mod tests {
     #[test]
     fn top_logprobs_are_sorted_and_match_log_softmax() {
         let row = [1.0f32, 4.0, f32::NAN, 3.0, 4.0, -2.0];
-        let top = top_logprobs(&row, 3);
+        let top = top_logprobs(&row, 3, normalizer(&row));
         let ids: Vec<TokenId> = top.iter().map(|&(t, _)| t).collect();
         assert_eq!(ids, [1, 4, 3], "ties go to the lowest id");
         for (t, lp) in top {
             assert!((lp - log_softmax_at(&row, t)).abs() < 1e-6);
         }
-        assert!(top_logprobs(&row, 0).is_empty());
-        assert_eq!(top_logprobs(&row, 100).len(), 5, "NaN entries are left out");
+        assert!(top_logprobs(&row, 0, normalizer(&row)).is_empty());
+        assert_eq!(
+            top_logprobs(&row, 100, normalizer(&row)).len(),
+            5,
+            "NaN entries are left out"
+        );
     }
 
     #[test]

@@ -111,15 +111,17 @@ impl Sampler {
             None => self.choose(row, ctx, rng),
         };
         let params = ctx.params;
+        // One normalizer pass over the vocabulary serves the token's and the top log-probs.
+        let norm = logprob::normalizer(row);
         let extra = (params.top_logprobs > 0 || params.output_logits).then(|| {
             Box::new(TokenExtra {
-                top_logprobs: logprob::top_logprobs(row, params.top_logprobs),
+                top_logprobs: logprob::top_logprobs(row, params.top_logprobs, norm),
                 logits: params.output_logits.then(|| row.to_vec()),
             })
         });
         Sampled {
             token,
-            logprob: logprob::log_softmax_at(row, token),
+            logprob: logprob::logprob_at(row, token, norm),
             extra,
         }
     }
