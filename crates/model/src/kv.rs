@@ -79,11 +79,6 @@ impl KvCache {
             self.v[l].copy_within(s..s + n, d);
         }
     }
-
-    /// Bytes allocated (virtual; resident only where written).
-    pub fn bytes(&self) -> usize {
-        2 * self.n_layers * self.block_size * self.num_blocks * self.kv_dim * 2
-    }
 }
 
 #[cfg(test)]

@@ -193,9 +193,6 @@ pub struct QuantizedActs {
 }
 
 impl QuantizedActs {
-    pub fn blocks_per_row(&self) -> usize {
-        self.cols / QK
-    }
     /// Row `r`: (qs, d, s).
     #[inline]
     pub fn row(&self, r: usize) -> (&[i8], &[f32], &[f32]) {

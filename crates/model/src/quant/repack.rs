@@ -92,8 +92,4 @@ impl Packed {
         let gb = self.group_bytes();
         &self.data[g * gb..(g + 1) * gb]
     }
-
-    pub fn bytes(&self) -> usize {
-        self.data.len()
-    }
 }
