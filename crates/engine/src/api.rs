@@ -85,6 +85,9 @@ pub struct EngineRequest {
     /// Input embeddings (hidden-size vectors) replacing the token embeddings at these prompt
     /// positions. A request with any is never served from, nor added to, the prefix cache.
     pub prompt_embeddings: Vec<(usize, Vec<f32>)>,
+    /// Structured output: every choice's tokens follow a constraint made by this factory
+    /// (see [`crate::constraint`]).
+    pub constraint: Option<crate::constraint::SharedConstraint>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +138,10 @@ pub enum EngineError {
     TooLarge { needed: usize, total: usize },
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The output constraint (structured output) failed: no allowed token was left after the
+    /// other controls, or the grammar engine reported an error.
+    #[error("the output constraint failed: {0}")]
+    Constraint(String),
     /// The request's `deadline` passed before it finished.
     #[error("the request did not finish within its timeout")]
     Timeout,

@@ -13,6 +13,7 @@
 //! groups of `n` choices), `sample` (the ordered logits-processor pipeline).
 
 pub mod api;
+pub mod constraint;
 mod core;
 pub mod handle;
 mod kv;
@@ -23,5 +24,6 @@ mod seq;
 mod shared;
 
 pub use api::*;
+pub use constraint::{ConstraintFactory, OutputConstraint, SharedConstraint, TokenMask};
 pub use handle::{EngineHandle, RequestControl, RequestStream};
 pub use model::{ModelError, ModelExecutor, SeqStep, TokenId};

@@ -51,6 +51,7 @@ async fn logprobs_are_of_the_raw_logits_and_filters_hold() {
             seeds: vec![9],
             deadline: None,
             prompt_embeddings: Vec::new(),
+            constraint: None,
         })
         .await;
     let mut history = p;
@@ -81,6 +82,7 @@ async fn top_k_one_samples_the_greedy_output() {
             seeds: vec![1],
             deadline: None,
             prompt_embeddings: Vec::new(),
+            constraint: None,
         })
         .await;
     assert_eq!(out.single(), e.model.greedy_reference(&p, 12, &[]));

@@ -131,7 +131,9 @@ impl ApiError {
             }
             EngineError::ShuttingDown => ApiError::ShuttingDown,
             EngineError::Timeout => ApiError::Timeout,
-            EngineError::Model(_) => ApiError::Internal(err.to_string()),
+            EngineError::Model(_) | EngineError::Constraint(_) => {
+                ApiError::Internal(err.to_string())
+            }
         }
     }
 }

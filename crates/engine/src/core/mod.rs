@@ -7,6 +7,7 @@
 //! publish stats. Aborts and new requests are thus applied at one point between steps.
 
 mod command;
+mod masks;
 mod step;
 #[cfg(test)]
 mod tests;

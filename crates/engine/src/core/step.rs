@@ -3,8 +3,9 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
-use super::EngineCore;
+use super::{masks, EngineCore};
 use crate::api::{EngineError, Event};
+use crate::constraint::TokenMask;
 use crate::model::{ModelError, SeqStep};
 use crate::sample::{RowContext, Sampler};
 use crate::sched::ScheduledChunk;
@@ -31,7 +32,18 @@ impl EngineCore {
         for &(src, dst) in &out.copies {
             self.model.copy_block(src, dst);
         }
-        let result = self.execute(&out.chunks);
+        let vocab = self.shape.vocab_size;
+        let mut jobs = masks::take_jobs(&mut self.scheduler.running, &out.chunks, vocab);
+        let result = std::thread::scope(|s| {
+            let worker = (!jobs.is_empty()).then(|| s.spawn(|| masks::compute(&mut jobs)));
+            let result = self.execute(&out.chunks);
+            if let Some(worker) = worker {
+                // `compute` catches panics per job; a failed mask is recomputed when sampled.
+                let _ = worker.join();
+            }
+            result
+        });
+        masks::put_back(&mut self.scheduler.running, jobs);
         self.steps += 1;
         match result {
             Ok(()) => self.update(&out.chunks),
@@ -121,6 +133,9 @@ impl EngineCore {
     /// only this request), frees the blocks of finished choices and emits the events.
     fn update_group(&mut self, g: &GroupRows) {
         let group = &mut self.scheduler.running[g.group];
+        if group.done {
+            return;
+        }
         if group.expired(Instant::now()) {
             group.fail(EngineError::Timeout);
             return;
@@ -139,7 +154,12 @@ impl EngineCore {
             sample_rows(group, rows, sampler, shape.max_context)
         }));
         let mut events = match sampled {
-            Ok(events) => events,
+            Ok(Ok(events)) => events,
+            Ok(Err(err)) => {
+                tracing::warn!(request = group.id, error = %err, "constrained sampling failed");
+                group.fail(err);
+                return;
+            }
             Err(panic) => {
                 let what = panic_message(panic.as_ref());
                 tracing::error!(request = group.id, panic = what, "sampling panicked");
@@ -166,7 +186,7 @@ fn sample_rows<'a>(
     rows: impl Iterator<Item = (Target, &'a [f32])>,
     sampler: &mut Sampler,
     max_context: usize,
-) -> Vec<Event> {
+) -> Result<Vec<Event>, EngineError> {
     let mut events = Vec::new();
     for (target, row) in rows {
         let choices: Vec<usize> = match target {
@@ -178,16 +198,45 @@ fn sample_rows<'a>(
         };
         for c in choices {
             let seq = &mut group.choices[c];
+            let mask = match seq.constraint.as_mut() {
+                Some(constraint) => Some(match seq.mask.take() {
+                    Some(mask) => mask,
+                    None => {
+                        let mut mask = TokenMask::new(row.len());
+                        masks::compute_one(constraint.as_mut(), &mut mask)
+                            .map_err(EngineError::Constraint)?;
+                        mask
+                    }
+                }),
+                None => None,
+            };
             let ctx = RowContext {
                 params: &group.params,
                 prompt: &group.prompt,
                 generated: &seq.generated,
+                mask: mask.as_ref(),
             };
             let sampled = sampler.sample(row, &ctx, &mut seq.rng);
+            let token = sampled.token;
+            if let Some(mask) = &mask {
+                let allowed = if group.params.eos_tokens.contains(&token) {
+                    mask.end_allowed
+                } else {
+                    mask.is_allowed(token)
+                };
+                if !allowed {
+                    return Err(EngineError::Constraint(
+                        "no token allowed by `response_format` is left after the other \
+                         controls (bad words, stop tokens, penalties)"
+                            .into(),
+                    ));
+                }
+            }
             group.accept(c, sampled, max_context, &mut events);
+            group.constrain(c, token, &mut events)?;
         }
     }
-    events
+    Ok(events)
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {

@@ -75,6 +75,7 @@ fn request(top_k: usize, prompt: Vec<u32>) -> EngineRequest {
         seeds: vec![0],
         deadline: None,
         prompt_embeddings: Vec::new(),
+        constraint: None,
     }
 }
 

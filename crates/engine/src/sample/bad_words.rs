@@ -59,6 +59,7 @@ mod tests {
             params: &params,
             prompt: &[4, 1],
             generated,
+            mask: None,
         };
         BadWords.apply(&mut row, &ctx);
         row

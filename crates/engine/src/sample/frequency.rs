@@ -45,6 +45,7 @@ mod tests {
             params: &params,
             prompt: &[2, 2, 2],
             generated: &[0, 1, 0, 3],
+            mask: None,
         };
         FrequencyPenalty.apply(&mut row, &ctx);
         row

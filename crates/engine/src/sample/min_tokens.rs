@@ -53,6 +53,7 @@ mod tests {
             params,
             prompt: &[1, 2],
             generated,
+            mask: None,
         };
         MinTokens.apply(&mut row, &ctx);
         row

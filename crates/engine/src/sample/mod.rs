@@ -7,9 +7,10 @@
 //!    computed from the row as the model returned it; likewise the top log-probabilities and the
 //!    raw row itself when asked for (`TokenExtra`).
 //! 3. Sanitize: NaN becomes `-inf` in a working copy of the row.
-//! 4. Processors that can change the argmax, on the raw scale: `bad_words`, `min_tokens` (EOS
+//! 4. Processors that can change the argmax, on the raw scale: `grammar` (structured output:
+//!    the constraint's mask, computed during the forward pass), `bad_words`, `min_tokens` (EOS
 //!    and stop sequences masked until the minimum length), `repetition`, `frequency`,
-//!    `presence`, `no_repeat_ngram` (logit bias and grammar masks would join here).
+//!    `presence`, `no_repeat_ngram` (logit bias would join here).
 //! 5. `greedy`: `temperature == 0` → argmax of the row, ties to the lowest id. Greedy rows stop here.
 //! 6. `temperature`: divide by the temperature.
 //! 7. `top_k`: keep the k largest logits.
@@ -25,6 +26,7 @@ mod bad_words;
 mod categorical;
 mod counts;
 mod frequency;
+mod grammar;
 pub(crate) mod greedy;
 mod logprob;
 mod min_p;
@@ -80,6 +82,7 @@ impl std::fmt::Debug for Sampler {
 impl Default for Sampler {
     fn default() -> Sampler {
         Sampler::new(vec![
+            Box::new(grammar::GrammarMask),
             Box::new(bad_words::BadWords),
             Box::new(min_tokens::MinTokens),
             Box::new(repetition::RepetitionPenalty),

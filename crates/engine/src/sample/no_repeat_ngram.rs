@@ -53,6 +53,7 @@ mod tests {
             params: &params,
             prompt,
             generated,
+            mask: None,
         };
         NoRepeatNgram.apply(&mut row, &ctx);
         row

@@ -45,6 +45,7 @@ mod tests {
             params: &params,
             prompt: &[2],
             generated: &[0, 0, 0, 1],
+            mask: None,
         };
         PresencePenalty.apply(&mut row, &ctx);
         row

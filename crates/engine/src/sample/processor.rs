@@ -1,6 +1,7 @@
 //! The logits-processor interface: one small transformation of one logits row.
 
 use crate::api::SamplingParams;
+use crate::constraint::TokenMask;
 use crate::model::TokenId;
 
 /// What a processor may read about the row's sequence: its parameters and its history (the
@@ -12,6 +13,8 @@ pub(crate) struct RowContext<'a> {
     pub(crate) params: &'a SamplingParams,
     pub(crate) prompt: &'a [TokenId],
     pub(crate) generated: &'a [TokenId],
+    /// Structured output: the tokens the choice's constraint allows next.
+    pub(crate) mask: Option<&'a TokenMask>,
 }
 
 impl<'a> RowContext<'a> {
@@ -22,6 +25,7 @@ impl<'a> RowContext<'a> {
             params,
             prompt: &[],
             generated: &[],
+            mask: None,
         }
     }
 

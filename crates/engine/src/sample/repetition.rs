@@ -48,6 +48,7 @@ mod tests {
             params: &params,
             prompt: &[0, 1, 0],
             generated: &[3, 0],
+            mask: None,
         };
         RepetitionPenalty.apply(&mut row, &ctx);
         assert_eq!(row, [2.0, -2.0, 3.0, 0.0, 1.0]);
@@ -64,6 +65,7 @@ mod tests {
             params: &params,
             prompt: &[],
             generated: &[0],
+            mask: None,
         };
         RepetitionPenalty.apply(&mut row, &ctx);
         assert_eq!(crate::sample::greedy::argmax(&row), 1);
@@ -77,6 +79,7 @@ mod tests {
             params: &params,
             prompt: &[0, 1],
             generated: &[],
+            mask: None,
         };
         RepetitionPenalty.apply(&mut row, &ctx);
         assert_eq!(row, [4.0, -1.0]);

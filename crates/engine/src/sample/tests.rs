@@ -16,7 +16,7 @@ fn sample(row: &[f32], params: SamplingParams, seed: u64) -> Vec<Sampled> {
 fn default_order_is_documented_order() {
     assert_eq!(
         format!("{:?}", Sampler::default()),
-        r#"["bad_words", "min_tokens", "repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram", "temperature", "top_k", "top_p", "min_p"]"#
+        r#"["grammar", "bad_words", "min_tokens", "repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram", "temperature", "top_k", "top_p", "min_p"]"#
     );
 }
 
@@ -107,17 +107,20 @@ fn forced_tokens_are_taken_as_given_with_raw_logprobs() {
         params: &params,
         prompt: &[1],
         generated: &[],
+        mask: None,
     };
     let s = sampler.sample(&row, &ctx, &mut rng);
     assert_eq!((s.token, s.logprob), (2, logprob::log_softmax_at(&row, 2)));
     let ctx = RowContext {
         generated: &[2],
+        mask: None,
         ..ctx
     };
     assert_eq!(sampler.sample(&row, &ctx, &mut rng).token, 0);
     // Past the forced tokens, sampling resumes (the engine ends the choice before that).
     let ctx = RowContext {
         generated: &[2, 0],
+        mask: None,
         ..ctx
     };
     assert_eq!(sampler.sample(&row, &ctx, &mut rng).token, 1);
@@ -137,6 +140,7 @@ fn extras_are_of_the_raw_row() {
         params: &params,
         prompt: &[1],
         generated: &[],
+        mask: None,
     };
     let s = Sampler::default().sample(&row, &ctx, &mut Rng::new(0));
     assert_eq!(s.token, 2, "the penalty moved the argmax");
@@ -165,6 +169,7 @@ fn penalties_apply_before_temperature_and_filters() {
         params: &params,
         prompt: &[],
         generated: &[0],
+        mask: None,
     };
     let mut sampler = Sampler::default();
     let mut rng = Rng::new(3);

@@ -23,6 +23,7 @@ fn group(id: RequestId, prompt: usize, n: usize) -> SequenceGroup {
         seeds: (0..n as u64).collect(),
         deadline: None,
         prompt_embeddings: Vec::new(),
+        constraint: None,
     };
     SequenceGroup::new(id, req, tokio::sync::mpsc::unbounded_channel().0)
 }

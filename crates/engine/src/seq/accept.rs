@@ -103,6 +103,8 @@ mod tests {
             rng: Rng::new(0),
             finish: None,
             held: Vec::new(),
+            constraint: None,
+            mask: None,
         }
     }
 

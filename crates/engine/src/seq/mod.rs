@@ -18,7 +18,8 @@
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::api::{EngineRequest, Event, FinishReason, SamplingParams};
+use crate::api::{EngineError, EngineRequest, Event, FinishReason, SamplingParams};
+use crate::constraint::{OutputConstraint, TokenMask};
 use crate::kv::{blocks_for, BlockAllocator, BlockTable};
 use crate::model::TokenId;
 use crate::sample::{Rng, Sampled};
@@ -51,6 +52,10 @@ pub(crate) struct Sequence {
     /// Token events of the last generated tokens, not sent yet because they may be the start of
     /// a stop sequence (whose tokens are never output).
     held: Vec<Event>,
+    /// Structured output: the choice's constraint, fed every output token.
+    pub(crate) constraint: Option<Box<dyn OutputConstraint>>,
+    /// The constraint's mask for the next sample, computed during the step's forward pass.
+    pub(crate) mask: Option<TokenMask>,
 }
 
 /// One request: the prompt, its `n` choices and the channel its events go to.
@@ -90,6 +95,8 @@ impl SequenceGroup {
                 rng: Rng::new(seed),
                 finish: None,
                 held: Vec::new(),
+                constraint: req.constraint.as_ref().map(|f| f.start()),
+                mask: None,
             })
             .collect();
         SequenceGroup {
@@ -281,6 +288,31 @@ impl SequenceGroup {
         );
     }
 
+    /// Feeds the token just accepted for choice `c` to its constraint (if the choice has one and
+    /// goes on); a constraint that admits nothing more ends the choice with `Stop`.
+    pub(crate) fn constrain(
+        &mut self,
+        c: usize,
+        token: TokenId,
+        out: &mut Vec<Event>,
+    ) -> Result<(), EngineError> {
+        let seq = &mut self.choices[c];
+        let Some(constraint) = seq.constraint.as_mut() else {
+            return Ok(());
+        };
+        if seq.finish.is_some() {
+            return Ok(());
+        }
+        constraint.consume(token).map_err(|e| {
+            EngineError::Constraint(format!("token {token} broke the output constraint: {e}"))
+        })?;
+        if constraint.is_complete() {
+            out.append(&mut seq.held);
+            finish(seq, c, FinishReason::Stop, out);
+        }
+        Ok(())
+    }
+
     /// Ends live choice `c` early with `Stop` (the client matched a stop phrase): its held
     /// tokens are dropped. The caller frees its blocks. False when it had already finished.
     pub(crate) fn stop_choice(&mut self, c: usize, out: &mut Vec<Event>) -> bool {
@@ -312,6 +344,7 @@ mod tests {
             seeds: (0..n as u64).collect(),
             deadline: None,
             prompt_embeddings: Vec::new(),
+            constraint: None,
         };
         SequenceGroup::new(1, req, tokio::sync::mpsc::unbounded_channel().0)
     }

@@ -94,6 +94,7 @@ mod tests {
             seeds: vec![1, 2],
             deadline: None,
             prompt_embeddings: Vec::new(),
+            constraint: None,
         };
         SequenceGroup::new(1, req, tokio::sync::mpsc::unbounded_channel().0)
     }

@@ -192,6 +192,7 @@ pub fn greedy(prompt: Vec<TokenId>, max_new_tokens: usize) -> EngineRequest {
         seeds: vec![0],
         deadline: None,
         prompt_embeddings: Vec::new(),
+        constraint: None,
     }
 }
 
@@ -207,5 +208,6 @@ pub fn sampled(prompt: Vec<TokenId>, max_new_tokens: usize, seeds: Vec<u64>) -> 
         seeds,
         deadline: None,
         prompt_embeddings: Vec::new(),
+        constraint: None,
     }
 }

@@ -218,6 +218,7 @@ pub(crate) fn engine_requests(
                 seeds: seeds.clone(),
                 deadline,
                 prompt_embeddings,
+                constraint: None,
             })
         })
         .collect::<Result<_, ValidationError>>()?;
