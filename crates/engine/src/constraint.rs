@@ -105,7 +105,11 @@ impl TokenMask {
         }
         for (&t, v) in end.iter().zip(saved) {
             if let (Some(x), Some(v)) = (row.get_mut(t as usize), v) {
-                *x = if self.end_allowed { v } else { f32::NEG_INFINITY };
+                *x = if self.end_allowed {
+                    v
+                } else {
+                    f32::NEG_INFINITY
+                };
             }
         }
     }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use common::{greedy, prompt, sampled, Engine};
 use cordial_engine::{
-    ConstraintFactory, EngineConfig, EngineError, Event, FinishReason, OutputConstraint,
-    TokenId, TokenMask,
+    ConstraintFactory, EngineConfig, EngineError, Event, FinishReason, OutputConstraint, TokenId,
+    TokenMask,
 };
 use cordial_testkit::fake_model::FakeModelConfig;
 
@@ -83,7 +83,10 @@ fn engine() -> Engine {
 async fn a_single_path_constraint_gives_exactly_its_tokens_and_stops() {
     let e = engine();
     let c = steps(vec![vec![5], vec![9], vec![7]], 99);
-    for mut req in [greedy(prompt(6, 1, 64), 10), sampled(prompt(6, 1, 64), 10, vec![3])] {
+    for mut req in [
+        greedy(prompt(6, 1, 64), 10),
+        sampled(prompt(6, 1, 64), 10, vec![3]),
+    ] {
         req.constraint = Some(Arc::new(c.clone()));
         let out = e.run(req).await;
         assert_eq!(out.single(), &[5, 9, 7]);
@@ -140,7 +143,10 @@ async fn choices_have_independent_constraint_states() {
             assert!([2 * i as u32 + 1, 2 * i as u32 + 2].contains(t), "{toks:?}");
         }
     }
-    assert!(out.tokens.iter().any(|t| t != &out.tokens[0]), "6 seeds, one path?");
+    assert!(
+        out.tokens.iter().any(|t| t != &out.tokens[0]),
+        "6 seeds, one path?"
+    );
     e.wait_all_free().await;
 }
 
