@@ -54,7 +54,7 @@ mod tests {
 
     #[test]
     fn escapes_non_ascii_and_line_separators() {
-        let v = json!({"t": "é\u{2028}x\u{85}😀", "n": [1, 2]});
+        let v = json!({"n": [1, 2], "t": "é\u{2028}x\u{85}😀"});
         let s = to_ascii_json(&v);
         assert_eq!(s, r#"{"n":[1,2],"t":"\u00e9\u2028x\u0085\ud83d\ude00"}"#);
         assert!(s.is_ascii());

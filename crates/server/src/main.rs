@@ -2,10 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use cordial_engine::{EngineConfig, EngineHandle};
+use cordial_grammar::{GrammarCompiler, GrammarLimits};
 use cordial_model::fetch::{default_model_path, ensure_default_model};
 use cordial_server::runner::{self, RunnerOptions};
 use cordial_server::{router, AppState, Serving};
@@ -199,12 +201,21 @@ fn load(args: &ServeArgs, path: PathBuf) -> anyhow::Result<Serving> {
         ..EngineConfig::default()
     };
     let engine = EngineHandle::spawn(loaded.executor, config);
+    let started = std::time::Instant::now();
+    let grammar = GrammarCompiler::new(
+        loaded.tokenizer.clone(),
+        loaded.vocab_size,
+        GrammarLimits::default(),
+    )
+    .context("building the grammar vocabulary")?;
+    tracing::info!(took = ?started.elapsed(), "structured output ready");
     Ok(Serving {
         engine,
         tokenizer: loaded.tokenizer,
         max_context: loaded.max_context,
         vocab_size: loaded.vocab_size,
         hidden_size: loaded.hidden_size,
+        grammar: Some(Arc::new(grammar)),
     })
 }
 

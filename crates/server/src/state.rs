@@ -4,6 +4,7 @@
 use std::sync::{Arc, OnceLock};
 
 use cordial_engine::EngineHandle;
+use cordial_grammar::GrammarCompiler;
 use cordial_tokenizer::{TokenId, Tokenizer};
 
 use crate::validate::{Limits, ModelInfo};
@@ -18,6 +19,8 @@ pub struct Serving {
     pub vocab_size: usize,
     /// Width of an input embedding.
     pub hidden_size: usize,
+    /// Structured output (`response_format`) over this model's vocabulary.
+    pub grammar: Option<Arc<GrammarCompiler>>,
 }
 
 impl Serving {
@@ -33,6 +36,7 @@ impl Serving {
             },
             eos_tokens: self.tokenizer.eog_tokens(),
             encode: &encode,
+            grammar: self.grammar.as_deref(),
         };
         f(&info)
     }

@@ -52,10 +52,11 @@ async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(body_error)?;
-    let valid = if body.len() <= INLINE_BODY_BYTES {
+    let valid = if body.len() <= INLINE_BODY_BYTES && !mentions_format(&body) {
         check(state, headers, &body)?
     } else {
-        // Parsing and tokenizing a big body would stall an async worker that streams tokens.
+        // Parsing and tokenizing a big body, or compiling a grammar, would stall an async
+        // worker that streams tokens.
         let (state2, headers) = (state.clone(), headers.clone());
         tokio::task::spawn_blocking(move || check(&state2, &headers, &body))
             .await
@@ -108,8 +109,14 @@ async fn handle(
     }
 }
 
-/// Bodies up to this size are validated on the async worker itself.
+/// Bodies up to this size are validated on the async worker itself, unless they may ask for
+/// structured output (a grammar to compile).
 const INLINE_BODY_BYTES: usize = 64 * 1024;
+
+fn mentions_format(body: &[u8]) -> bool {
+    const KEY: &[u8] = b"response_format";
+    body.windows(KEY.len()).any(|w| w == KEY)
+}
 
 /// Every check before any work starts: parse, model name, readiness, rules, tokenization.
 fn check(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<ValidRequest, ApiError> {

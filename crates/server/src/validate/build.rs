@@ -3,6 +3,7 @@
 //! and seeds. One engine request per input (prompt batch row); its choices are that row's `n`.
 
 use cordial_engine::{EngineRequest, SamplingParams, TokenId};
+use cordial_grammar::GrammarCompiler;
 
 use super::controls;
 use super::rules::{Limits, MAX_N};
@@ -20,6 +21,9 @@ pub struct ModelInfo<'a> {
     /// Text → ids, special tokens parsed; with `true`, BOS added as the model wants (prompts),
     /// with `false` never (phrases such as `bad_words`).
     pub encode: &'a (dyn Fn(&str, bool) -> Vec<TokenId> + Sync),
+    /// Compiles `response_format` grammars over this model's vocabulary (`None`: structured
+    /// output is refused).
+    pub grammar: Option<&'a GrammarCompiler>,
 }
 
 /// One input of the request with the name of the field it came from.
@@ -192,6 +196,7 @@ pub(crate) fn engine_requests(
     let base = controls::base_params(req, model);
     let deadline = controls::deadline(req);
     let forced = controls::forced_rows(req, inputs.rows.len())?;
+    let constraint = super::format::constraint(req.response_format.as_ref(), model.grammar)?;
     let requests: Vec<EngineRequest> = inputs
         .rows
         .into_iter()
@@ -218,7 +223,7 @@ pub(crate) fn engine_requests(
                 seeds: seeds.clone(),
                 deadline,
                 prompt_embeddings,
-                constraint: None,
+                constraint: constraint.clone(),
             })
         })
         .collect::<Result<_, ValidationError>>()?;

@@ -5,6 +5,7 @@
 
 mod build;
 mod controls;
+mod format;
 mod parse;
 mod rules;
 #[cfg(test)]

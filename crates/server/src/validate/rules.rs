@@ -284,6 +284,9 @@ pub const RULES: &[Rule] = &[
         || "each `bad_word_tokens` entry needs at least one token".into()) },
     Rule { param: "eos_token", check: |r, _| fail(r.eos_token.is_some() && r.ignore_eos == Some(true),
         || "`eos_token` cannot be combined with `ignore_eos: true`".into()) },
+    // The grammar decides where the output ends.
+    Rule { param: "ignore_eos", check: |r, _| fail(r.ignore_eos == Some(true) && non_text_format(r),
+        || "`ignore_eos: true` cannot be combined with `response_format` (the format decides where the output ends)".into()) },
     // A forced output is not sampled, so nothing may stop, ban or lengthen it.
     Rule { param: "forced_output_tokens", check: |r, _| forced_conflict(r).map(|f| format!(
         "`forced_output_tokens` fixes the output; it cannot be combined with `{f}`")) },
@@ -320,6 +323,7 @@ fn forced_conflict(r: &CompletionRequest) -> Option<&'static str> {
         ("bad_word_tokens", non_empty(&r.bad_word_tokens)),
         ("min_tokens", min_tokens_set(r)),
         ("min_total_tokens", r.min_total_tokens.is_some()),
+        ("response_format", non_text_format(r)),
     ];
     set.into_iter().find(|(_, on)| *on).map(|(f, _)| f)
 }
@@ -339,7 +343,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
         Some(crate::protocol::LogitBias::Pairs(p)) => !p.is_empty(),
         None => false,
     }, message: None },
-    Unsupported { param: "response_format", is_set: non_text_format, message: None },
     Unsupported { param: "echo", is_set: |r| r.echo == Some(true), message: None },
     Unsupported { param: "best_of", is_set: |r| r.best_of.is_some_and(|b| b != 1), message: None },
     Unsupported { param: "suffix", is_set: |r| r.suffix.as_ref().is_some_and(|s| !s.is_empty()), message: None },
@@ -392,6 +395,8 @@ pub const IMPLEMENTED: &[&str] = &[
     "include_output_logprobs",
     "logprobs",
     "forced_output_tokens",
+    // Structured output (`format.rs`, compiled by cordial-grammar).
+    "response_format",
     // Meaningful only on encoder-decoder models; RULES reject non-default values.
     "encoder_no_repeat_ngram",
     "encoder_repetition_penalty",

@@ -31,6 +31,7 @@ fn model() -> ModelInfo<'static> {
         },
         eos_tokens: EOS,
         encode: &encode_bos,
+        grammar: None,
     }
 }
 

@@ -95,6 +95,7 @@ pub async fn start_with(config: FakeModelConfig, engine_config: EngineConfig) ->
         max_context: config.max_context,
         vocab_size: config.vocab_size,
         hidden_size: FAKE_HIDDEN_SIZE,
+        grammar: None,
     };
     assert!(state.set_serving(serving).is_ok());
     let (base, task) = bind(state.clone()).await;
