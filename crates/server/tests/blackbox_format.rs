@@ -173,6 +173,21 @@ async fn errors_mixed_batches_choices_streams_and_length() {
             valid(&case, c["text"].as_str().unwrap()).unwrap();
         }
 
+        // Penalties and bad words act inside the grammar's choices; the output stays valid.
+        let first = srv.complete(&constrained(5)).await;
+        let first: Value =
+            serde_json::from_str(first["choices"][0]["text"].as_str().unwrap()).unwrap();
+        let name = first["name"].as_str().unwrap().to_owned();
+        let mut body = constrained(5);
+        body["repetition_penalty"] = json!(1.3);
+        body["presence_penalty"] = json!(0.5);
+        body["bad_words"] = json!([name]);
+        let v = srv.complete(&body).await;
+        let text = v["choices"][0]["text"].as_str().unwrap();
+        valid(&case, text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let again: Value = serde_json::from_str(text).unwrap();
+        assert_ne!(again["name"], json!(name), "banned name came back: {text}");
+
         // Streams in both dialects give the same text as the non-streamed request.
         let once = srv.complete(&constrained(3)).await;
         let want = once["choices"][0]["text"].as_str().unwrap();
