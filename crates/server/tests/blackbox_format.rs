@@ -4,7 +4,8 @@
 //! `n` > 1 and both stream dialects, and `length` cuts.
 //!
 //! CI runs every third case of `fixtures/structured-suite.json`; `CORDIAL_STRUCTURED_SUITE=full`
-//! (see `scripts/structured-suite.sh`) runs all of them.
+//! (see `scripts/structured-suite.sh`) runs all of them, and `CORDIAL_STRUCTURED_OUT=FILE`
+//! writes the outputs' tokens for the mask-time replay.
 
 mod binary;
 
@@ -77,6 +78,15 @@ async fn the_schema_suite_generates_valid_outputs() {
         }))
         .await;
         let elapsed = started.elapsed();
+        if let Ok(path) = std::env::var("CORDIAL_STRUCTURED_OUT") {
+            // The outputs' tokens, for `cordial-grammar`'s `timing` example (mask times).
+            let dump: Vec<Value> = cases
+                .iter()
+                .zip(&answers)
+                .map(|(c, v)| json!({"name": c["name"], "tokens": v["choices"][0]["tokens"]}))
+                .collect();
+            std::fs::write(&path, serde_json::to_string(&dump).unwrap()).unwrap();
+        }
         let (mut stopped, mut tokens) = (0, 0);
         let mut failures = Vec::new();
         for (case, v) in cases.iter().zip(&answers) {
