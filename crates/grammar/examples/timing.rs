@@ -26,8 +26,8 @@ fn main() {
     let path = cordial_model::fetch::ensure_default_model().unwrap();
     let tok = Arc::new(Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap());
     let t = Instant::now();
-    let compiler = GrammarCompiler::new(tok.clone(), tok.vocab_size(), GrammarLimits::default())
-        .unwrap();
+    let compiler =
+        GrammarCompiler::new(tok.clone(), tok.vocab_size(), GrammarLimits::default()).unwrap();
     println!("vocabulary trie + factory: {:.1} ms", ms(t));
     let mut compile = Vec::new();
     let mut cached = Vec::new();
@@ -57,7 +57,15 @@ fn main() {
         for id in tokens.iter().map(|t| t.as_u64().unwrap() as u32) {
             let t = Instant::now();
             c.compute_mask(&mut mask).unwrap();
-            masks.push(ms(t) * 1000.0);
+            let us = ms(t) * 1000.0;
+            if us > 1000.0 && std::env::var("TIMING_VERBOSE").is_ok() {
+                println!(
+                    "slow mask {us:.0} us: {} token #{}",
+                    case["name"],
+                    masks.len()
+                );
+            }
+            masks.push(us);
             c.consume(id).unwrap();
         }
     }
