@@ -54,19 +54,18 @@ fn main() {
         };
         let mut c = grammar.start();
         let mut mask = TokenMask::new(tok.vocab_size());
+        let mut so_far = Vec::new();
         for id in tokens.iter().map(|t| t.as_u64().unwrap() as u32) {
             let t = Instant::now();
             c.compute_mask(&mut mask).unwrap();
             let us = ms(t) * 1000.0;
             if us > 1000.0 && std::env::var("TIMING_VERBOSE").is_ok() {
-                println!(
-                    "slow mask {us:.0} us: {} token #{}",
-                    case["name"],
-                    masks.len()
-                );
+                let text = tok.decode(&so_far, false);
+                println!("slow mask {us:.0} us: {} after {text:?}", case["name"]);
             }
             masks.push(us);
             c.consume(id).unwrap();
+            so_far.push(id);
         }
     }
     report("compile (fresh), ms", &mut compile);
