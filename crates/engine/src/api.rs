@@ -88,6 +88,40 @@ pub struct EngineRequest {
     /// Structured output: every choice's tokens follow a constraint made by this factory
     /// (see [`crate::constraint`]).
     pub constraint: Option<crate::constraint::SharedConstraint>,
+    /// Beam search: `num_beams` hypotheses explored together; the request then has one choice
+    /// (the best hypothesis), `seeds` has one entry, and its events come when it is done.
+    pub beam: Option<BeamParams>,
+}
+
+/// Which beam search (`beam_search_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BeamKind {
+    /// Hugging Face `beam_search`: the top-scoring extensions.
+    Deterministic,
+    /// Hugging Face `beam_sample`: extensions drawn (without replacement) from the processed
+    /// distribution over all beams' extensions.
+    NaiveSampling,
+    /// Kool, van Hoof & Welling 2019: Gumbel-top-k over sequences, each extension perturbed by
+    /// a Gumbel truncated at its parent's perturbed score.
+    Stochastic,
+}
+
+/// Beam search parameters (validated by the server).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BeamParams {
+    /// 1..=31.
+    pub num_beams: usize,
+    pub kind: BeamKind,
+    /// Finished hypotheses are ranked by `sum logprob / length^length_penalty` (length counts
+    /// the generated tokens, the final EOS included).
+    pub length_penalty: f32,
+    /// Stop as soon as `num_beams` hypotheses are finished; otherwise go on while a running
+    /// beam could still beat the worst kept hypothesis (Hugging Face's heuristic).
+    pub early_stopping: bool,
+    /// Log-softmax before the logits processors (then again after, unless
+    /// `no_post_normalization`).
+    pub pre_normalization: bool,
+    pub no_post_normalization: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -52,6 +52,7 @@ async fn logprobs_are_of_the_raw_logits_and_filters_hold() {
             deadline: None,
             prompt_embeddings: Vec::new(),
             constraint: None,
+            beam: None,
         })
         .await;
     let mut history = p;
@@ -83,6 +84,7 @@ async fn top_k_one_samples_the_greedy_output() {
             deadline: None,
             prompt_embeddings: Vec::new(),
             constraint: None,
+            beam: None,
         })
         .await;
     assert_eq!(out.single(), e.model.greedy_reference(&p, 12, &[]));

@@ -241,7 +241,7 @@ type EventSender = tokio::sync::mpsc::UnboundedSender<Event>;
 
 /// `max_new_tokens == 0`: every choice ends at once with `Length`.
 fn finish_without_tokens(group: &mut SequenceGroup) {
-    for choice in 0..group.choices.len() {
+    for choice in 0..group.reported_choices() {
         let _ = group.send(Event::ChoiceFinished {
             choice,
             reason: FinishReason::Length,

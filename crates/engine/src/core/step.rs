@@ -144,6 +144,7 @@ impl EngineCore {
             group.fork(&mut self.blocks);
         }
         let (logits, sampler, shape) = (&self.logits, &mut self.sampler, self.shape);
+        let blocks = &mut self.blocks;
         let sampled = catch_unwind(AssertUnwindSafe(|| {
             let rows = g.rows.iter().map(|&(target, r)| {
                 (
@@ -151,7 +152,11 @@ impl EngineCore {
                     &logits[r * shape.vocab_size..(r + 1) * shape.vocab_size],
                 )
             });
-            sample_rows(group, rows, sampler, shape.max_context)
+            if group.beam.is_some() {
+                beam_rows(group, rows, sampler, blocks)
+            } else {
+                sample_rows(group, rows, sampler, shape.max_context)
+            }
         }));
         let mut events = match sampled {
             Ok(Ok(events)) => events,
@@ -235,6 +240,24 @@ fn sample_rows<'a>(
             group.accept(c, sampled, max_context, &mut events);
             group.constrain(c, token, &mut events)?;
         }
+    }
+    Ok(events)
+}
+
+/// Feeds every row of a beam group to its search (see `seq/beam.rs`).
+fn beam_rows<'a>(
+    group: &mut SequenceGroup,
+    rows: impl Iterator<Item = (Target, &'a [f32])>,
+    sampler: &mut Sampler,
+    blocks: &mut crate::kv::BlockAllocator,
+) -> Result<Vec<Event>, EngineError> {
+    let mut events = Vec::new();
+    for (target, row) in rows {
+        let beam = match target {
+            Target::Prompt => None,
+            Target::Choice(c) => Some(c),
+        };
+        group.beam_row(beam, row, sampler, blocks, &mut events)?;
     }
     Ok(events)
 }

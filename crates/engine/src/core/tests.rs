@@ -76,6 +76,7 @@ fn request(top_k: usize, prompt: Vec<u32>) -> EngineRequest {
         deadline: None,
         prompt_embeddings: Vec::new(),
         constraint: None,
+        beam: None,
     }
 }
 

@@ -28,7 +28,7 @@ mod counts;
 mod frequency;
 mod grammar;
 pub(crate) mod greedy;
-mod logprob;
+pub(crate) mod logprob;
 mod min_p;
 mod min_tokens;
 mod no_repeat_ngram;
@@ -127,6 +127,23 @@ impl Sampler {
             logprob: logprob::logprob_at(row, token, norm),
             extra,
         }
+    }
+
+    /// The row after every processor (NaN → `-inf` first), as beam search scores it; the
+    /// temperature-like warpers are skipped for greedy parameters, as in [`Self::sample`].
+    pub(crate) fn process(&mut self, row: &[f32], ctx: &RowContext<'_>) -> &[f32] {
+        let greedy = ctx.params.temperature <= 0.0;
+        self.scratch.clear();
+        self.scratch.extend(
+            row.iter()
+                .map(|&x| if x.is_nan() { f32::NEG_INFINITY } else { x }),
+        );
+        for p in &self.processors {
+            if !(greedy && p.is_argmax_invariant()) {
+                p.apply(&mut self.scratch, ctx);
+            }
+        }
+        &self.scratch
     }
 
     fn choose(&mut self, row: &[f32], ctx: &RowContext<'_>, rng: &mut Rng) -> TokenId {

@@ -24,6 +24,7 @@ fn group(id: RequestId, prompt: usize, n: usize) -> SequenceGroup {
         deadline: None,
         prompt_embeddings: Vec::new(),
         constraint: None,
+        beam: None,
     };
     SequenceGroup::new(id, req, tokio::sync::mpsc::unbounded_channel().0)
 }

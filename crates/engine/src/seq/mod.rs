@@ -26,6 +26,7 @@ use crate::sample::{Rng, Sampled};
 use accept::{accept, finish};
 
 mod accept;
+mod beam;
 mod prefix;
 
 /// The engine's id of a request (unique per handle).
@@ -78,6 +79,8 @@ pub(crate) struct SequenceGroup {
     pub(crate) deadline: Option<std::time::Instant>,
     /// Input embeddings replacing prompt positions (see `EngineRequest::prompt_embeddings`).
     pub(crate) prompt_embeddings: Vec<(usize, Vec<f32>)>,
+    /// Beam search: the choices are the beams (see `beam.rs`).
+    pub(crate) beam: Option<beam::BeamState>,
     /// The final event was sent, or the client is gone: the group leaves at the end of the step.
     pub(crate) done: bool,
     events: UnboundedSender<Event>,
@@ -85,8 +88,14 @@ pub(crate) struct SequenceGroup {
 
 impl SequenceGroup {
     pub(crate) fn new(id: RequestId, req: EngineRequest, events: UnboundedSender<Event>) -> Self {
-        let choices = req
-            .seeds
+        let beam = req
+            .beam
+            .map(|b| beam::BeamState::new(b, req.seeds.first().copied().unwrap_or(0)));
+        let seeds: Vec<u64> = match req.beam {
+            Some(b) => (0..b.num_beams as u64).collect(),
+            None => req.seeds.clone(),
+        };
+        let choices = seeds
             .iter()
             .map(|&seed| Sequence {
                 generated: Vec::new(),
@@ -111,6 +120,7 @@ impl SequenceGroup {
             cached_tokens: 0,
             deadline: req.deadline,
             prompt_embeddings: req.prompt_embeddings,
+            beam,
             done: false,
             events,
         }
@@ -140,7 +150,19 @@ impl SequenceGroup {
     }
 
     pub(crate) fn completion_tokens(&self) -> usize {
-        self.choices.iter().map(|s| s.generated.len()).sum()
+        match &self.beam {
+            Some(b) => b.output_len,
+            None => self.choices.iter().map(|s| s.generated.len()).sum(),
+        }
+    }
+
+    /// Choices the client sees: one for beam search, else one per sequence.
+    pub(crate) fn reported_choices(&self) -> usize {
+        if self.beam.is_some() {
+            1
+        } else {
+            self.choices.len()
+        }
     }
 
     /// When no choice is live: pushes `Finished` and marks the group done. True if it did.
@@ -266,6 +288,9 @@ impl SequenceGroup {
         for seq in &mut self.choices {
             seq.num_computed = 0;
         }
+        if let Some(b) = &mut self.beam {
+            b.clear_pending();
+        }
     }
 
     /// Applies a token sampled for choice `c` and pushes the events it causes (see
@@ -345,6 +370,7 @@ mod tests {
             deadline: None,
             prompt_embeddings: Vec::new(),
             constraint: None,
+            beam: None,
         };
         SequenceGroup::new(1, req, tokio::sync::mpsc::unbounded_channel().0)
     }

@@ -95,6 +95,7 @@ mod tests {
             deadline: None,
             prompt_embeddings: Vec::new(),
             constraint: None,
+            beam: None,
         };
         SequenceGroup::new(1, req, tokio::sync::mpsc::unbounded_channel().0)
     }

@@ -193,6 +193,7 @@ pub fn greedy(prompt: Vec<TokenId>, max_new_tokens: usize) -> EngineRequest {
         deadline: None,
         prompt_embeddings: Vec::new(),
         constraint: None,
+        beam: None,
     }
 }
 
@@ -209,5 +210,6 @@ pub fn sampled(prompt: Vec<TokenId>, max_new_tokens: usize, seeds: Vec<u64>) -> 
         deadline: None,
         prompt_embeddings: Vec::new(),
         constraint: None,
+        beam: None,
     }
 }

@@ -2,7 +2,7 @@
 //! input, checks token ids and the context length (C13), resolves defaults (decisions 10, 14, 18)
 //! and seeds. One engine request per input (prompt batch row); its choices are that row's `n`.
 
-use cordial_engine::{EngineRequest, SamplingParams, TokenId};
+use cordial_engine::{BeamKind, BeamParams, EngineRequest, SamplingParams, TokenId};
 use cordial_grammar::GrammarCompiler;
 
 use super::controls;
@@ -183,6 +183,24 @@ pub(crate) fn choice_seeds(
     (0..n as u64).map(|j| base.wrapping_add(j)).collect()
 }
 
+/// Beam search settings when `num_beams` is present (decision 7: 1 included).
+fn beam_params(req: &CompletionRequest) -> Option<BeamParams> {
+    let num_beams = req.num_beams? as usize;
+    let kind = match req.beam_search_type.as_deref() {
+        Some("NAIVE_SAMPLING") => BeamKind::NaiveSampling,
+        Some("STOCHASTIC") => BeamKind::Stochastic,
+        _ => BeamKind::Deterministic,
+    };
+    Some(BeamParams {
+        num_beams,
+        kind,
+        length_penalty: req.length_penalty.unwrap_or(1.0) as f32,
+        early_stopping: req.early_stopping.unwrap_or(false),
+        pre_normalization: req.beam_compat_pre_normalization.unwrap_or(false),
+        no_post_normalization: req.beam_compat_no_post_normalization.unwrap_or(false),
+    })
+}
+
 /// The engine requests, one per input row.
 pub(crate) fn engine_requests(
     req: &CompletionRequest,
@@ -224,6 +242,7 @@ pub(crate) fn engine_requests(
                 deadline,
                 prompt_embeddings,
                 constraint: constraint.clone(),
+                beam: beam_params(req),
             })
         })
         .collect::<Result<_, ValidationError>>()?;

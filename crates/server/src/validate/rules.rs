@@ -187,6 +187,12 @@ pub const RULES: &[Rule] = &[
         || "`temperature` is not allowed with DETERMINISTIC beam search".into()) },
     Rule { param: "min_p", check: |r, _| fail(deterministic_beam(r) && r.min_p.is_some_and(|p| p != 0.0),
         || "`min_p` is not allowed with DETERMINISTIC beam search".into()) },
+    Rule { param: "length_penalty", check: |r, _| fail(r.length_penalty.is_some_and(|p| !p.is_finite() || p.abs() > 100.0),
+        || "`length_penalty` must be a finite number in [-100, 100]".into()) },
+    Rule { param: "include_output_logits", check: |r, _| fail(beam(r) && r.include_output_logits == Some(true),
+        || "`include_output_logits` is not supported with beam search (`num_beams`)".into()) },
+    Rule { param: "forced_output_tokens", check: |r, _| fail(beam(r) && r.forced_output_tokens.is_some(),
+        || "`forced_output_tokens` fixes the output; it cannot be combined with beam search (`num_beams`)".into()) },
     Rule { param: "beam_compat_no_post_normalization", check: |r, _| fail(
         r.beam_compat_no_post_normalization == Some(true) && r.beam_compat_pre_normalization != Some(true),
         || "`beam_compat_no_post_normalization` requires `beam_compat_pre_normalization: true`".into()) },
@@ -334,8 +340,6 @@ fn non_empty<T>(v: &Option<Vec<T>>) -> bool {
 
 #[rustfmt::skip]
 pub const UNSUPPORTED: &[Unsupported] = &[
-    Unsupported { param: "num_beams", is_set: |r| r.num_beams.is_some(),
-        message: Some("beam search (`num_beams`) is not available yet") },
     Unsupported { param: "xtc_threshold", is_set: |r| r.xtc_threshold.is_some_and(|p| p != 0.0), message: None },
     Unsupported { param: "xtc_probability", is_set: |r| r.xtc_probability.is_some_and(|p| p != 0.0), message: None },
     Unsupported { param: "logit_bias", is_set: |r| match &r.logit_bias {
@@ -371,7 +375,8 @@ pub const IMPLEMENTED: &[&str] = &[
     "user",
     "token_index_to_replace",
     "embedding_to_replace",
-    // Ignored because they only tune beam search, which `num_beams` (rejected) turns on.
+    // Beam search (mapped in `build.rs`; the tuning fields are ignored without `num_beams`).
+    "num_beams",
     "length_penalty",
     "early_stopping",
     "beam_search_type",

@@ -84,9 +84,9 @@ fn t_cases() -> Vec<Case> {
         ("T16", json!({"model": "my-model", "prompt": "Translate to French: cheese", "max_tokens": 16,
             "num_beams": 4, "length_penalty": 1.2, "early_stopping": true, "beam_search_type": "DETERMINISTIC",
             "beam_compat_pre_normalization": true, "beam_compat_no_post_normalization": true}),
-            E(422, "num_beams")),
+            OK),
         ("T17", json!({"model": "my-model", "prompt": "Poem:", "max_tokens": 16, "num_beams": 3,
-            "beam_search_type": "NAIVE_SAMPLING", "top_k": 50}), E(422, "num_beams")),
+            "beam_search_type": "NAIVE_SAMPLING", "top_k": 50}), OK),
         ("T18", json!({"model": "my-model", "tokens": [1, 450, 731, 310], "forced_output_tokens": [344, 338, 263],
             "include_output_logprobs": true, "temperature": 0}), OK),
         ("T19", json!({"model": "my-model", "prompt": "Hi", "max_tokens": 2, "include_output_logits": true}), OK),
@@ -153,7 +153,7 @@ fn e_and_a_cases() -> Vec<Case> {
         ("E24", json!({"model": "m", "prompt": "x", "position_ids": [0, 1]}), E(422, "position_ids")),
         ("A01", json!({"model": "m", "prompt": "x", "min_tokens": 0, "min_total_tokens": 8}), OK),
         ("A02", json!({"model": "m", "prompt": "x", "num_beams": 2, "top_k": 0, "n": 1,
-            "beam_search_type": "DETERMINISTIC", "early_stopping": false}), E(422, "num_beams")),
+            "beam_search_type": "DETERMINISTIC", "early_stopping": false}), OK),
         ("A03", json!({"model": "m", "prompt": "x", "beam_search_type": "STOCHASTIC"}), OK),
         ("A04", json!({"model": "m", "prompt": "x", "encoder_no_repeat_ngram": 1}), OK),
     ]
@@ -248,11 +248,46 @@ fn contract_cases() {
 }
 
 #[test]
-fn beam_search_message_is_clear() {
-    let err = run(&json!({"prompt": "x", "num_beams": 2, "beam_search_type": "DETERMINISTIC"}))
-        .unwrap_err();
-    assert!(err.to_string().contains("beam search"), "{err}");
-    assert!(err.to_string().contains("not available yet"), "{err}");
+fn beam_search_maps_every_field() {
+    let v = run(
+        &json!({"prompt": "x", "num_beams": 3, "beam_search_type": "STOCHASTIC",
+        "length_penalty": 0.5, "early_stopping": true, "beam_compat_pre_normalization": true,
+        "beam_compat_no_post_normalization": true, "top_k": 5}),
+    )
+    .unwrap();
+    let b = v.requests[0].beam.expect("beam params");
+    assert_eq!(
+        (b.num_beams, b.kind),
+        (3, cordial_engine::BeamKind::Stochastic)
+    );
+    assert_eq!(b.length_penalty, 0.5);
+    assert!(b.early_stopping && b.pre_normalization && b.no_post_normalization);
+    assert_eq!(v.requests[0].seeds.len(), 1);
+    // Without num_beams the type is ignored (A03); with it, logits and forced output are refused.
+    assert!(
+        run(&json!({"prompt": "x", "beam_search_type": "STOCHASTIC"}))
+            .unwrap()
+            .requests[0]
+            .beam
+            .is_none()
+    );
+    for (body, field) in [
+        (
+            json!({"prompt": "x", "num_beams": 2, "include_output_logits": true}),
+            "include_output_logits",
+        ),
+        (
+            json!({"prompt": "x", "num_beams": 2, "forced_output_tokens": [5]}),
+            "forced_output_tokens",
+        ),
+        (
+            json!({"prompt": "x", "num_beams": 2, "length_penalty": 1e300}),
+            "length_penalty",
+        ),
+    ] {
+        let err = run(&body).expect_err(field);
+        assert_eq!(err.detail().param.as_deref(), Some(field), "{body}");
+    }
 }
 
 #[test]
@@ -290,7 +325,6 @@ fn every_unsupported_row_rejects_only_when_set() {
         ("soft_prompts", json!([]), None),
         ("position_ids", json!([0]), None),
         ("generation_offset", json!(0), None),
-        ("num_beams", json!(1), None),
     ];
     for (field, set, default) in rows {
         let mut body = json!({"prompt": "x", "max_tokens": 2});

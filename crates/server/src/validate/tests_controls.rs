@@ -41,7 +41,6 @@ fn rejected() -> Vec<(&'static str, Value, &'static str)> {
         ("logits too large", json!({"prompt": "x", "include_output_logits": true, "n": 20, "max_tokens": 250}), "include_output_logits"),
         ("timeout 0", json!({"prompt": "x", "timeout_microseconds": 0}), "timeout_microseconds"),
         ("xtc stays unsupported", json!({"prompt": "x", "xtc_probability": 0.5}), "xtc_probability"),
-        ("beam search stays unsupported", json!({"prompt": "x", "num_beams": 1}), "num_beams"),
     ]
 }
 
