@@ -9,7 +9,7 @@
 //! 3. Sanitize: NaN becomes `-inf` in a working copy of the row.
 //! 4. Processors that can change the argmax, on the raw scale: `bad_words`, `min_tokens` (EOS
 //!    and stop sequences masked until the minimum length), `repetition`, `frequency`,
-//!    `presence`, `no_repeat_ngram` (logit bias and grammar masks would join here).
+//!    `presence`, `no_repeat_ngram`, `logit_bias` (grammar masks would join here).
 //! 5. `greedy`: `temperature == 0` → argmax of the row, ties to the lowest id. Greedy rows stop here.
 //! 6. `temperature`: divide by the temperature.
 //! 7. `top_k`: keep the k largest logits.
@@ -26,6 +26,7 @@ mod categorical;
 mod counts;
 mod frequency;
 pub(crate) mod greedy;
+mod logit_bias;
 mod logprob;
 mod min_p;
 mod min_tokens;
@@ -86,6 +87,7 @@ impl Default for Sampler {
             Box::new(frequency::FrequencyPenalty),
             Box::new(presence::PresencePenalty),
             Box::new(no_repeat_ngram::NoRepeatNgram),
+            Box::new(logit_bias::LogitBias),
             Box::new(temperature::Temperature),
             Box::new(top_k::TopK),
             Box::new(top_p::TopP),
@@ -124,6 +126,19 @@ impl Sampler {
             logprob: logprob::logprob_at(row, token, norm),
             extra,
         }
+    }
+
+    /// The log-probability of `token` in the raw `row`, with the `top` most likely tokens
+    /// when `top > 0` (prompt scoring).
+    pub(crate) fn score(row: &[f32], token: TokenId, top: usize) -> (f32, Option<Box<TokenExtra>>) {
+        let norm = logprob::normalizer(row);
+        let extra = (top > 0).then(|| {
+            Box::new(TokenExtra {
+                top_logprobs: logprob::top_logprobs(row, top, norm),
+                logits: None,
+            })
+        });
+        (logprob::logprob_at(row, token, norm), extra)
     }
 
     fn choose(&mut self, row: &[f32], ctx: &RowContext<'_>, rng: &mut Rng) -> TokenId {

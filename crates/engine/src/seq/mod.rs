@@ -73,6 +73,9 @@ pub(crate) struct SequenceGroup {
     pub(crate) deadline: Option<std::time::Instant>,
     /// Input embeddings replacing prompt positions (see `EngineRequest::prompt_embeddings`).
     pub(crate) prompt_embeddings: Vec<(usize, Vec<f32>)>,
+    /// Prompt positions whose `PromptToken` event was sent, plus one (position 0 has none);
+    /// kept across preemption so that a recompute never repeats them.
+    pub(crate) prompt_scored: usize,
     /// The final event was sent, or the client is gone: the group leaves at the end of the step.
     pub(crate) done: bool,
     events: UnboundedSender<Event>,
@@ -104,6 +107,7 @@ impl SequenceGroup {
             cached_tokens: 0,
             deadline: req.deadline,
             prompt_embeddings: req.prompt_embeddings,
+            prompt_scored: 1,
             done: false,
             events,
         }
@@ -125,6 +129,12 @@ impl SequenceGroup {
     /// Whether the last prompt token's logits are needed: some live choice has no token yet.
     pub(crate) fn needs_prompt_logits(&self) -> bool {
         self.live().any(|i| self.choices[i].generated.is_empty())
+    }
+
+    /// Whether a prompt chunk ending at `end` has positions whose log-probabilities are still
+    /// to be reported (`prompt_logprobs`), so that it needs every row of logits.
+    pub(crate) fn needs_prompt_rows(&self, end: usize) -> bool {
+        self.params.prompt_logprobs && end > self.prompt_scored
     }
 
     /// Whether the deadline has passed at `now`.
@@ -279,6 +289,15 @@ impl SequenceGroup {
             max_context,
             out,
         );
+    }
+
+    /// Ends every live choice with `reason` (no token sampled).
+    pub(crate) fn finish_all(&mut self, reason: FinishReason, out: &mut Vec<Event>) {
+        for (c, seq) in self.choices.iter_mut().enumerate() {
+            if seq.finish.is_none() {
+                finish(seq, c, reason, out);
+            }
+        }
     }
 
     /// Ends live choice `c` early with `Stop` (the client matched a stop phrase): its held

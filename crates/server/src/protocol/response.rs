@@ -56,8 +56,9 @@ pub enum LogprobsWire {
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct OpenAiLogprobs {
     pub tokens: Vec<String>,
-    pub token_logprobs: Vec<f32>,
-    pub top_logprobs: Vec<TopLogprobs>,
+    /// `null` for the first token of an echoed prompt (nothing precedes it).
+    pub token_logprobs: Vec<Option<f32>>,
+    pub top_logprobs: Vec<Option<TopLogprobs>>,
     /// Character offset of each token's text in the choice's text.
     pub text_offset: Vec<usize>,
 }

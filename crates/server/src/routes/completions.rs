@@ -129,6 +129,9 @@ fn generation(serving: &Serving, valid: &ValidRequest) -> Generation {
             .collect(),
         logprobs: Some(valid.logprobs),
         logits: valid.logits,
+        echo: valid
+            .echo
+            .then(|| valid.requests.iter().map(|r| r.prompt.clone()).collect()),
     };
     let tt = serving.tokenizer.clone();
     Generation::with_controls(tt, valid.n, &seeds, valid.flavor, controls)

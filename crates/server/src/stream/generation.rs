@@ -43,6 +43,12 @@ pub enum Output {
         logprobs: Option<LogprobsWire>,
         logits: Option<Vec<f32>>,
     },
+    /// The echoed prompt of choice `index` (`echo`), before its first token.
+    Echo {
+        index: usize,
+        text: String,
+        logprobs: Option<LogprobsWire>,
+    },
     /// Choice `index` ended.
     ChoiceDone {
         index: usize,
@@ -78,6 +84,17 @@ pub struct TextControls {
     pub min_tokens: Vec<usize>,
     pub logprobs: Option<LogprobMode>,
     pub logits: bool,
+    /// `echo`: each input's prompt tokens, whose text (and, with `logprobs: k`, scores) start
+    /// each of its choices.
+    pub echo: Option<Vec<Vec<u32>>>,
+}
+
+/// One input's echoed prompt, gathered until its first choice event.
+struct EchoState {
+    tokens: Vec<u32>,
+    /// What the engine reported for each prompt position (`PromptToken`), by position.
+    infos: Vec<Option<TokenInfo>>,
+    released: bool,
 }
 
 struct ChoiceState {
@@ -90,6 +107,8 @@ struct ChoiceState {
     chars: usize,
     logprobs: Option<LogprobsWire>,
     logits: Option<Vec<Vec<f32>>>,
+    /// The echoed prompt text that precedes `text` (`echo`).
+    echo: String,
 }
 
 /// The state of one request across its inputs.
@@ -103,6 +122,8 @@ pub struct Generation {
     prompt_tokens: usize,
     /// `(input, choice)` of the choices a stop phrase ended, not yet told to the engine.
     stops: Vec<(usize, usize)>,
+    /// Per input, with `echo`.
+    echo: Vec<EchoState>,
     ended: bool,
 }
 
@@ -134,7 +155,18 @@ impl Generation {
                     chars: 0,
                     logprobs: logprobs::empty(mode),
                     logits: controls.logits.then(Vec::new),
+                    echo: String::new(),
                 }
+            })
+            .collect();
+        let echo = controls
+            .echo
+            .unwrap_or_default()
+            .into_iter()
+            .map(|tokens| EchoState {
+                infos: vec![None; tokens.len()],
+                tokens,
+                released: false,
             })
             .collect();
         Generation {
@@ -146,7 +178,57 @@ impl Generation {
             inputs_left: seeds.len(),
             prompt_tokens: 0,
             stops: Vec::new(),
+            echo,
             ended: false,
+        }
+    }
+
+    /// Before input `input`'s first choice event: its prompt (text, and scores when asked)
+    /// starts each of its choices.
+    fn release_echo(&mut self, input: usize, out: &mut VecDeque<Output>) {
+        let Some(echo) = self.echo.get_mut(input) else {
+            return;
+        };
+        if std::mem::replace(&mut echo.released, true) {
+            return;
+        }
+        let tt = self.tt.as_ref();
+        let mut decoder = cordial_tokenizer::IncrementalDecoder::new(true);
+        let (mut text, mut chars, mut offsets) = (String::new(), 0, Vec::new());
+        for &t in &echo.tokens {
+            offsets.push(chars);
+            let before = text.len();
+            tt.push(&mut decoder, t, &mut text);
+            chars += text[before..].chars().count();
+        }
+        let before = text.len();
+        text.push_str(&decoder.finish());
+        chars += text[before..].chars().count();
+        let lp = match self.mode {
+            LogprobMode::Top(k) => Some(LogprobsWire::OpenAi(logprobs::prompt_logprobs(
+                k,
+                tt,
+                &echo.tokens,
+                &echo.infos,
+                &offsets,
+            ))),
+            LogprobMode::Floats | LogprobMode::None => None,
+        };
+        for j in 0..self.n {
+            let index = input * self.n + j;
+            let Some(c) = self.choices.get_mut(index) else {
+                continue;
+            };
+            c.echo = text.clone();
+            c.chars = chars;
+            if let Some(one) = &lp {
+                logprobs::append(&mut c.logprobs, one.clone());
+            }
+            out.push_back(Output::Echo {
+                index,
+                text: text.clone(),
+                logprobs: lp.clone(),
+            });
         }
     }
 
@@ -186,7 +268,24 @@ impl Generation {
         event: Option<Event>,
         out: &mut VecDeque<Output>,
     ) -> Result<(), ApiError> {
+        if !matches!(event, Some(Event::PromptToken { .. })) {
+            self.release_echo(input, out);
+        }
         match event {
+            Some(Event::PromptToken {
+                position,
+                logprob,
+                extra,
+                ..
+            }) => {
+                if let Some(slot) = self
+                    .echo
+                    .get_mut(input)
+                    .and_then(|e| e.infos.get_mut(position))
+                {
+                    *slot = Some(TokenInfo { logprob, extra });
+                }
+            }
             Some(Event::Token {
                 choice,
                 token,
@@ -252,7 +351,7 @@ impl Generation {
             .map(|(index, c)| ChoiceResult {
                 index,
                 seed: c.seed,
-                text: c.text.text.clone(),
+                text: format!("{}{}", c.echo, c.text.text),
                 tokens: c.text.tokens.clone(),
                 finish_reason: c.reason,
                 logprobs: c.logprobs.take(),

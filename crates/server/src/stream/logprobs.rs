@@ -44,12 +44,44 @@ pub fn token_logprobs(
             }
             Some(LogprobsWire::OpenAi(OpenAiLogprobs {
                 tokens: vec![text],
-                token_logprobs: vec![info.logprob],
-                top_logprobs: vec![TopLogprobs(top)],
+                token_logprobs: vec![Some(info.logprob)],
+                top_logprobs: vec![Some(TopLogprobs(top))],
                 text_offset: vec![offset],
             }))
         }
     }
+}
+
+/// The echoed prompt's OpenAI logprobs: `infos[p]` is what the engine reported for prompt
+/// position `p` (`None` for position 0, which nothing predicts: `null` entries).
+pub fn prompt_logprobs(
+    k: usize,
+    tt: &dyn TokenText,
+    tokens: &[TokenId],
+    infos: &[Option<TokenInfo>],
+    offsets: &[usize],
+) -> OpenAiLogprobs {
+    let mut all = OpenAiLogprobs::default();
+    for (p, &token) in tokens.iter().enumerate() {
+        match infos.get(p).and_then(Option::as_ref) {
+            Some(info) => {
+                let one = token_logprobs(LogprobMode::Top(k), tt, token, info, offsets[p]);
+                if let Some(LogprobsWire::OpenAi(o)) = one {
+                    all.tokens.extend(o.tokens);
+                    all.token_logprobs.extend(o.token_logprobs);
+                    all.top_logprobs.extend(o.top_logprobs);
+                    all.text_offset.extend(o.text_offset);
+                }
+            }
+            None => {
+                all.tokens.push(tt.token_str(token));
+                all.token_logprobs.push(None);
+                all.top_logprobs.push(None);
+                all.text_offset.push(offsets[p]);
+            }
+        }
+    }
+    all
 }
 
 /// Appends one token's logprobs to a choice's.
@@ -111,7 +143,8 @@ mod tests {
         let LogprobsWire::OpenAi(o) = got else {
             panic!()
         };
-        assert_eq!(o.top_logprobs[0].0.len(), 1, "sampled token already listed");
+        let top = o.top_logprobs[0].as_ref().unwrap();
+        assert_eq!(top.0.len(), 1, "sampled token already listed");
     }
 
     #[test]

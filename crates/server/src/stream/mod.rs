@@ -35,7 +35,7 @@ pub async fn collect(
         match out {
             Output::Done { choices, usage } => return Ok((choices, usage)),
             Output::Failed(e) => return Err(e),
-            Output::Token { .. } | Output::ChoiceDone { .. } => {}
+            Output::Token { .. } | Output::Echo { .. } | Output::ChoiceDone { .. } => {}
         }
     }
     Err(ApiError::Internal(

@@ -77,7 +77,7 @@ pub fn legacy_event(out: &Output) -> Option<String> {
                 logits: logits.as_deref(),
             }))
         }
-        Output::ChoiceDone { .. } => None,
+        Output::ChoiceDone { .. } | Output::Echo { .. } => None,
         Output::Done { choices, usage } => {
             let choices: Vec<LegacyChoice> = choices.iter().map(legacy_choice).collect();
             Some(sse_event(&LegacyComplete {
@@ -121,6 +121,21 @@ pub fn current_event(out: &Output, meta: &StreamMeta, include_usage: bool) -> St
                 finish_reason: None,
                 logprobs: logprobs.as_ref(),
                 logits: logits.as_deref(),
+            }],
+            None,
+        ),
+        Output::Echo {
+            index,
+            text,
+            logprobs,
+        } => chunk(
+            vec![ChunkChoice {
+                index: *index,
+                text,
+                token: None,
+                finish_reason: None,
+                logprobs: logprobs.as_ref(),
+                logits: None,
             }],
             None,
         ),

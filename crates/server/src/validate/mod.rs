@@ -50,6 +50,8 @@ pub struct ValidRequest {
     pub logprobs: LogprobMode,
     /// Whether `choices[i].logits` is reported.
     pub logits: bool,
+    /// `echo`: each choice's text (and logprobs) start with its prompt's.
+    pub echo: bool,
 }
 
 /// Runs the rule tables over a typed request: the first failing row is the error.
@@ -104,5 +106,6 @@ pub fn validate(
         stop: rules::stop_phrases(&req),
         logprobs: LogprobMode::of(&req),
         logits: req.include_output_logits == Some(true),
+        echo: req.echo == Some(true),
     })
 }
