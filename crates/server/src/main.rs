@@ -199,7 +199,12 @@ fn load(args: &ServeArgs, path: PathBuf) -> anyhow::Result<Serving> {
         ..EngineConfig::default()
     };
     let engine = EngineHandle::spawn(loaded.executor, config);
+    let chat = cordial_server::state::chat_template(&loaded.tokenizer);
+    if let Err(e) = &chat {
+        tracing::warn!("chat completions unavailable: {e}");
+    }
     Ok(Serving {
+        chat,
         engine,
         tokenizer: loaded.tokenizer,
         max_context: loaded.max_context,

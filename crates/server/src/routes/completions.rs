@@ -35,7 +35,7 @@ pub async fn completions(
     }
 }
 
-fn body_error(rejection: BytesRejection) -> ApiError {
+pub(super) fn body_error(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::PayloadTooLarge { limit: BODY_LIMIT }
     } else {
@@ -109,7 +109,7 @@ async fn handle(
 }
 
 /// Bodies up to this size are validated on the async worker itself.
-const INLINE_BODY_BYTES: usize = 64 * 1024;
+pub(super) const INLINE_BODY_BYTES: usize = 64 * 1024;
 
 /// Every check before any work starts: parse, model name, readiness, rules, tokenization.
 fn check(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<ValidRequest, ApiError> {
@@ -118,7 +118,7 @@ fn check(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<ValidRequ
     serving.with_model_info(|info| validate(parsed, info, random_u64))
 }
 
-fn generation(serving: &Serving, valid: &ValidRequest) -> Generation {
+pub(super) fn generation(serving: &Serving, valid: &ValidRequest) -> Generation {
     let seeds: Vec<Vec<u64>> = valid.requests.iter().map(|r| r.seeds.clone()).collect();
     let controls = TextControls {
         stop: valid.stop.clone(),
@@ -138,7 +138,10 @@ fn generation(serving: &Serving, valid: &ValidRequest) -> Generation {
 }
 
 /// Submits every input; on a refusal the streams already obtained are dropped (aborted).
-fn submit_all(engine: &EngineHandle, valid: &ValidRequest) -> Result<Vec<RequestStream>, ApiError> {
+pub(super) fn submit_all(
+    engine: &EngineHandle,
+    valid: &ValidRequest,
+) -> Result<Vec<RequestStream>, ApiError> {
     valid
         .requests
         .iter()
@@ -156,6 +159,15 @@ async fn sse_response(
     outs: impl Stream<Item = Output> + Send + 'static,
     dialect: SseDialect,
 ) -> Result<Response, ApiError> {
+    sse_stream(outs, String::new(), move |out| dialect.render(out)).await
+}
+
+/// [`sse_response`] for any writer of outputs; `preamble` is sent before the first event.
+pub(super) async fn sse_stream(
+    outs: impl Stream<Item = Output> + Send + 'static,
+    preamble: String,
+    render: impl Fn(&Output) -> Option<String> + Send + 'static,
+) -> Result<Response, ApiError> {
     let mut outs = Box::pin(outs);
     let first = outs
         .next()
@@ -164,15 +176,11 @@ async fn sse_response(
     if let Output::Failed(e) = first {
         return Err(e);
     }
-    let events = stream::once(ready(first))
-        .chain(outs)
-        .filter_map(move |out| {
-            ready(
-                dialect
-                    .render(&out)
-                    .map(|s| Ok::<_, Infallible>(Bytes::from(s))),
-            )
-        });
+    let preamble = (!preamble.is_empty()).then(|| Ok::<_, Infallible>(Bytes::from(preamble)));
+    let events =
+        stream::iter(preamble).chain(stream::once(ready(first)).chain(outs).filter_map(
+            move |out| ready(render(&out).map(|s| Ok::<_, Infallible>(Bytes::from(s)))),
+        ));
     let resp = Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")

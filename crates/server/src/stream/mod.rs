@@ -5,6 +5,7 @@
 //! dialect; `collect` gathers them for a non-streamed body. Both paths read the same outputs, so
 //! streamed text always equals non-streamed text.
 
+mod chat;
 mod generation;
 mod logprobs;
 mod sse;
@@ -13,6 +14,7 @@ mod stop;
 mod tests;
 mod text;
 
+pub use chat::{chat_logprobs, ChatStream};
 pub use generation::{
     finish_reason, outputs, outputs_from, ChoiceResult, Generation, Output, TextControls,
 };

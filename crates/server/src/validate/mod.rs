@@ -4,6 +4,7 @@
 //! 3. `build`: tokenization, token ids, context length, defaults, seeds.
 
 mod build;
+mod chat;
 mod controls;
 mod parse;
 mod rules;
@@ -13,9 +14,10 @@ mod tests;
 mod tests_controls;
 
 pub use build::{ModelInfo, OPENAI_DEFAULT_MAX_TOKENS};
+pub use chat::{chat_request, parse_chat_body, ChatBody, ParsedChat};
 pub use controls::{LogprobMode, MAX_OUTPUT_LOGITS};
 pub use parse::{parse_request, Dialect, ParsedRequest, LEGACY_KEYS, STREAM_FORMAT_HEADER};
-pub use rules::{Limits, IMPLEMENTED, MAX_N};
+pub use rules::{Limits, IMPLEMENTED, MAX_LOGPROBS, MAX_N};
 
 use cordial_engine::EngineRequest;
 
