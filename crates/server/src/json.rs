@@ -56,7 +56,7 @@ mod tests {
     fn escapes_non_ascii_and_line_separators() {
         let v = json!({"t": "é\u{2028}x\u{85}😀", "n": [1, 2]});
         let s = to_ascii_json(&v);
-        assert_eq!(s, r#"{"n":[1,2],"t":"\u00e9\u2028x\u0085\ud83d\ude00"}"#);
+        assert_eq!(s, r#"{"t":"\u00e9\u2028x\u0085\ud83d\ude00","n":[1,2]}"#);
         assert!(s.is_ascii());
         let back: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(back, v);

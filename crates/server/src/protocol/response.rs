@@ -61,12 +61,15 @@ pub struct OpenAiLogprobs {
     pub top_logprobs: Vec<Option<TopLogprobs>>,
     /// Character offset of each token's text in the choice's text.
     pub text_offset: Vec<usize>,
+    /// Each token's raw bytes (chat `logprobs.content[i].bytes`; not part of this object).
+    #[serde(skip)]
+    pub token_bytes: Vec<Vec<u8>>,
 }
 
 /// `{token text: logprob}` in decreasing probability (a JSON object; the first of equal texts
-/// wins).
+/// wins). The second list holds each entry's raw bytes (for chat logprobs; not serialized).
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct TopLogprobs(pub Vec<(String, f32)>);
+pub struct TopLogprobs(pub Vec<(String, f32)>, pub Vec<Vec<u8>>);
 
 impl Serialize for TopLogprobs {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -20,7 +20,9 @@ use super::BODY_LIMIT;
 use crate::error::ApiError;
 use crate::protocol::{CompletionChoice, CompletionResponse};
 use crate::state::{AppState, Serving};
-use crate::stream::{collect, outputs, Generation, Output, SseDialect, StreamMeta, TextControls};
+use crate::stream::{
+    best_of, collect, outputs, Generation, Output, SseDialect, StreamMeta, TextControls,
+};
 use crate::util::{completion_id, random_u64, unix_now};
 use crate::validate::{parse_request, validate, ResponseMode, ValidRequest};
 
@@ -72,7 +74,7 @@ async fn handle(
     match valid.mode {
         ResponseMode::Json => {
             let (choices, usage) = collect(outs).await?;
-            let choices = choices
+            let choices = best_of(choices, valid.n, valid.keep)
                 .into_iter()
                 .map(|c| CompletionChoice {
                     index: c.index,

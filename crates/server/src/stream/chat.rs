@@ -16,22 +16,33 @@ pub fn chat_logprobs(lp: Option<&LogprobsWire>, top: usize) -> Option<ChatLogpro
     let Some(LogprobsWire::OpenAi(o)) = lp else {
         return None;
     };
+    let bytes = |list: &[Vec<u8>], i: usize, text: &str| {
+        list.get(i)
+            .cloned()
+            .unwrap_or_else(|| text.as_bytes().to_vec())
+    };
     let content = o
         .tokens
         .iter()
         .zip(&o.token_logprobs)
         .zip(&o.top_logprobs)
-        .map(|((token, lp), alts)| ChatTokenLogprob {
+        .enumerate()
+        .map(|(i, ((token, lp), alts))| ChatTokenLogprob {
             token: token.clone(),
             logprob: lp.unwrap_or(f32::NAN),
-            bytes: token.as_bytes().to_vec(),
+            bytes: bytes(&o.token_bytes, i, token),
             top_logprobs: alts
                 .iter()
-                .flat_map(|a| a.0.iter().take(top))
-                .map(|(t, lp)| ChatTopLogprob {
+                .flat_map(|a| {
+                    a.0.iter()
+                        .take(top)
+                        .enumerate()
+                        .map(move |(j, e)| (a, j, e))
+                })
+                .map(|(a, j, (t, lp))| ChatTopLogprob {
                     token: t.clone(),
                     logprob: *lp,
-                    bytes: t.as_bytes().to_vec(),
+                    bytes: bytes(&a.1, j, t),
                 })
                 .collect(),
         })
@@ -161,11 +172,12 @@ mod tests {
         let lp = LogprobsWire::OpenAi(OpenAiLogprobs {
             tokens: vec!["Hi".into()],
             token_logprobs: vec![Some(-0.5)],
-            top_logprobs: vec![Some(TopLogprobs(vec![
-                ("Hi".into(), -0.5),
-                ("Yo".into(), -1.0),
-            ]))],
+            top_logprobs: vec![Some(TopLogprobs(
+                vec![("Hi".into(), -0.5), ("Yo".into(), -1.0)],
+                Vec::new(),
+            ))],
             text_offset: vec![0],
+            token_bytes: Vec::new(),
         });
         let token = Output::Token {
             index: 1,

@@ -30,6 +30,31 @@ pub struct ChoiceResult {
     pub finish_reason: Option<FinishReasonWire>,
     pub logprobs: Option<LogprobsWire>,
     pub logits: Option<Vec<Vec<f32>>>,
+    /// Sum of the choice's token log-probabilities (ranks `best_of` choices).
+    pub cum_logprob: f64,
+}
+
+/// `best_of`: of each input's `n` choices (consecutive in `choices`), the `keep` with the
+/// highest cumulative log-probability (ties: the lower index), re-indexed in that order.
+pub fn best_of(choices: Vec<ChoiceResult>, n: usize, keep: usize) -> Vec<ChoiceResult> {
+    if keep >= n || n == 0 {
+        return choices;
+    }
+    let mut out = Vec::with_capacity(choices.len() / n * keep);
+    let mut rest = choices.into_iter().peekable();
+    while rest.peek().is_some() {
+        let mut group: Vec<ChoiceResult> = rest.by_ref().take(n).collect();
+        group.sort_by(|a, b| {
+            b.cum_logprob
+                .total_cmp(&a.cum_logprob)
+                .then(a.index.cmp(&b.index))
+        });
+        out.extend(group.into_iter().take(keep));
+    }
+    for (i, c) in out.iter_mut().enumerate() {
+        c.index = i;
+    }
+    out
 }
 
 /// What the dialect serializers and the JSON collector consume.
@@ -109,6 +134,7 @@ struct ChoiceState {
     logits: Option<Vec<Vec<f32>>>,
     /// The echoed prompt text that precedes `text` (`echo`).
     echo: String,
+    cum_logprob: f64,
 }
 
 /// The state of one request across its inputs.
@@ -156,6 +182,7 @@ impl Generation {
                     logprobs: logprobs::empty(mode),
                     logits: controls.logits.then(Vec::new),
                     echo: String::new(),
+                    cum_logprob: 0.0,
                 }
             })
             .collect();
@@ -356,6 +383,7 @@ impl Generation {
                 finish_reason: c.reason,
                 logprobs: c.logprobs.take(),
                 logits: c.logits.take(),
+                cum_logprob: c.cum_logprob,
             })
             .collect()
     }
@@ -388,6 +416,7 @@ fn emit(
             _ => None,
         };
         c.chars += text.chars().count();
+        c.cum_logprob += f64::from(info.logprob);
         out.push_back(Output::Token {
             index,
             token,
@@ -492,4 +521,43 @@ where
             }
         }
     })
+}
+
+#[cfg(test)]
+mod best_of_tests {
+    use super::*;
+
+    fn choice(index: usize, cum_logprob: f64) -> ChoiceResult {
+        ChoiceResult {
+            index,
+            seed: index as u64,
+            text: String::new(),
+            tokens: Vec::new(),
+            finish_reason: None,
+            logprobs: None,
+            logits: None,
+            cum_logprob,
+        }
+    }
+
+    #[test]
+    fn keeps_the_most_likely_per_input_and_reindexes() {
+        // Two inputs × best_of 3, keep 2.
+        let all = vec![
+            choice(0, -5.0),
+            choice(1, -1.0),
+            choice(2, -3.0),
+            choice(3, -2.0),
+            choice(4, -2.0),
+            choice(5, -9.0),
+        ];
+        let kept = best_of(all, 3, 2);
+        let seeds: Vec<u64> = kept.iter().map(|c| c.seed).collect();
+        assert_eq!(seeds, [1, 2, 3, 4], "ties keep the lower index first");
+        assert_eq!(
+            kept.iter().map(|c| c.index).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+        assert_eq!(best_of(vec![choice(0, -1.0)], 1, 1).len(), 1);
+    }
 }

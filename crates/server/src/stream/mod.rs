@@ -16,7 +16,7 @@ mod text;
 
 pub use chat::{chat_logprobs, ChatStream};
 pub use generation::{
-    finish_reason, outputs, outputs_from, ChoiceResult, Generation, Output, TextControls,
+    best_of, finish_reason, outputs, outputs_from, ChoiceResult, Generation, Output, TextControls,
 };
 pub use logprobs::TokenInfo;
 pub use sse::{current_event, legacy_event, SseDialect, StreamMeta, DONE};

@@ -178,6 +178,7 @@ mod tests {
                 finish_reason: Some(FinishReasonWire::Length),
                 logprobs: None,
                 logits: None,
+                cum_logprob: 0.0,
             }],
             usage: Usage::new(8, 3),
         }

@@ -42,8 +42,11 @@ pub struct ValidRequest {
     pub model: String,
     pub flavor: Flavor,
     pub mode: ResponseMode,
-    /// Choices per input; choice index = input index × n + j.
+    /// Choices generated per input (`best_of`, else `n`); choice index = input index × n + j.
     pub n: usize,
+    /// Choices returned per input (`n`): the `keep` of each input's `n` with the highest
+    /// cumulative log-probability when `best_of` > `n`.
+    pub keep: usize,
     /// One per input (prompt batch row), in order.
     pub requests: Vec<EngineRequest>,
     /// Stop phrases, matched in each choice's text by the server (decision 9).
@@ -98,12 +101,12 @@ pub fn validate(
             include_usage: req.stream_options.as_ref().and_then(|o| o.include_usage) == Some(true),
         },
     };
-    let n = req.n.unwrap_or(1) as usize;
     Ok(ValidRequest {
         model: name,
         flavor,
         mode,
-        n,
+        n: build::engine_choices(&req),
+        keep: req.n.unwrap_or(1) as usize,
         requests,
         stop: rules::stop_phrases(&req),
         logprobs: LogprobMode::of(&req),

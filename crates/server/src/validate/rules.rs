@@ -234,6 +234,11 @@ pub const RULES: &[Rule] = &[
         || "`best_of` must be at least `n`".into()) },
     Rule { param: "best_of", check: |r, _| fail(r.best_of.is_some_and(|b| b > 1) && r.stream == Some(true),
         || "`best_of` is not supported with `stream`".into()) },
+    Rule { param: "best_of", check: |r, _| fail(r.best_of.is_some_and(|b| b > MAX_N),
+        || format!("`best_of` must be at most {MAX_N}")) },
+    Rule { param: "seed", check: |r, _| fail(matches!(r.seed, Some(Seed::Many(ref v)) if v.len() > 1)
+        && r.best_of.is_some_and(|b| b > r.n.unwrap_or(1)),
+        || "a list of seeds cannot be combined with `best_of` > n; give one seed".into()) },
     // Sampling ranges (C12).
     Rule { param: "temperature", check: |r, _| fail(r.temperature.is_some_and(|t| t < 0.0),
         || "`temperature` must be at least 0 (0 = greedy)".into()) },
@@ -351,7 +356,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     Unsupported { param: "xtc_threshold", is_set: |r| r.xtc_threshold.is_some_and(|p| p != 0.0), message: None },
     Unsupported { param: "xtc_probability", is_set: |r| r.xtc_probability.is_some_and(|p| p != 0.0), message: None },
     Unsupported { param: "response_format", is_set: non_text_format, message: None },
-    Unsupported { param: "best_of", is_set: |r| r.best_of.is_some_and(|b| b != 1), message: None },
     Unsupported { param: "suffix", is_set: |r| r.suffix.as_ref().is_some_and(|s| !s.is_empty()),
         message: Some("`suffix` (fill-in-the-middle insertion) is not supported by this server") },
     Unsupported { param: "soft_prompts", is_set: |r| r.soft_prompts.is_some(), message: None },
@@ -406,6 +410,7 @@ pub const IMPLEMENTED: &[&str] = &[
     // OpenAI completions fields.
     "echo",
     "logit_bias",
+    "best_of",
     // Meaningful only on encoder-decoder models; RULES reject non-default values.
     "encoder_no_repeat_ngram",
     "encoder_repetition_penalty",

@@ -171,6 +171,10 @@ fn extra_cases() -> Vec<Case> {
             "include_output_logprobs": true}), E(400, "echo")),
         ("logit_bias over 100", json!({"prompt": "x", "logit_bias": {"5": 100.5}}), E(400, "logit_bias")),
         ("logit_bias not a number", json!({"prompt": "x", "logit_bias": {"5": "a"}}), E(400, "logit_bias")),
+        ("best_of 3 of n 2", json!({"prompt": "x", "best_of": 3, "n": 2}), OK),
+        ("best_of over the cap", json!({"prompt": "x", "best_of": 129}), E(400, "best_of")),
+        ("best_of x batch over the cap", json!({"prompt": ["a", "b"], "best_of": 65}), E(400, "prompt")),
+        ("best_of with seed list", json!({"prompt": "x", "best_of": 3, "n": 2, "seed": [1, 2]}), E(400, "seed")),
         ("logit_bias ok", json!({"prompt": "x", "logit_bias": {"5": -100, "6": 3.5}}), OK),
         ("n 0", json!({"prompt": "x", "n": 0}), E(422, "n")),
         ("n 129", json!({"prompt": "x", "n": 129}), E(422, "n")),
@@ -289,7 +293,6 @@ fn every_unsupported_row_rejects_only_when_set() {
             json!({"type": "json_object"}),
             Some(json!({"type": "text"})),
         ),
-        ("best_of", json!(2), Some(json!(1))),
         ("suffix", json!("s"), Some(json!(""))),
         ("soft_prompts", json!([]), None),
         ("position_ids", json!([0]), None),
@@ -321,6 +324,15 @@ fn every_known_field_is_implemented_or_rejected() {
             "{field}: implemented={implemented} rejected={rejected}"
         );
     }
+}
+
+#[test]
+fn best_of_generates_best_of_and_keeps_n() {
+    let v = run(&json!({"prompt": ["a", "b"], "best_of": 3, "n": 2, "seed": 5})).unwrap();
+    assert_eq!((v.n, v.keep), (3, 2));
+    assert_eq!(v.requests[0].seeds, [5, 6, 7]);
+    let v = run(&json!({"prompt": "a", "n": 2})).unwrap();
+    assert_eq!((v.n, v.keep), (2, 2));
 }
 
 #[test]
