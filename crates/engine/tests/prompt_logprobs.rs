@@ -125,3 +125,38 @@ async fn dropped_scoring_request_frees_its_blocks() {
         }
     ));
 }
+
+/// A scoring request that is preempted and recomputed reports each prompt position once and
+/// the same scores and tokens as alone (the collector checks positions come once, in order).
+#[tokio::test]
+async fn preempted_scoring_request_reports_each_position_once() {
+    let config = |num_blocks, gated| FakeModelConfig {
+        num_blocks,
+        gated,
+        ..FakeModelConfig::default()
+    };
+    let pa = prompt(8, 1, 64);
+    let pb = prompt(6, 2, 64);
+    let solo = Engine::start(config(64, false), EngineConfig::default());
+    let want_a = solo.run(greedy(pa.clone(), 14)).await;
+    let b_req = || {
+        let mut r = scored(pb.clone(), 10, 2);
+        r.seeds = vec![6, 7];
+        r
+    };
+    let want_b = solo.run(b_req()).await;
+    let e = Engine::start(config(10, true), EngineConfig::default());
+    let a = e.submit(greedy(pa, 14));
+    e.parked_at(0);
+    let b = e.submit(b_req());
+    e.gate.open();
+    assert_eq!(collect(a, 1).await, want_a);
+    let got_b = collect(b, 2).await;
+    assert!(
+        e.handle.stats().preemptions > 0,
+        "the scenario must preempt"
+    );
+    assert_eq!(got_b.prompt.len(), pb.len() - 1);
+    assert_eq!(got_b, want_b);
+    e.wait_all_free().await;
+}

@@ -249,6 +249,9 @@ async fn chat_completions_on_the_real_model() {
             (json!({"messages": [{"role": "user", "content": "x"}], "n": 0}), "n"),
             (json!({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}), "tools"),
             (json!({"messages": [{"role": "user", "content": "x".repeat(40000)}]}), "messages"),
+            // The completions path decides `response_format` for chat too.
+            (json!({"messages": [{"role": "user", "content": "x"}],
+                "response_format": {"type": "json_object"}}), "response_format"),
         ] {
             let (status, text) = srv.post_to("/v1/chat/completions", &bad).await;
             assert_eq!(status, 400, "{text}");
