@@ -94,7 +94,7 @@ def main():
         print("%-42s %-22s %10.4f %10.4f %8.4f" % (c[:42], repr(k)[:22], t, m, d))
     print()
     print("items: %d docs, %d (context, continuation) pairs" % (docs, len(rows)))
-    print("max |diff| %.4f nats, mean |diff| %.4f nats" % (max(diffs), sum(diffs) / len(diffs)))
+    print("max |diff| %.3g nats, mean |diff| %.3g nats" % (max(diffs), sum(diffs) / len(diffs)))
     print("accuracy: lm-eval %.4f, forced scoring %.4f" % (correct_lm / docs, correct_ours / docs))
     print("requests the server tokenized differently from lm-eval's tokenizer: %d" % mismatched_tokenization)
     ok = max(diffs) <= a.tolerance and mismatched_tokenization == 0 and correct_lm == correct_ours

@@ -3,11 +3,12 @@
 #
 #   bash scripts/lm-eval/run.sh
 #
-# 1. A venv under ${XDG_CACHE_HOME:-$HOME/.cache}/cordial/lm-eval-venv with lm-eval (+ gguf),
-#    made once and reused while its pinned requirement matches.
+# 1. A venv under ${XDG_CACHE_HOME:-$HOME/.cache}/cordial/lm-eval-venv with lm-eval (+ transformers
+#    and gguf, for the tokenizer), made once and reused while its pinned requirement matches.
+#    lm-eval 0.4.13 itself no longer depends on torch, and nothing here needs it (~0.8 GB).
 # 2. The release server ($CORDIAL_BIN, or this checkout's release build) on a free loopback port.
-# 3. A Hugging Face tokenizer exported from the model's own GGUF (transformers reads GGUF), so
-#    that lm-eval can count context tokens without reaching any hub.
+# 3. A Hugging Face tokenizer built from the model's own GGUF (export_tokenizer.py), so that
+#    lm-eval can count context tokens without reaching any hub.
 # 4. `lm_eval --model local-completions` with tokenized_requests=False on the local task
 #    tasks/cordial_tiny_ll (multiple choice = log-likelihoods: echo + logprobs requests).
 # 5. compare.py: the same items scored with forced_output_tokens + include_output_logprobs.
@@ -20,12 +21,12 @@ cd "$(dirname "$0")"
 HERE=$PWD
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/cordial"
 VENV="$CACHE/lm-eval-venv"
-REQ="lm-eval[api]==0.4.13 gguf"
+REQ="lm-eval[api]==0.4.13 transformers==5.24.0 gguf==0.19.0"
 MODEL_NAME=cordial-lm-eval
 log() { echo "[lm-eval] $*" >&2; }
 
 if [[ ! -x "$VENV/bin/lm_eval" || "$(cat "$VENV/.cordial-req" 2>/dev/null)" != "$REQ" ]]; then
-    log "creating $VENV ($REQ; torch makes this large)"
+    log "creating $VENV ($REQ)"
     rm -rf "$VENV"
     python3 -m venv "$VENV"
     # shellcheck disable=SC2086 # REQ is a list of requirements
@@ -44,16 +45,7 @@ else
 fi
 GGUF=$("$BIN" fetch-model | tail -n 1)
 TOKDIR="$CACHE/lm-eval-tokenizer"
-if [[ ! -f "$TOKDIR/tokenizer.json" ]]; then
-    log "exporting the tokenizer of $GGUF"
-    "$VENV/bin/python" - "$GGUF" "$TOKDIR" <<'PY'
-import os, sys
-from transformers import AutoTokenizer
-gguf, out = sys.argv[1], sys.argv[2]
-tok = AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf))
-tok.save_pretrained(out)
-PY
-fi
+"$VENV/bin/python" "$HERE/export_tokenizer.py" "$GGUF" "$TOKDIR"
 
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 BASE_URL="http://127.0.0.1:$PORT"
