@@ -2,6 +2,7 @@
 //! Jinja) rendered with minijinja into the prompt that `/v1/chat/completions` completes.
 
 mod pyjson;
+mod strftime;
 pub mod template;
 
 pub use template::{ChatTemplate, TemplateError};

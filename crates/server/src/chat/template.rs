@@ -3,8 +3,8 @@
 //! The environment follows what Hugging Face `transformers` (and so vLLM) use to render these
 //! templates: `trim_blocks` and `lstrip_blocks` on, loop controls, `raise_exception(msg)`, a
 //! `tojson` that writes JSON as Python's `json.dumps` does (no HTML escaping, `", "` and `": "`
-//! separators), and Python string/dict/list methods (`.strip()`, `.startswith()`, `.items()`,
-//! ...). The template sees `messages`, `add_generation_prompt`, `bos_token` and `eos_token`
+//! separators), `strftime_now(format)` (UTC), and Python string/dict/list methods (`.strip()`,
+//! `.startswith()`, `.items()`, ...). The template sees `messages`, `add_generation_prompt`, `bos_token` and `eos_token`
 //! (the texts of the model's BOS/EOS tokens, as llama.cpp and vLLM provide them), plus any
 //! `chat_template_kwargs` of the request.
 
@@ -43,6 +43,8 @@ fn raise_exception(message: String) -> Result<Value, Error> {
 
 fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
+    // Output is never ASCII-escaped (Python's ensure_ascii=False, what `transformers` passes).
+    let _: Option<bool> = kwargs.get("ensure_ascii")?;
     kwargs.assert_all_used()?;
     let json = serde_json::to_value(&value)
         .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
@@ -57,6 +59,7 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", super::strftime::strftime_now);
         env.add_filter("tojson", tojson);
         env.add_template_owned(NAME, source.to_owned())
             .map_err(|e| TemplateError(format!("the chat template does not compile: {e}")))?;
@@ -154,5 +157,7 @@ mod tests {
             .render(&json!([{"role": "user", "content": " a<b "}]), true, &extra)
             .unwrap();
         assert_eq!(out, r#"A<B|[{"role": "user", "content": " a<b "}]|on"#);
+        let t = ChatTemplate::new("{{ strftime_now('%Y') | length }}", "", "").unwrap();
+        assert_eq!(t.render(&json!([]), true, &Map::new()).unwrap(), "4");
     }
 }
