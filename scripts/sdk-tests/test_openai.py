@@ -1,5 +1,6 @@
-"""The `openai` SDK (3.57.0) against a running cordial server: `client.completions.create`,
-JSON and OpenAI-shaped streams; Friendli-only fields via extra_body / model_extra."""
+"""The `openai` SDK (3.57.0) against a running cordial server: `client.completions.create` and
+`client.chat.completions.create`, JSON and OpenAI-shaped streams, logprobs, `echo`,
+`logit_bias`; Friendli-only fields via extra_body / model_extra."""
 
 import sys
 
@@ -85,5 +86,104 @@ def invalid_top_p_is_an_api_error():
             raise AssertionError(f"no BadRequestError (stream={stream})")
 
 
+def completion_logprobs():
+    r = client.completions.create(**GREEDY, logprobs=3)
+    lp = r.choices[0].logprobs
+    n = len(r.choices[0].model_extra["tokens"])
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == n, lp
+    assert "".join(lp.tokens) == r.choices[0].text, (lp.tokens, r.choices[0].text)
+    for tok, chosen, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert chosen <= 0 and 3 <= len(top) <= 4, (chosen, top)
+        assert abs(max(top.values()) - chosen) < 1e-6, "greedy picks the most likely token"
+    streamed = []
+    for chunk in client.completions.create(**GREEDY, logprobs=3, stream=True):
+        for ch in chunk.choices:
+            if ch.logprobs is not None:
+                streamed += ch.logprobs.token_logprobs
+    assert streamed == lp.token_logprobs, (streamed, lp.token_logprobs)
+
+
+def echo_scores_the_prompt():
+    # lm-evaluation-harness's log-likelihood request: echo, logprobs, max_tokens 0.
+    r = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=0, echo=True, logprobs=1)
+    c = r.choices[0]
+    assert c.text == PROMPT, c.text
+    lp = c.logprobs
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None, lp
+    assert all(x is not None and x < 0 for x in lp.token_logprobs[1:]), lp.token_logprobs
+    assert "".join(lp.tokens) == PROMPT, lp.tokens
+    assert r.usage.completion_tokens == 0, r.usage
+    # With generation, the text starts with the prompt; streamed, the prompt comes first.
+    r = client.completions.create(**GREEDY, echo=True)
+    plain = client.completions.create(**GREEDY)
+    assert r.choices[0].text == PROMPT + plain.choices[0].text, (r.choices[0].text, plain.choices[0].text)
+    text = "".join(ch.text for chunk in client.completions.create(**GREEDY, echo=True, stream=True)
+                   for ch in chunk.choices)
+    assert text == r.choices[0].text, (text, r.choices[0].text)
+
+
+def logit_bias_bans_a_token():
+    plain = client.completions.create(**{**GREEDY, "max_tokens": 1})
+    first = plain.choices[0].model_extra["tokens"][0]
+    banned = client.completions.create(**{**GREEDY, "max_tokens": 1}, logit_bias={str(first): -100})
+    assert banned.choices[0].model_extra["tokens"][0] != first, (first, banned.choices[0])
+
+
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 24, "temperature": 0}
+
+
+def chat_non_stream_and_stream():
+    r = client.chat.completions.create(**CHAT)
+    assert r.object == "chat.completion", r.object
+    assert r.id.startswith("chatcmpl-"), r.id
+    c = r.choices[0]
+    assert c.message.role == "assistant" and c.message.content, c.message
+    assert "<|im_end|>" not in c.message.content, c.message.content
+    assert c.finish_reason in ("stop", "length"), c.finish_reason
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens, r.usage
+    content, role, finish, usage = "", None, None, None
+    for chunk in client.chat.completions.create(**CHAT, stream=True, stream_options={"include_usage": True}):
+        assert chunk.object == "chat.completion.chunk", chunk.object
+        for ch in chunk.choices:
+            role = role or ch.delta.role
+            content += ch.delta.content or ""
+            finish = ch.finish_reason or finish
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert role == "assistant", role
+    assert content == c.message.content, (content, c.message.content)
+    assert finish == c.finish_reason, (finish, c.finish_reason)
+    assert usage is not None and usage.total_tokens == r.usage.total_tokens, (usage, r.usage)
+
+
+def chat_n_seed_stop_and_logprobs():
+    body = {**CHAT, "temperature": 0.8, "n": 2, "seed": 5, "logprobs": True, "top_logprobs": 2,
+            "frequency_penalty": 0.3, "stop": ["\n\n"]}
+    r = client.chat.completions.create(**body)
+    again = client.chat.completions.create(**body)
+    assert len(r.choices) == 2, r.choices
+    assert [c.message.content for c in r.choices] == [c.message.content for c in again.choices], "seeded"
+    for c in r.choices:
+        content = c.logprobs.content
+        assert content, c.logprobs
+        assert bytes(b for t in content for b in t.bytes).decode() == c.message.content, (content, c.message)
+        assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content), content
+        assert "\n\n" not in c.message.content
+
+
+def chat_errors_are_400():
+    for kwargs, param in [({"messages": []}, "messages"), ({"n": 0}, "n"),
+                          ({"top_logprobs": 3}, "top_logprobs")]:
+        try:
+            client.chat.completions.create(**{**CHAT, **kwargs})
+        except openai.BadRequestError as e:
+            assert e.status_code == 400 and e.param == param, (e.status_code, e.param, e.body)
+        else:
+            raise AssertionError(f"no BadRequestError for {kwargs}")
+
+
 if __name__ == "__main__":
-    sys.exit(run([non_stream_completion, stream_equals_non_stream, seeds_are_returned, invalid_top_p_is_an_api_error]))
+    sys.exit(run([non_stream_completion, stream_equals_non_stream, seeds_are_returned, invalid_top_p_is_an_api_error,
+                  completion_logprobs, echo_scores_the_prompt, logit_bias_bans_a_token,
+                  chat_non_stream_and_stream, chat_n_seed_stop_and_logprobs, chat_errors_are_400]))

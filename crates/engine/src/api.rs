@@ -47,6 +47,13 @@ pub struct SamplingParams {
     pub top_logprobs: usize,
     /// Report each token's raw logits row.
     pub output_logits: bool,
+    /// Added to the raw logits of these tokens before sampling (OpenAI `logit_bias`; the
+    /// reported log-probabilities stay those of the raw row).
+    pub logit_bias: Vec<(TokenId, f32)>,
+    /// Report the log-probability of every prompt token after the first given the tokens before
+    /// it (with `top_logprobs` alternatives): `Event::PromptToken`s, before any `Token`. Such a
+    /// request is never served from the prefix cache (its rows must be computed).
+    pub prompt_logprobs: bool,
 }
 
 impl Default for SamplingParams {
@@ -69,6 +76,8 @@ impl Default for SamplingParams {
             forced_tokens: Vec::new(),
             top_logprobs: 0,
             output_logits: false,
+            logit_bias: Vec::new(),
+            prompt_logprobs: false,
         }
     }
 }
@@ -142,6 +151,15 @@ pub enum Event {
         token: TokenId,
         logprob: f32,
         /// Present when the request asked for top log-probabilities or logits.
+        extra: Option<Box<TokenExtra>>,
+    },
+    /// With `prompt_logprobs`: prompt token `position` (≥ 1) and its log-probability given the
+    /// prompt before it, once per position, in order, before the first `Token`.
+    PromptToken {
+        position: usize,
+        token: TokenId,
+        logprob: f32,
+        /// Present when the request asked for top log-probabilities.
         extra: Option<Box<TokenExtra>>,
     },
     /// Choice `choice` is done.

@@ -178,6 +178,11 @@ fn validate(req: &EngineRequest, shape: ModelShape) -> Result<(), SubmitError> {
             return invalid(format!("`{name}` must be a finite number. Given: {x}"));
         }
     }
+    if let Some((t, b)) = p.logit_bias.iter().find(|(_, b)| !b.is_finite()) {
+        return invalid(format!(
+            "`logit_bias` of token {t} must be finite. Given: {b}"
+        ));
+    }
     if p.repetition_penalty <= 0.0 {
         return invalid("`repetition_penalty` must be positive".to_string());
     }

@@ -16,9 +16,23 @@ pub struct SeqStep<'a> {
     pub block_table: &'a [u32],
     /// Whether to return the logits row of the last token of `tokens`.
     pub want_logits: bool,
+    /// Return a logits row for EVERY token of `tokens` (prompt log-probabilities); when set,
+    /// `want_logits` changes nothing (the last token's row is the last of them).
+    pub all_logits: bool,
     /// Input embeddings replacing the token embeddings at these absolute positions (those
     /// outside this step's tokens are ignored).
     pub replace: &'a [(usize, Vec<f32>)],
+}
+
+impl SeqStep<'_> {
+    /// Logits rows this sequence gets from a forward.
+    pub fn rows(&self) -> usize {
+        if self.all_logits {
+            self.tokens.len()
+        } else {
+            usize::from(self.want_logits)
+        }
+    }
 }
 
 /// Errors a model step can report (the engine fails the step's requests, and goes on).
@@ -37,8 +51,9 @@ pub trait ModelExecutor: Send {
     fn block_size(&self) -> usize;
     /// Number of KV blocks the model allocated (ids `0..num_blocks`).
     fn num_blocks(&self) -> usize;
-    /// Runs one forward step over all `seqs` (one batch). Appends to `logits` (cleared first) one
-    /// row of `vocab_size` raw logits per sequence with `want_logits`, in `seqs` order.
+    /// Runs one forward step over all `seqs` (one batch). Appends to `logits` (cleared first),
+    /// in `seqs` order, `tokens.len()` rows of `vocab_size` raw logits for a sequence with
+    /// `all_logits`, else one row for a sequence with `want_logits` (see [`SeqStep::rows`]).
     /// A sequence's logits must not depend on what else is in the batch.
     fn forward(&mut self, seqs: &[SeqStep<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError>;
     /// Copies the K/V bytes of block `src` into block `dst` (copy-on-write of a shared block).

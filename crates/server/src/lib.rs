@@ -3,6 +3,7 @@
 //! Request path: `routes` → `validate` (every 4xx) → `EngineHandle::submit` → `stream`
 //! (detokenize, then JSON or one of two SSE dialects); `error` maps every failure to HTTP.
 
+pub mod chat;
 pub mod error;
 pub mod json;
 pub mod protocol;

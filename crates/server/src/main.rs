@@ -209,7 +209,12 @@ fn load(args: &ServeArgs, path: PathBuf) -> anyhow::Result<Serving> {
     )
     .context("building the grammar vocabulary")?;
     tracing::info!(took = ?started.elapsed(), "structured output ready");
+    let chat = cordial_server::state::chat_template(&loaded.tokenizer);
+    if let Err(e) = &chat {
+        tracing::warn!("chat completions unavailable: {e}");
+    }
     Ok(Serving {
+        chat,
         engine,
         tokenizer: loaded.tokenizer,
         max_context: loaded.max_context,

@@ -113,7 +113,7 @@ impl ModelExecutor for LlamaExecutor {
                     start_pos: s.start_pos,
                     block_table: s.block_table,
                     want_logits: s.want_logits,
-                    all_logits: false,
+                    all_logits: s.all_logits,
                     replace: s.replace,
                 })
                 .collect(),

@@ -7,6 +7,8 @@ use cordial_engine::EngineHandle;
 use cordial_grammar::GrammarCompiler;
 use cordial_tokenizer::{TokenId, Tokenizer};
 
+use crate::chat::ChatTemplate;
+
 use crate::validate::{Limits, ModelInfo};
 
 /// A loaded model and its running engine.
@@ -21,6 +23,20 @@ pub struct Serving {
     pub hidden_size: usize,
     /// Structured output (`response_format`) over this model's vocabulary.
     pub grammar: Option<Arc<GrammarCompiler>>,
+    /// The model's chat template, or why `/v1/chat/completions` cannot serve it.
+    pub chat: Result<Arc<ChatTemplate>, String>,
+}
+
+/// The chat template of a tokenizer's model, compiled (see [`Serving::chat`]).
+pub fn chat_template(tokenizer: &Tokenizer) -> Result<Arc<ChatTemplate>, String> {
+    let source = tokenizer.chat_template().ok_or(
+        "this model has no chat template (`tokenizer.chat_template`); use /v1/completions",
+    )?;
+    let bos = tokenizer.bos_text().unwrap_or("");
+    let eos = tokenizer.eos_text().unwrap_or("");
+    ChatTemplate::new(source, bos, eos)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
 }
 
 impl Serving {

@@ -90,7 +90,7 @@ fn error_cases() -> Vec<(serde_json::Value, u16, &'static str, Option<&'static s
         (json!({"prompt": "x", "stream": "yes", "max_tokens": 2}), 422, "stream", None),
         (json!({"prompt": "x", "max_tokens": 2, "stop": [""]}), 422, "stop", None),
         (json!({"prompt": "x", "max_tokens": 2, "suffix": "y"}), 400, "suffix", None),
-        (json!({"prompt": "x", "max_tokens": 2, "num_beams": 2}), 422, "num_beams", None),
+        (json!({"prompt": "x", "max_tokens": 2, "num_beams": 32}), 422, "num_beams", None),
         (json!({"prompt": "x", "max_tokens": 600}), 422, "max_tokens", Some("context_length_exceeded")),
         (json!({"tokens": [1, 49152], "max_tokens": 2}), 422, "tokens", None),
     ]

@@ -254,3 +254,105 @@ fn random_bodies_never_get_a_5xx_or_a_panic() {
         srv.wait_idle().await;
     }));
 }
+
+/// Chat keys and message keys, mixed with the completions fields.
+fn chat_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => prop::sample::select(cordial_server::protocol::CHAT_KEYS).prop_map(str::to_owned),
+        2 => prop::sample::select(KNOWN_FIELDS).prop_map(str::to_owned),
+        1 => prop::sample::select(vec!["role", "content", "type", "text", "tools", "tool_calls"])
+            .prop_map(str::to_owned),
+    ]
+}
+
+fn message() -> impl Strategy<Value = Json> {
+    let role = prop::sample::select(vec!["system", "user", "user", "assistant", "tool", "robot"]);
+    let content = prop_oneof![
+        3 => "[a-zA-Z ]{0,12}".prop_map(Json::Str),
+        1 => value(),
+        1 => "[a-z ]{0,8}".prop_map(|t| Json::Arr(vec![Json::Obj(vec![
+            ("type".into(), Json::Str("text".into())),
+            ("text".into(), Json::Str(t)),
+        ])])),
+    ];
+    let extra = prop::option::weighted(0.2, (chat_key(), value()));
+    (role, content, extra).prop_map(|(role, content, extra)| {
+        let mut fields = vec![
+            ("role".to_owned(), Json::Str(role.to_owned())),
+            ("content".to_owned(), content),
+        ];
+        fields.extend(extra);
+        Json::Obj(fields)
+    })
+}
+
+fn chat_case() -> impl Strategy<Value = Case> {
+    let messages = prop_oneof![
+        4 => prop::collection::vec(message(), 1..4).prop_map(Json::Arr),
+        1 => value(),
+    ];
+    let fields = prop::collection::vec((chat_key(), value()), 0..3);
+    let stream = prop::option::of(any::<bool>());
+    (messages, fields, stream).prop_map(|(messages, fields, stream)| {
+        let mut obj = vec![("messages".to_owned(), messages)];
+        if let Some(s) = stream {
+            obj.push(("stream".to_owned(), Json::Bool(s)));
+        }
+        obj.push(("max_tokens".to_owned(), Json::Num("3".into())));
+        obj.extend(fields);
+        let mut body = String::new();
+        Json::Obj(obj).write(&mut body);
+        Case {
+            path: "/v1/chat/completions",
+            header: None,
+            body,
+        }
+    })
+}
+
+#[test]
+fn random_chat_bodies_never_get_a_5xx_or_a_panic() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // The default model's template adds a ~20-token system turn: room for it and a reply.
+    let srv = rt.block_on(start(FakeModelConfig {
+        max_context: 160,
+        ..fake_config()
+    }));
+    let mut runner = TestRunner::new(Config {
+        cases: CASES / 2,
+        failure_persistence: None,
+        max_shrink_iters: 256,
+        ..Config::default()
+    });
+    let statuses = Mutex::new(BTreeMap::<u16, u32>::new());
+    let result = runner.run(&chat_case(), |case| {
+        let status = rt.block_on(async {
+            tokio::time::timeout(REQUEST_TIMEOUT, check(&srv, &case))
+                .await
+                .map_err(|_| TestCaseError::fail("the request timed out"))?
+        })?;
+        *statuses.lock().unwrap().entry(status).or_default() += 1;
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    let statuses = statuses.into_inner().unwrap();
+    eprintln!(
+        "statuses over {} random chat bodies: {statuses:?}",
+        CASES / 2
+    );
+    assert!(
+        statuses.get(&200).copied().unwrap_or(0) >= 5,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.keys().any(|s| (400..500).contains(s)),
+        "{statuses:?}"
+    );
+    rt.block_on(within(async { srv.wait_idle().await }));
+}

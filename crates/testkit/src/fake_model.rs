@@ -382,9 +382,12 @@ impl ModelExecutor for FakeModel {
         for seq in seqs {
             self.write(seq)?;
         }
-        for seq in seqs.iter().filter(|s| s.want_logits) {
-            let history = self.history(seq.block_table, seq.start_pos + seq.tokens.len())?;
-            logits.extend(self.config.logits(&history));
+        for seq in seqs.iter().filter(|s| s.rows() > 0) {
+            let end = seq.start_pos + seq.tokens.len();
+            let history = self.history(seq.block_table, end)?;
+            for row_end in end + 1 - seq.rows()..=end {
+                logits.extend(self.config.logits(&history[..row_end]));
+            }
         }
         Ok(())
     }
@@ -410,6 +413,7 @@ mod tests {
             start_pos,
             block_table: table,
             want_logits: true,
+            all_logits: false,
             replace: &[],
         }
     }

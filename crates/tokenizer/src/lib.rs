@@ -52,6 +52,7 @@ pub struct Tokenizer {
     add_bos: bool,
     add_eos: bool,
     eog: Vec<TokenId>,
+    chat_template: Option<String>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -96,6 +97,7 @@ impl Tokenizer {
             add_bos,
             add_eos,
             eog,
+            chat_template,
         } = vocab::read(metadata)?;
 
         let model = BPE::builder()
@@ -162,6 +164,7 @@ impl Tokenizer {
             add_bos,
             add_eos,
             eog,
+            chat_template,
         })
     }
 
@@ -286,6 +289,21 @@ impl Tokenizer {
     /// default for the pre-tokenizer when absent).
     pub fn adds_bos(&self) -> bool {
         self.add_bos
+    }
+
+    /// The model's chat template (`tokenizer.chat_template`, Jinja source), if it has one.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
+    /// The text of the BOS token as the template sees it (`bos_token`), if the model has one.
+    pub fn bos_text(&self) -> Option<&str> {
+        self.bos.and_then(|id| self.token_text(id))
+    }
+
+    /// The text of the EOS token as the template sees it (`eos_token`), if the model has one.
+    pub fn eos_text(&self) -> Option<&str> {
+        self.eos.and_then(|id| self.token_text(id))
     }
 
     /// The `tokenizer.ggml.pre` value.

@@ -494,3 +494,19 @@ fn tokenizer_and_decoder_can_be_shared_across_threads() {
         assert_eq!(h.join().unwrap(), format!("hello {i} world"));
     }
 }
+
+#[test]
+fn chat_template_and_special_texts_come_from_metadata() {
+    let t = tokenizer();
+    assert_eq!(t.chat_template(), None);
+    assert_eq!(t.bos_text(), t.token_text(1));
+    assert_eq!(t.eos_text(), t.token_text(2));
+    let tpl = ("tokenizer.chat_template", Value::String("{{ x }}".into()));
+    assert_eq!(
+        tokenizer_with("smollm", &[tpl]).unwrap().chat_template(),
+        Some("{{ x }}")
+    );
+    let bad = ("tokenizer.chat_template", Value::U32(3));
+    let err = tokenizer_with("smollm", &[bad]).unwrap_err();
+    assert!(err.to_string().contains("tokenizer.chat_template"), "{err}");
+}

@@ -98,6 +98,8 @@ pub(crate) struct Vocab {
     pub add_eos: bool,
     /// End-of-generation ids, ascending.
     pub eog: Vec<TokenId>,
+    /// `tokenizer.chat_template` (Jinja source), when the model has one.
+    pub chat_template: Option<String>,
 }
 
 /// Typed access to metadata; a key of the wrong type is an error naming it.
@@ -364,5 +366,6 @@ pub(crate) fn read(metadata: &BTreeMap<String, Value>) -> Result<Vocab, Tokenize
         add_bos,
         add_eos,
         eog: eog.into_iter().collect(),
+        chat_template: meta.str("tokenizer.chat_template")?.map(str::to_owned),
     })
 }

@@ -140,7 +140,7 @@ impl EngineCore {
         let mut group = SequenceGroup::new(id, request, events);
         let total = self.blocks.total();
         let needed = group.max_blocks(self.shape.block_size, self.shape.max_context);
-        if group.params.max_new_tokens == 0 {
+        if group.params.max_new_tokens == 0 && !group.params.prompt_logprobs {
             finish_without_tokens(&mut group);
         } else if needed > total {
             group.fail(EngineError::TooLarge { needed, total });
@@ -239,7 +239,7 @@ impl EngineCore {
 
 type EventSender = tokio::sync::mpsc::UnboundedSender<Event>;
 
-/// `max_new_tokens == 0`: every choice ends at once with `Length`.
+/// `max_new_tokens == 0` (and no prompt to score): every choice ends at once with `Length`.
 fn finish_without_tokens(group: &mut SequenceGroup) {
     for choice in 0..group.reported_choices() {
         let _ = group.send(Event::ChoiceFinished {

@@ -4,17 +4,19 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
 use super::{masks, EngineCore};
-use crate::api::{EngineError, Event};
+use crate::api::{EngineError, Event, FinishReason};
 use crate::constraint::TokenMask;
 use crate::model::{ModelError, SeqStep};
 use crate::sample::{RowContext, Sampler};
 use crate::sched::ScheduledChunk;
 use crate::seq::{SequenceGroup, Target};
 
-/// The logits rows a group received this step: which stream each samples for, and where.
+/// The logits rows a group received this step: which stream each samples for, and where; and
+/// the rows that score prompt positions (`(position, row)`, `prompt_logprobs`).
 struct GroupRows {
     group: usize,
     rows: Vec<(Target, usize)>,
+    prompt_rows: Vec<(usize, usize)>,
 }
 
 impl EngineCore {
@@ -64,13 +66,14 @@ impl EngineCore {
                     start_pos: c.start,
                     block_table: group.table(c.target).ids(),
                     want_logits: c.want_logits,
+                    all_logits: c.all_logits,
                     replace: &group.prompt_embeddings,
                 }
             })
             .collect();
         self.logits.clear();
         self.model.forward(&seqs, &mut self.logits)?;
-        let rows = chunks.iter().filter(|c| c.want_logits).count();
+        let rows: usize = chunks.iter().map(ScheduledChunk::rows).sum();
         let vocab = self.shape.vocab_size;
         if self.logits.len() != rows * vocab {
             let got = self.logits.len();
@@ -113,16 +116,20 @@ impl EngineCore {
                 per_group.push(GroupRows {
                     group: c.group,
                     rows: Vec::new(),
+                    prompt_rows: Vec::new(),
                 });
             }
-            if c.want_logits {
-                per_group
-                    .last_mut()
-                    .expect("pushed above")
-                    .rows
-                    .push((c.target, row));
-                row += 1;
+            let g = per_group.last_mut().expect("pushed above");
+            if c.all_logits {
+                // Row j holds the distribution of the token after position start + j.
+                let (from, to) = (group.prompt_scored.max(c.start + 1), c.start + c.len + 1);
+                g.prompt_rows
+                    .extend((from..to.min(group.prompt.len())).map(|p| (p, row + p - 1 - c.start)));
             }
+            if c.want_logits {
+                g.rows.push((c.target, row + c.rows() - 1));
+            }
+            row += c.rows();
         }
         for g in &per_group {
             self.update_group(g);
@@ -144,19 +151,25 @@ impl EngineCore {
             group.fork(&mut self.blocks);
         }
         let (logits, sampler, shape) = (&self.logits, &mut self.sampler, self.shape);
+        let row = |r: usize| &logits[r * shape.vocab_size..(r + 1) * shape.vocab_size];
         let blocks = &mut self.blocks;
         let sampled = catch_unwind(AssertUnwindSafe(|| {
-            let rows = g.rows.iter().map(|&(target, r)| {
-                (
-                    target,
-                    &logits[r * shape.vocab_size..(r + 1) * shape.vocab_size],
-                )
-            });
-            if group.beam.is_some() {
+            let mut events = score_prompt(group, &g.prompt_rows, row);
+            if group.params.max_new_tokens == 0 {
+                // Prompt scoring only (`echo` with `max_tokens: 0`): nothing is sampled.
+                if group.forked {
+                    group.finish_all(FinishReason::Length, &mut events);
+                }
+                return Ok(events);
+            }
+            let rows = g.rows.iter().map(|&(target, r)| (target, row(r)));
+            let more = if group.beam.is_some() {
                 beam_rows(group, rows, sampler, blocks)
             } else {
                 sample_rows(group, rows, sampler, shape.max_context)
-            }
+            }?;
+            events.extend(more);
+            Ok(events)
         }));
         let mut events = match sampled {
             Ok(Ok(events)) => events,
@@ -182,6 +195,27 @@ impl EngineCore {
         group.finish_if_done(&mut events);
         group.send_all(events);
     }
+}
+
+/// `PromptToken` events for the prompt positions scored by `rows` (`(position, row)`).
+fn score_prompt<'a>(
+    group: &mut SequenceGroup,
+    rows: &[(usize, usize)],
+    row: impl Fn(usize) -> &'a [f32],
+) -> Vec<Event> {
+    let mut events = Vec::with_capacity(rows.len());
+    for &(position, r) in rows {
+        let token = group.prompt[position];
+        let (logprob, extra) = Sampler::score(row(r), token, group.params.top_logprobs);
+        events.push(Event::PromptToken {
+            position,
+            token,
+            logprob,
+            extra,
+        });
+        group.prompt_scored = position + 1;
+    }
+    events
 }
 
 /// Samples every row of one group. A prompt row (the last prompt token's logits) serves every

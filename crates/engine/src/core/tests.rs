@@ -37,8 +37,8 @@ impl ModelExecutor for StubModel {
             {
                 panic!("stub model panics on purpose");
             }
-            if s.want_logits {
-                let next = (s.start_pos + s.tokens.len()) % 8;
+            for end in s.start_pos + s.tokens.len() + 1 - s.rows()..=s.start_pos + s.tokens.len() {
+                let next = end % 8;
                 logits.extend((0..8).map(|i| if i == next { 1.0 } else { 0.0 }));
             }
         }

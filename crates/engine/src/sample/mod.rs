@@ -10,7 +10,7 @@
 //! 4. Processors that can change the argmax, on the raw scale: `grammar` (structured output:
 //!    the constraint's mask, computed during the forward pass), `bad_words`, `min_tokens` (EOS
 //!    and stop sequences masked until the minimum length), `repetition`, `frequency`,
-//!    `presence`, `no_repeat_ngram` (logit bias would join here).
+//!    `presence`, `no_repeat_ngram`, `logit_bias`.
 //! 5. `greedy`: `temperature == 0` → argmax of the row, ties to the lowest id. Greedy rows stop here.
 //! 6. `temperature`: divide by the temperature.
 //! 7. `top_k`: keep the k largest logits.
@@ -28,6 +28,7 @@ mod counts;
 mod frequency;
 mod grammar;
 pub(crate) mod greedy;
+mod logit_bias;
 pub(crate) mod logprob;
 mod min_p;
 mod min_tokens;
@@ -89,6 +90,7 @@ impl Default for Sampler {
             Box::new(frequency::FrequencyPenalty),
             Box::new(presence::PresencePenalty),
             Box::new(no_repeat_ngram::NoRepeatNgram),
+            Box::new(logit_bias::LogitBias),
             Box::new(temperature::Temperature),
             Box::new(top_k::TopK),
             Box::new(top_p::TopP),
@@ -144,6 +146,19 @@ impl Sampler {
             }
         }
         &self.scratch
+    }
+
+    /// The log-probability of `token` in the raw `row`, with the `top` most likely tokens
+    /// when `top > 0` (prompt scoring).
+    pub(crate) fn score(row: &[f32], token: TokenId, top: usize) -> (f32, Option<Box<TokenExtra>>) {
+        let norm = logprob::normalizer(row);
+        let extra = (top > 0).then(|| {
+            Box::new(TokenExtra {
+                top_logprobs: logprob::top_logprobs(row, top, norm),
+                logits: None,
+            })
+        });
+        (logprob::logprob_at(row, token, norm), extra)
     }
 
     fn choose(&mut self, row: &[f32], ctx: &RowContext<'_>, rng: &mut Rng) -> TokenId {

@@ -16,7 +16,7 @@ fn sample(row: &[f32], params: SamplingParams, seed: u64) -> Vec<Sampled> {
 fn default_order_is_documented_order() {
     assert_eq!(
         format!("{:?}", Sampler::default()),
-        r#"["grammar", "bad_words", "min_tokens", "repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram", "temperature", "top_k", "top_p", "min_p"]"#
+        r#"["grammar", "bad_words", "min_tokens", "repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram", "logit_bias", "temperature", "top_k", "top_p", "min_p"]"#
     );
 }
 

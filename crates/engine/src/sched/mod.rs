@@ -46,6 +46,19 @@ pub(crate) struct ScheduledChunk {
     pub(crate) start: usize,
     pub(crate) len: usize,
     pub(crate) want_logits: bool,
+    /// A logits row for every token of the chunk (prompt log-probabilities).
+    pub(crate) all_logits: bool,
+}
+
+impl ScheduledChunk {
+    /// Logits rows the forward returns for this chunk.
+    pub(crate) fn rows(&self) -> usize {
+        if self.all_logits {
+            self.len
+        } else {
+            usize::from(self.want_logits)
+        }
+    }
 }
 
 /// What [`Scheduler::schedule`] decided.
@@ -298,13 +311,13 @@ impl Scheduler {
                 out.preempted += 1;
                 return false;
             }
-            let (target, start, len, want_logits) = (p.target, p.start, p.len, p.want_logits);
             out.chunks.push(ScheduledChunk {
                 group: i,
-                target,
-                start,
-                len,
-                want_logits,
+                target: p.target,
+                start: p.start,
+                len: p.len,
+                want_logits: p.want_logits,
+                all_logits: p.all_logits,
             });
         }
         true

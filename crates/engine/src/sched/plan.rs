@@ -12,6 +12,8 @@ pub(crate) struct Planned {
     pub(crate) len: usize,
     /// The chunk reaches the sequence's last token, whose logits are sampled.
     pub(crate) want_logits: bool,
+    /// Every token's logits row is wanted (prompt log-probabilities).
+    pub(crate) all_logits: bool,
 }
 
 /// The group's work this step. Before the fork: the next prompt chunk (budgeted). After it: for
@@ -31,6 +33,7 @@ pub(crate) fn plan_group(group: &SequenceGroup, budget: &mut TokenBudget) -> Vec
             start,
             len,
             want_logits,
+            all_logits: group.needs_prompt_rows(start + len),
         }];
     }
     let mut plan = Vec::new();
@@ -51,6 +54,7 @@ pub(crate) fn plan_group(group: &SequenceGroup, budget: &mut TokenBudget) -> Vec
                 start,
                 len,
                 want_logits: len == pending,
+                all_logits: false,
             });
         }
     }

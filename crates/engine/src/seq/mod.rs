@@ -81,6 +81,9 @@ pub(crate) struct SequenceGroup {
     pub(crate) prompt_embeddings: Vec<(usize, Vec<f32>)>,
     /// Beam search: the choices are the beams (see `beam.rs`).
     pub(crate) beam: Option<beam::BeamState>,
+    /// Prompt positions whose `PromptToken` event was sent, plus one (position 0 has none);
+    /// kept across preemption so that a recompute never repeats them.
+    pub(crate) prompt_scored: usize,
     /// The final event was sent, or the client is gone: the group leaves at the end of the step.
     pub(crate) done: bool,
     events: UnboundedSender<Event>,
@@ -121,6 +124,7 @@ impl SequenceGroup {
             deadline: req.deadline,
             prompt_embeddings: req.prompt_embeddings,
             beam,
+            prompt_scored: 1,
             done: false,
             events,
         }
@@ -142,6 +146,12 @@ impl SequenceGroup {
     /// Whether the last prompt token's logits are needed: some live choice has no token yet.
     pub(crate) fn needs_prompt_logits(&self) -> bool {
         self.live().any(|i| self.choices[i].generated.is_empty())
+    }
+
+    /// Whether a prompt chunk ending at `end` has positions whose log-probabilities are still
+    /// to be reported (`prompt_logprobs`), so that it needs every row of logits.
+    pub(crate) fn needs_prompt_rows(&self, end: usize) -> bool {
+        self.params.prompt_logprobs && end > self.prompt_scored
     }
 
     /// Whether the deadline has passed at `now`.
@@ -336,6 +346,15 @@ impl SequenceGroup {
             finish(seq, c, FinishReason::Stop, out);
         }
         Ok(())
+    }
+
+    /// Ends every live choice with `reason` (no token sampled).
+    pub(crate) fn finish_all(&mut self, reason: FinishReason, out: &mut Vec<Event>) {
+        for (c, seq) in self.choices.iter_mut().enumerate() {
+            if seq.finish.is_none() {
+                finish(seq, c, reason, out);
+            }
+        }
     }
 
     /// Ends live choice `c` early with `Stop` (the client matched a stop phrase): its held

@@ -31,6 +31,7 @@ impl SequenceGroup {
             || !fresh
             || block_size == 0
             || !self.prompt_embeddings.is_empty()
+            || self.needs_prompt_rows(self.prompt.len())
         {
             return 0;
         }

@@ -85,6 +85,9 @@ impl Engine {
     }
 }
 
+/// One `PromptToken` event: `(position, token, logprob, top logprobs)`.
+pub type PromptScore = (usize, TokenId, f32, Vec<(TokenId, f32)>);
+
 /// Everything one request produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
@@ -93,6 +96,8 @@ pub struct Outcome {
     /// Each token's `extra` (top log-probabilities, logits), when asked for.
     pub extras: Vec<Vec<Option<Box<TokenExtra>>>>,
     pub reasons: Vec<Option<FinishReason>>,
+    /// `PromptToken` events.
+    pub prompt: Vec<PromptScore>,
     /// The final event (`Finished` or `Error`).
     pub end: Event,
 }
@@ -118,6 +123,7 @@ pub async fn collect(mut stream: RequestStream, n: usize) -> Outcome {
         logprobs: vec![Vec::new(); n],
         extras: vec![Vec::new(); n],
         reasons: vec![None; n],
+        prompt: Vec::new(),
         end: Event::Error(cordial_engine::EngineError::ShuttingDown),
     };
     let mut ended = false;
@@ -125,6 +131,22 @@ pub async fn collect(mut stream: RequestStream, n: usize) -> Outcome {
         while let Some(event) = stream.recv().await {
             assert!(!ended, "event after the final event: {event:?}");
             match event {
+                Event::PromptToken {
+                    position,
+                    token,
+                    logprob,
+                    extra,
+                } => {
+                    assert!(
+                        out.tokens.iter().all(Vec::is_empty)
+                            && out.reasons.iter().all(Option::is_none),
+                        "prompt scores come first"
+                    );
+                    let expected = out.prompt.last().map_or(1, |p| p.0 + 1);
+                    assert_eq!(position, expected, "prompt positions in order, once");
+                    let top = extra.map(|e| e.top_logprobs).unwrap_or_default();
+                    out.prompt.push((position, token, logprob, top));
+                }
                 Event::Token {
                     choice,
                     token,

@@ -1,10 +1,12 @@
 //! Wire types of the HTTP API: serde structs and enums only, no logic. They are not engine types
 //! (`validate` converts requests into `cordial_engine::EngineRequest`s).
 
+pub mod chat;
 pub mod request;
 pub mod response;
 pub mod stream;
 
+pub use chat::*;
 pub use request::*;
 pub use response::*;
 pub use stream::*;

@@ -56,16 +56,20 @@ pub enum LogprobsWire {
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct OpenAiLogprobs {
     pub tokens: Vec<String>,
-    pub token_logprobs: Vec<f32>,
-    pub top_logprobs: Vec<TopLogprobs>,
+    /// `null` for the first token of an echoed prompt (nothing precedes it).
+    pub token_logprobs: Vec<Option<f32>>,
+    pub top_logprobs: Vec<Option<TopLogprobs>>,
     /// Character offset of each token's text in the choice's text.
     pub text_offset: Vec<usize>,
+    /// Each token's raw bytes (chat `logprobs.content[i].bytes`; not part of this object).
+    #[serde(skip)]
+    pub token_bytes: Vec<Vec<u8>>,
 }
 
 /// `{token text: logprob}` in decreasing probability (a JSON object; the first of equal texts
-/// wins).
+/// wins). The second list holds each entry's raw bytes (for chat logprobs; not serialized).
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct TopLogprobs(pub Vec<(String, f32)>);
+pub struct TopLogprobs(pub Vec<(String, f32)>, pub Vec<Vec<u8>>);
 
 impl Serialize for TopLogprobs {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

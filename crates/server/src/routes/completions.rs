@@ -20,7 +20,9 @@ use super::BODY_LIMIT;
 use crate::error::ApiError;
 use crate::protocol::{CompletionChoice, CompletionResponse};
 use crate::state::{AppState, Serving};
-use crate::stream::{collect, outputs, Generation, Output, SseDialect, StreamMeta, TextControls};
+use crate::stream::{
+    best_of, collect, outputs, Generation, Output, SseDialect, StreamMeta, TextControls,
+};
 use crate::util::{completion_id, random_u64, unix_now};
 use crate::validate::{parse_request, validate, ResponseMode, ValidRequest};
 
@@ -35,7 +37,7 @@ pub async fn completions(
     }
 }
 
-fn body_error(rejection: BytesRejection) -> ApiError {
+pub(super) fn body_error(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::PayloadTooLarge { limit: BODY_LIMIT }
     } else {
@@ -73,7 +75,7 @@ async fn handle(
     match valid.mode {
         ResponseMode::Json => {
             let (choices, usage) = collect(outs).await?;
-            let choices = choices
+            let choices = best_of(choices, valid.n, valid.keep)
                 .into_iter()
                 .map(|c| CompletionChoice {
                     index: c.index,
@@ -111,7 +113,7 @@ async fn handle(
 
 /// Bodies up to this size are validated on the async worker itself, unless they may ask for
 /// structured output (a grammar to compile).
-const INLINE_BODY_BYTES: usize = 64 * 1024;
+pub(super) const INLINE_BODY_BYTES: usize = 64 * 1024;
 
 fn mentions_format(body: &[u8]) -> bool {
     const KEY: &[u8] = b"response_format";
@@ -125,7 +127,7 @@ fn check(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<ValidRequ
     serving.with_model_info(|info| validate(parsed, info, random_u64))
 }
 
-fn generation(serving: &Serving, valid: &ValidRequest) -> Generation {
+pub(super) fn generation(serving: &Serving, valid: &ValidRequest) -> Generation {
     let seeds: Vec<Vec<u64>> = valid.requests.iter().map(|r| r.seeds.clone()).collect();
     let controls = TextControls {
         stop: valid.stop.clone(),
@@ -136,13 +138,19 @@ fn generation(serving: &Serving, valid: &ValidRequest) -> Generation {
             .collect(),
         logprobs: Some(valid.logprobs),
         logits: valid.logits,
+        echo: valid
+            .echo
+            .then(|| valid.requests.iter().map(|r| r.prompt.clone()).collect()),
     };
     let tt = serving.tokenizer.clone();
     Generation::with_controls(tt, valid.n, &seeds, valid.flavor, controls)
 }
 
 /// Submits every input; on a refusal the streams already obtained are dropped (aborted).
-fn submit_all(engine: &EngineHandle, valid: &ValidRequest) -> Result<Vec<RequestStream>, ApiError> {
+pub(super) fn submit_all(
+    engine: &EngineHandle,
+    valid: &ValidRequest,
+) -> Result<Vec<RequestStream>, ApiError> {
     valid
         .requests
         .iter()
@@ -160,6 +168,15 @@ async fn sse_response(
     outs: impl Stream<Item = Output> + Send + 'static,
     dialect: SseDialect,
 ) -> Result<Response, ApiError> {
+    sse_stream(outs, String::new(), move |out| dialect.render(out)).await
+}
+
+/// [`sse_response`] for any writer of outputs; `preamble` is sent before the first event.
+pub(super) async fn sse_stream(
+    outs: impl Stream<Item = Output> + Send + 'static,
+    preamble: String,
+    render: impl Fn(&Output) -> Option<String> + Send + 'static,
+) -> Result<Response, ApiError> {
     let mut outs = Box::pin(outs);
     let first = outs
         .next()
@@ -168,15 +185,11 @@ async fn sse_response(
     if let Output::Failed(e) = first {
         return Err(e);
     }
-    let events = stream::once(ready(first))
-        .chain(outs)
-        .filter_map(move |out| {
-            ready(
-                dialect
-                    .render(&out)
-                    .map(|s| Ok::<_, Infallible>(Bytes::from(s))),
-            )
-        });
+    let preamble = (!preamble.is_empty()).then(|| Ok::<_, Infallible>(Bytes::from(preamble)));
+    let events =
+        stream::iter(preamble).chain(stream::once(ready(first)).chain(outs).filter_map(
+            move |out| ready(render(&out).map(|s| Ok::<_, Infallible>(Bytes::from(s)))),
+        ));
     let resp = Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")

@@ -1,6 +1,8 @@
-//! HTTP routes (axum 0.8). Completions on the three paths of decision 1; `/health`;
+//! HTTP routes (axum 0.8). Completions on the three paths of decision 1; chat completions;
+//! `/health`;
 //! `/v1/models`.
 
+mod chat;
 mod completions;
 mod info;
 
@@ -19,6 +21,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(completions::completions))
         .route("/serverless/v1/completions", post(completions::completions))
         .route("/dedicated/v1/completions", post(completions::completions))
+        .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/health", get(info::health))
         .route("/v1/models", get(info::models))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -30,6 +30,31 @@ pub struct ChoiceResult {
     pub finish_reason: Option<FinishReasonWire>,
     pub logprobs: Option<LogprobsWire>,
     pub logits: Option<Vec<Vec<f32>>>,
+    /// Sum of the choice's token log-probabilities (ranks `best_of` choices).
+    pub cum_logprob: f64,
+}
+
+/// `best_of`: of each input's `n` choices (consecutive in `choices`), the `keep` with the
+/// highest cumulative log-probability (ties: the lower index), re-indexed in that order.
+pub fn best_of(choices: Vec<ChoiceResult>, n: usize, keep: usize) -> Vec<ChoiceResult> {
+    if keep >= n || n == 0 {
+        return choices;
+    }
+    let mut out = Vec::with_capacity(choices.len() / n * keep);
+    let mut rest = choices.into_iter().peekable();
+    while rest.peek().is_some() {
+        let mut group: Vec<ChoiceResult> = rest.by_ref().take(n).collect();
+        group.sort_by(|a, b| {
+            b.cum_logprob
+                .total_cmp(&a.cum_logprob)
+                .then(a.index.cmp(&b.index))
+        });
+        out.extend(group.into_iter().take(keep));
+    }
+    for (i, c) in out.iter_mut().enumerate() {
+        c.index = i;
+    }
+    out
 }
 
 /// What the dialect serializers and the JSON collector consume.
@@ -42,6 +67,12 @@ pub enum Output {
         text: String,
         logprobs: Option<LogprobsWire>,
         logits: Option<Vec<f32>>,
+    },
+    /// The echoed prompt of choice `index` (`echo`), before its first token.
+    Echo {
+        index: usize,
+        text: String,
+        logprobs: Option<LogprobsWire>,
     },
     /// Choice `index` ended.
     ChoiceDone {
@@ -78,6 +109,17 @@ pub struct TextControls {
     pub min_tokens: Vec<usize>,
     pub logprobs: Option<LogprobMode>,
     pub logits: bool,
+    /// `echo`: each input's prompt tokens, whose text (and, with `logprobs: k`, scores) start
+    /// each of its choices.
+    pub echo: Option<Vec<Vec<u32>>>,
+}
+
+/// One input's echoed prompt, gathered until its first choice event.
+struct EchoState {
+    tokens: Vec<u32>,
+    /// What the engine reported for each prompt position (`PromptToken`), by position.
+    infos: Vec<Option<TokenInfo>>,
+    released: bool,
 }
 
 struct ChoiceState {
@@ -90,6 +132,9 @@ struct ChoiceState {
     chars: usize,
     logprobs: Option<LogprobsWire>,
     logits: Option<Vec<Vec<f32>>>,
+    /// The echoed prompt text that precedes `text` (`echo`).
+    echo: String,
+    cum_logprob: f64,
 }
 
 /// The state of one request across its inputs.
@@ -103,6 +148,8 @@ pub struct Generation {
     prompt_tokens: usize,
     /// `(input, choice)` of the choices a stop phrase ended, not yet told to the engine.
     stops: Vec<(usize, usize)>,
+    /// Per input, with `echo`.
+    echo: Vec<EchoState>,
     ended: bool,
 }
 
@@ -134,7 +181,19 @@ impl Generation {
                     chars: 0,
                     logprobs: logprobs::empty(mode),
                     logits: controls.logits.then(Vec::new),
+                    echo: String::new(),
+                    cum_logprob: 0.0,
                 }
+            })
+            .collect();
+        let echo = controls
+            .echo
+            .unwrap_or_default()
+            .into_iter()
+            .map(|tokens| EchoState {
+                infos: vec![None; tokens.len()],
+                tokens,
+                released: false,
             })
             .collect();
         Generation {
@@ -146,7 +205,57 @@ impl Generation {
             inputs_left: seeds.len(),
             prompt_tokens: 0,
             stops: Vec::new(),
+            echo,
             ended: false,
+        }
+    }
+
+    /// Before input `input`'s first choice event: its prompt (text, and scores when asked)
+    /// starts each of its choices.
+    fn release_echo(&mut self, input: usize, out: &mut VecDeque<Output>) {
+        let Some(echo) = self.echo.get_mut(input) else {
+            return;
+        };
+        if std::mem::replace(&mut echo.released, true) {
+            return;
+        }
+        let tt = self.tt.as_ref();
+        let mut decoder = cordial_tokenizer::IncrementalDecoder::new(true);
+        let (mut text, mut chars, mut offsets) = (String::new(), 0, Vec::new());
+        for &t in &echo.tokens {
+            offsets.push(chars);
+            let before = text.len();
+            tt.push(&mut decoder, t, &mut text);
+            chars += text[before..].chars().count();
+        }
+        let before = text.len();
+        text.push_str(&decoder.finish());
+        chars += text[before..].chars().count();
+        let lp = match self.mode {
+            LogprobMode::Top(k) => Some(LogprobsWire::OpenAi(logprobs::prompt_logprobs(
+                k,
+                tt,
+                &echo.tokens,
+                &echo.infos,
+                &offsets,
+            ))),
+            LogprobMode::Floats | LogprobMode::None => None,
+        };
+        for j in 0..self.n {
+            let index = input * self.n + j;
+            let Some(c) = self.choices.get_mut(index) else {
+                continue;
+            };
+            c.echo = text.clone();
+            c.chars = chars;
+            if let Some(one) = &lp {
+                logprobs::append(&mut c.logprobs, one.clone());
+            }
+            out.push_back(Output::Echo {
+                index,
+                text: text.clone(),
+                logprobs: lp.clone(),
+            });
         }
     }
 
@@ -186,7 +295,24 @@ impl Generation {
         event: Option<Event>,
         out: &mut VecDeque<Output>,
     ) -> Result<(), ApiError> {
+        if !matches!(event, Some(Event::PromptToken { .. })) {
+            self.release_echo(input, out);
+        }
         match event {
+            Some(Event::PromptToken {
+                position,
+                logprob,
+                extra,
+                ..
+            }) => {
+                if let Some(slot) = self
+                    .echo
+                    .get_mut(input)
+                    .and_then(|e| e.infos.get_mut(position))
+                {
+                    *slot = Some(TokenInfo { logprob, extra });
+                }
+            }
             Some(Event::Token {
                 choice,
                 token,
@@ -252,11 +378,12 @@ impl Generation {
             .map(|(index, c)| ChoiceResult {
                 index,
                 seed: c.seed,
-                text: c.text.text.clone(),
+                text: format!("{}{}", c.echo, c.text.text),
                 tokens: c.text.tokens.clone(),
                 finish_reason: c.reason,
                 logprobs: c.logprobs.take(),
                 logits: c.logits.take(),
+                cum_logprob: c.cum_logprob,
             })
             .collect()
     }
@@ -289,6 +416,7 @@ fn emit(
             _ => None,
         };
         c.chars += text.chars().count();
+        c.cum_logprob += f64::from(info.logprob);
         out.push_back(Output::Token {
             index,
             token,
@@ -393,4 +521,43 @@ where
             }
         }
     })
+}
+
+#[cfg(test)]
+mod best_of_tests {
+    use super::*;
+
+    fn choice(index: usize, cum_logprob: f64) -> ChoiceResult {
+        ChoiceResult {
+            index,
+            seed: index as u64,
+            text: String::new(),
+            tokens: Vec::new(),
+            finish_reason: None,
+            logprobs: None,
+            logits: None,
+            cum_logprob,
+        }
+    }
+
+    #[test]
+    fn keeps_the_most_likely_per_input_and_reindexes() {
+        // Two inputs × best_of 3, keep 2.
+        let all = vec![
+            choice(0, -5.0),
+            choice(1, -1.0),
+            choice(2, -3.0),
+            choice(3, -2.0),
+            choice(4, -2.0),
+            choice(5, -9.0),
+        ];
+        let kept = best_of(all, 3, 2);
+        let seeds: Vec<u64> = kept.iter().map(|c| c.seed).collect();
+        assert_eq!(seeds, [1, 2, 3, 4], "ties keep the lower index first");
+        assert_eq!(
+            kept.iter().map(|c| c.index).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+        assert_eq!(best_of(vec![choice(0, -1.0)], 1, 1).len(), 1);
+    }
 }

@@ -27,12 +27,14 @@ pub fn token_logprobs(
         LogprobMode::None => None,
         LogprobMode::Floats => Some(LogprobsWire::Floats(vec![info.logprob])),
         LogprobMode::Top(k) => {
-            let mut top: Vec<(String, f32)> = info
+            let ids: Vec<(TokenId, f32)> = info
                 .extra
                 .iter()
-                .flat_map(|e| e.top_logprobs.iter().take(k))
-                .map(|&(id, lp)| (tt.token_str(id), lp))
+                .flat_map(|e| e.top_logprobs.iter().take(k).copied())
                 .collect();
+            let mut top: Vec<(String, f32)> =
+                ids.iter().map(|&(id, lp)| (tt.token_str(id), lp)).collect();
+            let mut raw: Vec<Vec<u8>> = ids.iter().map(|&(id, _)| tt.token_raw(id)).collect();
             let text = tt.token_str(token);
             let listed = info
                 .extra
@@ -41,15 +43,51 @@ pub fn token_logprobs(
             if !listed {
                 // OpenAI: the sampled token is always among the alternatives (up to k + 1).
                 top.push((text.clone(), info.logprob));
+                raw.push(tt.token_raw(token));
             }
             Some(LogprobsWire::OpenAi(OpenAiLogprobs {
                 tokens: vec![text],
-                token_logprobs: vec![info.logprob],
-                top_logprobs: vec![TopLogprobs(top)],
+                token_logprobs: vec![Some(info.logprob)],
+                top_logprobs: vec![Some(TopLogprobs(top, raw))],
                 text_offset: vec![offset],
+                token_bytes: vec![tt.token_raw(token)],
             }))
         }
     }
+}
+
+/// The echoed prompt's OpenAI logprobs: `infos[p]` is what the engine reported for prompt
+/// position `p` (`None` for position 0, which nothing predicts: `null` entries).
+pub fn prompt_logprobs(
+    k: usize,
+    tt: &dyn TokenText,
+    tokens: &[TokenId],
+    infos: &[Option<TokenInfo>],
+    offsets: &[usize],
+) -> OpenAiLogprobs {
+    let mut all = OpenAiLogprobs::default();
+    for (p, &token) in tokens.iter().enumerate() {
+        match infos.get(p).and_then(Option::as_ref) {
+            Some(info) => {
+                let one = token_logprobs(LogprobMode::Top(k), tt, token, info, offsets[p]);
+                if let Some(LogprobsWire::OpenAi(o)) = one {
+                    all.tokens.extend(o.tokens);
+                    all.token_logprobs.extend(o.token_logprobs);
+                    all.top_logprobs.extend(o.top_logprobs);
+                    all.text_offset.extend(o.text_offset);
+                    all.token_bytes.extend(o.token_bytes);
+                }
+            }
+            None => {
+                all.token_bytes.push(tt.token_raw(token));
+                all.tokens.push(tt.token_str(token));
+                all.token_logprobs.push(None);
+                all.top_logprobs.push(None);
+                all.text_offset.push(offsets[p]);
+            }
+        }
+    }
+    all
 }
 
 /// Appends one token's logprobs to a choice's.
@@ -61,6 +99,7 @@ pub fn append(acc: &mut Option<LogprobsWire>, one: LogprobsWire) {
             all.token_logprobs.extend(o.token_logprobs);
             all.top_logprobs.extend(o.top_logprobs);
             all.text_offset.extend(o.text_offset);
+            all.token_bytes.extend(o.token_bytes);
         }
         (acc @ None, one) => *acc = Some(one),
         (Some(_), _) => debug_assert!(false, "one logprob mode per request"),
@@ -111,7 +150,8 @@ mod tests {
         let LogprobsWire::OpenAi(o) = got else {
             panic!()
         };
-        assert_eq!(o.top_logprobs[0].0.len(), 1, "sampled token already listed");
+        let top = o.top_logprobs[0].as_ref().unwrap();
+        assert_eq!(top.0.len(), 1, "sampled token already listed");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! dialect; `collect` gathers them for a non-streamed body. Both paths read the same outputs, so
 //! streamed text always equals non-streamed text.
 
+mod chat;
 mod generation;
 mod logprobs;
 mod sse;
@@ -13,8 +14,9 @@ mod stop;
 mod tests;
 mod text;
 
+pub use chat::{chat_logprobs, ChatStream};
 pub use generation::{
-    finish_reason, outputs, outputs_from, ChoiceResult, Generation, Output, TextControls,
+    best_of, finish_reason, outputs, outputs_from, ChoiceResult, Generation, Output, TextControls,
 };
 pub use logprobs::TokenInfo;
 pub use sse::{current_event, legacy_event, SseDialect, StreamMeta, DONE};
@@ -35,7 +37,7 @@ pub async fn collect(
         match out {
             Output::Done { choices, usage } => return Ok((choices, usage)),
             Output::Failed(e) => return Err(e),
-            Output::Token { .. } | Output::ChoiceDone { .. } => {}
+            Output::Token { .. } | Output::Echo { .. } | Output::ChoiceDone { .. } => {}
         }
     }
     Err(ApiError::Internal(

@@ -77,7 +77,7 @@ pub fn legacy_event(out: &Output) -> Option<String> {
                 logits: logits.as_deref(),
             }))
         }
-        Output::ChoiceDone { .. } => None,
+        Output::ChoiceDone { .. } | Output::Echo { .. } => None,
         Output::Done { choices, usage } => {
             let choices: Vec<LegacyChoice> = choices.iter().map(legacy_choice).collect();
             Some(sse_event(&LegacyComplete {
@@ -124,6 +124,21 @@ pub fn current_event(out: &Output, meta: &StreamMeta, include_usage: bool) -> St
             }],
             None,
         ),
+        Output::Echo {
+            index,
+            text,
+            logprobs,
+        } => chunk(
+            vec![ChunkChoice {
+                index: *index,
+                text,
+                token: None,
+                finish_reason: None,
+                logprobs: logprobs.as_ref(),
+                logits: None,
+            }],
+            None,
+        ),
         Output::ChoiceDone { index, reason } => chunk(
             vec![ChunkChoice {
                 index: *index,
@@ -163,6 +178,7 @@ mod tests {
                 finish_reason: Some(FinishReasonWire::Length),
                 logprobs: None,
                 logits: None,
+                cum_logprob: 0.0,
             }],
             usage: Usage::new(8, 3),
         }

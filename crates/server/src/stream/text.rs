@@ -17,6 +17,10 @@ pub trait TokenText: Send + Sync {
     fn push(&self, decoder: &mut IncrementalDecoder, id: TokenId, out: &mut String);
     /// The text of `id` alone (OpenAI's `logprobs.tokens`; partial UTF-8 becomes U+FFFD).
     fn token_str(&self, id: TokenId) -> String;
+    /// The raw bytes of `id` (chat logprobs' `bytes`).
+    fn token_raw(&self, id: TokenId) -> Vec<u8> {
+        self.token_str(id).into_bytes()
+    }
 }
 
 impl TokenText for Tokenizer {
@@ -25,6 +29,9 @@ impl TokenText for Tokenizer {
     }
     fn token_str(&self, id: TokenId) -> String {
         String::from_utf8_lossy(self.token_bytes(id)).into_owned()
+    }
+    fn token_raw(&self, id: TokenId) -> Vec<u8> {
+        self.token_bytes(id).to_vec()
     }
 }
 

@@ -101,6 +101,12 @@ pub(crate) fn inputs(
     Ok(Inputs { param, rows })
 }
 
+/// Choices generated per input: `best_of` when given (the best `n` of them are returned),
+/// else `n`.
+pub(crate) fn engine_choices(req: &CompletionRequest) -> usize {
+    req.best_of.unwrap_or(1).max(req.n.unwrap_or(1)).max(1) as usize
+}
+
 /// Inputs × n must stay within `MAX_N` choices (checked before any tokenization).
 fn check_choice_count(req: &CompletionRequest) -> Result<(), ValidationError> {
     let (param, rows) = match (&req.prompt, &req.tokens) {
@@ -109,9 +115,11 @@ fn check_choice_count(req: &CompletionRequest) -> Result<(), ValidationError> {
         (None, Some(TokenInput::Batch(b))) => ("tokens", b.len()),
         _ => return Ok(()),
     };
-    let n = req.n.unwrap_or(1) as usize;
+    let n = engine_choices(req);
     if rows.saturating_mul(n) > MAX_N as usize {
-        let msg = format!("{rows} inputs × n = {n} is more than {MAX_N} choices in one request");
+        let msg = format!(
+            "{rows} inputs × n (or best_of) = {n} is more than {MAX_N} choices in one request"
+        );
         return Err(err(param, msg));
     }
     Ok(())
@@ -209,7 +217,7 @@ pub(crate) fn engine_requests(
     flavor: Flavor,
     random: impl FnOnce() -> u64,
 ) -> Result<Vec<EngineRequest>, ValidationError> {
-    let n = req.n.unwrap_or(1) as usize;
+    let n = engine_choices(req);
     let seeds = choice_seeds(req.seed.as_ref(), n, random);
     let base = controls::base_params(req, model);
     let deadline = controls::deadline(req);

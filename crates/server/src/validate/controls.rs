@@ -100,6 +100,13 @@ pub(crate) fn base_params(req: &CompletionRequest, model: &ModelInfo) -> Samplin
         forced_tokens: Vec::new(),
         top_logprobs,
         output_logits: req.include_output_logits == Some(true),
+        // Ranges were checked by the rules.
+        logit_bias: super::rules::logit_bias_entries(req)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(t, b)| (t as TokenId, b as f32))
+            .collect(),
+        prompt_logprobs: req.echo == Some(true) && req.logprobs.is_some(),
     }
 }
 

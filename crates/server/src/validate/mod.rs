@@ -4,6 +4,7 @@
 //! 3. `build`: tokenization, token ids, context length, defaults, seeds.
 
 mod build;
+mod chat;
 mod controls;
 mod format;
 mod parse;
@@ -14,9 +15,10 @@ mod tests;
 mod tests_controls;
 
 pub use build::{ModelInfo, OPENAI_DEFAULT_MAX_TOKENS};
+pub use chat::{chat_request, parse_chat_body, ChatBody, ParsedChat};
 pub use controls::{LogprobMode, MAX_OUTPUT_LOGITS};
 pub use parse::{parse_request, Dialect, ParsedRequest, LEGACY_KEYS, STREAM_FORMAT_HEADER};
-pub use rules::{Limits, IMPLEMENTED, MAX_N};
+pub use rules::{Limits, IMPLEMENTED, MAX_LOGPROBS, MAX_N};
 
 use cordial_engine::EngineRequest;
 
@@ -41,8 +43,11 @@ pub struct ValidRequest {
     pub model: String,
     pub flavor: Flavor,
     pub mode: ResponseMode,
-    /// Choices per input; choice index = input index × n + j.
+    /// Choices generated per input (`best_of`, else `n`); choice index = input index × n + j.
     pub n: usize,
+    /// Choices returned per input (`n`): the `keep` of each input's `n` with the highest
+    /// cumulative log-probability when `best_of` > `n`.
+    pub keep: usize,
     /// One per input (prompt batch row), in order.
     pub requests: Vec<EngineRequest>,
     /// Stop phrases, matched in each choice's text by the server (decision 9).
@@ -51,6 +56,8 @@ pub struct ValidRequest {
     pub logprobs: LogprobMode,
     /// Whether `choices[i].logits` is reported.
     pub logits: bool,
+    /// `echo`: each choice's text (and logprobs) start with its prompt's.
+    pub echo: bool,
 }
 
 /// Runs the rule tables over a typed request: the first failing row is the error.
@@ -95,15 +102,16 @@ pub fn validate(
             include_usage: req.stream_options.as_ref().and_then(|o| o.include_usage) == Some(true),
         },
     };
-    let n = req.n.unwrap_or(1) as usize;
     Ok(ValidRequest {
         model: name,
         flavor,
         mode,
-        n,
+        n: build::engine_choices(&req),
+        keep: req.n.unwrap_or(1) as usize,
         requests,
         stop: rules::stop_phrases(&req),
         logprobs: LogprobMode::of(&req),
         logits: req.include_output_logits == Some(true),
+        echo: req.echo == Some(true),
     })
 }

@@ -131,7 +131,7 @@ pub fn detect_dialect(
 
 /// Decision 4: absent or null = the primary served name; a served name or alias is accepted;
 /// anything else is 404 `model_not_found` (checked before the other fields).
-fn check_model(
+pub(crate) fn check_model(
     obj: &Map<String, Value>,
     served: &[String],
     flavor: Flavor,
@@ -150,7 +150,10 @@ fn check_model(
 
 /// Converts the object into the typed request. On a type error, finds the offending field by
 /// decoding each field alone, so that the error names it.
-fn decode_fields(obj: Map<String, Value>, flavor: Flavor) -> Result<CompletionRequest, ApiError> {
+pub(crate) fn decode_fields(
+    obj: Map<String, Value>,
+    flavor: Flavor,
+) -> Result<CompletionRequest, ApiError> {
     let whole = Value::Object(obj);
     match serde_json::from_value::<CompletionRequest>(whole.clone()) {
         Ok(req) => Ok(req),

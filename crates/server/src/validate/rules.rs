@@ -120,7 +120,8 @@ fn seed_len_error(r: &CompletionRequest) -> Option<String> {
     }
 }
 
-fn logit_bias_error(r: &CompletionRequest, l: &Limits) -> Option<String> {
+/// `logit_bias` as `(token id, bias)` pairs; `None` when an entry is not an id and a number.
+pub(crate) fn logit_bias_entries(r: &CompletionRequest) -> Option<Vec<(i64, f64)>> {
     use crate::protocol::LogitBias;
     let parse = |k: &serde_json::Value, b: &serde_json::Value| -> Option<(i64, f64)> {
         let id = k
@@ -128,16 +129,28 @@ fn logit_bias_error(r: &CompletionRequest, l: &Limits) -> Option<String> {
             .or_else(|| k.as_str().and_then(|s| s.parse().ok()))?;
         Some((id, b.as_f64()?))
     };
-    let entries: Option<Vec<(i64, f64)>> = match r.logit_bias.as_ref()? {
-        LogitBias::Map(m) => m
+    match r.logit_bias.as_ref() {
+        None => Some(Vec::new()),
+        Some(LogitBias::Map(m)) => m
             .iter()
             .map(|(k, b)| parse(&k.as_str().into(), b))
             .collect(),
-        LogitBias::Pairs(v) => v.iter().map(|p| parse(p.first()?, p.get(1)?)).collect(),
-    };
-    let Some(entries) = entries else {
+        Some(LogitBias::Pairs(v)) => v.iter().map(|p| parse(p.first()?, p.get(1)?)).collect(),
+    }
+}
+
+/// Most `logit_bias` entries in one request.
+pub const MAX_LOGIT_BIAS: usize = 1024;
+
+fn logit_bias_error(r: &CompletionRequest, l: &Limits) -> Option<String> {
+    let Some(entries) = logit_bias_entries(r) else {
         return Some("`logit_bias` must map token ids to numbers".into());
     };
+    if entries.len() > MAX_LOGIT_BIAS {
+        return Some(format!(
+            "`logit_bias` may hold at most {MAX_LOGIT_BIAS} entries"
+        ));
+    }
     if let Some(t) = bad_ids(entries.iter().map(|(id, _)| id), l) {
         return id_message("logit_bias", Some(t), l);
     }
@@ -191,14 +204,21 @@ pub const RULES: &[Rule] = &[
         || "`length_penalty` must be a finite number in [-100, 100]".into()) },
     Rule { param: "include_output_logits", check: |r, _| fail(beam(r) && r.include_output_logits == Some(true),
         || "`include_output_logits` is not supported with beam search (`num_beams`)".into()) },
+    Rule { param: "echo", check: |r, _| fail(beam(r) && r.echo == Some(true),
+        || "`echo` is not supported with beam search (`num_beams`)".into()) },
+    Rule { param: "best_of", check: |r, _| fail(beam(r) && r.best_of.is_some_and(|b| b > 1),
+        || "`best_of` is not supported with beam search (`num_beams`)".into()) },
     Rule { param: "forced_output_tokens", check: |r, _| fail(beam(r) && r.forced_output_tokens.is_some(),
         || "`forced_output_tokens` fixes the output; it cannot be combined with beam search (`num_beams`)".into()) },
     Rule { param: "beam_compat_no_post_normalization", check: |r, _| fail(
         r.beam_compat_no_post_normalization == Some(true) && r.beam_compat_pre_normalization != Some(true),
         || "`beam_compat_no_post_normalization` requires `beam_compat_pre_normalization: true`".into()) },
     // Lengths (C3, C4, C13).
-    Rule { param: "max_tokens", check: |r, _| fail(r.max_tokens.is_some_and(|m| m < 1),
-        || "`max_tokens` must be at least 1".into()) },
+    Rule { param: "max_tokens", check: |r, _| fail(r.max_tokens.is_some_and(|m| m < 0)
+        || (r.max_tokens == Some(0) && r.echo != Some(true)),
+        || "`max_tokens` must be at least 1 (0 is allowed only with `echo: true`)".into()) },
+    Rule { param: "echo", check: |r, _| fail(r.echo == Some(true) && r.include_output_logprobs == Some(true),
+        || "`echo` cannot be combined with `include_output_logprobs`; use `logprobs` for prompt log-probabilities".into()) },
     Rule { param: "max_total_tokens", check: |r, _| fail(r.max_total_tokens.is_some_and(|m| m < 1),
         || "`max_total_tokens` must be at least 1".into()) },
     Rule { param: "max_total_tokens", check: |r, l| fail(r.max_tokens.is_some()
@@ -224,6 +244,11 @@ pub const RULES: &[Rule] = &[
         || "`best_of` must be at least `n`".into()) },
     Rule { param: "best_of", check: |r, _| fail(r.best_of.is_some_and(|b| b > 1) && r.stream == Some(true),
         || "`best_of` is not supported with `stream`".into()) },
+    Rule { param: "best_of", check: |r, _| fail(r.best_of.is_some_and(|b| b > MAX_N),
+        || format!("`best_of` must be at most {MAX_N}")) },
+    Rule { param: "seed", check: |r, _| fail(matches!(r.seed, Some(Seed::Many(ref v)) if v.len() > 1)
+        && r.best_of.is_some_and(|b| b > r.n.unwrap_or(1)),
+        || "a list of seeds cannot be combined with `best_of` > n; give one seed".into()) },
     // Sampling ranges (C12).
     Rule { param: "temperature", check: |r, _| fail(r.temperature.is_some_and(|t| t < 0.0),
         || "`temperature` must be at least 0 (0 = greedy)".into()) },
@@ -342,14 +367,8 @@ fn non_empty<T>(v: &Option<Vec<T>>) -> bool {
 pub const UNSUPPORTED: &[Unsupported] = &[
     Unsupported { param: "xtc_threshold", is_set: |r| r.xtc_threshold.is_some_and(|p| p != 0.0), message: None },
     Unsupported { param: "xtc_probability", is_set: |r| r.xtc_probability.is_some_and(|p| p != 0.0), message: None },
-    Unsupported { param: "logit_bias", is_set: |r| match &r.logit_bias {
-        Some(crate::protocol::LogitBias::Map(m)) => !m.is_empty(),
-        Some(crate::protocol::LogitBias::Pairs(p)) => !p.is_empty(),
-        None => false,
-    }, message: None },
-    Unsupported { param: "echo", is_set: |r| r.echo == Some(true), message: None },
-    Unsupported { param: "best_of", is_set: |r| r.best_of.is_some_and(|b| b != 1), message: None },
-    Unsupported { param: "suffix", is_set: |r| r.suffix.as_ref().is_some_and(|s| !s.is_empty()), message: None },
+    Unsupported { param: "suffix", is_set: |r| r.suffix.as_ref().is_some_and(|s| !s.is_empty()),
+        message: Some("`suffix` (fill-in-the-middle insertion) is not supported by this server") },
     Unsupported { param: "soft_prompts", is_set: |r| r.soft_prompts.is_some(), message: None },
     Unsupported { param: "position_ids", is_set: |r| r.position_ids.is_some(), message: None },
     Unsupported { param: "generation_offset", is_set: |r| r.generation_offset.is_some(), message: None },
@@ -402,6 +421,10 @@ pub const IMPLEMENTED: &[&str] = &[
     "forced_output_tokens",
     // Structured output (`format.rs`, compiled by cordial-grammar).
     "response_format",
+    // OpenAI completions fields.
+    "echo",
+    "logit_bias",
+    "best_of",
     // Meaningful only on encoder-decoder models; RULES reject non-default values.
     "encoder_no_repeat_ngram",
     "encoder_repetition_penalty",

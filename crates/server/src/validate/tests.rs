@@ -91,7 +91,7 @@ fn t_cases() -> Vec<Case> {
             "include_output_logprobs": true, "temperature": 0}), OK),
         ("T19", json!({"model": "my-model", "prompt": "Hi", "max_tokens": 2, "include_output_logits": true}), OK),
         ("T20", json!({"model": "my-model", "prompt": "The capital of France is", "max_tokens": 4, "logprobs": 3,
-            "echo": true}), E(400, "echo")),
+            "echo": true}), OK),
         ("T21", json!({"model": "my-model", "prompt": ["Hello", "Goodbye"], "n": 2, "max_tokens": 4}), OK),
         ("T22", json!({"model": "my-model", "prompt": [[1, 150], [1, 2]], "max_tokens": 4}), OK),
         ("T23", json!({"model": "my-model", "prompt": "Return a JSON person:", "max_tokens": 64,
@@ -166,6 +166,17 @@ fn extra_cases() -> Vec<Case> {
         ("unknown model", json!({"model": "gpt-4", "prompt": "x"}), E(404, "model")),
         ("context via max_tokens", json!({"prompt": "xx", "max_tokens": CONTEXT - 1}), E(422, "max_tokens")),
         ("max_tokens 0", json!({"prompt": "x", "max_tokens": 0}), E(422, "max_tokens")),
+        ("max_tokens 0 with echo", json!({"prompt": "x", "max_tokens": 0, "echo": true, "logprobs": 1}), OK),
+        ("max_tokens -1 with echo", json!({"prompt": "x", "max_tokens": -1, "echo": true}), E(400, "max_tokens")),
+        ("echo with include_output_logprobs", json!({"prompt": "x", "echo": true,
+            "include_output_logprobs": true}), E(400, "echo")),
+        ("logit_bias over 100", json!({"prompt": "x", "logit_bias": {"5": 100.5}}), E(400, "logit_bias")),
+        ("logit_bias not a number", json!({"prompt": "x", "logit_bias": {"5": "a"}}), E(400, "logit_bias")),
+        ("best_of 3 of n 2", json!({"prompt": "x", "best_of": 3, "n": 2}), OK),
+        ("best_of over the cap", json!({"prompt": "x", "best_of": 129}), E(400, "best_of")),
+        ("best_of x batch over the cap", json!({"prompt": ["a", "b"], "best_of": 65}), E(400, "prompt")),
+        ("best_of with seed list", json!({"prompt": "x", "best_of": 3, "n": 2, "seed": [1, 2]}), E(400, "seed")),
+        ("logit_bias ok", json!({"prompt": "x", "logit_bias": {"5": -100, "6": 3.5}}), OK),
         ("n 0", json!({"prompt": "x", "n": 0}), E(422, "n")),
         ("n 129", json!({"prompt": "x", "n": 129}), E(422, "n")),
         ("batch x n over cap", json!({"prompt": ["a", "b", "c"], "n": 50}), E(400, "prompt")),
@@ -313,14 +324,11 @@ fn every_unsupported_row_rejects_only_when_set() {
     let rows: &[(&str, Value, Option<Value>)] = &[
         ("xtc_threshold", json!(0.1), Some(json!(0))),
         ("xtc_probability", json!(0.5), Some(json!(0))),
-        ("logit_bias", json!({"5": 1.0}), Some(json!({}))),
         (
             "response_format",
             json!({"type": "json_object"}),
             Some(json!({"type": "text"})),
         ),
-        ("echo", json!(true), Some(json!(false))),
-        ("best_of", json!(2), Some(json!(1))),
         ("suffix", json!("s"), Some(json!(""))),
         ("soft_prompts", json!([]), None),
         ("position_ids", json!([0]), None),
@@ -351,6 +359,34 @@ fn every_known_field_is_implemented_or_rejected() {
             "{field}: implemented={implemented} rejected={rejected}"
         );
     }
+}
+
+#[test]
+fn best_of_generates_best_of_and_keeps_n() {
+    let v = run(&json!({"prompt": ["a", "b"], "best_of": 3, "n": 2, "seed": 5})).unwrap();
+    assert_eq!((v.n, v.keep), (3, 2));
+    assert_eq!(v.requests[0].seeds, [5, 6, 7]);
+    let v = run(&json!({"prompt": "a", "n": 2})).unwrap();
+    assert_eq!((v.n, v.keep), (2, 2));
+}
+
+#[test]
+fn echo_and_logit_bias_reach_the_engine() {
+    let v = run(
+        &json!({"prompt": "ab", "echo": true, "logprobs": 2, "max_tokens": 0,
+        "logit_bias": {"5": -100, "7": 2.5}}),
+    )
+    .unwrap();
+    assert!(v.echo);
+    let p = &v.requests[0].params;
+    assert!(p.prompt_logprobs);
+    assert_eq!((p.max_new_tokens, p.top_logprobs), (0, 2));
+    assert_eq!(p.logit_bias, vec![(5, -100.0), (7, 2.5)]);
+    let v = run(&json!({"prompt": "ab", "echo": true})).unwrap();
+    assert!(
+        v.echo && !v.requests[0].params.prompt_logprobs,
+        "no logprobs: text only"
+    );
 }
 
 #[test]

@@ -97,8 +97,13 @@ impl Server {
     }
 
     pub async fn post(&self, body: &Value) -> (u16, String) {
+        self.post_to("/v1/completions", body).await
+    }
+
+    /// POSTs `body` to `path` (such as `/v1/chat/completions`).
+    pub async fn post_to(&self, path: &str, body: &Value) -> (u16, String) {
         let resp = reqwest::Client::new()
-            .post(format!("{}/v1/completions", self.base))
+            .post(format!("{}{path}", self.base))
             .json(body)
             .send()
             .await

@@ -89,9 +89,11 @@ pub async fn start_with(config: FakeModelConfig, engine_config: EngineConfig) ->
     let (gate, stats) = (model.gate(), model.stats());
     let engine = EngineHandle::spawn(Box::new(model), engine_config);
     let state = AppState::new(vec![NAME.to_owned(), ALIAS.to_owned()]);
+    let tokenizer = tokenizer();
     let serving = Serving {
+        chat: cordial_server::state::chat_template(&tokenizer),
         engine: engine.clone(),
-        tokenizer: tokenizer(),
+        tokenizer,
         max_context: config.max_context,
         vocab_size: config.vocab_size,
         hidden_size: FAKE_HIDDEN_SIZE,
