@@ -9,7 +9,9 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::completions::{body_error, generation, sse_stream, submit_all, INLINE_BODY_BYTES};
+use super::completions::{
+    body_error, generation, mentions_format, sse_stream, submit_all, INLINE_BODY_BYTES,
+};
 use crate::error::{ApiError, Flavor};
 use crate::protocol::{ChatChoice, ChatCompletionResponse, ChatMessageOut};
 use crate::state::AppState;
@@ -32,7 +34,7 @@ async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(body_error)?;
-    let (valid, top) = if body.len() <= INLINE_BODY_BYTES {
+    let (valid, top) = if body.len() <= INLINE_BODY_BYTES && !mentions_format(&body) {
         check(state, &body)?
     } else {
         let state2 = state.clone();

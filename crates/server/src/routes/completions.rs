@@ -115,7 +115,7 @@ async fn handle(
 /// structured output (a grammar to compile).
 pub(super) const INLINE_BODY_BYTES: usize = 64 * 1024;
 
-fn mentions_format(body: &[u8]) -> bool {
+pub(super) fn mentions_format(body: &[u8]) -> bool {
     const KEY: &[u8] = b"response_format";
     body.windows(KEY.len()).any(|w| w == KEY)
 }
