@@ -33,7 +33,7 @@ pub struct LoadedModel {
     pub vocab_size: usize,
     /// Width of an input embedding (for `embedding_to_replace`).
     pub hidden_size: usize,
-    /// Architecture name from the GGUF (`llama`).
+    /// Architecture name from the GGUF (`llama`, `gemma3`).
     pub architecture: String,
 }
 
@@ -63,7 +63,7 @@ pub fn load(path: &Path, opts: &RunnerOptions) -> anyhow::Result<LoadedModel> {
         BLOCK_SIZE,
         num_blocks,
     );
-    let executor = LlamaExecutor {
+    let executor = ModelRunner {
         model,
         kv,
         pool: ThreadPool::new(opts.threads),
@@ -81,8 +81,9 @@ pub fn load(path: &Path, opts: &RunnerOptions) -> anyhow::Result<LoadedModel> {
     })
 }
 
-/// The real model behind the engine: weights, KV bytes, scratch buffers and the compute pool.
-struct LlamaExecutor {
+/// The real model behind the engine (any architecture of [`Model`]): weights, KV bytes,
+/// scratch buffers and the compute pool.
+struct ModelRunner {
     model: Model,
     kv: KvCache,
     pool: ThreadPool,
@@ -91,7 +92,7 @@ struct LlamaExecutor {
     max_context: usize,
 }
 
-impl ModelExecutor for LlamaExecutor {
+impl ModelExecutor for ModelRunner {
     fn vocab_size(&self) -> usize {
         self.model.config().vocab
     }
