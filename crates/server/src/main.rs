@@ -39,7 +39,8 @@ struct FetchArgs {
 
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// GGUF model file [default: the default model, fetched when missing].
+    /// GGUF model file, or Hugging Face folder (config.json, tokenizer.json, *.safetensors in
+    /// f32/f16/bf16) [default: the default model, fetched when missing].
     #[arg(long, env = "CORDIAL_MODEL")]
     model: Option<PathBuf>,
     #[arg(long, env = "CORDIAL_HOST", default_value = "127.0.0.1")]

@@ -37,10 +37,18 @@ pub struct LoadedModel {
     pub architecture: String,
 }
 
-/// Loads a GGUF model file and its tokenizer.
+/// Loads a GGUF model file, or a Hugging Face folder (`config.json`, `tokenizer.json`,
+/// `*.safetensors`), and its tokenizer.
 pub fn load(path: &Path, opts: &RunnerOptions) -> anyhow::Result<LoadedModel> {
-    let file = Arc::new(GgufFile::open(path)?);
-    let tokenizer = Tokenizer::from_gguf(&file).context("building the tokenizer")?;
+    let (file, tokenizer) = if cordial_model::hf::is_hf_dir(path) {
+        let file = Arc::new(cordial_model::hf::load_dir(path)?);
+        let tokenizer = Tokenizer::from_hf_dir(path).context("building the tokenizer")?;
+        (file, tokenizer)
+    } else {
+        let file = Arc::new(GgufFile::open(path)?);
+        let tokenizer = Tokenizer::from_gguf(&file).context("building the tokenizer")?;
+        (file, tokenizer)
+    };
     let model = Model::load(file.clone())?;
     let cfg = model.config().clone();
     if tokenizer.vocab_size() > cfg.vocab {

@@ -10,6 +10,7 @@
 
 mod byte_map;
 mod decode;
+mod hf;
 mod pre;
 mod special;
 mod spm;
@@ -48,6 +49,9 @@ enum Algo {
         spm: Box<spm::Spm>,
         add_space_prefix: bool,
     },
+    /// A Hugging Face `tokenizer.json`, run whole by the `tokenizers` crate (it also cuts out
+    /// the added tokens spelled in the text).
+    Hf(Box<tokenizers::Tokenizer>),
 }
 
 pub struct Tokenizer {
@@ -133,29 +137,7 @@ impl Tokenizer {
                 .map(|(id, (t, _))| (t.clone(), id as TokenId)),
         );
 
-        let mut bytes = Vec::with_capacity(tokens.iter().map(String::len).sum());
-        let mut offsets = Vec::with_capacity(tokens.len() + 1);
-        offsets.push(0u32);
-        for (text, &a) in tokens.iter().zip(&attrs) {
-            if a & (attr::CONTROL | attr::UNKNOWN | attr::USER_DEFINED) != 0 {
-                bytes.extend_from_slice(text.as_bytes());
-            } else if a & attr::NORMAL != 0 {
-                if is_spm {
-                    bytes.extend_from_slice(text.replace(spm::SPACE, " ").as_bytes());
-                } else {
-                    byte_map::decode_token_text(text, &mut bytes);
-                }
-            } else if a & attr::BYTE != 0 {
-                // `<0xXX>`
-                if let Some(b) = text.get(3..5).and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    bytes.push(b);
-                }
-            }
-            // Unused and undefined tokens stand for nothing (llama.cpp renders them empty).
-            let end = u32::try_from(bytes.len())
-                .map_err(|_| TokenizerError::Invalid("token texts exceed 4 GiB".into()))?;
-            offsets.push(end);
-        }
+        let (bytes, offsets) = byte_table(&tokens, &attrs, is_spm)?;
 
         Ok(Tokenizer {
             algo,
@@ -178,6 +160,14 @@ impl Tokenizer {
     /// `add_special`, so an EOS is also appended for the rare model whose `add_eos_token` is
     /// true).
     pub fn encode(&self, text: &str, add_bos: bool) -> Vec<TokenId> {
+        if let Algo::Hf(tk) = &self.algo {
+            // Its post-processor adds BOS (and EOS) when the model's template says so. It
+            // fails only on text it cannot represent, which gives no tokens.
+            return tk
+                .encode_fast(text, add_bos)
+                .map(|e| e.get_ids().to_vec())
+                .unwrap_or_default();
+        }
         let mut ids = Vec::with_capacity(text.len() / 3 + 2);
         if add_bos && self.add_bos {
             ids.extend(self.bos);
@@ -191,6 +181,7 @@ impl Tokenizer {
                     ids.push(id);
                     prev_special = true;
                 }
+                (Fragment::Text(_), Algo::Hf(_)) => unreachable!("handled above"),
                 (Fragment::Text(piece), Algo::Bpe(bpe)) => {
                     // Cannot fail: no normalizer, splits that never fail, and a BPE model
                     // without an unknown token (its only error).
@@ -272,6 +263,7 @@ impl Tokenizer {
         match &self.algo {
             Algo::Bpe(bpe) => bpe.token_to_id(text),
             Algo::Spm { spm, .. } => spm.token_id(text),
+            Algo::Hf(tk) => tk.token_to_id(text),
         }
     }
 
@@ -329,6 +321,40 @@ impl Tokenizer {
     pub fn pre_tokenizer(&self) -> &str {
         &self.pre_name
     }
+}
+
+/// The raw bytes of every token, concatenated, and their offsets: control, unknown and
+/// user-defined tokens stand for their text; normal ones for their text decoded (GPT-2 byte
+/// characters, or `▁` as a space for SentencePiece); byte tokens `<0xXX>` for their byte.
+pub(crate) fn byte_table(
+    tokens: &[String],
+    attrs: &[u8],
+    spm_text: bool,
+) -> Result<(Vec<u8>, Vec<u32>), TokenizerError> {
+    let mut bytes = Vec::with_capacity(tokens.iter().map(String::len).sum());
+    let mut offsets = Vec::with_capacity(tokens.len() + 1);
+    offsets.push(0u32);
+    for (text, &a) in tokens.iter().zip(attrs) {
+        if a & (attr::CONTROL | attr::UNKNOWN | attr::USER_DEFINED) != 0 {
+            bytes.extend_from_slice(text.as_bytes());
+        } else if a & attr::NORMAL != 0 {
+            if spm_text {
+                bytes.extend_from_slice(text.replace(spm::SPACE, " ").as_bytes());
+            } else {
+                byte_map::decode_token_text(text, &mut bytes);
+            }
+        } else if a & attr::BYTE != 0 {
+            // `<0xXX>`
+            if let Some(b) = text.get(3..5).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                bytes.push(b);
+            }
+        }
+        // Unused and undefined tokens stand for nothing (llama.cpp renders them empty).
+        let end = u32::try_from(bytes.len())
+            .map_err(|_| TokenizerError::Invalid("token texts exceed 4 GiB".into()))?;
+        offsets.push(end);
+    }
+    Ok((bytes, offsets))
 }
 
 /// The `tokenizers` BPE model with our pre-tokenizer regexes and GPT-2's byte mapping.

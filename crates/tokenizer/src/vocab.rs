@@ -34,7 +34,7 @@ pub(crate) mod attr {
 }
 
 /// Texts llama.cpp treats as end of generation (they also become control tokens).
-const EOG_TEXTS: &[&str] = &[
+pub(crate) const EOG_TEXTS: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
     "<|end|>",

@@ -23,7 +23,8 @@ use crate::gguf::{GgufError, GgufFile};
 use crate::kv::KvCache;
 use crate::quant::Compute;
 
-/// RoPE base of the sliding-window layers (llama.cpp's `rope_freq_base_train_swa`).
+/// RoPE base of the sliding-window layers (llama.cpp's `rope_freq_base_train_swa`) unless
+/// `rope.freq_base_swa` says otherwise.
 const SWA_ROPE_BASE: f32 = 10000.0;
 /// Every this-many-th layer is global (llama.cpp's `set_swa_pattern(6)`).
 const DEFAULT_PATTERN: usize = 6;
@@ -55,6 +56,7 @@ pub struct Gemma3 {
     output: Weight,
     window: usize,
     rope_scale: f32,
+    swa_base: f32,
     attn_scale: f32,
     attn_softcap: f32,
     final_softcap: f32,
@@ -128,7 +130,9 @@ impl Gemma3 {
                 w.repack(f);
             }
         }
+        let swa_base = opt_f32("rope.freq_base_swa").unwrap_or(SWA_ROPE_BASE);
         Ok(Gemma3 {
+            swa_base,
             attn_softcap: opt_f32("attn_logit_softcapping").unwrap_or(0.0),
             final_softcap: opt_f32("final_logit_softcapping").unwrap_or(0.0),
             file,
@@ -182,7 +186,7 @@ impl Gemma3 {
             rope_table_scaled(
                 p.pos,
                 c.rope_dims,
-                SWA_ROPE_BASE,
+                self.swa_base,
                 1.0,
                 &mut s.cos2[r.clone()],
                 &mut s.sin2[r],

@@ -2,6 +2,8 @@
 //! the server's own default-model path) and the golden reference data.
 #![allow(dead_code)]
 
+pub mod tiny;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
