@@ -1,5 +1,5 @@
 //! Model-alone speed: single-sequence decode and prefill, like `llama-bench -p 512 -n 128`.
-//! Usage: cargo run --release -p cordial-model --example bench -- [MODEL.gguf|-] [threads] [batch]
+//! Usage: cargo run --release -p cordial-model --example bench -- [MODEL.gguf|HF_DIR|-] [threads] [batch]
 //! (default: the default model, all cores; `batch` > 1 also measures batched decode).
 //! `BENCH_DECODE_ONLY=1` skips prefill and decodes 512 tokens.
 
@@ -64,7 +64,13 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(1)
         .max(1);
     let decode_only = std::env::var_os("BENCH_DECODE_ONLY").is_some();
-    let model = Model::load(Arc::new(GgufFile::open(&path)?))?;
+    let t_load = Instant::now();
+    let model = if cordial_model::hf::is_hf_dir(&path) {
+        Model::load(Arc::new(cordial_model::hf::load_dir(&path)?))?
+    } else {
+        Model::load(Arc::new(GgufFile::open(&path)?))?
+    };
+    let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let c = model.config().clone();
     let kv = KvCache::new(
         c.n_layers,
@@ -90,8 +96,9 @@ fn main() -> anyhow::Result<()> {
     };
     let prompt: Vec<u32> = (0..512).map(|i| (i * 7919 % 40000 + 100) as u32).collect();
     println!(
-        "model {} ({} threads, {:?})",
+        "model {} ({}, {} threads, {:?}), loaded in {load_ms:.0} ms",
         path.display(),
+        c.arch,
         r.pool.threads(),
         r.cx.isa
     );

@@ -137,6 +137,9 @@ pub struct GgufFile {
     pub metadata: BTreeMap<String, Value>,
     pub tensors: Vec<TensorInfo>,
     mmap: Mmap,
+    /// The map is anonymous memory (built by [`GgufFile::from_parts`]), not the file's pages:
+    /// its pages must never be released.
+    owned: bool,
 }
 
 struct Cursor<'a> {
@@ -346,6 +349,7 @@ impl GgufFile {
             metadata,
             tensors,
             mmap,
+            owned: false,
         })
     }
 
@@ -456,6 +460,59 @@ impl GgufFile {
 
 impl GgufFile {
     /// Bytes at an absolute offset (validated ranges come from [`TensorInfo`]).
+    /// A model assembled in memory (a Hugging Face folder converted at load): metadata, and
+    /// tensors as (name, dims innermost first, type, bytes), copied into one anonymous map.
+    pub fn from_parts(
+        path: PathBuf,
+        metadata: BTreeMap<String, Value>,
+        parts: Vec<(String, Vec<u64>, GgmlType, Vec<u8>)>,
+    ) -> Result<GgufFile, GgufError> {
+        let align = DEFAULT_ALIGNMENT as usize;
+        let total: usize = parts
+            .iter()
+            .map(|p| p.3.len().div_ceil(align) * align)
+            .sum::<usize>()
+            .max(1);
+        let io = |e| GgufError::Io {
+            path: path.clone(),
+            source: e,
+        };
+        let mut map = memmap2::MmapMut::map_anon(total).map_err(io)?;
+        let mut tensors = Vec::with_capacity(parts.len());
+        let mut at = 0usize;
+        for (name, dims, ty, data) in parts {
+            let n: u64 = dims.iter().product();
+            let size = n / ty.block_elems() as u64 * ty.block_bytes() as u64;
+            if size != data.len() as u64 {
+                return Err(GgufError::Truncated {
+                    path: path.clone(),
+                    what: format!(
+                        "tensor `{name}`: {} bytes for {n} {ty:?} elements",
+                        data.len()
+                    ),
+                });
+            }
+            map[at..at + data.len()].copy_from_slice(&data);
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ty,
+                offset: at as u64,
+                size,
+            });
+            at += data.len().div_ceil(align) * align;
+        }
+        let mmap = map.make_read_only().map_err(io)?;
+        Ok(GgufFile {
+            path,
+            version: 3,
+            metadata,
+            tensors,
+            mmap,
+            owned: true,
+        })
+    }
+
     pub fn tensor_data_at(&self, offset: usize, size: usize) -> &[u8] {
         &self.mmap[offset..offset + size]
     }
@@ -464,6 +521,9 @@ impl GgufFile {
     /// read faults them back in from the page cache). Only whole pages inside the range.
     pub fn release_range(&self, offset: usize, size: usize) {
         const PAGE: usize = 4096;
+        if self.owned {
+            return;
+        }
         let start = offset.div_ceil(PAGE) * PAGE;
         let end = (offset + size) / PAGE * PAGE;
         if end > start {

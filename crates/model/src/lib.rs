@@ -9,6 +9,7 @@ pub mod arch;
 pub mod backend;
 pub mod fetch;
 pub mod gguf;
+pub mod hf;
 pub mod kv;
 pub mod quant;
 

@@ -120,12 +120,12 @@ fn every_truncation_is_an_error() {
 #[test]
 fn unsupported_tensor_type_is_named() {
     let bytes = GgufWriter::new()
-        .tensor("blk.0.ffn_down.weight", &[256], 14, vec![0; 210])
+        .tensor("blk.0.ffn_down.weight", &[256], 11, vec![0; 110])
         .to_bytes();
-    let e = open_bytes(&bytes, "q6k.gguf").err().unwrap();
+    let e = open_bytes(&bytes, "q3k.gguf").err().unwrap();
     let msg = e.to_string();
     assert!(
-        msg.contains("Q6_K") && msg.contains("blk.0.ffn_down.weight"),
+        msg.contains("Q3_K") && msg.contains("blk.0.ffn_down.weight"),
         "{msg}"
     );
 }

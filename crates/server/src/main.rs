@@ -27,13 +27,22 @@ struct Cli {
 enum Command {
     /// Serve a GGUF model over HTTP.
     Serve(ServeArgs),
-    /// Print the default model's path, fetching it first when missing.
-    FetchModel,
+    /// Print a known model's path, fetching it first when missing.
+    FetchModel(FetchArgs),
+}
+
+#[derive(Args, Debug)]
+struct FetchArgs {
+    /// Which model: `smollm2` (the default model, SmolLM2-135M-Instruct Q4_1) or `gemma3-270m`
+    /// (Gemma 3 270M Q4_K_M).
+    #[arg(default_value = "smollm2")]
+    name: String,
 }
 
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// GGUF model file [default: the default model, fetched when missing].
+    /// GGUF model file, or Hugging Face folder (config.json, tokenizer.json, *.safetensors in
+    /// f32/f16/bf16) [default: the default model, fetched when missing].
     #[arg(long, env = "CORDIAL_MODEL")]
     model: Option<PathBuf>,
     #[arg(long, env = "CORDIAL_HOST", default_value = "127.0.0.1")]
@@ -76,8 +85,13 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::FetchModel => {
-            println!("{}", ensure_default_model()?.display());
+        Command::FetchModel(a) => {
+            let m = match a.name.as_str() {
+                "smollm2" => cordial_model::fetch::DEFAULT_MODEL,
+                "gemma3-270m" => cordial_model::fetch::GEMMA3_270M,
+                other => anyhow::bail!("unknown model `{other}` (known: smollm2, gemma3-270m)"),
+            };
+            println!("{}", cordial_model::fetch::ensure_model(&m)?.display());
             Ok(())
         }
         Command::Serve(args) => serve(args),

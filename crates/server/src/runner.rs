@@ -33,14 +33,22 @@ pub struct LoadedModel {
     pub vocab_size: usize,
     /// Width of an input embedding (for `embedding_to_replace`).
     pub hidden_size: usize,
-    /// Architecture name from the GGUF (`llama`).
+    /// Architecture name from the GGUF (`llama`, `gemma3`).
     pub architecture: String,
 }
 
-/// Loads a GGUF model file and its tokenizer.
+/// Loads a GGUF model file, or a Hugging Face folder (`config.json`, `tokenizer.json`,
+/// `*.safetensors`), and its tokenizer.
 pub fn load(path: &Path, opts: &RunnerOptions) -> anyhow::Result<LoadedModel> {
-    let file = Arc::new(GgufFile::open(path)?);
-    let tokenizer = Tokenizer::from_gguf(&file).context("building the tokenizer")?;
+    let (file, tokenizer) = if cordial_model::hf::is_hf_dir(path) {
+        let file = Arc::new(cordial_model::hf::load_dir(path)?);
+        let tokenizer = Tokenizer::from_hf_dir(path).context("building the tokenizer")?;
+        (file, tokenizer)
+    } else {
+        let file = Arc::new(GgufFile::open(path)?);
+        let tokenizer = Tokenizer::from_gguf(&file).context("building the tokenizer")?;
+        (file, tokenizer)
+    };
     let model = Model::load(file.clone())?;
     let cfg = model.config().clone();
     if tokenizer.vocab_size() > cfg.vocab {
@@ -63,7 +71,7 @@ pub fn load(path: &Path, opts: &RunnerOptions) -> anyhow::Result<LoadedModel> {
         BLOCK_SIZE,
         num_blocks,
     );
-    let executor = LlamaExecutor {
+    let executor = ModelRunner {
         model,
         kv,
         pool: ThreadPool::new(opts.threads),
@@ -81,8 +89,9 @@ pub fn load(path: &Path, opts: &RunnerOptions) -> anyhow::Result<LoadedModel> {
     })
 }
 
-/// The real model behind the engine: weights, KV bytes, scratch buffers and the compute pool.
-struct LlamaExecutor {
+/// The real model behind the engine (any architecture of [`Model`]): weights, KV bytes,
+/// scratch buffers and the compute pool.
+struct ModelRunner {
     model: Model,
     kv: KvCache,
     pool: ThreadPool,
@@ -91,7 +100,7 @@ struct LlamaExecutor {
     max_context: usize,
 }
 
-impl ModelExecutor for LlamaExecutor {
+impl ModelExecutor for ModelRunner {
     fn vocab_size(&self) -> usize {
         self.model.config().vocab
     }

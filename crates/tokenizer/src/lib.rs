@@ -1,5 +1,6 @@
-//! Tokenizer built from GGUF metadata (byte-level BPE with llama.cpp's pre-tokenizers), and an
-//! incremental UTF-8-safe decoder for streaming.
+//! Tokenizer built from GGUF metadata (byte-level BPE with llama.cpp's pre-tokenizers, or
+//! SentencePiece BPE over scores with byte fallback, [`spm`]), and an incremental UTF-8-safe
+//! decoder for streaming.
 //!
 //! Encoding follows llama.cpp (`llama_tokenize` with `parse_special = true`): special tokens
 //! spelled in the text are cut out first ([`special`]), every remaining fragment is split by the
@@ -9,8 +10,10 @@
 
 mod byte_map;
 mod decode;
+mod hf;
 mod pre;
 mod special;
+mod spm;
 mod vocab;
 
 use std::collections::BTreeMap;
@@ -37,8 +40,22 @@ pub enum TokenizerError {
     Invalid(String),
 }
 
+/// The segmentation algorithm of the vocabulary.
+enum Algo {
+    /// Byte-level BPE (`gpt2`), run by the `tokenizers` crate after our pre-tokenizer splits.
+    Bpe(Box<tokenizers::Tokenizer>),
+    /// SentencePiece BPE over scores (`llama`), with byte fallback.
+    Spm {
+        spm: Box<spm::Spm>,
+        add_space_prefix: bool,
+    },
+    /// A Hugging Face `tokenizer.json`, run whole by the `tokenizers` crate (it also cuts out
+    /// the added tokens spelled in the text).
+    Hf(Box<tokenizers::Tokenizer>),
+}
+
 pub struct Tokenizer {
-    bpe: tokenizers::Tokenizer,
+    algo: Algo,
     specials: SpecialMatcher,
     /// GGUF token texts.
     tokens: Vec<String>,
@@ -92,6 +109,7 @@ impl Tokenizer {
             merges,
             pre_name,
             pre,
+            spm,
             bos,
             eos,
             add_bos,
@@ -100,25 +118,15 @@ impl Tokenizer {
             chat_template,
         } = vocab::read(metadata)?;
 
-        let model = BPE::builder()
-            .vocab_and_merges(ids, merges)
-            .ignore_merges(pre.ignore_merges)
-            .build()
-            .map_err(|e| TokenizerError::Invalid(format!("BPE merges: {e}")))?;
-        let mut bpe = tokenizers::Tokenizer::new(model);
-        let mut steps: Vec<PreTokenizerWrapper> = Vec::with_capacity(pre.regexes.len() + 1);
-        for re in pre.regexes {
-            let split = Split::new(
-                SplitPattern::Regex(re.to_string()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(|e| TokenizerError::Invalid(format!("pre-tokenizer regex {re:?}: {e}")))?;
-            steps.push(split.into());
-        }
-        // Bytes → GPT-2 characters; no prefix space, no regex of its own.
-        steps.push(ByteLevel::new(false, false, false).into());
-        bpe.with_pre_tokenizer(Some(Sequence::new(steps)));
+        let algo = match (spm, pre) {
+            (Some(info), _) => Algo::Spm {
+                spm: Box::new(spm::Spm::new(ids, info.scores, info.unknown)),
+                add_space_prefix: info.add_space_prefix,
+            },
+            (None, Some(pre)) => Algo::Bpe(Box::new(byte_level_bpe(ids, merges, pre)?)),
+            (None, None) => unreachable!("vocab::read gives a pre-tokenizer to BPE vocabularies"),
+        };
+        let is_spm = matches!(algo, Algo::Spm { .. });
 
         let specials = SpecialMatcher::new(
             tokens
@@ -131,28 +139,10 @@ impl Tokenizer {
                 .map(|(id, (t, _))| (t.clone(), id as TokenId)),
         );
 
-        let mut bytes = Vec::with_capacity(tokens.iter().map(String::len).sum());
-        let mut offsets = Vec::with_capacity(tokens.len() + 1);
-        offsets.push(0u32);
-        for (text, &a) in tokens.iter().zip(&attrs) {
-            if a & (attr::CONTROL | attr::UNKNOWN | attr::USER_DEFINED) != 0 {
-                bytes.extend_from_slice(text.as_bytes());
-            } else if a & attr::NORMAL != 0 {
-                byte_map::decode_token_text(text, &mut bytes);
-            } else if a & attr::BYTE != 0 {
-                // `<0xXX>`
-                if let Some(b) = text.get(3..5).and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    bytes.push(b);
-                }
-            }
-            // Unused and undefined tokens stand for nothing (llama.cpp renders them empty).
-            let end = u32::try_from(bytes.len())
-                .map_err(|_| TokenizerError::Invalid("token texts exceed 4 GiB".into()))?;
-            offsets.push(end);
-        }
+        let (bytes, offsets) = byte_table(&tokens, &attrs, is_spm)?;
 
         Ok(Tokenizer {
-            bpe,
+            algo,
             specials,
             tokens,
             attrs,
@@ -173,21 +163,56 @@ impl Tokenizer {
     /// `add_special`, so an EOS is also appended for the rare model whose `add_eos_token` is
     /// true).
     pub fn encode(&self, text: &str, add_bos: bool) -> Vec<TokenId> {
+        if let Algo::Hf(tk) = &self.algo {
+            // Its post-processor adds BOS (and EOS) when the model's template says so. It
+            // fails only on text it cannot represent, which gives no tokens.
+            return tk
+                .encode_fast(text, add_bos)
+                .map(|e| e.get_ids().to_vec())
+                .unwrap_or_default();
+        }
         let mut ids = Vec::with_capacity(text.len() / 3 + 2);
         if add_bos && self.add_bos {
             ids.extend(self.bos);
         }
+        // SentencePiece puts a `▁` before text that starts the input or follows a special
+        // token, when the vocabulary asks for it (llama.cpp's `is_prev_special`).
+        let mut prev_special = true;
         for fragment in self.specials.partition(text) {
-            match fragment {
-                Fragment::Token(id) => ids.push(id),
-                Fragment::Text(piece) => {
+            match (fragment, &self.algo) {
+                (Fragment::Token(id), _) => {
+                    ids.push(id);
+                    prev_special = true;
+                }
+                (Fragment::Text(_), Algo::Hf(_)) => unreachable!("handled above"),
+                (Fragment::Text(piece), Algo::Bpe(bpe)) => {
                     // Cannot fail: no normalizer, splits that never fail, and a BPE model
                     // without an unknown token (its only error).
-                    let encoding = self
-                        .bpe
+                    let encoding = bpe
                         .encode_fast(piece, false)
                         .expect("byte-level BPE encoding is infallible");
                     ids.extend_from_slice(encoding.get_ids());
+                }
+                (
+                    Fragment::Text(piece),
+                    Algo::Spm {
+                        spm,
+                        add_space_prefix,
+                    },
+                ) => {
+                    let mut escaped = String::with_capacity(piece.len() + 8);
+                    if *add_space_prefix && prev_special {
+                        escaped.push_str(spm::SPACE);
+                    }
+                    for ch in piece.chars() {
+                        if ch == ' ' {
+                            escaped.push_str(spm::SPACE);
+                        } else {
+                            escaped.push(ch);
+                        }
+                    }
+                    spm.encode(&escaped, &mut ids);
+                    prev_special = false;
                 }
             }
         }
@@ -238,7 +263,11 @@ impl Tokenizer {
 
     /// The id whose GGUF text is exactly `text` (`<|im_end|>`, `Ġthe`).
     pub fn token_id(&self, text: &str) -> Option<TokenId> {
-        self.bpe.token_to_id(text)
+        match &self.algo {
+            Algo::Bpe(bpe) => bpe.token_to_id(text),
+            Algo::Spm { spm, .. } => spm.token_id(text),
+            Algo::Hf(tk) => tk.token_to_id(text),
+        }
     }
 
     /// Control / user-defined tokens (token_type 3 or 4, plus the tokens llama.cpp promotes
@@ -310,6 +339,69 @@ impl Tokenizer {
     pub fn pre_tokenizer(&self) -> &str {
         &self.pre_name
     }
+}
+
+/// The raw bytes of every token, concatenated, and their offsets: control, unknown and
+/// user-defined tokens stand for their text; normal ones for their text decoded (GPT-2 byte
+/// characters, or `▁` as a space for SentencePiece); byte tokens `<0xXX>` for their byte.
+pub(crate) fn byte_table(
+    tokens: &[String],
+    attrs: &[u8],
+    spm_text: bool,
+) -> Result<(Vec<u8>, Vec<u32>), TokenizerError> {
+    let mut bytes = Vec::with_capacity(tokens.iter().map(String::len).sum());
+    let mut offsets = Vec::with_capacity(tokens.len() + 1);
+    offsets.push(0u32);
+    for (text, &a) in tokens.iter().zip(attrs) {
+        if a & (attr::CONTROL | attr::UNKNOWN | attr::USER_DEFINED) != 0 {
+            bytes.extend_from_slice(text.as_bytes());
+        } else if a & attr::NORMAL != 0 {
+            if spm_text {
+                bytes.extend_from_slice(text.replace(spm::SPACE, " ").as_bytes());
+            } else {
+                byte_map::decode_token_text(text, &mut bytes);
+            }
+        } else if a & attr::BYTE != 0 {
+            // `<0xXX>`
+            if let Some(b) = text.get(3..5).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                bytes.push(b);
+            }
+        }
+        // Unused and undefined tokens stand for nothing (llama.cpp renders them empty).
+        let end = u32::try_from(bytes.len())
+            .map_err(|_| TokenizerError::Invalid("token texts exceed 4 GiB".into()))?;
+        offsets.push(end);
+    }
+    Ok((bytes, offsets))
+}
+
+/// The `tokenizers` BPE model with our pre-tokenizer regexes and GPT-2's byte mapping.
+fn byte_level_bpe(
+    ids: tokenizers::models::bpe::Vocab,
+    merges: Vec<(String, String)>,
+    pre: pre::PreTokenizerSpec,
+) -> Result<tokenizers::Tokenizer, TokenizerError> {
+    let model = BPE::builder()
+        .vocab_and_merges(ids, merges)
+        .ignore_merges(pre.ignore_merges)
+        .build()
+        .map_err(|e| TokenizerError::Invalid(format!("BPE merges: {e}")))?;
+    let mut bpe = tokenizers::Tokenizer::new(model);
+    let mut steps: Vec<PreTokenizerWrapper> = Vec::with_capacity(pre.regexes.len() + 1);
+    for re in pre.regexes {
+        let split = Split::new(
+            SplitPattern::Regex(re.to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| TokenizerError::Invalid(format!("pre-tokenizer regex {re:?}: {e}")))?;
+        steps.push(split.into());
+    }
+    // Bytes → GPT-2 characters; no prefix space, no regex of its own.
+    steps.push(ByteLevel::new(false, false, false).into());
+    bpe.with_pre_tokenizer(Some(Sequence::new(steps)));
+
+    Ok(bpe)
 }
 
 #[cfg(test)]

@@ -224,14 +224,21 @@ fn unknown_pre_is_an_error_naming_it() {
 }
 
 #[test]
-fn non_bpe_models_are_errors_naming_them() {
+fn unsupported_models_are_errors_naming_them() {
+    let err = tokenizer_with(
+        "smollm",
+        &[("tokenizer.ggml.model", Value::String("t5".into()))],
+    )
+    .unwrap_err();
+    assert!(matches!(err, TokenizerError::Unsupported(_)));
+    assert!(err.to_string().contains("`t5`"), "{err}");
+    // SentencePiece needs its scores.
     let err = tokenizer_with(
         "smollm",
         &[("tokenizer.ggml.model", Value::String("llama".into()))],
     )
     .unwrap_err();
-    assert!(matches!(err, TokenizerError::Unsupported(_)));
-    assert!(err.to_string().contains("`llama`"), "{err}");
+    assert!(err.to_string().contains("tokenizer.ggml.scores"), "{err}");
     let err = tokenizer_with(
         "smollm",
         &[("tokenizer.ggml.model", Value::String("rwkv".into()))],
@@ -509,4 +516,81 @@ fn chat_template_and_special_texts_come_from_metadata() {
     let bad = ("tokenizer.chat_template", Value::U32(3));
     let err = tokenizer_with("smollm", &[bad]).unwrap_err();
     assert!(err.to_string().contains("tokenizer.chat_template"), "{err}");
+}
+
+/// A SentencePiece vocabulary: specials, byte tokens `<0xXX>`, then scored pieces.
+fn spm_tokenizer(add_space_prefix: bool) -> Tokenizer {
+    let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
+    let mut types = vec![2, 3, 3];
+    let mut scores = vec![0.0f32; 3];
+    for b in 0..=255u8 {
+        tokens.push(format!("<0x{b:02X}>"));
+        types.push(6);
+        scores.push(0.0);
+    }
+    // Pieces with scores: "ab" beats "bc", so "abc" → "ab" + "c".
+    for (t, sc) in [
+        ("a", -1.0),
+        ("b", -1.0),
+        ("c", -1.0),
+        ("\u{2581}", -1.0),
+        ("ab", -2.0),
+        ("bc", -3.0),
+        ("\u{2581}a", -2.5),
+        ("\u{2581}ab", -1.5),
+        ("é", -1.0),
+    ] {
+        tokens.push(t.to_string());
+        types.push(1);
+        scores.push(sc);
+    }
+    let mut m = BTreeMap::new();
+    m.insert("tokenizer.ggml.model".into(), Value::String("llama".into()));
+    m.insert(
+        "tokenizer.ggml.tokens".into(),
+        Value::Array(tokens.iter().map(|t| Value::String(t.clone())).collect()),
+    );
+    m.insert(
+        "tokenizer.ggml.token_type".into(),
+        Value::Array(types.iter().map(|&t| Value::I32(t)).collect()),
+    );
+    m.insert(
+        "tokenizer.ggml.scores".into(),
+        Value::Array(scores.iter().map(|&s| Value::F32(s)).collect()),
+    );
+    m.insert("tokenizer.ggml.bos_token_id".into(), Value::U32(1));
+    m.insert("tokenizer.ggml.eos_token_id".into(), Value::U32(2));
+    m.insert(
+        "tokenizer.ggml.add_space_prefix".into(),
+        Value::Bool(add_space_prefix),
+    );
+    Tokenizer::from_metadata(&m).expect("spm tokenizer")
+}
+
+#[test]
+fn sentencepiece_merges_by_score_with_byte_fallback() {
+    let t = spm_tokenizer(false);
+    let id = |s: &str| t.token_id(s).unwrap_or_else(|| panic!("{s}"));
+    // Highest score first: "ab" (-2) before "bc" (-3).
+    assert_eq!(t.encode("abc", false), [id("ab"), id("c")]);
+    // Spaces become ▁; "▁ab" (-1.5) wins over "▁a" (-2.5) once "ab" is formed.
+    assert_eq!(t.encode("c ab", false), [id("c"), id("\u{2581}ab")]);
+    // A character outside the vocabulary falls back to its UTF-8 bytes.
+    assert_eq!(t.encode("aü", false), [id("a"), id("<0xC3>"), id("<0xBC>")]);
+    assert_eq!(t.decode(&t.encode("c ab aü é", false), false), "c ab aü é");
+    // SentencePiece adds BOS by default; specials are cut out of the text.
+    assert!(t.adds_bos());
+    assert_eq!(t.encode("</s>ab", true), [1, 2, id("ab")]);
+    assert!(t.is_eog(2));
+}
+
+#[test]
+fn sentencepiece_space_prefix_follows_special_tokens() {
+    let t = spm_tokenizer(true);
+    let id = |s: &str| t.token_id(s).unwrap_or_else(|| panic!("{s}"));
+    assert_eq!(t.encode("ab", false), [id("\u{2581}ab")]);
+    assert_eq!(
+        t.encode("ab</s>ab", false),
+        [id("\u{2581}ab"), 2, id("\u{2581}ab")]
+    );
 }

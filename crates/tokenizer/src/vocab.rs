@@ -34,7 +34,7 @@ pub(crate) mod attr {
 }
 
 /// Texts llama.cpp treats as end of generation (they also become control tokens).
-const EOG_TEXTS: &[&str] = &[
+pub(crate) const EOG_TEXTS: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
     "<|end|>",
@@ -89,9 +89,12 @@ pub(crate) struct Vocab {
     /// Text → id, for the BPE model.
     pub ids: tokenizers::models::bpe::Vocab,
     pub attrs: Vec<u8>,
+    /// Byte-level BPE (`gpt2`): its merges and pre-tokenizer. Empty / None for SentencePiece.
     pub merges: Vec<(String, String)>,
     pub pre_name: String,
-    pub pre: PreTokenizerSpec,
+    pub pre: Option<PreTokenizerSpec>,
+    /// SentencePiece (`llama`): the token scores, and whether a `▁` starts the text.
+    pub spm: Option<SpmInfo>,
     pub bos: Option<TokenId>,
     pub eos: Option<TokenId>,
     pub add_bos: bool,
@@ -100,6 +103,13 @@ pub(crate) struct Vocab {
     pub eog: Vec<TokenId>,
     /// `tokenizer.chat_template` (Jinja source), when the model has one.
     pub chat_template: Option<String>,
+}
+
+/// What a SentencePiece (`tokenizer.ggml.model = llama`) vocabulary adds.
+pub(crate) struct SpmInfo {
+    pub scores: Vec<f32>,
+    pub add_space_prefix: bool,
+    pub unknown: Option<TokenId>,
 }
 
 /// Typed access to metadata; a key of the wrong type is an error naming it.
@@ -204,28 +214,37 @@ pub(crate) fn read(metadata: &BTreeMap<String, Value>) -> Result<Vocab, Tokenize
     let model = meta
         .str("tokenizer.ggml.model")?
         .ok_or_else(|| invalid("`tokenizer.ggml.model` is missing"))?;
-    if model != "gpt2" {
-        let what = match model {
-            "llama" => " (SentencePiece)",
-            "bert" => " (WordPiece)",
-            "t5" => " (Unigram)",
-            _ => "",
-        };
-        return Err(TokenizerError::Unsupported(format!(
-            "tokenizer model `{model}`{what} is not supported (supported: `gpt2`, byte-level BPE)"
-        )));
-    }
-    let pre_name = meta.str("tokenizer.ggml.pre")?.ok_or_else(|| {
-        TokenizerError::Unsupported(
-            "`tokenizer.ggml.pre` is missing: the pre-tokenizer is unknown".into(),
-        )
-    })?;
-    let pre = pre::lookup(pre_name).ok_or_else(|| {
-        TokenizerError::Unsupported(format!(
-            "pre-tokenizer `{pre_name}` (tokenizer.ggml.pre) is not supported (supported: {})",
-            pre::supported().collect::<Vec<_>>().join(", ")
-        ))
-    })?;
+    let is_spm = match model {
+        "gpt2" => false,
+        "llama" => true,
+        _ => {
+            let what = match model {
+                "bert" => " (WordPiece)",
+                "t5" => " (Unigram)",
+                _ => "",
+            };
+            return Err(TokenizerError::Unsupported(format!(
+                "tokenizer model `{model}`{what} is not supported (supported: `gpt2`, byte-level BPE; `llama`, SentencePiece)"
+            )));
+        }
+    };
+    // SentencePiece ignores `pre` (llama.cpp too).
+    let (pre_name, pre) = if is_spm {
+        (meta.str("tokenizer.ggml.pre")?.unwrap_or("default"), None)
+    } else {
+        let pre_name = meta.str("tokenizer.ggml.pre")?.ok_or_else(|| {
+            TokenizerError::Unsupported(
+                "`tokenizer.ggml.pre` is missing: the pre-tokenizer is unknown".into(),
+            )
+        })?;
+        let pre = pre::lookup(pre_name).ok_or_else(|| {
+            TokenizerError::Unsupported(format!(
+                "pre-tokenizer `{pre_name}` (tokenizer.ggml.pre) is not supported (supported: {})",
+                pre::supported().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        (pre_name, Some(pre))
+    };
 
     let token_texts = meta
         .str_array("tokenizer.ggml.tokens")?
@@ -272,9 +291,12 @@ pub(crate) fn read(metadata: &BTreeMap<String, Value>) -> Result<Vocab, Tokenize
         }
     }
 
-    let merge_texts = meta
-        .str_array("tokenizer.ggml.merges")?
-        .ok_or_else(|| invalid("`tokenizer.ggml.merges` is missing"))?;
+    let merge_texts = if is_spm {
+        Vec::new()
+    } else {
+        meta.str_array("tokenizer.ggml.merges")?
+            .ok_or_else(|| invalid("`tokenizer.ggml.merges` is missing"))?
+    };
     let mut merges = Vec::with_capacity(merge_texts.len());
     for m in merge_texts {
         // Split at the first space after the first byte (a merge's left part may be a space).
@@ -290,7 +312,38 @@ pub(crate) fn read(metadata: &BTreeMap<String, Value>) -> Result<Vocab, Tokenize
     let eom = meta.token_id("tokenizer.ggml.eom_token_id", n)?;
     let add_bos = meta
         .bool("tokenizer.ggml.add_bos_token")?
-        .unwrap_or(pre.default_add_bos);
+        .unwrap_or(pre.is_none_or(|p| p.default_add_bos));
+    let spm = if is_spm {
+        let scores = match meta.array("tokenizer.ggml.scores")? {
+            Some(a) => a
+                .iter()
+                .map(|v| {
+                    v.as_f64().map(|x| x as f32).ok_or_else(|| {
+                        invalid(format!(
+                            "`tokenizer.ggml.scores` holds a {}, expected numbers",
+                            v.type_name()
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<f32>, _>>()?,
+            None => return Err(invalid("`tokenizer.ggml.scores` is missing")),
+        };
+        if scores.len() < n {
+            return Err(invalid(format!(
+                "`tokenizer.ggml.scores` has {} entries for {n} tokens",
+                scores.len()
+            )));
+        }
+        Some(SpmInfo {
+            scores,
+            add_space_prefix: meta
+                .bool("tokenizer.ggml.add_space_prefix")?
+                .unwrap_or(true),
+            unknown: meta.token_id("tokenizer.ggml.unknown_token_id", n)?,
+        })
+    } else {
+        None
+    };
     let add_eos = meta.bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
     if add_bos && bos.is_none() {
         return Err(invalid(
@@ -361,6 +414,7 @@ pub(crate) fn read(metadata: &BTreeMap<String, Value>) -> Result<Vocab, Tokenize
         merges,
         pre_name: pre_name.to_string(),
         pre,
+        spm,
         bos,
         eos,
         add_bos,

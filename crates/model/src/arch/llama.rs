@@ -1,63 +1,159 @@
-//! The llama architecture: RMSNorm, RoPE (NORM mode), grouped-query attention over the paged
-//! KV cache, SwiGLU, and tied embeddings when `output.weight` is absent.
+//! The llama architecture: RMSNorm, RoPE, grouped-query attention over the paged KV cache,
+//! SwiGLU, and tied embeddings when `output.weight` is absent. Llama 3's RoPE scaling comes as
+//! per-dimension frequency factors (`rope_freqs.weight`, which llama.cpp's converter computes
+//! from `rope_scaling`): θᵢ = pos · base^(−2i/d) / factorᵢ.
+//!
+//! The same graph, with a [`Flavor`], runs the architectures that differ from it only in
+//! details (their files say which): QKV biases (qwen2), per-head RMSNorm of Q and K (qwen3),
+//! NEOX-mode RoPE (qwen2, qwen3, phi3), and fused QKV / gate-up matrices (phi3).
 
 use std::sync::Arc;
 
-use super::{Batch, ModelConfig, ModelError, Scratch, Weight};
+use super::{load_f32, Batch, ModelConfig, ModelError, Scratch, Weight};
 use crate::backend::attention::{attention, AttnShape};
-use crate::backend::matmul::{matmul, Acts};
-use crate::backend::ops::{rmsnorm, rope_norm, rope_table, silu_mul};
+use crate::backend::matmul::{matmul, Acts, MatJob};
+use crate::backend::ops::{
+    rmsnorm, rmsnorm_inplace, rope_neox, rope_norm, rope_table, rope_table_factors, silu_mul,
+};
 use crate::backend::pool::ThreadPool;
 use crate::gguf::{GgufError, GgufFile};
 use crate::kv::KvCache;
 use crate::quant::{dequantize_row, Compute};
 
+/// How RoPE pairs a head's elements (llama.cpp's rope types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeMode {
+    /// Adjacent pairs (2i, 2i+1): llama GGUF files (their Q/K rows are permuted for it).
+    Norm,
+    /// Halves (i, i + d/2): qwen2, qwen3, phi3, gemma3, and Hugging Face llama weights.
+    Neox,
+}
+
+/// What distinguishes an architecture run by this graph.
+#[derive(Debug, Clone, Copy)]
+pub struct Flavor {
+    /// The GGUF metadata prefix (`general.architecture`).
+    pub arch: &'static str,
+    pub rope: RopeMode,
+    /// `blk.N.attn_{q,k,v}.bias` are required (qwen2). They are used whenever present.
+    pub qkv_bias: bool,
+    /// `blk.N.attn_{q,k}_norm.weight` are required (qwen3).
+    pub qk_norm: bool,
+}
+
+pub const LLAMA: Flavor = Flavor {
+    arch: "llama",
+    rope: RopeMode::Norm,
+    qkv_bias: false,
+    qk_norm: false,
+};
+
+/// The query, key and value projections: three matrices, or one fused `attn_qkv` (phi3).
+enum Qkv {
+    Split { wq: Weight, wk: Weight, wv: Weight },
+    Fused(Weight),
+}
+
+/// The gate and up projections: two matrices, or one `ffn_up` holding gate then up (phi3).
+enum GateUp {
+    Split { gate: Weight, up: Weight },
+    Fused(Weight),
+}
+
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: Weight,
-    wk: Weight,
-    wv: Weight,
+    qkv: Qkv,
+    /// Biases of Q, K, V.
+    bias: Option<[Vec<f32>; 3]>,
+    /// Per-head RMSNorm weights of Q and K.
+    qk_norm: Option<[Vec<f32>; 2]>,
     wo: Weight,
     ffn_norm: Vec<f32>,
-    w_gate: Weight,
-    w_up: Weight,
+    gate_up: GateUp,
     w_down: Weight,
 }
 
 pub struct Llama {
     file: Arc<GgufFile>,
     pub config: ModelConfig,
+    flavor: Flavor,
     embed: Weight,
     layers: Vec<Layer>,
     out_norm: Vec<f32>,
     output: Weight,
+    /// Llama 3 RoPE frequency factors (`rope_freqs.weight`), one per rotated pair.
+    rope_factors: Option<Vec<f32>>,
 }
 
-fn load_f32(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
-    let w = Weight::load(file, name, 1, len)?;
-    let mut v = vec![0.0; len];
-    dequantize_row(w.ty, w.data(file), &mut v);
-    Ok(v)
+/// A tensor that may be absent.
+fn optional<T>(r: Result<T, ModelError>) -> Result<Option<T>, ModelError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(ModelError::Gguf(GgufError::MissingTensor { .. })) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 impl Llama {
     pub fn load(file: Arc<GgufFile>) -> Result<Llama, ModelError> {
-        let config = ModelConfig::from_gguf(&file, "llama")?;
+        Self::load_flavor(file, LLAMA)
+    }
+
+    pub fn load_flavor(file: Arc<GgufFile>, flavor: Flavor) -> Result<Llama, ModelError> {
+        let config = ModelConfig::from_gguf(&file, flavor.arch)?;
         let c = &config;
-        let (d, kvd) = (c.hidden, c.n_kv_heads * c.head_dim);
+        let (d, qd, kvd) = (c.hidden, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let f = &*file;
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
+            let b = |s: &str| format!("blk.{i}.{s}.bias");
+            let qkv = match optional(Weight::load(f, &n("attn_qkv"), qd + 2 * kvd, d))? {
+                Some(w) => Qkv::Fused(w),
+                None => Qkv::Split {
+                    wq: Weight::load(f, &n("attn_q"), qd, d)?,
+                    wk: Weight::load(f, &n("attn_k"), kvd, d)?,
+                    wv: Weight::load(f, &n("attn_v"), kvd, d)?,
+                },
+            };
+            let bias = match optional(load_f32(f, &b("attn_q"), qd))? {
+                Some(bq) => Some([
+                    bq,
+                    load_f32(f, &b("attn_k"), kvd)?,
+                    load_f32(f, &b("attn_v"), kvd)?,
+                ]),
+                None if flavor.qkv_bias => {
+                    return Err(ModelError::Invalid(format!(
+                        "{}: `{}` is missing",
+                        flavor.arch,
+                        b("attn_q")
+                    )))
+                }
+                None => None,
+            };
+            let qk_norm = if flavor.qk_norm {
+                Some([
+                    load_f32(f, &n("attn_q_norm"), c.head_dim)?,
+                    load_f32(f, &n("attn_k_norm"), c.head_dim)?,
+                ])
+            } else {
+                None
+            };
+            let gate_up = match optional(Weight::load(f, &n("ffn_gate"), c.ffn, d))? {
+                Some(gate) => GateUp::Split {
+                    gate,
+                    up: Weight::load(f, &n("ffn_up"), c.ffn, d)?,
+                },
+                None => GateUp::Fused(Weight::load(f, &n("ffn_up"), 2 * c.ffn, d)?),
+            };
             layers.push(Layer {
                 attn_norm: load_f32(f, &n("attn_norm"), d)?,
-                wq: Weight::load(f, &n("attn_q"), c.n_heads * c.head_dim, d)?,
-                wk: Weight::load(f, &n("attn_k"), kvd, d)?,
-                wv: Weight::load(f, &n("attn_v"), kvd, d)?,
-                wo: Weight::load(f, &n("attn_output"), d, c.n_heads * c.head_dim)?,
+                qkv,
+                bias,
+                qk_norm,
+                wo: Weight::load(f, &n("attn_output"), d, qd)?,
                 ffn_norm: load_f32(f, &n("ffn_norm"), d)?,
-                w_gate: Weight::load(f, &n("ffn_gate"), c.ffn, d)?,
-                w_up: Weight::load(f, &n("ffn_up"), c.ffn, d)?,
+                gate_up,
                 w_down: Weight::load(f, &n("ffn_down"), d, c.ffn)?,
             });
         }
@@ -68,28 +164,32 @@ impl Llama {
             Err(e) => return Err(e.into()),
         };
         let out_norm = load_f32(f, "output_norm.weight", d)?;
+        let rope_factors = optional(load_f32(f, "rope_freqs.weight", c.rope_dims / 2))?;
         let mut output = output;
         output.repack(f);
         for l in &mut layers {
-            for w in [
-                &mut l.wq,
-                &mut l.wk,
-                &mut l.wv,
-                &mut l.wo,
-                &mut l.w_gate,
-                &mut l.w_up,
-                &mut l.w_down,
-            ] {
+            let mut ws: Vec<&mut Weight> = vec![&mut l.wo, &mut l.w_down];
+            match &mut l.qkv {
+                Qkv::Split { wq, wk, wv } => ws.extend([wq, wk, wv]),
+                Qkv::Fused(w) => ws.push(w),
+            }
+            match &mut l.gate_up {
+                GateUp::Split { gate, up } => ws.extend([gate, up]),
+                GateUp::Fused(w) => ws.push(w),
+            }
+            for w in ws {
                 w.repack(f);
             }
         }
         Ok(Llama {
             file,
             config,
+            flavor,
             embed,
             layers,
             out_norm,
             output,
+            rope_factors,
         })
     }
 
@@ -124,19 +224,16 @@ impl Llama {
             }
         }
         for (ti, p) in places.iter().enumerate() {
-            rope_table(
-                p.pos,
-                c.rope_dims,
-                c.rope_base,
+            let (cs, sn) = (
                 &mut s.cos[ti * hd / 2..(ti + 1) * hd / 2],
                 &mut s.sin[ti * hd / 2..(ti + 1) * hd / 2],
             );
+            match &self.rope_factors {
+                None => rope_table(p.pos, c.rope_dims, c.rope_base, cs, sn),
+                Some(fa) => rope_table_factors(p.pos, c.rope_dims, c.rope_base, fa, cs, sn),
+            }
         }
-        let shape = AttnShape {
-            n_heads: c.n_heads,
-            n_kv_heads: c.n_kv_heads,
-            head_dim: hd,
-        };
+        let shape = AttnShape::causal(c.n_heads, c.n_kv_heads, hd);
         for (l, layer) in self.layers.iter().enumerate() {
             rmsnorm(&s.x[..t * d], &layer.attn_norm, c.eps, &mut s.xn[..t * d]);
             s.xq.quantize(cx.isa, &s.xn[..t * d], t, d);
@@ -146,20 +243,48 @@ impl Llama {
                     q: &s.xq,
                     t,
                 };
-                let mut jobs = [
-                    layer.wq.job(f, &mut s.q[..t * qd]),
-                    layer.wk.job(f, &mut s.k[..t * kvd]),
-                    layer.wv.job(f, &mut s.v[..t * kvd]),
-                ];
-                matmul(pool, cx, &x, &mut jobs);
+                match &layer.qkv {
+                    Qkv::Split { wq, wk, wv } => {
+                        let mut jobs = [
+                            wq.job(f, &mut s.q[..t * qd]),
+                            wk.job(f, &mut s.k[..t * kvd]),
+                            wv.job(f, &mut s.v[..t * kvd]),
+                        ];
+                        matmul(pool, cx, &x, &mut jobs);
+                    }
+                    Qkv::Fused(w) => {
+                        let n = qd + 2 * kvd;
+                        grow(&mut s.fused, t * n);
+                        matmul(pool, cx, &x, &mut [w.job(f, &mut s.fused[..t * n])]);
+                        for ti in 0..t {
+                            let row = &s.fused[ti * n..(ti + 1) * n];
+                            s.q[ti * qd..(ti + 1) * qd].copy_from_slice(&row[..qd]);
+                            s.k[ti * kvd..(ti + 1) * kvd].copy_from_slice(&row[qd..qd + kvd]);
+                            s.v[ti * kvd..(ti + 1) * kvd].copy_from_slice(&row[qd + kvd..]);
+                        }
+                    }
+                }
+            }
+            if let Some([bq, bk, bv]) = &layer.bias {
+                add_rows(&mut s.q[..t * qd], bq);
+                add_rows(&mut s.k[..t * kvd], bk);
+                add_rows(&mut s.v[..t * kvd], bv);
+            }
+            if let Some([nq, nk]) = &layer.qk_norm {
+                rmsnorm_inplace(&mut s.q[..t * qd], nq, c.eps);
+                rmsnorm_inplace(&mut s.k[..t * kvd], nk, c.eps);
             }
             for (ti, p) in places.iter().enumerate() {
                 let (cs, sn) = (
                     &s.cos[ti * hd / 2..(ti + 1) * hd / 2],
                     &s.sin[ti * hd / 2..(ti + 1) * hd / 2],
                 );
-                rope_norm(&mut s.q[ti * qd..(ti + 1) * qd], hd, cs, sn);
-                rope_norm(&mut s.k[ti * kvd..(ti + 1) * kvd], hd, cs, sn);
+                let rope = match self.flavor.rope {
+                    RopeMode::Norm => rope_norm,
+                    RopeMode::Neox => rope_neox,
+                };
+                rope(&mut s.q[ti * qd..(ti + 1) * qd], hd, cs, sn);
+                rope(&mut s.k[ti * kvd..(ti + 1) * kvd], hd, cs, sn);
                 let slot = kv.slot(p.block_table, p.pos).expect("validated");
                 kv.write(
                     l,
@@ -200,11 +325,25 @@ impl Llama {
                     q: &s.xq,
                     t,
                 };
-                let mut jobs = [
-                    layer.w_gate.job(f, &mut s.gate[..t * c.ffn]),
-                    layer.w_up.job(f, &mut s.up[..t * c.ffn]),
-                ];
-                matmul(pool, cx, &x, &mut jobs);
+                match &layer.gate_up {
+                    GateUp::Split { gate, up } => {
+                        let mut jobs: [MatJob<'_>; 2] = [
+                            gate.job(f, &mut s.gate[..t * c.ffn]),
+                            up.job(f, &mut s.up[..t * c.ffn]),
+                        ];
+                        matmul(pool, cx, &x, &mut jobs);
+                    }
+                    GateUp::Fused(w) => {
+                        let n = 2 * c.ffn;
+                        grow(&mut s.fused, t * n);
+                        matmul(pool, cx, &x, &mut [w.job(f, &mut s.fused[..t * n])]);
+                        for ti in 0..t {
+                            let row = &s.fused[ti * n..(ti + 1) * n];
+                            s.gate[ti * c.ffn..(ti + 1) * c.ffn].copy_from_slice(&row[..c.ffn]);
+                            s.up[ti * c.ffn..(ti + 1) * c.ffn].copy_from_slice(&row[c.ffn..]);
+                        }
+                    }
+                }
             }
             silu_mul(&mut s.gate[..t * c.ffn], &s.up[..t * c.ffn]);
             s.xq.quantize(cx.isa, &s.gate[..t * c.ffn], t, c.ffn);
@@ -221,44 +360,31 @@ impl Llama {
                 .zip(&s.xn[..t * d])
                 .for_each(|(a, b)| *a += b);
         }
-        // Logits for the last token of the sequences that want them (every token with
-        // `all_logits`).
-        let mut rows = 0;
-        let mut ti = 0;
-        for seq in &batch.seqs {
-            let n = seq.tokens.len();
-            let first = if seq.all_logits {
-                ti
-            } else if seq.want_logits {
-                ti + n - 1
-            } else {
-                ti + n
-            };
-            for src in first..ti + n {
-                let (x, xn) = (&s.x, &mut s.xn);
-                rmsnorm(
-                    &x[src * d..(src + 1) * d],
-                    &self.out_norm,
-                    c.eps,
-                    &mut xn[rows * d..(rows + 1) * d],
-                );
-                rows += 1;
-            }
-            ti += n;
-        }
-        if rows == 0 {
-            logits.clear();
-            return Ok(());
-        }
-        s.xq.quantize(cx.isa, &s.xn[..rows * d], rows, d);
-        logits.clear();
-        logits.resize(rows * c.vocab, 0.0);
-        let x = Acts {
-            f: &s.xn[..rows * d],
-            q: &s.xq,
-            t: rows,
-        };
-        matmul(pool, cx, &x, &mut [self.output.job(f, logits)]);
+        super::output_logits(
+            pool,
+            cx,
+            f,
+            batch,
+            s,
+            &self.out_norm,
+            c.eps,
+            &self.output,
+            0.0,
+            logits,
+        );
         Ok(())
+    }
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+}
+
+/// Adds `b` to every row of `x` (rows of `b.len()`).
+fn add_rows(x: &mut [f32], b: &[f32]) {
+    for row in x.chunks_exact_mut(b.len()) {
+        row.iter_mut().zip(b).for_each(|(a, b)| *a += b);
     }
 }

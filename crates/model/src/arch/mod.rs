@@ -1,20 +1,27 @@
 //! Architectures, one file each, written against the CPU backend's small interface
 //! (matmul on quantized weights, rmsnorm, rope, paged attention, activation).
 
+pub mod gemma3;
 pub mod llama;
+pub mod mistral;
+pub mod phi3;
+pub mod qwen2;
+pub mod qwen3;
 
 use std::sync::Arc;
 
 use crate::backend::attention::TokenPlace;
-use crate::backend::matmul::MatJob;
+use crate::backend::matmul::{matmul, Acts, MatJob};
+use crate::backend::ops::{rmsnorm, softcap};
 use crate::backend::pool::ThreadPool;
 use crate::gguf::{GgufError, GgufFile};
 use crate::kv::KvCache;
 use crate::quant::repack::Packed;
-use crate::quant::{Compute, GgmlType, Isa, QuantizedActs};
+use crate::quant::{dequantize_row, Compute, GgmlType, Isa, QuantizedActs};
 
 /// Architectures this build runs.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] =
+    &["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -251,6 +258,11 @@ pub struct Scratch {
     pub up: Vec<f32>,
     pub cos: Vec<f32>,
     pub sin: Vec<f32>,
+    /// Output of a fused matrix (phi3's QKV and gate-up) before it is split (grown on use).
+    pub fused: Vec<f32>,
+    /// A second rope table (gemma3's sliding-window layers use another base).
+    pub cos2: Vec<f32>,
+    pub sin2: Vec<f32>,
     pub xq: QuantizedActs,
     pub thread_scratch: Vec<Vec<f32>>,
 }
@@ -273,15 +285,105 @@ impl Scratch {
         grow(&mut self.up, t * c.ffn);
         grow(&mut self.cos, t * c.head_dim / 2);
         grow(&mut self.sin, t * c.head_dim / 2);
+        grow(&mut self.cos2, t * c.head_dim / 2);
+        grow(&mut self.sin2, t * c.head_dim / 2);
         if self.thread_scratch.len() < threads {
             self.thread_scratch.resize(threads, Vec::new());
         }
     }
 }
 
+/// A norm weight vector, dequantized.
+pub(crate) fn load_f32(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+    let w = Weight::load(file, name, 1, len)?;
+    let mut v = vec![0.0; len];
+    dequantize_row(w.ty, w.data(file), &mut v);
+    Ok(v)
+}
+
+/// The batch's token embeddings into `x` (`t` × `d`), multiplied by `scale`; caller-provided
+/// replacement embeddings are taken as they are (llama.cpp scales only token embeddings).
+pub(crate) fn embed(f: &GgufFile, table: &Weight, batch: &Batch<'_>, scale: f32, x: &mut [f32]) {
+    let d = table.cols;
+    let mut ti = 0;
+    for seq in &batch.seqs {
+        for (i, &tok) in seq.tokens.iter().enumerate() {
+            let row = &mut x[ti * d..(ti + 1) * d];
+            let pos = seq.start_pos + i;
+            match seq.replace.iter().find(|(p, _)| *p == pos) {
+                Some((_, e)) => row.copy_from_slice(e),
+                None => {
+                    dequantize_row(table.ty, table.row(f, tok as usize), row);
+                    if scale != 1.0 {
+                        row.iter_mut().for_each(|v| *v *= scale);
+                    }
+                }
+            }
+            ti += 1;
+        }
+    }
+}
+
+/// The output head: final RMSNorm and the output matrix for the last token of each sequence
+/// that wants logits (every token with `all_logits`), then soft-capping when `cap > 0`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn output_logits(
+    pool: &ThreadPool,
+    cx: Compute,
+    f: &GgufFile,
+    batch: &Batch<'_>,
+    s: &mut Scratch,
+    out_norm: &[f32],
+    eps: f32,
+    output: &Weight,
+    cap: f32,
+    logits: &mut Vec<f32>,
+) {
+    let d = output.cols;
+    let mut rows = 0;
+    let mut ti = 0;
+    for seq in &batch.seqs {
+        let n = seq.tokens.len();
+        let first = if seq.all_logits {
+            ti
+        } else if seq.want_logits {
+            ti + n - 1
+        } else {
+            ti + n
+        };
+        for src in first..ti + n {
+            let (x, xn) = (&s.x, &mut s.xn);
+            rmsnorm(
+                &x[src * d..(src + 1) * d],
+                out_norm,
+                eps,
+                &mut xn[rows * d..(rows + 1) * d],
+            );
+            rows += 1;
+        }
+        ti += n;
+    }
+    logits.clear();
+    if rows == 0 {
+        return;
+    }
+    s.xq.quantize(cx.isa, &s.xn[..rows * d], rows, d);
+    logits.resize(rows * output.rows, 0.0);
+    let x = Acts {
+        f: &s.xn[..rows * d],
+        q: &s.xq,
+        t: rows,
+    };
+    matmul(pool, cx, &x, &mut [output.job(f, logits)]);
+    if cap > 0.0 {
+        softcap(logits, cap);
+    }
+}
+
 /// A loaded model of any supported architecture.
 pub enum Model {
     Llama(llama::Llama),
+    Gemma3(gemma3::Gemma3),
 }
 
 impl Model {
@@ -290,12 +392,36 @@ impl Model {
         let arch = file.get_str("general.architecture")?.to_string();
         match arch.as_str() {
             "llama" => Ok(Model::Llama(llama::Llama::load(file)?)),
+            "mistral" => Ok(Model::Llama(llama::Llama::load_flavor(
+                file,
+                mistral::FLAVOR,
+            )?)),
+            "qwen2" => Ok(Model::Llama(llama::Llama::load_flavor(
+                file,
+                qwen2::FLAVOR,
+            )?)),
+            "qwen3" => Ok(Model::Llama(llama::Llama::load_flavor(
+                file,
+                qwen3::FLAVOR,
+            )?)),
+            "phi3" => {
+                for name in ["rope_factors_long.weight", "rope_factors_short.weight"] {
+                    if file.tensor_info(name).is_ok() {
+                        return Err(ModelError::Invalid(format!(
+                            "phi3 with `{name}` (long-context RoPE scaling) is not supported"
+                        )));
+                    }
+                }
+                Ok(Model::Llama(llama::Llama::load_flavor(file, phi3::FLAVOR)?))
+            }
+            "gemma3" => Ok(Model::Gemma3(gemma3::Gemma3::load(file)?)),
             _ => Err(ModelError::UnsupportedArchitecture(arch)),
         }
     }
     pub fn config(&self) -> &ModelConfig {
         match self {
             Model::Llama(m) => &m.config,
+            Model::Gemma3(m) => &m.config,
         }
     }
     pub fn forward(
@@ -309,6 +435,7 @@ impl Model {
     ) -> Result<(), ModelError> {
         match self {
             Model::Llama(m) => m.forward(pool, cx, batch, kv, scratch, logits),
+            Model::Gemma3(m) => m.forward(pool, cx, batch, kv, scratch, logits),
         }
     }
 }

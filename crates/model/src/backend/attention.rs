@@ -19,6 +19,26 @@ pub struct AttnShape {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// Multiplies q·k (usually 1/√head_dim).
+    pub scale: f32,
+    /// Sliding window: a token at `pos` sees keys at `pos - window + 1 ..= pos`; 0 = all.
+    pub window: usize,
+    /// Scores soft-capped to `cap · tanh(s / cap)` before the softmax; 0 = none.
+    pub softcap: f32,
+}
+
+impl AttnShape {
+    /// Full causal attention scaled by 1/√head_dim.
+    pub fn causal(n_heads: usize, n_kv_heads: usize, head_dim: usize) -> AttnShape {
+        AttnShape {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            window: 0,
+            softcap: 0.0,
+        }
+    }
 }
 
 /// `q`: T × (n_heads·head_dim) (roped); `out`: same shape. `scratch`: one buffer per thread.
@@ -37,7 +57,7 @@ pub fn attention(
     let (nh, nkv, hd) = (shape.n_heads, shape.n_kv_heads, shape.head_dim);
     let group = nh / nkv;
     let qdim = nh * hd;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = shape.scale;
     let outp = SyncPtr(out.as_mut_ptr());
     assert!(
         scratch.len() >= pool.threads(),
@@ -54,7 +74,14 @@ pub fn attention(
         let (ti, first) = (task / tasks_per_token, task % tasks_per_token * hpt);
         let g = first / group;
         let place = &places[ti];
-        let n = place.pos + 1;
+        // Keys lo..end; the window's start depends only on the query's own position.
+        let end = place.pos + 1;
+        let lo = if shape.window > 0 {
+            end.saturating_sub(shape.window)
+        } else {
+            0
+        };
+        let n = end - lo;
         // SAFETY: one scratch buffer per thread; a thread runs one task at a time.
         let scores = unsafe { &mut *scr.get().add(thread) };
         if scores.len() < hpt * n {
@@ -62,70 +89,86 @@ pub fn attention(
         }
         let qt = &q[ti * qdim..(ti + 1) * qdim];
         // Keys eight at a time where the kernel allows (eight positions from a multiple of 8
-        // lie in one block), then one at a time. The split depends only on `n`, i.e. on the
+        // lie in one block), one at a time before and after. The split depends only on the
         // query's own position, so a query is computed the same way in any batch.
-        let mut j0 = 0;
-        if isa == Isa::Avx2 && hd.is_multiple_of(8) && kv.block_size.is_multiple_of(8) {
-            while j0 + 8 <= n {
-                let slot = kv
-                    .slot(place.block_table, j0)
-                    .expect("block table covers the sequence");
-                let k = kv.k_slots(layer, slot, 8)[g * hd..].as_ptr();
-                for h in 0..hpt {
-                    let qh = &qt[(first + h) * hd..(first + h + 1) * hd];
-                    scores8(
-                        k,
-                        kv.kv_dim,
-                        qh,
-                        scale,
-                        &mut scores[h * n + j0..h * n + j0 + 8],
-                    );
-                }
-                j0 += 8;
-            }
-        }
-        for j in j0..n {
+        let eight = isa == Isa::Avx2 && hd.is_multiple_of(8) && kv.block_size.is_multiple_of(8);
+        let (a8, b8) = if eight {
+            let a = lo.next_multiple_of(8).min(end);
+            (a, a + (end - a) / 8 * 8)
+        } else {
+            (end, end)
+        };
+        let single = |j: usize, scores: &mut [f32]| {
             let slot = kv
                 .slot(place.block_table, j)
                 .expect("block table covers the sequence");
             let k = &kv.k_slot(layer, slot)[g * hd..(g + 1) * hd];
             for h in 0..hpt {
                 let qh = &qt[(first + h) * hd..(first + h + 1) * hd];
-                scores[h * n + j] = dot_f16(isa, k, qh) * scale;
+                scores[h * n + j - lo] = dot_f16(isa, k, qh) * scale;
+            }
+        };
+        for j in lo..a8 {
+            single(j, scores);
+        }
+        for j0 in (a8..b8).step_by(8) {
+            let slot = kv
+                .slot(place.block_table, j0)
+                .expect("block table covers the sequence");
+            let k = kv.k_slots(layer, slot, 8)[g * hd..].as_ptr();
+            for h in 0..hpt {
+                let qh = &qt[(first + h) * hd..(first + h + 1) * hd];
+                let at = h * n + j0 - lo;
+                scores8(k, kv.kv_dim, qh, scale, &mut scores[at..at + 8]);
             }
         }
+        for j in b8..end {
+            single(j, scores);
+        }
         for h in 0..hpt {
-            softmax(&mut scores[h * n..(h + 1) * n]);
+            let row = &mut scores[h * n..(h + 1) * n];
+            if shape.softcap > 0.0 {
+                super::ops::softcap(row, shape.softcap);
+            }
+            softmax(row);
         }
         // SAFETY: this task alone writes heads first..first+hpt of token ti.
         let o = unsafe {
             std::slice::from_raw_parts_mut(outp.get().add(ti * qdim + first * hd), hpt * hd)
         };
         o.fill(0.0);
-        if isa == Isa::Avx2 && (hd == 64 || hd == 128) {
+        if isa == Isa::Avx2 && hd.is_multiple_of(64) {
             // Values one KV block at a time (its slots are consecutive), accumulators in
-            // registers; the same additions in the same order as the loop below.
+            // registers, 64 or 128 lanes of the head at a time; the same additions in the same
+            // order as the loop below.
             let bs = kv.block_size;
-            for j0 in (0..n).step_by(bs) {
-                let count = bs.min(n - j0);
+            let lanes = if hd.is_multiple_of(128) { 128 } else { 64 };
+            let mut j0 = lo;
+            while j0 < end {
+                let count = ((j0 / bs + 1) * bs).min(end) - j0;
                 let slot = kv
                     .slot(place.block_table, j0)
                     .expect("block table covers the sequence");
-                let v = kv.v_slots(layer, slot, count)[g * hd..].as_ptr();
+                let v = kv.v_slots(layer, slot, count);
                 for h in 0..hpt {
-                    let w = &scores[h * n + j0..h * n + j0 + count];
-                    weighted_rows(v, kv.kv_dim, w, &mut o[h * hd..(h + 1) * hd]);
+                    let w = &scores[h * n + j0 - lo..h * n + j0 - lo + count];
+                    for c in (0..hd).step_by(lanes) {
+                        let vp = v[g * hd + c..].as_ptr();
+                        let out = &mut o[h * hd + c..h * hd + c + lanes];
+                        weighted_rows(vp, kv.kv_dim, w, out);
+                    }
                 }
+                j0 += count;
             }
             return;
         }
-        for j in 0..n {
+        for j in lo..end {
             let slot = kv
                 .slot(place.block_table, j)
                 .expect("block table covers the sequence");
             let v = &kv.v_slot(layer, slot)[g * hd..(g + 1) * hd];
             for h in 0..hpt {
-                axpy_f16(isa, scores[h * n + j], v, &mut o[h * hd..(h + 1) * hd]);
+                axpy_f16(isa, scores[h * n + j - lo], v, &mut o[h * hd..(h + 1) * hd]);
             }
         }
     };

