@@ -291,3 +291,40 @@ async fn beams_batch_with_other_requests_and_free_every_block() {
     assert!(out.is_finished(), "{:?}", out.end);
     big.wait_all_free().await;
 }
+
+#[tokio::test]
+async fn preempted_beams_give_the_same_result() {
+    let roomy = FakeModelConfig::default();
+    let solo = Engine::start(roomy.clone(), EngineConfig::default());
+    let reqs: Vec<EngineRequest> = [BeamKind::Deterministic, BeamKind::Stochastic]
+        .into_iter()
+        .enumerate()
+        .map(|(i, kind)| {
+            let b = params(3, kind, 1.0, false);
+            beam_request(prompt(6, 30 + i as u32, 64), 12, 63, b, 4 + i as u64)
+        })
+        .collect();
+    let mut want = Vec::new();
+    for r in &reqs {
+        want.push(solo.run(r.clone()).await.single().to_vec());
+    }
+    // 16 blocks of 4 tokens cannot hold both 3-beam requests at full length.
+    let tight = FakeModelConfig {
+        num_blocks: 16,
+        gated: true,
+        ..roomy
+    };
+    let e = Engine::start(tight, EngineConfig::default());
+    let a = e.submit(reqs[0].clone());
+    e.parked_at(0);
+    let b = e.submit(reqs[1].clone());
+    e.gate.open();
+    let (a, b) = (common::collect(a, 1).await, common::collect(b, 1).await);
+    assert_eq!(a.single(), &want[0][..]);
+    assert_eq!(b.single(), &want[1][..]);
+    assert!(
+        e.handle.stats().preemptions > 0,
+        "the scenario must preempt"
+    );
+    e.wait_all_free().await;
+}
