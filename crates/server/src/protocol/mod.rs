@@ -4,7 +4,9 @@
 pub mod request;
 pub mod response;
 pub mod stream;
+pub mod tokenize;
 
 pub use request::*;
 pub use response::*;
 pub use stream::*;
+pub use tokenize::*;
