@@ -570,7 +570,10 @@ async fn shutdown_cancels_what_outlives_the_grace_period() {
             .unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while s.engine.is_running() {
-            assert!(std::time::Instant::now() < deadline, "the engine did not stop");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the engine did not stop"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
