@@ -621,3 +621,20 @@ async fn a_disconnect_frees_blocks_within_one_step() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_json_is_open_and_describes_the_routes() {
+    within(async {
+        let srv = start_full(fake_config(), EngineConfig::default(), keyed()).await;
+        let (status, doc) = call(&srv, "GET", "/openapi.json", &Value::Null, &[]).await;
+        assert_eq!(status, 200);
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        assert!(doc["paths"]["/v1/completions"]["post"]["security"].is_array());
+        assert!(doc["paths"]["/health"]["get"].get("security").is_none());
+        assert!(
+            doc["components"]["schemas"]["CompletionRequest"]["properties"]["max_tokens"]
+                .is_object()
+        );
+    })
+    .await
+}

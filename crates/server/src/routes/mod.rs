@@ -6,6 +6,7 @@
 
 mod completions;
 mod info;
+mod openapi;
 mod tokenize;
 
 use std::any::Any;
@@ -23,6 +24,8 @@ use crate::state::AppState;
 /// Largest accepted request body (bigger: 413).
 pub const BODY_LIMIT: usize = 8 * 1024 * 1024;
 
+pub use openapi::document as openapi_document;
+
 /// The API's routes, without state or middleware (see [`with_layers`]).
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -34,6 +37,7 @@ pub fn routes() -> Router<AppState> {
         .route("/health", get(info::health))
         .route("/v1/models", get(info::models))
         .route("/metrics", get(info::metrics))
+        .route("/openapi.json", get(openapi::openapi))
 }
 
 /// The application: every route with the middleware stack.
