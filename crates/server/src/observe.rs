@@ -23,6 +23,9 @@ use crate::util::random_u64;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// The status logged and counted for a request whose client left before any response.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
 /// Longest accepted client request id.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -68,7 +71,11 @@ impl RequestRecord {
 impl Drop for RequestRecord {
     fn drop(&mut self) {
         let inner = self.lock();
-        let status = self.status.load(Ordering::Relaxed);
+        // No response was formed: the client went away while the handler ran (nginx's 499).
+        let status = match self.status.load(Ordering::Relaxed) {
+            0 => CLIENT_CLOSED_REQUEST,
+            s => s,
+        };
         let complete = self.complete.load(Ordering::Relaxed);
         let elapsed = self.start.elapsed();
         let team = inner.team.as_deref().unwrap_or("");

@@ -618,6 +618,11 @@ async fn a_disconnect_frees_blocks_within_one_step() {
             let stats = srv.engine.stats();
             assert_eq!(stats.free_blocks, stats.total_blocks);
         }
+        // The abandoned JSON request never got a status: counted as 499; the stream as a 200
+        // that did not finish.
+        let text = scrape(&srv).await;
+        assert!(text.contains("cordial_requests_total{route=\"/v1/completions\",status=\"499\",team=\"none\"} 1\n"), "{text}");
+        assert_eq!(metric(&text, "cordial_requests_disconnected_total"), 2.0, "{text}");
     })
     .await
 }
