@@ -183,6 +183,31 @@ impl http_body::Body for RecordedBody {
     }
 }
 
+/// Turns a panic while producing a completion's outputs (detokenization, stop phrases, logprob
+/// rendering) into a final `Failed(Internal)`: a 500 before the first byte, an error event
+/// after it, instead of a dropped connection. The request's engine streams are dropped with
+/// the panicked stream, which aborts them.
+pub fn guard_panics(
+    outs: impl Stream<Item = Output> + Send + 'static,
+) -> impl Stream<Item = Output> + Send + 'static {
+    let mut failed = false;
+    std::panic::AssertUnwindSafe(outs)
+        .catch_unwind()
+        .map(|r| {
+            r.unwrap_or_else(|_| {
+                tracing::error!("a completion panicked while producing its output");
+                Output::Failed(crate::error::ApiError::Internal(
+                    "the request failed unexpectedly; the server goes on".into(),
+                ))
+            })
+        })
+        .take_while(move |out| {
+            let go = !failed;
+            failed |= matches!(out, Output::Failed(_));
+            std::future::ready(go)
+        })
+}
+
 /// Watches a completion's outputs: time to first token, inter-token gaps (per choice), and
 /// the token counts of the usage.
 pub fn tap(
@@ -220,6 +245,23 @@ pub fn tap(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panicking_output_stream_ends_with_one_failure() {
+        let outs = futures::stream::iter(0..5).map(|i| {
+            assert!(i < 2, "injected");
+            Output::ChoiceDone {
+                index: i,
+                reason: crate::protocol::FinishReasonWire::Stop,
+            }
+        });
+        let got: Vec<Output> = futures::executor::block_on(guard_panics(outs).collect());
+        assert_eq!(got.len(), 3);
+        assert!(matches!(
+            got[2],
+            Output::Failed(crate::error::ApiError::Internal(_))
+        ));
+    }
 
     #[test]
     fn request_ids_are_accepted_or_generated() {

@@ -21,7 +21,7 @@ use futures::{stream, Stream, StreamExt};
 use super::BODY_LIMIT;
 use crate::error::ApiError;
 use crate::limits::apply_default_timeout;
-use crate::observe::{tap, RequestRecord};
+use crate::observe::{guard_panics, tap, RequestRecord};
 use crate::protocol::{CompletionChoice, CompletionResponse};
 use crate::state::{AppState, Serving};
 use crate::stream::{collect, outputs, Generation, Output, SseDialect, StreamMeta, TextControls};
@@ -74,7 +74,10 @@ async fn handle(
     apply_default_timeout(&mut valid, state.options().default_timeout, arrived);
     let serving = state.serving().ok_or(ApiError::NotReady)?;
     let streams = submit_all(&serving.engine, &valid)?;
-    let outs = tap(outputs(streams, generation(serving, &valid)), record);
+    let outs = tap(
+        guard_panics(outputs(streams, generation(serving, &valid))),
+        record,
+    );
     let meta = StreamMeta {
         id: completion_id(),
         created: unix_now(),
