@@ -8,8 +8,10 @@ random point (before the answer, or after a few stream events). Then it waits fo
 go idle and reads /metrics.
 
 Pass criteria (exit status 1 otherwise): zero 5xx (and no server_error event in a stream), zero
-broken connections, zero KV blocks still in use once idle, and resident memory after the run not
-more than --rss-slack-mib above what it was after the warm-up.
+broken connections, zero KV blocks still in use once idle, and flat memory: the measured
+requests run in --rounds rounds, and RSS after the last round is not more than --rss-slack-mib
+above RSS after the middle one (the KV cache, allocated zeroed, becomes resident as its blocks
+are first used, so RSS rises during the first rounds up to about model + cache).
 
     python3 scripts/load-test.py                      # full run: 2000 requests, concurrency 32
     python3 scripts/load-test.py --requests 300       # a shorter run
@@ -30,7 +32,9 @@ import urllib.request
 
 WORDS = ("the capital of France is Paris and the river Seine runs through it while "
          "people walk along the old stone bridges in spring").split()
-SHARED_PREFIX = "You are a helpful assistant. Answer briefly and precisely. "
+# Longer than two 16-token KV blocks, so requests that share it hit the prefix cache.
+SHARED_PREFIX = ("You are a helpful assistant for travellers in Europe. Answer briefly and precisely, "
+                 "in plain English, without lists, and say so when you do not know the answer. ")
 
 
 def free_port():
@@ -214,7 +218,9 @@ def main():
     ap.add_argument("--base", help="use a running server instead of starting one")
     ap.add_argument("--pid", type=int, help="the running server's pid (for RSS)")
     ap.add_argument("--api-key", default=os.environ.get("CORDIAL_LOAD_API_KEY"))
-    ap.add_argument("--rss-slack-mib", type=float, default=64.0)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rss-slack-mib", type=float, default=64.0,
+                    help="allowed RSS growth over the second half of the rounds")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
 
@@ -246,8 +252,26 @@ def main():
         warm, _ = run_round(host, port, args.warmup, args.concurrency, args.seed + 7, args.api_key)
         wait_idle(base)
         rss_warm = rss_kib(pid) if pid else 0
-        tally, wall = run_round(host, port, args.requests, args.concurrency, args.seed, args.api_key)
-        text = wait_idle(base)
+        # The measured requests in --rounds equal rounds, idle in between: RSS after each shows
+        # whether memory settles (the KV cache's pages become resident as blocks are first used,
+        # up to --kv-cache-tokens) or keeps growing.
+        tally, wall, rss_rounds = Tally(), 0.0, []
+        per_round = [args.requests // args.rounds + (i < args.requests % args.rounds) for i in range(args.rounds)]
+        for i, count in enumerate(per_round):
+            t, w = run_round(host, port, count, args.concurrency, args.seed + i, args.api_key)
+            wall += w
+            for k, v in t.status.items():
+                tally.status[k] = tally.status.get(k, 0) + v
+            tally.hung_up += t.hung_up
+            tally.broken += t.broken
+            tally.stream_errors += t.stream_errors
+            tally.latencies += t.latencies
+            tally.ttfts += t.ttfts
+            text = wait_idle(base)
+            rss_rounds.append(round(rss_kib(pid) / 1024, 1) if pid else 0)
+            print(f"round {i + 1}/{args.rounds}: {count} requests in {w:.0f} s, "
+                  f"KV blocks used when idle {metric(text, 'cordial_kv_blocks_used'):.0f}, "
+                  f"RSS {rss_rounds[-1]} MiB", file=sys.stderr, flush=True)
         rss_end = rss_kib(pid) if pid else 0
         used = metric(text, "cordial_kv_blocks_used")
         total = metric(text, "cordial_kv_blocks_total")
@@ -269,7 +293,7 @@ def main():
             "kv_blocks_total": total,
             "kv_blocks_leaked": used,
             "rss_mib": {"loaded": round(rss_loaded / 1024, 1), "after_warmup": round(rss_warm / 1024, 1),
-                        "after_run": round(rss_end / 1024, 1)},
+                        "after_each_round": rss_rounds, "after_run": round(rss_end / 1024, 1)},
             "prefix_cache_hit_rate": round(metric(text, "cordial_prefix_cache_hit_rate"), 3),
         }
         print(json.dumps(figures, indent=2))
@@ -283,8 +307,9 @@ def main():
             failed.append("broken connections")
         if used != 0:
             failed.append(f"{used} KV blocks leaked")
-        if pid and (rss_end - rss_warm) / 1024 > args.rss_slack_mib:
-            failed.append("resident memory grew")
+        half = rss_rounds[(len(rss_rounds) - 1) // 2] if rss_rounds else 0
+        if pid and rss_rounds and rss_rounds[-1] - half > args.rss_slack_mib:
+            failed.append(f"resident memory still growing: {half} -> {rss_rounds[-1]} MiB")
         if failed:
             sys.exit("FAILED: " + ", ".join(failed))
         print("OK")

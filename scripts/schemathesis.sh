@@ -32,5 +32,5 @@ done
     --url "http://127.0.0.1:$port" \
     --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance \
     --max-examples "$examples" --request-timeout 60 --workers 4 \
-    --generation-seed 1 "${@:2}"
+    --seed 1 "${@:2}"
 echo "server log: $log ($(grep -c '"request"\|request_id' "$log" || true) request lines)"

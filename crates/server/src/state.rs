@@ -68,6 +68,8 @@ struct Inner {
     serving: OnceLock<Serving>,
     options: ServerOptions,
     metrics: Metrics,
+    /// `/openapi.json`, rendered on first use.
+    openapi: OnceLock<String>,
 }
 
 /// Cheap to clone; one per server.
@@ -88,6 +90,7 @@ impl AppState {
             serving: OnceLock::new(),
             options,
             metrics: Metrics::default(),
+            openapi: OnceLock::new(),
         }))
     }
 
@@ -97,6 +100,11 @@ impl AppState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+
+    /// The rendered `/openapi.json` (set once by its route).
+    pub fn openapi_json(&self) -> &OnceLock<String> {
+        &self.0.openapi
     }
 
     /// Marks the model loaded. Fails (giving it back) when already set.

@@ -3,8 +3,8 @@
 //! get their `oneOf` schemas here.
 
 use std::borrow::Cow;
-use std::sync::OnceLock;
 
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
@@ -24,6 +24,7 @@ use crate::protocol::{
     LogitBias, ModelList, Prompt, Seed, Stop, TokenInput, TokenizeRequest, TokenizeResponse,
     TopLogprobs,
 };
+use crate::state::AppState;
 
 fn string() -> Schema {
     ObjectBuilder::new().schema_type(Type::String).into()
@@ -382,13 +383,30 @@ pub fn document() -> OpenApi {
     doc
 }
 
-pub async fn openapi() -> Response {
-    static DOC: OnceLock<String> = OnceLock::new();
-    let body = DOC.get_or_init(|| {
-        document()
-            .to_pretty_json()
-            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-    });
+/// The document for a server: `model` lists the served names (any other is 404).
+pub fn served_document(served: &[String]) -> serde_json::Value {
+    let mut doc = serde_json::to_value(document()).unwrap_or_default();
+    let mut names: Vec<serde_json::Value> = served.iter().map(|n| n.as_str().into()).collect();
+    names.push(serde_json::Value::Null);
+    for schema in ["CompletionRequest", "TokenizeRequest", "DetokenizeRequest"] {
+        if let Some(model) = doc
+            .pointer_mut(&format!("/components/schemas/{schema}/properties/model"))
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            model.insert("enum".into(), names.clone().into());
+            model.insert(
+                "description".into(),
+                "A served name (GET /v1/models); absent or null: the primary one.".into(),
+            );
+        }
+    }
+    doc
+}
+
+pub async fn openapi(State(state): State<AppState>) -> Response {
+    let body = state
+        .openapi_json()
+        .get_or_init(|| served_document(state.served_names()).to_string());
     ([(header::CONTENT_TYPE, "application/json")], body.clone()).into_response()
 }
 
@@ -434,6 +452,13 @@ mod tests {
                 "dangling {name}"
             );
         }
+        let served = served_document(&["a".to_owned(), "b".to_owned()]);
+        let model = &served["components"]["schemas"]["TokenizeRequest"]["properties"]["model"];
+        assert_eq!(
+            model["enum"],
+            serde_json::json!(["a", "b", null]),
+            "{model}"
+        );
         let prompt = &doc["components"]["schemas"]["Prompt"]["oneOf"];
         assert_eq!(prompt.as_array().map(Vec::len), Some(4), "{prompt}");
     }
