@@ -383,7 +383,29 @@ pub fn document() -> OpenApi {
     doc
 }
 
-/// The document for a server: `model` lists the served names (any other is 404).
+/// Single-field value ranges that `validate/rules.rs` enforces, as JSON-schema bounds:
+/// (field, minimum, maximum, whether the minimum is exclusive). A unit test checks each bound
+/// against the rules, so the two cannot drift apart.
+const RANGES: &[(&str, Option<f64>, Option<f64>, bool)] = &[
+    ("max_tokens", Some(1.0), None, false),
+    ("max_total_tokens", Some(1.0), None, false),
+    ("min_tokens", Some(0.0), None, false),
+    ("min_total_tokens", Some(0.0), None, false),
+    ("timeout_microseconds", Some(0.0), None, true),
+    ("n", Some(1.0), Some(crate::validate::MAX_N as f64), false),
+    ("temperature", Some(0.0), None, false),
+    ("top_k", Some(0.0), None, false),
+    ("top_p", Some(0.0), Some(1.0), true),
+    ("min_p", Some(0.0), Some(1.0), false),
+    ("frequency_penalty", Some(-2.0), Some(2.0), false),
+    ("presence_penalty", Some(-2.0), Some(2.0), false),
+    ("repetition_penalty", Some(1.0), None, false),
+    ("no_repeat_ngram", Some(1.0), None, false),
+    ("logprobs", Some(0.0), Some(20.0), false),
+];
+
+/// The document for a server: `model` lists the served names (any other is 404); the value
+/// ranges of [`RANGES`].
 pub fn served_document(served: &[String]) -> serde_json::Value {
     let mut doc = serde_json::to_value(document()).unwrap_or_default();
     let mut names: Vec<serde_json::Value> = served.iter().map(|n| n.as_str().into()).collect();
@@ -400,6 +422,26 @@ pub fn served_document(served: &[String]) -> serde_json::Value {
             );
         }
     }
+    for (field, min, max, exclusive) in RANGES {
+        let path = format!("/components/schemas/CompletionRequest/properties/{field}");
+        let Some(prop) = doc
+            .pointer_mut(&path)
+            .and_then(serde_json::Value::as_object_mut)
+        else {
+            continue;
+        };
+        if let Some(min) = min {
+            let key = if *exclusive {
+                "exclusiveMinimum"
+            } else {
+                "minimum"
+            };
+            prop.insert(key.into(), (*min).into());
+        }
+        if let Some(max) = max {
+            prop.insert("maximum".into(), (*max).into());
+        }
+    }
     doc
 }
 
@@ -414,6 +456,62 @@ pub async fn openapi(State(state): State<AppState>) -> Response {
 mod tests {
     use super::*;
     use crate::protocol::KNOWN_FIELDS;
+
+    /// Each bound of `RANGES` is exactly where the rules start refusing.
+    #[test]
+    fn documented_ranges_match_the_rules() {
+        use crate::validate::{check_rules, Limits};
+        let limits = Limits {
+            vocab_size: 1000,
+            max_context: 256,
+            hidden_size: 8,
+        };
+        const FLOATS: [&str; 6] = [
+            "temperature",
+            "top_p",
+            "min_p",
+            "frequency_penalty",
+            "presence_penalty",
+            "repetition_penalty",
+        ];
+        let check = |field: &str, v: f64| {
+            let value = if FLOATS.contains(&field) {
+                serde_json::json!(v)
+            } else {
+                serde_json::json!(v as i64)
+            };
+            let body = serde_json::json!({"prompt": "x", field: value});
+            let req: crate::protocol::CompletionRequest = serde_json::from_value(body).unwrap();
+            check_rules(&req, &limits).map_err(|e| e.param)
+        };
+        let step = |field: &str| if FLOATS.contains(&field) { 0.01 } else { 1.0 };
+        for (field, min, max, exclusive) in RANGES {
+            let d = step(field);
+            if let Some(min) = min {
+                let inside = if *exclusive { min + d } else { *min };
+                let outside = if *exclusive { *min } else { min - d };
+                assert!(check(field, inside).is_ok(), "{field}={inside}");
+                assert_eq!(
+                    check(field, outside),
+                    Err(Some(field.to_string())),
+                    "{field}={outside}"
+                );
+            }
+            if let Some(max) = max {
+                assert!(check(field, *max).is_ok(), "{field}={max}");
+                assert_eq!(
+                    check(field, max + d),
+                    Err(Some(field.to_string())),
+                    "{field}={}",
+                    max + d
+                );
+            }
+        }
+        let doc = served_document(&["m".to_owned()]);
+        let n = &doc["components"]["schemas"]["CompletionRequest"]["properties"]["n"];
+        assert_eq!(n["minimum"], 1.0);
+        assert_eq!(n["maximum"], crate::validate::MAX_N as f64);
+    }
 
     #[test]
     fn every_request_field_and_route_is_described() {
