@@ -2,7 +2,7 @@
 # Runs schemathesis (PyPI) against /openapi.json of the release binary serving the default
 # model on loopback: every operation, generated bodies (valid and invalid per the schema),
 # check `not_a_server_error` (no 5xx) plus the response-schema checks of JSON answers.
-#   bash scripts/schemathesis.sh [MAX_EXAMPLES]     # per operation; default 100
+#   bash scripts/schemathesis.sh [MAX_EXAMPLES]     # per operation; default 100 (SEED=1)
 # The venv lives in ~/.cache/cordial/schemathesis-venv. The server runs with a short context
 # (--max-model-len 192) and --default-timeout 20 so that generated max_tokens stay cheap.
 set -euo pipefail
@@ -28,9 +28,12 @@ for _ in $(seq 600); do
     sleep 0.2
 done
 "$st" --version
+rc=0
 "$st" run "http://127.0.0.1:$port/openapi.json" \
     --url "http://127.0.0.1:$port" \
     --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance \
     --max-examples "$examples" --request-timeout 60 --workers 4 \
-    --seed 1 "${@:2}"
-echo "server log: $log ($(grep -c '"request"\|request_id' "$log" || true) request lines)"
+    --seed "${SEED:-1}" "${@:2}" || rc=$?
+echo "server log: $log; completions answered by status:"
+grep -o 'path=[^ ]*completions status=[0-9]*' "$log" | awk '{print $2}' | sort | uniq -c || true
+exit $rc

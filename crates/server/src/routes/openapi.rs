@@ -404,8 +404,8 @@ const RANGES: &[(&str, Option<f64>, Option<f64>, bool)] = &[
     ("logprobs", Some(0.0), Some(20.0), false),
 ];
 
-/// The document for a server: `model` lists the served names (any other is 404); the value
-/// ranges of [`RANGES`].
+/// The document for a server: `model` lists the served names (any other is 404); exactly one
+/// of `prompt` and `tokens`; the value ranges of [`RANGES`].
 pub fn served_document(served: &[String]) -> serde_json::Value {
     let mut doc = serde_json::to_value(document()).unwrap_or_default();
     let mut names: Vec<serde_json::Value> = served.iter().map(|n| n.as_str().into()).collect();
@@ -421,6 +421,20 @@ pub fn served_document(served: &[String]) -> serde_json::Value {
                 "A served name (GET /v1/models); absent or null: the primary one.".into(),
             );
         }
+    }
+    // Exactly one input: `prompt` or `tokens`, not null.
+    if let Some(req) = doc
+        .pointer_mut("/components/schemas/CompletionRequest")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        let branch = |field: &str, schema: &str| {
+            serde_json::json!({
+                "required": [field],
+                "properties": {field: {"$ref": format!("#/components/schemas/{schema}")}}
+            })
+        };
+        let one_of = vec![branch("prompt", "Prompt"), branch("tokens", "TokenInput")];
+        req.insert("oneOf".into(), one_of.into());
     }
     for (field, min, max, exclusive) in RANGES {
         let path = format!("/components/schemas/CompletionRequest/properties/{field}");
@@ -508,6 +522,9 @@ mod tests {
             }
         }
         let doc = served_document(&["m".to_owned()]);
+        let one_of = &doc["components"]["schemas"]["CompletionRequest"]["oneOf"];
+        assert_eq!(one_of[0]["required"], serde_json::json!(["prompt"]));
+        assert_eq!(one_of[1]["required"], serde_json::json!(["tokens"]));
         let n = &doc["components"]["schemas"]["CompletionRequest"]["properties"]["n"];
         assert_eq!(n["minimum"], 1.0);
         assert_eq!(n["maximum"], crate::validate::MAX_N as f64);
