@@ -57,8 +57,14 @@ fuzz_target!(|data: &[u8]| {
     assert!(!valid.requests.is_empty());
     for r in &valid.requests {
         assert!(!r.prompt.is_empty(), "empty prompt accepted");
-        assert!(r.prompt.len() < MAX_CONTEXT, "prompt longer than the context accepted");
-        assert!(r.prompt.iter().all(|&t| (t as usize) < vocab), "token id outside the vocabulary");
+        assert!(
+            r.prompt.len() < MAX_CONTEXT,
+            "prompt longer than the context accepted"
+        );
+        assert!(
+            r.prompt.iter().all(|&t| (t as usize) < vocab),
+            "token id outside the vocabulary"
+        );
         assert_eq!(r.seeds.len(), valid.n, "one seed per choice");
         let p = &r.params;
         assert!(p.temperature.is_finite() && p.temperature >= 0.0);
