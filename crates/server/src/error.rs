@@ -45,6 +45,15 @@ pub enum ApiError {
     BadRequest(String),
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// Missing or unknown API key: 401.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A key used for another team: 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The body did not arrive within the read timeout: 408.
+    #[error("the request body was not received within {secs} seconds")]
+    RequestTimeout { secs: u64 },
     #[error("the model `{0}` does not exist; see GET /v1/models")]
     ModelNotFound(String),
     /// 422, or 400 for an OpenAI-flavoured request.
@@ -72,6 +81,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Invalid(_, Flavor::OpenAi) => StatusCode::BAD_REQUEST,
             ApiError::Invalid(_, Flavor::Friendli) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -99,10 +111,11 @@ impl ApiError {
             ApiError::Timeout => (Some("timeout_microseconds".to_owned()), Some("timeout")),
             _ => (None, None),
         };
-        let kind = if self.status().is_server_error() {
-            "server_error"
-        } else {
-            "invalid_request_error"
+        let kind = match self {
+            ApiError::Unauthorized(_) => "authentication_error",
+            ApiError::Forbidden(_) => "permission_error",
+            _ if self.status().is_server_error() => "server_error",
+            _ => "invalid_request_error",
         };
         ErrorDetail {
             message: self.to_string(),
@@ -158,6 +171,10 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if matches!(self, ApiError::Unauthorized(_)) {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         resp
     }
 }
@@ -197,6 +214,23 @@ mod tests {
         let d = e.detail();
         assert_eq!(d.param.as_deref(), Some("timeout_microseconds"));
         assert_eq!(d.kind, "invalid_request_error");
+    }
+
+    #[test]
+    fn auth_errors_have_their_types() {
+        let resp = ApiError::Unauthorized("no key".into()).into_response();
+        assert_eq!(resp.status(), 401);
+        assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        assert_eq!(
+            ApiError::Unauthorized(String::new()).detail().kind,
+            "authentication_error"
+        );
+        assert_eq!(ApiError::Forbidden(String::new()).status(), 403);
+        assert_eq!(
+            ApiError::Forbidden(String::new()).detail().kind,
+            "permission_error"
+        );
+        assert_eq!(ApiError::RequestTimeout { secs: 1 }.status(), 408);
     }
 
     #[test]

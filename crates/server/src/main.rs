@@ -3,14 +3,17 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use cordial_engine::{EngineConfig, EngineHandle};
 use cordial_grammar::{GrammarCompiler, GrammarLimits};
 use cordial_model::fetch::{default_model_path, ensure_default_model};
+use cordial_server::auth::ApiKeys;
 use cordial_server::runner::{self, RunnerOptions};
-use cordial_server::{router, AppState, Serving};
+use cordial_server::serve::{serve as serve_http, ServeOptions};
+use cordial_server::{router, AppState, ServerOptions, Serving};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -19,14 +22,28 @@ use cordial_server::{router, AppState, Serving};
     about = "LLM text-completion server (Friendli and OpenAI completions API)"
 )]
 struct Cli {
+    /// Log format: `text` or `json` (one JSON object per line).
+    #[arg(
+        long,
+        env = "CORDIAL_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve a GGUF model over HTTP.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a known model's path, fetching it first when missing.
     FetchModel(FetchArgs),
 }
@@ -74,17 +91,43 @@ struct ServeArgs {
     /// Most prompt tokens prefilled in one step.
     #[arg(long, env = "CORDIAL_MAX_PREFILL_TOKENS", default_value_t = 512)]
     max_prefill_tokens: usize,
+    /// An accepted API key (repeatable); also CORDIAL_API_KEYS (comma-separated). Without any
+    /// key the server is open.
+    #[arg(long = "api-key")]
+    api_key: Vec<String>,
+    /// A file of API keys: one `KEY [TEAM]` per line (`#` comments); a key with a TEAM serves
+    /// only that team (X-Friendli-Team).
+    #[arg(long, env = "CORDIAL_API_KEYS_FILE")]
+    api_keys_file: Option<PathBuf>,
+    /// Seconds a completion may take when it sets no `timeout_microseconds` (429 after it);
+    /// 0 = no limit.
+    #[arg(long, env = "CORDIAL_DEFAULT_TIMEOUT", default_value_t = 0.0)]
+    default_timeout: f64,
+    /// Seconds a client has to send a request's headers (and the keep-alive idle limit).
+    #[arg(long, env = "CORDIAL_HEADER_READ_TIMEOUT", default_value_t = 30.0)]
+    header_read_timeout: f64,
+    /// Seconds a client has to send a whole request body (408 after it).
+    #[arg(long, env = "CORDIAL_BODY_READ_TIMEOUT", default_value_t = 30.0)]
+    body_read_timeout: f64,
+    /// Seconds in-flight requests may take after SIGTERM/SIGINT before they are cancelled.
+    #[arg(long, env = "CORDIAL_SHUTDOWN_GRACE", default_value_t = 30.0)]
+    shutdown_grace: f64,
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+    match cli.command {
         Command::FetchModel(a) => {
             let m = match a.name.as_str() {
                 "smollm2" => cordial_model::fetch::DEFAULT_MODEL,
@@ -94,7 +137,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", cordial_model::fetch::ensure_model(&m)?.display());
             Ok(())
         }
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
     }
 }
 
@@ -122,9 +165,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| format!("invalid --host/--port {}:{}", args.host, args.port))?;
+    let keys = api_keys(&args)?;
+    let options = ServerOptions {
+        default_timeout: Some(seconds("--default-timeout", args.default_timeout)?)
+            .filter(|d| !d.is_zero()),
+        body_read_timeout: positive("--body-read-timeout", args.body_read_timeout)?,
+        api_keys: keys.clone(),
+    };
+    let serve_opts = ServeOptions {
+        header_read_timeout: positive("--header-read-timeout", args.header_read_timeout)?,
+        shutdown_grace: seconds("--shutdown-grace", args.shutdown_grace)?,
+    };
     tracing::info!(
         "settings: model={} served_model_names={:?} host={} port={} threads={} max_model_len={:?} \
-         max_num_seqs={} kv_cache_tokens={} max_waiting={} max_prefill_tokens={}",
+         max_num_seqs={} kv_cache_tokens={} max_waiting={} max_prefill_tokens={} api_keys={} \
+         default_timeout_s={} header_read_timeout_s={} body_read_timeout_s={} shutdown_grace_s={}",
         path.display(),
         names,
         args.host,
@@ -134,9 +189,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.max_num_seqs,
         args.kv_cache_tokens,
         args.max_waiting,
-        args.max_prefill_tokens
+        args.max_prefill_tokens,
+        keys.len(),
+        args.default_timeout,
+        args.header_read_timeout,
+        args.body_read_timeout,
+        args.shutdown_grace,
     );
-    let state = AppState::new(names);
+    if keys.is_empty() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            "no API key is configured and the server listens on {}: anyone who can reach it \
+             can use it (set --api-key, CORDIAL_API_KEYS or --api-keys-file)",
+            addr.ip()
+        );
+    }
+    let state = AppState::with_options(names, options);
     // Two workers: the compute pool needs the cores; HTTP work is light.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -149,17 +216,59 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("listening on http://{}", listener.local_addr()?);
         spawn_loader(state.clone(), args, path);
         let shutdown_state = state.clone();
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(async move {
-                shutdown_signal().await;
-                tracing::info!("shutting down");
-                if let Some(s) = shutdown_state.serving() {
-                    s.engine.shutdown();
-                }
-            })
-            .await?;
+        let cancel = move || {
+            if let Some(s) = shutdown_state.serving() {
+                s.engine.shutdown();
+            }
+        };
+        serve_http(
+            listener,
+            router(state),
+            serve_opts,
+            shutdown_signal(),
+            cancel,
+        )
+        .await?;
+        tracing::info!("stopped");
         anyhow::Ok(())
     })
+}
+
+/// Keys from `--api-key`, `CORDIAL_API_KEYS` (comma-separated) and the keys file, together.
+fn api_keys(args: &ServeArgs) -> anyhow::Result<ApiKeys> {
+    let mut keys: Vec<(String, Option<String>)> = args
+        .api_key
+        .iter()
+        .map(|k| (k.trim().to_owned(), None))
+        .collect();
+    if let Ok(env) = std::env::var("CORDIAL_API_KEYS") {
+        keys.extend(env.split(',').map(|k| (k.trim().to_owned(), None)));
+    }
+    if let Some(file) = &args.api_keys_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the keys file {}", file.display()))?;
+        let parsed = ApiKeys::parse_file(&text)
+            .map_err(|e| anyhow::anyhow!("keys file {}: {e}", file.display()))?;
+        keys.extend(parsed);
+    }
+    Ok(ApiKeys::new(keys))
+}
+
+/// A duration flag in seconds, between 0 and 1e9.
+fn seconds(flag: &str, secs: f64) -> anyhow::Result<Duration> {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        anyhow::bail!("{flag} must be a number of seconds between 0 and 1e9, got {secs}");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// [`seconds`], above 0.
+fn positive(flag: &str, secs: f64) -> anyhow::Result<Duration> {
+    let d = seconds(flag, secs)?;
+    if d.is_zero() {
+        anyhow::bail!("{flag} must be above 0 seconds");
+    }
+    Ok(d)
 }
 
 /// Loads the model on its own thread; the server answers `/health` 503 meanwhile. A failure to

@@ -2,14 +2,38 @@
 //! `/health` with 503 while the model loads in the background).
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use cordial_engine::EngineHandle;
 use cordial_grammar::GrammarCompiler;
 use cordial_tokenizer::{TokenId, Tokenizer};
 
+use crate::auth::ApiKeys;
 use crate::chat::ChatTemplate;
+use crate::metrics::Metrics;
 
 use crate::validate::{Limits, ModelInfo};
+
+/// Operator settings the routes and middleware apply.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Accepted API keys; empty = open server.
+    pub api_keys: ApiKeys,
+    /// Deadline of a completion that sets no `timeout_microseconds` (none = no limit).
+    pub default_timeout: Option<Duration>,
+    /// A request body must arrive whole within this time (else 408).
+    pub body_read_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            api_keys: ApiKeys::default(),
+            default_timeout: None,
+            body_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
 
 /// A loaded model and its running engine.
 pub struct Serving {
@@ -62,6 +86,10 @@ struct Inner {
     served: Vec<String>,
     created: u64,
     serving: OnceLock<Serving>,
+    options: ServerOptions,
+    metrics: Metrics,
+    /// `/openapi.json`, rendered on first use.
+    openapi: OnceLock<String>,
 }
 
 /// Cheap to clone; one per server.
@@ -71,12 +99,32 @@ pub struct AppState(Arc<Inner>);
 impl AppState {
     /// `served`: the accepted model names, primary first (at least one).
     pub fn new(served: Vec<String>) -> AppState {
+        AppState::with_options(served, ServerOptions::default())
+    }
+
+    pub fn with_options(served: Vec<String>, options: ServerOptions) -> AppState {
         assert!(!served.is_empty(), "at least one served model name");
         AppState(Arc::new(Inner {
             served,
             created: crate::util::unix_now(),
             serving: OnceLock::new(),
+            options,
+            metrics: Metrics::default(),
+            openapi: OnceLock::new(),
         }))
+    }
+
+    pub fn options(&self) -> &ServerOptions {
+        &self.0.options
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    /// The rendered `/openapi.json` (set once by its route).
+    pub fn openapi_json(&self) -> &OnceLock<String> {
+        &self.0.openapi
     }
 
     /// Marks the model loaded. Fails (giving it back) when already set.

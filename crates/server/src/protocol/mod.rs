@@ -5,8 +5,10 @@ pub mod chat;
 pub mod request;
 pub mod response;
 pub mod stream;
+pub mod tokenize;
 
 pub use chat::*;
 pub use request::*;
 pub use response::*;
 pub use stream::*;
+pub use tokenize::*;

@@ -8,8 +8,9 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(default)]
+// Every field is an `Option`: a missing key is `None` without `#[serde(default)]` (which
+// would make the schema derive serialize a default request).
+#[derive(Debug, Default, Clone, Deserialize, utoipa::ToSchema)]
 pub struct CompletionRequest {
     // --- input and routing ---
     pub model: Option<String>,
@@ -122,13 +123,12 @@ pub enum LogitBias {
 }
 
 /// `{"tokens": [ids]}` entries of `stop_tokens` and `bad_word_tokens`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct TokenSequence {
     pub tokens: Vec<i64>,
 }
 
-#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct StreamOptions {
     pub include_usage: Option<bool>,
     /// vLLM extension; accepted and ignored by clients that do not know it.
@@ -137,13 +137,11 @@ pub struct StreamOptions {
 
 /// `response_format`: the type stays a string so that an unknown type is a validation error
 /// naming the allowed values.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct ResponseFormat {
     #[serde(rename = "type")]
     pub kind: String,
-    #[serde(default)]
     pub schema: Option<String>,
-    #[serde(default)]
     pub json_schema: Option<Value>,
 }
 

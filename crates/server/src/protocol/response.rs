@@ -3,14 +3,14 @@
 use serde::Serialize;
 
 /// `finish_reason` values: Friendli clients accept only these two.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FinishReasonWire {
     Stop,
     Length,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
@@ -27,7 +27,7 @@ impl Usage {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CompletionChoice {
     pub index: usize,
     pub seed: u64,
@@ -43,7 +43,7 @@ pub struct CompletionChoice {
 }
 
 /// `choices[i].logprobs` (decision 11), for a whole choice or for one streamed token.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum LogprobsWire {
     /// One log-probability per token (Friendli `include_output_logprobs`).
@@ -53,7 +53,7 @@ pub enum LogprobsWire {
 }
 
 /// OpenAI's completion logprobs: parallel lists, one entry per token.
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, utoipa::ToSchema)]
 pub struct OpenAiLogprobs {
     pub tokens: Vec<String>,
     /// `null` for the first token of an echoed prompt (nothing precedes it).
@@ -84,7 +84,7 @@ impl Serialize for TopLogprobs {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CompletionResponse {
     pub id: String,
     /// Always `"text_completion"`.
@@ -96,12 +96,12 @@ pub struct CompletionResponse {
 }
 
 /// `{"error": {...}}`, the body of every error response.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     pub message: String,
     #[serde(rename = "type")]
@@ -111,14 +111,14 @@ pub struct ErrorDetail {
 }
 
 /// `GET /v1/models`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ModelList {
     /// Always `"list"`.
     pub object: &'static str,
     pub data: Vec<ModelCard>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ModelCard {
     pub id: String,
     /// Always `"model"`.
@@ -131,7 +131,7 @@ pub struct ModelCard {
 }
 
 /// `GET /health`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct HealthBody {
     /// `"ok"` or `"loading"`.
     pub status: &'static str,

@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::response::{ErrorDetail, FinishReasonWire, LogprobsWire, Usage};
 
 /// Legacy dialect (§5.1): one per generated token.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LegacyTokenSampled<'a> {
     /// Always `"token_sampled"`.
     pub event: &'static str,
@@ -24,7 +24,7 @@ pub struct LegacyTokenSampled<'a> {
 }
 
 /// Legacy dialect: the last event, with the full results.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LegacyComplete<'a> {
     /// Always `"complete"`.
     pub event: &'static str,
@@ -32,7 +32,7 @@ pub struct LegacyComplete<'a> {
     pub usage: Usage,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LegacyChoice {
     pub index: usize,
     pub seed: u64,
@@ -46,7 +46,7 @@ pub struct LegacyChoice {
 }
 
 /// Legacy dialect: a failure after the stream started.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LegacyError<'a> {
     /// Always `"error"`.
     pub event: &'static str,
@@ -54,7 +54,7 @@ pub struct LegacyError<'a> {
 }
 
 /// Current dialect (§5.2): an OpenAI `text_completion` chunk with Friendli's `token`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CompletionChunk<'a> {
     pub id: &'a str,
     /// Always `"text_completion"`.
@@ -66,7 +66,7 @@ pub struct CompletionChunk<'a> {
     pub usage: Option<Usage>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ChunkChoice<'a> {
     pub index: usize,
     pub text: &'a str,
@@ -81,7 +81,7 @@ pub struct ChunkChoice<'a> {
 }
 
 /// Current dialect: a failure after the stream started (followed by `data: [DONE]`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ChunkError<'a> {
     pub error: &'a ErrorDetail,
 }

@@ -6,10 +6,12 @@
 
 use std::convert::Infallible;
 use std::future::ready;
+use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -18,6 +20,8 @@ use futures::{stream, Stream, StreamExt};
 
 use super::BODY_LIMIT;
 use crate::error::ApiError;
+use crate::limits::apply_default_timeout;
+use crate::observe::{guard_panics, tap, RequestRecord};
 use crate::protocol::{CompletionChoice, CompletionResponse};
 use crate::state::{AppState, Serving};
 use crate::stream::{
@@ -28,10 +32,12 @@ use crate::validate::{parse_request, validate, ResponseMode, ValidRequest};
 
 pub async fn completions(
     State(state): State<AppState>,
+    record: Option<Extension<Arc<RequestRecord>>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match handle(&state, &headers, body).await {
+    let record = record.map(|Extension(r)| r);
+    match handle(&state, record, &headers, body).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
@@ -50,11 +56,15 @@ pub(super) fn body_error(rejection: BytesRejection) -> ApiError {
 
 async fn handle(
     state: &AppState,
+    record: Option<Arc<RequestRecord>>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let arrived = record
+        .as_ref()
+        .map_or_else(Instant::now, |r| Instant::now() - r.elapsed());
     let body = body.map_err(body_error)?;
-    let valid = if body.len() <= INLINE_BODY_BYTES && !mentions_format(&body) {
+    let mut valid = if body.len() <= INLINE_BODY_BYTES && !mentions_format(&body) {
         check(state, headers, &body)?
     } else {
         // Parsing and tokenizing a big body, or compiling a grammar, would stall an async
@@ -64,9 +74,13 @@ async fn handle(
             .await
             .map_err(|e| ApiError::Internal(format!("validation failed: {e}")))??
     };
+    apply_default_timeout(&mut valid, state.options().default_timeout, arrived);
     let serving = state.serving().ok_or(ApiError::NotReady)?;
     let streams = submit_all(&serving.engine, &valid)?;
-    let outs = outputs(streams, generation(serving, &valid));
+    let outs = tap(
+        guard_panics(outputs(streams, generation(serving, &valid))),
+        record,
+    );
     let meta = StreamMeta {
         id: completion_id(),
         created: unix_now(),

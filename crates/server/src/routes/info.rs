@@ -36,3 +36,17 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
         data,
     })
 }
+
+/// Prometheus text exposition (`metrics.rs`).
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let stats = state.serving().map(|s| s.engine.stats());
+    let body = state.metrics().render(stats.as_ref());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}

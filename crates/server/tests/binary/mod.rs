@@ -44,6 +44,11 @@ impl Drop for Server {
 
 impl Server {
     pub fn spawn(extra: &[&str]) -> Server {
+        Server::spawn_env(extra, &[])
+    }
+
+    /// `spawn` with extra environment variables.
+    pub fn spawn_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let port = free_port();
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cordial-{port}.log"));
         let child = Command::new(BIN)
@@ -55,6 +60,7 @@ impl Server {
                 "16384",
             ])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap())
             .spawn()

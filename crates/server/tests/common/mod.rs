@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use cordial_engine::{EngineConfig, EngineHandle, EngineStats, TokenId};
 use cordial_model::fetch::ensure_default_model;
 use cordial_model::gguf::GgufFile;
-use cordial_server::{router, AppState, Serving};
+use cordial_server::{router, AppState, ServerOptions, Serving};
 use cordial_testkit::fake_model::{FakeModel, FakeModelConfig, FakeStats, StepGate};
 use cordial_tokenizer::Tokenizer;
 use serde_json::Value;
@@ -85,10 +85,19 @@ pub async fn start(config: FakeModelConfig) -> TestServer {
 }
 
 pub async fn start_with(config: FakeModelConfig, engine_config: EngineConfig) -> TestServer {
+    start_full(config, engine_config, ServerOptions::default()).await
+}
+
+/// A server with operator options (API keys, timeouts).
+pub async fn start_full(
+    config: FakeModelConfig,
+    engine_config: EngineConfig,
+    options: ServerOptions,
+) -> TestServer {
     let model = FakeModel::new(config.clone());
     let (gate, stats) = (model.gate(), model.stats());
     let engine = EngineHandle::spawn(Box::new(model), engine_config);
-    let state = AppState::new(vec![NAME.to_owned(), ALIAS.to_owned()]);
+    let state = AppState::with_options(vec![NAME.to_owned(), ALIAS.to_owned()], options);
     let tokenizer = tokenizer();
     let serving = Serving {
         chat: cordial_server::state::chat_template(&tokenizer),
