@@ -4,9 +4,10 @@
 //! validated request into an error).
 #![no_main]
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use axum::http::{HeaderMap, HeaderValue};
+use cordial_grammar::{GrammarCompiler, GrammarLimits};
 use cordial_model::fetch::ensure_default_model;
 use cordial_model::gguf::GgufFile;
 use cordial_server::validate::{parse_request, validate, Limits, ModelInfo, STREAM_FORMAT_HEADER};
@@ -22,6 +23,18 @@ fn tokenizer() -> &'static Tokenizer {
         let path = ensure_default_model().expect("the default model");
         let gguf = GgufFile::open(&path).expect("open the GGUF");
         Tokenizer::from_gguf(&gguf).expect("tokenizer")
+    })
+}
+
+/// Structured output over the same vocabulary (fuzzed `response_format`s are compiled).
+fn grammar() -> &'static GrammarCompiler {
+    static GRAMMAR: OnceLock<GrammarCompiler> = OnceLock::new();
+    GRAMMAR.get_or_init(|| {
+        let path = ensure_default_model().expect("the default model");
+        let gguf = GgufFile::open(&path).expect("open the GGUF");
+        let tok = Arc::new(Tokenizer::from_gguf(&gguf).expect("tokenizer"));
+        let width = tok.vocab_size();
+        GrammarCompiler::new(tok, width, GrammarLimits::default()).expect("grammar compiler")
     })
 }
 
@@ -49,6 +62,7 @@ fuzz_target!(|data: &[u8]| {
         },
         eos_tokens: tok.eog_tokens(),
         encode: &encode,
+        grammar: Some(grammar()),
     };
     let Ok(valid) = validate(parsed, &info, || 7) else {
         return;
