@@ -9,7 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::constraint::{OutputConstraint, TokenMask};
 use crate::sched::ScheduledChunk;
-use crate::seq::{SequenceGroup, Target};
+use crate::seq::SequenceGroup;
 
 pub(super) struct MaskJob {
     group: usize,
@@ -28,14 +28,7 @@ pub(super) fn take_jobs(
     let mut jobs = Vec::new();
     for c in chunks.iter().filter(|c| c.want_logits) {
         let group = &mut running[c.group];
-        let choices: Vec<usize> = match c.target {
-            Target::Prompt => group
-                .live()
-                .filter(|&i| group.choices[i].generated.is_empty())
-                .collect(),
-            Target::Choice(i) => vec![i],
-        };
-        for i in choices {
+        for i in group.sampling_choices(c.target) {
             let seq = &mut group.choices[i];
             if let Some(constraint) = seq.constraint.take() {
                 let mask = seq.mask.take().unwrap_or_else(|| TokenMask::new(vocab));

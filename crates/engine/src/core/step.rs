@@ -228,14 +228,7 @@ fn sample_rows<'a>(
 ) -> Result<Vec<Event>, EngineError> {
     let mut events = Vec::new();
     for (target, row) in rows {
-        let choices: Vec<usize> = match target {
-            Target::Prompt => group
-                .live()
-                .filter(|&c| group.choices[c].generated.is_empty())
-                .collect(),
-            Target::Choice(c) => vec![c],
-        };
-        for c in choices {
+        for c in group.sampling_choices(target) {
             let seq = &mut group.choices[c];
             let mask = match seq.constraint.as_mut() {
                 Some(constraint) => Some(match seq.mask.take() {

@@ -162,21 +162,11 @@ impl Sampler {
     }
 
     fn choose(&mut self, row: &[f32], ctx: &RowContext<'_>, rng: &mut Rng) -> TokenId {
-        let greedy = ctx.params.temperature <= 0.0;
-        self.scratch.clear();
-        self.scratch.extend(
-            row.iter()
-                .map(|&x| if x.is_nan() { f32::NEG_INFINITY } else { x }),
-        );
-        for p in &self.processors {
-            if !(greedy && p.is_argmax_invariant()) {
-                p.apply(&mut self.scratch, ctx);
-            }
-        }
-        if greedy {
-            greedy::argmax(&self.scratch)
+        let processed = self.process(row, ctx);
+        if ctx.params.temperature <= 0.0 {
+            greedy::argmax(processed)
         } else {
-            categorical::draw(&self.scratch, rng)
+            categorical::draw(processed, rng)
         }
     }
 }

@@ -143,6 +143,18 @@ impl SequenceGroup {
         self.live().count()
     }
 
+    /// The choices a logits row of `target` is sampled for: a prompt row serves every live
+    /// choice that has no token yet; a choice's row serves that choice.
+    pub(crate) fn sampling_choices(&self, target: Target) -> Vec<usize> {
+        match target {
+            Target::Prompt => self
+                .live()
+                .filter(|&c| self.choices[c].generated.is_empty())
+                .collect(),
+            Target::Choice(c) => vec![c],
+        }
+    }
+
     /// Whether the last prompt token's logits are needed: some live choice has no token yet.
     pub(crate) fn needs_prompt_logits(&self) -> bool {
         self.live().any(|i| self.choices[i].generated.is_empty())
