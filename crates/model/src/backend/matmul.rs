@@ -4,12 +4,16 @@
 //! kernel whatever the batch, so results are batch invariant.
 
 use super::pool::{SyncPtr, ThreadPool};
-use crate::quant::{self, repack::Packed, Compute, GgmlType, Isa, QuantizedActs};
+use crate::quant::{
+    self,
+    repack::{self, Packed},
+    Compute, GgmlType, Isa, QuantizedActs,
+};
 
 /// Most matrices fused into one parallel region.
 const MAX_JOBS: usize = 4;
 
-/// Activation rows per tile (a multiple of 4, the kernel's row group).
+/// Activation rows per tile (a multiple of 4, the kernel's activation group).
 const T_TILE: usize = 16;
 
 /// Fewest weight rows handed to one task.
@@ -164,12 +168,13 @@ pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'
     pool.run(tasks, &run);
 }
 
-/// Rows `r0..r1` (`r0` a multiple of 4) of a repacked matrix times every activation row.
+/// Rows `r0..r1` (`r0` a multiple of [`repack::R`]) of a repacked matrix times every
+/// activation row.
 fn packed_task(pk: &Packed, x: &Acts<'_>, r0: usize, r1: usize, out: SyncPtr<f32>) {
     let rows = pk.rows;
-    let write = |ti: usize, g: usize, v: &[f32; 4]| {
+    let write = |ti: usize, g: usize, v: &[f32; repack::R]| {
         for (k, v) in v.iter().enumerate() {
-            let r = 4 * g + k;
+            let r = repack::R * g + k;
             if r < r1 {
                 // SAFETY: each (ti, r) is written by exactly one task.
                 unsafe { *out.get().add(ti * rows + r) = *v };
@@ -178,8 +183,8 @@ fn packed_task(pk: &Packed, x: &Acts<'_>, r0: usize, r1: usize, out: SyncPtr<f32
     };
     for t0 in (0..x.t).step_by(T_TILE) {
         let t1 = (t0 + T_TILE).min(x.t);
-        for g in r0 / 4..r1.div_ceil(4) {
-            let w4 = pk.group(g);
+        for g in r0 / repack::R..r1.div_ceil(repack::R) {
+            let w8 = pk.group(g);
             let mut ti = t0;
             while ti + 4 <= t1 {
                 let acts = [
@@ -188,16 +193,16 @@ fn packed_task(pk: &Packed, x: &Acts<'_>, r0: usize, r1: usize, out: SyncPtr<f32
                     x.q.row(ti + 2),
                     x.q.row(ti + 3),
                 ];
-                let mut v = [[0.0f32; 4]; 4];
-                quant::dot_packed::<4>(pk.ty, w4, &acts, &mut v);
+                let mut v = [[0.0f32; repack::R]; 4];
+                quant::dot_packed::<4>(pk.ty, w8, &acts, &mut v);
                 for (k, v) in v.iter().enumerate() {
                     write(ti + k, g, v);
                 }
                 ti += 4;
             }
             for ti in ti..t1 {
-                let mut v = [[0.0f32; 4]; 1];
-                quant::dot_packed::<1>(pk.ty, w4, &[x.q.row(ti)], &mut v);
+                let mut v = [[0.0f32; repack::R]; 1];
+                quant::dot_packed::<1>(pk.ty, w8, &[x.q.row(ti)], &mut v);
                 write(ti, g, &v[0]);
             }
         }

@@ -316,94 +316,105 @@ pub unsafe fn axpy_f16(a: f32, v: &[u16], out: &mut [f32]) {
     }
 }
 
-/// Dot products of one interleaved group of 4 weight rows (see [`super::repack`]) with `N`
+/// Dot products of one interleaved group of 8 weight rows (see [`super::repack`]) with `N`
 /// activation rows: `out[i][r] = w_r · acts[i]`.
 ///
-/// Per block, each weight row's 32 products are summed to 8 lanes (maddubs, madd), the four
-/// rows' lanes are folded by horizontal adds into one vector (rows 0..4 in each half), which
-/// one conversion and one FMA with the four rows' scales accumulate. Each activation row's
-/// results are computed by the same operations whatever `N` is, so they are bit-identical for
-/// any batch.
+/// The group stores each block as 4-byte chunks of the 8 rows side by side, so one 256-bit
+/// register holds elements `4c..4c+4` of all eight rows. The activation row's matching four
+/// bytes are broadcast to every lane, and `maddubs` leaves in lane `r` the products of row `r`
+/// only: no horizontal reduction anywhere. For Q4 weights the eight chunks of a block add up
+/// in 16-bit lanes (at most 8 × 2 × 15 × 127 = 30,480, no saturation), then one `madd`, one
+/// conversion and one FMA with the eight rows' scales per block and activation row; Q8_0
+/// weights (signed, so `maddubs` takes |w| and the activation with w's sign) widen every chunk.
+/// Each activation row's results are computed by the same operations whatever `N` is, so they
+/// are bit-identical for any batch.
 ///
 /// # Safety
-/// CPU must support AVX2/FMA/F16C; `TY` is one of the `T_*` tags; `w4` is one group of `TY`
-/// whose block count equals the activation rows' block count.
+/// CPU must support AVX2/FMA/F16C; `TY` is one of the `T_*` tags; `w8` is one group of `TY`
+/// whose block count equals the activation rows' block count; activation values lie in
+/// -127..=127 (as [`quantize_block_q8`] makes them).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_x4_rows<const TY: u32, const N: usize>(
-    w4: &[u8],
+pub unsafe fn dot_x8_rows<const TY: u32, const N: usize>(
+    w8: &[u8],
     acts: &[ActRow<'_>; N],
-    out: &mut [[f32; 4]; N],
+    out: &mut [[f32; 8]; N],
 ) {
-    let gbb = if TY == T_Q8_0 {
-        4 * 4 + 4 * QK
+    let gbb = super::repack::block_bytes(if TY == T_Q8_0 {
+        GgmlType::Q8_0
     } else {
-        4 * 8 + 4 * QK / 2
-    };
+        GgmlType::Q4_1
+    });
     let nb = acts[0].1.len();
     debug_assert!(
-        w4.len() >= nb * gbb && acts.iter().all(|a| a.1.len() == nb && a.0.len() >= nb * QK)
+        w8.len() >= nb * gbb && acts.iter().all(|a| a.1.len() == nb && a.0.len() >= nb * QK)
     );
     let ones = _mm256_set1_epi16(1);
+    let low = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); N];
-    let mut off = [_mm_setzero_ps(); N];
     for b in 0..nb {
-        let base = w4.as_ptr().add(b * gbb);
-        let dv = _mm256_broadcast_ps(&*(base as *const __m128));
-        let mut wv = [_mm256_setzero_si256(); 4];
-        for r in 0..4 {
-            wv[r] = if TY == T_Q8_0 {
-                _mm256_loadu_si256(base.add(16 + r * QK) as *const __m256i)
-            } else {
-                unpack_nibbles(base.add(32 + 16 * r))
-            };
+        let base = w8.as_ptr().add(b * gbb);
+        let dv = _mm256_loadu_ps(base as *const f32);
+        let mut sums = [_mm256_setzero_si256(); N];
+        if TY == T_Q8_0 {
+            for c in 0..8 {
+                let w = _mm256_loadu_si256(base.add(32 + 32 * c) as *const __m256i);
+                let wabs = _mm256_sign_epi8(w, w);
+                for i in 0..N {
+                    let x = _mm256_sign_epi8(bcast(&acts[i], b, c), w);
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, x), ones);
+                    sums[i] = _mm256_add_epi32(sums[i], p);
+                }
+            }
+        } else {
+            for j in 0..4 {
+                let raw = _mm256_loadu_si256(base.add(64 + 32 * j) as *const __m256i);
+                let wl = _mm256_and_si256(raw, low);
+                let wh = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                for i in 0..N {
+                    let pl = _mm256_maddubs_epi16(wl, bcast(&acts[i], b, j));
+                    let ph = _mm256_maddubs_epi16(wh, bcast(&acts[i], b, j + 4));
+                    sums[i] = _mm256_add_epi16(sums[i], _mm256_add_epi16(pl, ph));
+                }
+            }
+            for s in sums.iter_mut() {
+                *s = _mm256_madd_epi16(*s, ones);
+            }
         }
         for i in 0..N {
-            let x = _mm256_loadu_si256(acts[i].0.as_ptr().add(b * QK) as *const __m256i);
-            let mut p = [_mm256_setzero_si256(); 4];
-            for r in 0..4 {
-                let prod = if TY == T_Q8_0 {
-                    _mm256_maddubs_epi16(_mm256_sign_epi8(wv[r], wv[r]), _mm256_sign_epi8(x, wv[r]))
-                } else {
-                    _mm256_maddubs_epi16(wv[r], x)
-                };
-                p[r] = _mm256_madd_epi16(prod, ones);
-            }
-            let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
             let sc = _mm256_mul_ps(dv, _mm256_set1_ps(*acts[i].1.get_unchecked(b)));
-            acc[i] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(h), acc[i]);
+            acc[i] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(sums[i]), acc[i]);
             if TY != T_Q8_0 {
-                let mv = _mm_loadu_ps(base.add(16) as *const f32);
-                off[i] = _mm_fmadd_ps(mv, _mm_set1_ps(*acts[i].2.get_unchecked(b)), off[i]);
+                let mv = _mm256_loadu_ps(base.add(32) as *const f32);
+                acc[i] = _mm256_fmadd_ps(mv, _mm256_set1_ps(*acts[i].2.get_unchecked(b)), acc[i]);
             }
         }
     }
     for i in 0..N {
-        let v = _mm_add_ps(
-            _mm_add_ps(
-                _mm256_castps256_ps128(acc[i]),
-                _mm256_extractf128_ps(acc[i], 1),
-            ),
-            off[i],
-        );
-        _mm_storeu_ps(out[i].as_mut_ptr(), v);
+        _mm256_storeu_ps(out[i].as_mut_ptr(), acc[i]);
     }
 }
 
-/// [`dot_x4_rows`] with the type chosen at run time.
+/// Bytes `4c..4c+4` of block `b` of activation row `a`, in every 32-bit lane.
+#[inline(always)]
+unsafe fn bcast(a: &ActRow<'_>, b: usize, c: usize) -> __m256i {
+    _mm256_set1_epi32((a.0.as_ptr().add(b * QK + 4 * c) as *const i32).read_unaligned())
+}
+
+/// [`dot_x8_rows`] with the type chosen at run time.
 ///
 /// # Safety
-/// As for [`dot_x4_rows`]; `ty` is Q4_0, Q4_1 or Q8_0.
+/// As for [`dot_x8_rows`]; `ty` is Q4_0, Q4_1 or Q8_0.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_x4_rows_dyn<const N: usize>(
+pub unsafe fn dot_x8_rows_dyn<const N: usize>(
     ty: GgmlType,
-    w4: &[u8],
+    w8: &[u8],
     acts: &[ActRow<'_>; N],
-    out: &mut [[f32; 4]; N],
+    out: &mut [[f32; 8]; N],
 ) {
     match ty {
-        GgmlType::Q4_1 | GgmlType::Q4_0 => dot_x4_rows::<T_Q4_1, N>(w4, acts, out),
-        GgmlType::Q8_0 => dot_x4_rows::<T_Q8_0, N>(w4, acts, out),
+        GgmlType::Q4_1 | GgmlType::Q4_0 => dot_x8_rows::<T_Q4_1, N>(w8, acts, out),
+        GgmlType::Q8_0 => dot_x8_rows::<T_Q8_0, N>(w8, acts, out),
         _ => unreachable!("float weights are not repacked"),
     }
 }

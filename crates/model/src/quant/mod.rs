@@ -305,25 +305,26 @@ pub fn dot_q4(
     }
 }
 
-/// Dot products of one interleaved group of 4 repacked weight rows ([`repack::Packed`]) with
+/// Dot products of one interleaved group of 8 repacked weight rows ([`repack::Packed`]) with
 /// `N` activation rows: `out[i][r] = w_r · rows[i]`. Repacked weights exist only where AVX2
 /// runs, so this is AVX2 code.
 #[inline]
 pub fn dot_packed<const N: usize>(
     ty: GgmlType,
-    w4: &[u8],
+    w8: &[u8],
     rows: &[(&[i8], &[f32], &[f32]); N],
-    out: &mut [[f32; 4]; N],
+    out: &mut [[f32; repack::R]; N],
 ) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: weights are repacked only when the CPU has AVX2/FMA/F16C (see `Isa::detect`).
+    // SAFETY: weights are repacked only when the CPU has AVX2/FMA/F16C (see `Isa::detect`),
+    // and activation rows come from `QuantizedActs` (values in -127..=127).
     unsafe {
-        avx2::dot_x4_rows_dyn::<N>(ty, w4, rows, out)
+        avx2::dot_x8_rows_dyn::<N>(ty, w8, rows, out)
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!(
         "repacked {ty:?} weights on a CPU without AVX2 ({} bytes, {} rows, {})",
-        w4.len(),
+        w8.len(),
         rows.len(),
         out.len()
     )

@@ -1,13 +1,16 @@
-//! Weights repacked at load for the AVX2 kernels: four weight rows interleaved block by block,
-//! with scales (and offsets) as f32. For block `b` of a group of 4 rows the kernel loads the
-//! four scales as one vector, unpacks the four rows' quants once for all activation rows, and
-//! sums each row's products with horizontal adds so one conversion and one FMA serve four
-//! rows. That is about half the instructions per multiply-add of the one-row kernel.
+//! Weights repacked at load for the AVX2 kernels: eight weight rows interleaved block by block,
+//! in 4-byte chunks, with scales (and offsets) as f32. For block `b` of a group of 8 rows, one
+//! 256-bit load gives the same four elements of all eight rows, so the kernel multiplies them
+//! by a broadcast of the activation's four bytes and each lane holds one row's products (see
+//! [`super::avx2::dot_x8_rows`]): no horizontal adds, one conversion and one FMA per block for
+//! eight rows.
 //!
-//! Layout, per group of 4 rows (the last group zero-padded), per block `b`:
-//! - Q4_0 / Q4_1: `d[4]` f32, `m[4]` f32 (Q4_0: m = -8·d), then 4 × 16 bytes of nibbles
-//!   (GGUF order: low nibbles are elements 0..16, high nibbles 16..32).
-//! - Q8_0: `d[4]` f32, then 4 × 32 signed bytes.
+//! Layout, per group of 8 rows (the last group zero-padded), per block `b`:
+//! - Q4_0 / Q4_1: `d[8]` f32, `m[8]` f32 (Q4_0: m = -8·d), then for `j` in 0..4 the bytes
+//!   `4j..4j+4` of each row's 16 bytes of nibbles, rows 0..8 side by side (32 bytes). GGUF order
+//!   is kept inside a byte: the low nibbles of chunk `j` are elements `4j..4j+4`, the high
+//!   nibbles elements `16+4j..16+4j+4`.
+//! - Q8_0: `d[8]` f32, then for `c` in 0..8 the bytes `4c..4c+4` of each row, side by side.
 //!
 //! The values are exactly the GGUF ones.
 
@@ -16,9 +19,9 @@ use half::f16;
 use super::{GgmlType, QK};
 
 /// Weight rows per interleaved group.
-pub const R: usize = 4;
+pub const R: usize = 8;
 
-/// Bytes of one block of a 4-row group, or 0 when `ty` has no repacked form.
+/// Bytes of one block of an 8-row group, or 0 when `ty` has no repacked form.
 pub const fn block_bytes(ty: GgmlType) -> usize {
     match ty {
         GgmlType::Q4_0 | GgmlType::Q4_1 => R * 8 + R * QK / 2,
@@ -38,6 +41,15 @@ pub struct Packed {
 
 fn f16_le(b: &[u8]) -> f32 {
     f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+/// Copies `qs` (one row's quant bytes of a block) into `dst` as 4-byte chunks at the row's
+/// place `k` of each 32-byte chunk line.
+fn scatter_chunks(qs: &[u8], k: usize, dst: &mut [u8]) {
+    for (c, chunk) in qs.chunks_exact(4).enumerate() {
+        let at = c * 4 * R + 4 * k;
+        dst[at..at + 4].copy_from_slice(chunk);
+    }
 }
 
 impl Packed {
@@ -66,10 +78,11 @@ impl Packed {
                         } else {
                             (-8.0 * d, &blk[2..18])
                         };
-                        dst[16 + 4 * k..16 + 4 * k + 4].copy_from_slice(&m.to_le_bytes());
-                        dst[32 + 16 * k..32 + 16 * (k + 1)].copy_from_slice(qs);
+                        let mo = 4 * R + 4 * k;
+                        dst[mo..mo + 4].copy_from_slice(&m.to_le_bytes());
+                        scatter_chunks(qs, k, &mut dst[8 * R..]);
                     }
-                    _ => dst[16 + QK * k..16 + QK * (k + 1)].copy_from_slice(&blk[2..34]),
+                    _ => scatter_chunks(&blk[2..34], k, &mut dst[4 * R..]),
                 }
             }
         }
@@ -81,12 +94,12 @@ impl Packed {
         })
     }
 
-    /// Bytes of one 4-row group.
+    /// Bytes of one 8-row group.
     pub fn group_bytes(&self) -> usize {
         self.cols / QK * block_bytes(self.ty)
     }
 
-    /// The group holding rows `4g..4g+4`.
+    /// The group holding rows `8g..8g+8`.
     #[inline]
     pub fn group(&self, g: usize) -> &[u8] {
         let gb = self.group_bytes();

@@ -205,13 +205,20 @@ fn four_row_kernel_is_bit_identical_to_single_rows() {
 }
 
 #[test]
-fn repacked_four_row_kernel_matches_reference_and_is_batch_invariant() {
+fn repacked_eight_row_kernel_matches_reference_and_is_batch_invariant() {
     if Isa::best_available() < Isa::Avx2 {
         return; // repacked weights exist only on the AVX2 path
     }
     let mut rng = Rng(5);
     for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-        for (rows, cols) in [(4usize, 32usize), (5, 64), (7, 576), (8, 1536)] {
+        for (rows, cols) in [
+            (4usize, 32usize),
+            (5, 64),
+            (7, 576),
+            (8, 1536),
+            (13, 96),
+            (24, 576),
+        ] {
             let w = quantize_row(ty, &rng.vec(rows * cols, 0.6));
             let packed = repack::Packed::new(ty, rows, cols, &w).expect("repacks");
             let x = rng.vec(4 * cols, 2.0);
@@ -219,19 +226,19 @@ fn repacked_four_row_kernel_matches_reference_and_is_batch_invariant() {
             a.quantize(Isa::Avx2, &x, 4, cols);
             let acts = [a.row(0), a.row(1), a.row(2), a.row(3)];
             let rb = w.len() / rows;
-            for g in 0..rows.div_ceil(4) {
-                let mut four = [[0.0f32; 4]; 4];
+            for g in 0..rows.div_ceil(repack::R) {
+                let mut four = [[0.0f32; repack::R]; 4];
                 dot_packed::<4>(ty, packed.group(g), &acts, &mut four);
                 for (i, act) in acts.iter().enumerate() {
-                    let mut one = [[0.0f32; 4]; 1];
+                    let mut one = [[0.0f32; repack::R]; 1];
                     dot_packed::<1>(ty, packed.group(g), &[*act], &mut one);
                     assert_eq!(
                         one[0].map(f32::to_bits),
                         four[i].map(f32::to_bits),
                         "{ty:?} {cols}: batch changed a result"
                     );
-                    for k in 0..4.min(rows - 4 * g) {
-                        let r = 4 * g + k;
+                    for k in 0..repack::R.min(rows - repack::R * g) {
+                        let r = repack::R * g + k;
                         let want = dot_q(
                             Isa::Scalar,
                             ty,
@@ -249,6 +256,46 @@ fn repacked_four_row_kernel_matches_reference_and_is_batch_invariant() {
                         );
                     }
                 }
+            }
+        }
+    }
+}
+
+#[test]
+fn repacked_kernel_does_not_saturate_at_extreme_values() {
+    // Every Q4 weight at nibble 15 (or -8/127 for the signed types) against activations at
+    // ±127: the largest sums the 16-bit lanes of the kernel ever hold.
+    if Isa::best_available() < Isa::Avx2 {
+        return;
+    }
+    let cols = 64;
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for sign in [1.0f32, -1.0] {
+            // One zero per block sets the Q4_1 minimum; every other weight is the maximum.
+            let w: Vec<f32> = (0..8 * cols)
+                .map(|i| if i % QK == 5 { 0.0 } else { 1.0 })
+                .collect();
+            let wq = quantize_row(ty, &w);
+            let packed = repack::Packed::new(ty, 8, cols, &wq).expect("repacks");
+            let x = vec![sign; cols];
+            let mut a = QuantizedActs::default();
+            a.quantize(Isa::Avx2, &x, 1, cols);
+            let mut got = [[0.0f32; repack::R]; 1];
+            dot_packed::<1>(ty, packed.group(0), &[a.row(0)], &mut got);
+            let rb = wq.len() / 8;
+            for (r, got) in got[0].iter().enumerate() {
+                let want = dot_q(
+                    Isa::Scalar,
+                    ty,
+                    &wq[r * rb..(r + 1) * rb],
+                    a.row(0).0,
+                    a.row(0).1,
+                    a.row(0).2,
+                );
+                assert!(
+                    (got - want).abs() <= 1e-4 * want.abs(),
+                    "{ty:?} {sign} row {r}: {got} vs {want}"
+                );
             }
         }
     }
