@@ -47,6 +47,10 @@ pub struct SamplingParams {
     pub top_logprobs: usize,
     /// Report each token's raw logits row.
     pub output_logits: bool,
+    /// Compute each sampled token's log-probability in the raw distribution (`Event::Token`'s
+    /// `logprob`: one pass over the vocabulary per token). When false the event carries NaN;
+    /// the server turns it off when the request neither reports nor ranks by log-probabilities.
+    pub token_logprobs: bool,
     /// Added to the raw logits of these tokens before sampling (OpenAI `logit_bias`; the
     /// reported log-probabilities stay those of the raw row).
     pub logit_bias: Vec<(TokenId, f32)>,
@@ -76,6 +80,7 @@ impl Default for SamplingParams {
             forced_tokens: Vec::new(),
             top_logprobs: 0,
             output_logits: false,
+            token_logprobs: true,
             logit_bias: Vec::new(),
             prompt_logprobs: false,
         }

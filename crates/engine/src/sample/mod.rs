@@ -3,9 +3,9 @@
 //! The pipeline, in this order (one file per step):
 //!
 //! 1. Forced output (`forced_tokens`): the token is given; no processor runs.
-//! 2. `logprob`: `log_softmax` of the RAW row at the chosen token (what `Event::Token` reports),
-//!    computed from the row as the model returned it; likewise the top log-probabilities and the
-//!    raw row itself when asked for (`TokenExtra`).
+//! 2. `logprob`: `log_softmax` of the RAW row at the chosen token (what `Event::Token` reports;
+//!    skipped, NaN, when `token_logprobs` is off), computed from the row as the model returned
+//!    it; likewise the top log-probabilities and the raw row itself when asked for (`TokenExtra`).
 //! 3. Sanitize: NaN becomes `-inf` in a working copy of the row.
 //! 4. Processors that can change the argmax, on the raw scale: `grammar` (structured output:
 //!    the constraint's mask, computed during the forward pass), `bad_words`, `min_tokens` (EOS
@@ -116,9 +116,17 @@ impl Sampler {
             None => self.choose(row, ctx, rng),
         };
         let params = ctx.params;
+        let extra_wanted = params.top_logprobs > 0 || params.output_logits;
+        if !params.token_logprobs && !extra_wanted {
+            return Sampled {
+                token,
+                logprob: f32::NAN,
+                extra: None,
+            };
+        }
         // One normalizer pass over the vocabulary serves the token's and the top log-probs.
         let norm = logprob::normalizer(row);
-        let extra = (params.top_logprobs > 0 || params.output_logits).then(|| {
+        let extra = extra_wanted.then(|| {
             Box::new(TokenExtra {
                 top_logprobs: logprob::top_logprobs(row, params.top_logprobs, norm),
                 logits: params.output_logits.then(|| row.to_vec()),

@@ -195,3 +195,36 @@ fn min_p_restricts_sampled_rows() {
         .collect();
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), [1, 2]);
 }
+
+#[test]
+fn token_logprob_is_skipped_only_when_nothing_needs_it() {
+    let row = [0.5f32, 2.0, -1.0, 1.5];
+    let off = SamplingParams {
+        temperature: 0.7,
+        token_logprobs: false,
+        ..Default::default()
+    };
+    let on = SamplingParams {
+        token_logprobs: true,
+        ..off.clone()
+    };
+    let (skipped, computed) = (sample(&row, off.clone(), 9), sample(&row, on, 9));
+    // The same tokens either way; only the log-probability is left out.
+    let tokens = |v: &[Sampled]| v.iter().map(|s| s.token).collect::<Vec<_>>();
+    assert_eq!(tokens(&skipped), tokens(&computed));
+    assert!(skipped
+        .iter()
+        .all(|s| s.logprob.is_nan() && s.extra.is_none()));
+    assert!(computed
+        .iter()
+        .all(|s| s.logprob == logprob::log_softmax_at(&row, s.token)));
+    // Asking for alternatives brings the token's log-probability back.
+    let top = SamplingParams {
+        top_logprobs: 2,
+        ..off
+    };
+    let out = sample(&row, top, 9);
+    assert!(out
+        .iter()
+        .all(|s| s.logprob == logprob::log_softmax_at(&row, s.token) && s.extra.is_some()));
+}

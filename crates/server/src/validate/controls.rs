@@ -73,10 +73,13 @@ pub(crate) fn base_params(req: &CompletionRequest, model: &ModelInfo) -> Samplin
         Some(list) => ids(list),
         None => model.eos_tokens.to_vec(),
     };
-    let top_logprobs = match LogprobMode::of(req) {
+    let mode = LogprobMode::of(req);
+    let top_logprobs = match mode {
         LogprobMode::Top(k) => k,
         _ => 0,
     };
+    // `best_of` ranks an input's choices by their cumulative log-probability.
+    let ranked = req.best_of.unwrap_or(1) > req.n.unwrap_or(1);
     SamplingParams {
         temperature: req.temperature.unwrap_or(1.0) as f32,
         top_k: req.top_k.unwrap_or(0) as usize,
@@ -100,6 +103,7 @@ pub(crate) fn base_params(req: &CompletionRequest, model: &ModelInfo) -> Samplin
         forced_tokens: Vec::new(),
         top_logprobs,
         output_logits: req.include_output_logits == Some(true),
+        token_logprobs: !matches!(mode, LogprobMode::None) || ranked,
         // Ranges were checked by the rules.
         logit_bias: super::rules::logit_bias_entries(req)
             .unwrap_or_default()

@@ -371,6 +371,18 @@ fn best_of_generates_best_of_and_keeps_n() {
 }
 
 #[test]
+fn token_logprobs_are_computed_only_when_reported_or_ranked() {
+    let wants = |body: Value| run(&body).unwrap().requests[0].params.token_logprobs;
+    assert!(!wants(json!({"prompt": "a"})));
+    assert!(!wants(json!({"prompt": "a", "n": 3, "best_of": 3})));
+    assert!(wants(json!({"prompt": "a", "n": 2, "best_of": 3})));
+    assert!(wants(json!({"prompt": "a", "logprobs": 0})));
+    assert!(wants(
+        json!({"prompt": "a", "include_output_logprobs": true})
+    ));
+}
+
+#[test]
 fn echo_and_logit_bias_reach_the_engine() {
     let v = run(
         &json!({"prompt": "ab", "echo": true, "logprobs": 2, "max_tokens": 0,
