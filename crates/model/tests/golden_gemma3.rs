@@ -73,6 +73,7 @@ fn compare(cx: Compute, n_cases: usize) -> (Agreement, Agreement, Agreement) {
                 if let Some((_, got)) = step.top.iter().find(|(i, _)| *i == id) {
                     ref_vs_exact.sum_abs += (got - want).abs() as f64;
                     ref_vs_exact.n_abs += 1;
+                    ref_vs_exact.max_abs = ref_vs_exact.max_abs.max((got - want).abs());
                 }
             }
             ref_vs_exact.steps += 1;
@@ -80,19 +81,28 @@ fn compare(cx: Compute, n_cases: usize) -> (Agreement, Agreement, Agreement) {
     }
     eprintln!(
         "{:?} f32_activations={}: vs llama.cpp {vs_ref:?} mean {:.4}; vs exact {vs_exact:?} \
-         mean {:.4}; llama.cpp vs exact mean {:.4}",
+         mean {:.4}; llama.cpp vs exact mean {:.4} max {:.4}",
         cx.isa,
         cx.f32_activations,
         vs_ref.mean(),
         vs_exact.mean(),
-        ref_vs_exact.mean()
+        ref_vs_exact.mean(),
+        ref_vs_exact.max_abs
     );
     (vs_ref, vs_exact, ref_vs_exact)
 }
 
 fn check_int8(cx: Compute, n_cases: usize) {
     let (vs_ref, vs_exact, ref_vs_exact) = compare(cx, n_cases);
-    check(&vs_ref);
+    // One entry of llama.cpp's own output lies 2.25 nats from exact math (its int8 noise on
+    // this model), so the largest difference to llama.cpp is bounded by that plus ours (the
+    // triangle inequality); ours against exact math is held to 1 nat.
+    check(&vs_ref, 2.0f32.max(ref_vs_exact.max_abs + 1.0));
+    assert!(
+        vs_exact.max_abs < 1.0,
+        "max |Δ logprob| vs exact math {}",
+        vs_exact.max_abs
+    );
     assert!((vs_exact.argmax_mismatches_beyond_tie as f64) <= 0.04 * vs_exact.steps as f64);
     assert!(
         vs_exact.mean() <= 1.5 * ref_vs_exact.mean(),
@@ -102,7 +112,7 @@ fn check_int8(cx: Compute, n_cases: usize) {
     );
 }
 
-fn check(a: &Agreement) {
+fn check(a: &Agreement, max_abs: f32) {
     assert!(
         (a.argmax_mismatches_beyond_tie as f64) <= 0.04 * a.steps as f64,
         "argmax differs from llama.cpp too often: {a:?}"
@@ -113,7 +123,7 @@ fn check(a: &Agreement) {
         a.mean()
     );
     assert!(
-        a.max_abs < 2.0,
+        a.max_abs < max_abs,
         "max |Δ logprob| vs llama.cpp {}",
         a.max_abs
     );

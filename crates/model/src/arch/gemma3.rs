@@ -193,7 +193,13 @@ impl Gemma3 {
             );
         }
         for (l, layer) in self.layers.iter().enumerate() {
-            rmsnorm(&s.x[..t * d], &layer.attn_norm, c.eps, &mut s.xn[..t * d]);
+            rmsnorm(
+                cx.isa,
+                &s.x[..t * d],
+                &layer.attn_norm,
+                c.eps,
+                &mut s.xn[..t * d],
+            );
             s.xq.quantize(cx.isa, &s.xn[..t * d], t, d);
             {
                 let x = Acts {
@@ -208,8 +214,8 @@ impl Gemma3 {
                 ];
                 matmul(pool, cx, &x, &mut jobs);
             }
-            rmsnorm_inplace(&mut s.q[..t * qd], &layer.q_norm, c.eps);
-            rmsnorm_inplace(&mut s.k[..t * kvd], &layer.k_norm, c.eps);
+            rmsnorm_inplace(cx.isa, &mut s.q[..t * qd], &layer.q_norm, c.eps);
+            rmsnorm_inplace(cx.isa, &mut s.k[..t * kvd], &layer.k_norm, c.eps);
             let (cos, sin) = if layer.local {
                 (&s.cos2, &s.sin2)
             } else {
@@ -255,12 +261,18 @@ impl Gemma3 {
                 };
                 matmul(pool, cx, &x, &mut [layer.wo.job(f, &mut s.xn[..t * d])]);
             }
-            rmsnorm_inplace(&mut s.xn[..t * d], &layer.post_attn_norm, c.eps);
+            rmsnorm_inplace(cx.isa, &mut s.xn[..t * d], &layer.post_attn_norm, c.eps);
             s.x[..t * d]
                 .iter_mut()
                 .zip(&s.xn[..t * d])
                 .for_each(|(a, b)| *a += b);
-            rmsnorm(&s.x[..t * d], &layer.ffn_norm, c.eps, &mut s.xn[..t * d]);
+            rmsnorm(
+                cx.isa,
+                &s.x[..t * d],
+                &layer.ffn_norm,
+                c.eps,
+                &mut s.xn[..t * d],
+            );
             s.xq.quantize(cx.isa, &s.xn[..t * d], t, d);
             {
                 let x = Acts {
@@ -284,7 +296,7 @@ impl Gemma3 {
                 };
                 matmul(pool, cx, &x, &mut [layer.w_down.job(f, &mut s.xn[..t * d])]);
             }
-            rmsnorm_inplace(&mut s.xn[..t * d], &layer.post_ffn_norm, c.eps);
+            rmsnorm_inplace(cx.isa, &mut s.xn[..t * d], &layer.post_ffn_norm, c.eps);
             s.x[..t * d]
                 .iter_mut()
                 .zip(&s.xn[..t * d])

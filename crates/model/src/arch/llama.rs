@@ -235,7 +235,13 @@ impl Llama {
         }
         let shape = AttnShape::causal(c.n_heads, c.n_kv_heads, hd);
         for (l, layer) in self.layers.iter().enumerate() {
-            rmsnorm(&s.x[..t * d], &layer.attn_norm, c.eps, &mut s.xn[..t * d]);
+            rmsnorm(
+                cx.isa,
+                &s.x[..t * d],
+                &layer.attn_norm,
+                c.eps,
+                &mut s.xn[..t * d],
+            );
             s.xq.quantize(cx.isa, &s.xn[..t * d], t, d);
             {
                 let x = Acts {
@@ -271,8 +277,8 @@ impl Llama {
                 add_rows(&mut s.v[..t * kvd], bv);
             }
             if let Some([nq, nk]) = &layer.qk_norm {
-                rmsnorm_inplace(&mut s.q[..t * qd], nq, c.eps);
-                rmsnorm_inplace(&mut s.k[..t * kvd], nk, c.eps);
+                rmsnorm_inplace(cx.isa, &mut s.q[..t * qd], nq, c.eps);
+                rmsnorm_inplace(cx.isa, &mut s.k[..t * kvd], nk, c.eps);
             }
             for (ti, p) in places.iter().enumerate() {
                 let (cs, sn) = (
@@ -317,7 +323,13 @@ impl Llama {
                 .iter_mut()
                 .zip(&s.xn[..t * d])
                 .for_each(|(a, b)| *a += b);
-            rmsnorm(&s.x[..t * d], &layer.ffn_norm, c.eps, &mut s.xn[..t * d]);
+            rmsnorm(
+                cx.isa,
+                &s.x[..t * d],
+                &layer.ffn_norm,
+                c.eps,
+                &mut s.xn[..t * d],
+            );
             s.xq.quantize(cx.isa, &s.xn[..t * d], t, d);
             {
                 let x = Acts {
@@ -345,7 +357,7 @@ impl Llama {
                     }
                 }
             }
-            silu_mul(&mut s.gate[..t * c.ffn], &s.up[..t * c.ffn]);
+            silu_mul(cx.isa, &mut s.gate[..t * c.ffn], &s.up[..t * c.ffn]);
             s.xq.quantize(cx.isa, &s.gate[..t * c.ffn], t, c.ffn);
             {
                 let x = Acts {

@@ -354,6 +354,7 @@ pub(crate) fn output_logits(
         for src in first..ti + n {
             let (x, xn) = (&s.x, &mut s.xn);
             rmsnorm(
+                cx.isa,
                 &x[src * d..(src + 1) * d],
                 out_norm,
                 eps,

@@ -7,7 +7,16 @@ use half::f16;
 
 use super::pool::{SyncPtr, ThreadPool};
 use crate::kv::KvCache;
+#[cfg(target_arch = "x86_64")]
+use crate::quant::avx2::KvElem;
 use crate::quant::Isa;
+/// Stand-in for the AVX2 element trait, so the signatures compile elsewhere.
+#[cfg(not(target_arch = "x86_64"))]
+pub trait KvElem {}
+#[cfg(not(target_arch = "x86_64"))]
+impl KvElem for u16 {}
+#[cfg(not(target_arch = "x86_64"))]
+impl KvElem for f32 {}
 
 /// Where each token of the step sits: its sequence's block table and its absolute position.
 pub struct TokenPlace<'a> {
@@ -83,10 +92,15 @@ pub fn attention(
         };
         let n = end - lo;
         // SAFETY: one scratch buffer per thread; a thread runs one task at a time.
-        let scores = unsafe { &mut *scr.get().add(thread) };
-        if scores.len() < hpt * n {
-            scores.resize(hpt * n, 0.0);
+        let buf = unsafe { &mut *scr.get().add(thread) };
+        // When query heads share a KV head, each K/V row is converted to f32 once for all of
+        // them (exact, so the results are those of reading the f16 rows directly).
+        let shared = hpt > 1 && isa == Isa::Avx2;
+        let conv_len = if shared { kv.block_size.max(8) * hd } else { 0 };
+        if buf.len() < hpt * n + conv_len {
+            buf.resize(hpt * n + conv_len, 0.0);
         }
+        let (scores, conv) = buf.split_at_mut(hpt * n);
         let qt = &q[ti * qdim..(ti + 1) * qdim];
         // Keys eight at a time where the kernel allows (eight positions from a multiple of 8
         // lie in one block), one at a time before and after. The split depends only on the
@@ -116,10 +130,18 @@ pub fn attention(
                 .slot(place.block_table, j0)
                 .expect("block table covers the sequence");
             let k = kv.k_slots(layer, slot, 8)[g * hd..].as_ptr();
+            if shared {
+                f16_rows(k, kv.kv_dim, 8, hd, conv);
+            }
             for h in 0..hpt {
                 let qh = &qt[(first + h) * hd..(first + h + 1) * hd];
                 let at = h * n + j0 - lo;
-                scores8(k, kv.kv_dim, qh, scale, &mut scores[at..at + 8]);
+                let out = &mut scores[at..at + 8];
+                if shared {
+                    scores8(conv.as_ptr(), hd, qh, scale, out);
+                } else {
+                    scores8(k, kv.kv_dim, qh, scale, out);
+                }
             }
         }
         for j in b8..end {
@@ -130,7 +152,7 @@ pub fn attention(
             if shape.softcap > 0.0 {
                 super::ops::softcap(row, shape.softcap);
             }
-            softmax(row);
+            softmax(isa, row);
         }
         // SAFETY: this task alone writes heads first..first+hpt of token ti.
         let o = unsafe {
@@ -150,12 +172,18 @@ pub fn attention(
                     .slot(place.block_table, j0)
                     .expect("block table covers the sequence");
                 let v = kv.v_slots(layer, slot, count);
+                if shared {
+                    f16_rows(v[g * hd..].as_ptr(), kv.kv_dim, count, hd, conv);
+                }
                 for h in 0..hpt {
                     let w = &scores[h * n + j0 - lo..h * n + j0 - lo + count];
                     for c in (0..hd).step_by(lanes) {
-                        let vp = v[g * hd + c..].as_ptr();
                         let out = &mut o[h * hd + c..h * hd + c + lanes];
-                        weighted_rows(vp, kv.kv_dim, w, out);
+                        if shared {
+                            weighted_rows(conv[c..].as_ptr(), hd, w, out);
+                        } else {
+                            weighted_rows(v[g * hd + c..].as_ptr(), kv.kv_dim, w, out);
+                        }
                     }
                 }
                 j0 += count;
@@ -175,7 +203,13 @@ pub fn attention(
     pool.run(places.len() * tasks_per_token, &task);
 }
 
-fn softmax(x: &mut [f32]) {
+fn softmax(isa: Isa, x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // SAFETY: Avx2 is only selected when the CPU has AVX2/FMA/F16C.
+        return unsafe { crate::quant::avx2_ops::softmax(x) };
+    }
+    let _ = isa;
     let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for v in x.iter_mut() {
@@ -188,13 +222,13 @@ fn softmax(x: &mut [f32]) {
 
 /// Scaled scores of `q` against the 8 keys at `k`, `k + stride`, … (AVX2 only).
 #[inline]
-fn scores8(k: *const u16, stride: usize, q: &[f32], scale: f32, out: &mut [f32]) {
+fn scores8<T: KvElem>(k: *const T, stride: usize, q: &[f32], scale: f32, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: only called on the AVX2 path; the 8 key rows lie in one KV block.
+    // SAFETY: only called on the AVX2 path; the 8 key rows lie in one KV block (or in the
+    // converted copy of one).
     unsafe {
-        use std::arch::x86_64::*;
-        let s = crate::quant::avx2::dot8_f16_f32(k, stride, q);
-        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(s, _mm256_set1_ps(scale)));
+        let s = crate::quant::avx2::dot8(k, stride, q);
+        crate::quant::avx2::scale_store8(s, scale, out);
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!(
@@ -204,15 +238,15 @@ fn scores8(k: *const u16, stride: usize, q: &[f32], scale: f32, out: &mut [f32])
     )
 }
 
-/// `out += Σ w[p] · v[p]` over f16 rows `v + p·stride`, `out.len()` 64 or 128 (AVX2 only).
+/// `out += Σ w[p] · v[p]` over rows `v + p·stride`, `out.len()` 64 or 128 (AVX2 only).
 #[inline]
-fn weighted_rows(v: *const u16, stride: usize, w: &[f32], out: &mut [f32]) {
+fn weighted_rows<T: KvElem>(v: *const T, stride: usize, w: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: only called on the AVX2 path; the rows lie in one KV block.
+    // SAFETY: only called on the AVX2 path; the rows lie in one KV block (or its copy).
     unsafe {
         match out.len() {
-            64 => crate::quant::avx2::weighted_rows_f16::<8>(v, stride, w, out),
-            _ => crate::quant::avx2::weighted_rows_f16::<16>(v, stride, w, out),
+            64 => crate::quant::avx2::weighted_rows::<T, 8>(v, stride, w, out),
+            _ => crate::quant::avx2::weighted_rows::<T, 16>(v, stride, w, out),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -221,6 +255,19 @@ fn weighted_rows(v: *const u16, stride: usize, w: &[f32], out: &mut [f32]) {
         w.len(),
         out.len()
     )
+}
+
+/// `rows` f16 rows of `width` at `src + p·stride` as f32 into `dst` (AVX2 only).
+#[inline]
+fn f16_rows(src: *const u16, stride: usize, rows: usize, width: usize, dst: &mut [f32]) {
+    assert!(dst.len() >= rows * width && width.is_multiple_of(8));
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: only called on the AVX2 path; the rows lie in one KV block.
+    unsafe {
+        crate::quant::avx2::f16_rows_to_f32(src, stride, rows, width, dst)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("f16 conversion on a CPU without AVX2 ({src:?}, {stride})")
 }
 
 #[inline]

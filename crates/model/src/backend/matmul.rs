@@ -173,11 +173,16 @@ pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'
 fn packed_task(pk: &Packed, x: &Acts<'_>, r0: usize, r1: usize, out: SyncPtr<f32>) {
     let rows = pk.rows;
     let write = |ti: usize, g: usize, v: &[f32; repack::R]| {
-        for (k, v) in v.iter().enumerate() {
-            let r = repack::R * g + k;
-            if r < r1 {
-                // SAFETY: each (ti, r) is written by exactly one task.
-                unsafe { *out.get().add(ti * rows + r) = *v };
+        let r0 = repack::R * g;
+        let n = repack::R.min(r1 - r0);
+        let dst = out.get().wrapping_add(ti * rows + r0);
+        // SAFETY: each (ti, r) is written by exactly one task; r0 + n <= r1 <= rows. A whole
+        // group is a fixed-size copy (two vector stores, no call).
+        unsafe {
+            if n == repack::R {
+                std::ptr::copy_nonoverlapping(v.as_ptr(), dst, repack::R);
+            } else {
+                std::ptr::copy_nonoverlapping(v.as_ptr(), dst, n);
             }
         }
     };

@@ -419,18 +419,43 @@ pub unsafe fn dot_x8_rows_dyn<const N: usize>(
     }
 }
 
-/// Dot products of `q` with 8 f16 rows `k + p·stride` (p in 0..8), `q.len()` a multiple of 8:
+/// An element type of KV rows the attention kernels read: f16 (the cache) or f32 (rows
+/// converted once for all the query heads that share them). Conversion from f16 is exact, so
+/// both give bit-identical results.
+pub trait KvElem: Copy {
+    /// Eight elements at `p` as f32.
+    ///
+    /// # Safety
+    /// CPU must support AVX2/F16C; eight elements are readable at `p`.
+    unsafe fn load8(p: *const Self) -> __m256;
+}
+
+impl KvElem for u16 {
+    #[inline(always)]
+    unsafe fn load8(p: *const u16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
+impl KvElem for f32 {
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+}
+
+/// Dot products of `q` with 8 rows `k + p·stride` (p in 0..8), `q.len()` a multiple of 8:
 /// one accumulator per row, then one horizontal reduction for all eight.
 ///
 /// # Safety
 /// CPU must support AVX2/FMA/F16C; the 8 rows of `q.len()` elements are readable at `k`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot8_f16_f32(k: *const u16, stride: usize, q: &[f32]) -> __m256 {
+pub unsafe fn dot8<T: KvElem>(k: *const T, stride: usize, q: &[f32]) -> __m256 {
     let mut acc = [_mm256_setzero_ps(); 8];
     for c in (0..q.len()).step_by(8) {
         let qv = _mm256_loadu_ps(q.as_ptr().add(c));
         for p in 0..8 {
-            let kv = _mm256_cvtph_ps(_mm_loadu_si128(k.add(p * stride + c) as *const __m128i));
+            let kv = T::load8(k.add(p * stride + c));
             acc[p] = _mm256_fmadd_ps(kv, qv, acc[p]);
         }
     }
@@ -446,15 +471,15 @@ pub unsafe fn dot8_f16_f32(k: *const u16, stride: usize, q: &[f32]) -> __m256 {
     _mm256_add_ps(lo, hi)
 }
 
-/// `acc += Σ_p w[p] · v[p]` over `w.len()` f16 rows `v + p·stride` of `8·CH` elements, with the
+/// `acc += Σ_p w[p] · v[p]` over `w.len()` rows `v + p·stride` of `8·CH` elements, with the
 /// accumulator held in registers across the rows. Per element the additions happen in row
 /// order, exactly as repeated [`axpy_f16`] calls would do them.
 ///
 /// # Safety
 /// CPU must support AVX2/FMA/F16C; the rows are readable at `v`; `acc` has `8·CH` elements.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn weighted_rows_f16<const CH: usize>(
-    v: *const u16,
+pub unsafe fn weighted_rows<T: KvElem, const CH: usize>(
+    v: *const T,
     stride: usize,
     w: &[f32],
     acc: &mut [f32],
@@ -467,11 +492,45 @@ pub unsafe fn weighted_rows_f16<const CH: usize>(
         let wv = _mm256_set1_ps(*wp);
         let row = v.add(p * stride);
         for c in 0..CH {
-            let x = _mm256_cvtph_ps(_mm_loadu_si128(row.add(8 * c) as *const __m128i));
-            a[c] = _mm256_fmadd_ps(wv, x, a[c]);
+            a[c] = _mm256_fmadd_ps(wv, T::load8(row.add(8 * c)), a[c]);
         }
     }
     for c in 0..CH {
         _mm256_storeu_ps(acc.as_mut_ptr().add(8 * c), a[c]);
     }
+}
+
+/// Converts `rows` f16 rows of `width` elements (a multiple of 8) at `src + p·stride` into
+/// `dst`, row after row.
+///
+/// # Safety
+/// CPU must support AVX2/F16C; the rows are readable at `src`; `dst` has `rows·width` elements.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_rows_to_f32(
+    src: *const u16,
+    stride: usize,
+    rows: usize,
+    width: usize,
+    dst: &mut [f32],
+) {
+    debug_assert!(dst.len() >= rows * width && width.is_multiple_of(8));
+    for p in 0..rows {
+        for c in (0..width).step_by(8) {
+            _mm256_storeu_ps(
+                dst.as_mut_ptr().add(p * width + c),
+                u16::load8(src.add(p * stride + c)),
+            );
+        }
+    }
+}
+
+/// Stores `s · scale` into `out[..8]`.
+///
+/// # Safety
+/// CPU must support AVX2; `out` has at least 8 elements.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn scale_store8(s: __m256, scale: f32, out: &mut [f32]) {
+    debug_assert!(out.len() >= 8);
+    _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(s, _mm256_set1_ps(scale)));
 }

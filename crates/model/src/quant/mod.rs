@@ -7,6 +7,7 @@
 
 pub mod avx2;
 pub mod avx2_k;
+pub mod avx2_ops;
 pub mod blocks;
 pub mod repack;
 pub mod scalar;

@@ -316,8 +316,7 @@ fn eight_key_scores_match_single_dots() {
             .collect();
         let q = rng.vec(hd, 1.0);
         // SAFETY: AVX2 checked above; 8 rows of `hd` lie inside `keys`.
-        let got: [f32; 8] =
-            unsafe { std::mem::transmute(avx2::dot8_f16_f32(keys.as_ptr(), stride, &q)) };
+        let got: [f32; 8] = unsafe { std::mem::transmute(avx2::dot8(keys.as_ptr(), stride, &q)) };
         for p in 0..8 {
             let want: f32 = (0..hd)
                 .map(|c| half::f16::from_bits(keys[p * stride + c]).to_f32() * q[c])
