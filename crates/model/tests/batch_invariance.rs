@@ -113,3 +113,27 @@ fn bad_batches_are_errors_not_panics() {
         assert!(r.is_err(), "tokens {:?} at {pos} accepted", &tokens[..1]);
     }
 }
+
+#[test]
+fn blocked_prefill_attention_is_the_same_for_every_chunking() {
+    // A prompt long enough for several query blocks of prefill attention, prefilled whole, in
+    // uneven chunks, and up to its last token followed by a one-token decode step: the last
+    // token's logits are the same bits every way (each query's attention is computed the same
+    // way whichever block of queries it falls in).
+    let p: Vec<u32> = prompts().concat().into_iter().cycle().take(83).collect();
+    let n = p.len();
+    for isa in Isa::all_available() {
+        let mut h = Harness::new(load_default(), Compute::new(isa), 3, 96);
+        let whole = h.step(&[(0, &p, 0)]).remove(0);
+        h.step(&[(1, &p[..37], 0)]);
+        h.step(&[(1, &p[37..50], 37)]);
+        let chunked = h.step(&[(1, &p[50..], 50)]).remove(0);
+        assert!(chunked == whole, "{isa:?}: chunked prefill differs");
+        h.step(&[(2, &p[..n - 1], 0)]);
+        let decoded = h.step(&[(2, &p[n - 1..], n - 1)]).remove(0);
+        assert!(
+            decoded == whole,
+            "{isa:?}: decode of the last token differs"
+        );
+    }
+}

@@ -250,7 +250,7 @@ impl Gemma3 {
                 &places,
                 &s.q[..t * qd],
                 &mut s.attn[..t * qd],
-                &mut s.thread_scratch,
+                &mut s.attn_scratch,
             );
             s.xq.quantize(cx.isa, &s.attn[..t * qd], t, qd);
             {

@@ -308,7 +308,7 @@ impl Llama {
                 &places,
                 &s.q[..t * qd],
                 &mut s.attn[..t * qd],
-                &mut s.thread_scratch,
+                &mut s.attn_scratch,
             );
             s.xq.quantize(cx.isa, &s.attn[..t * qd], t, qd);
             {

@@ -10,7 +10,7 @@ pub mod qwen3;
 
 use std::sync::Arc;
 
-use crate::backend::attention::TokenPlace;
+use crate::backend::attention::{AttnScratch, TokenPlace};
 use crate::backend::matmul::{matmul, Acts, MatJob};
 use crate::backend::ops::{rmsnorm, softcap};
 use crate::backend::pool::ThreadPool;
@@ -264,7 +264,7 @@ pub struct Scratch {
     pub cos2: Vec<f32>,
     pub sin2: Vec<f32>,
     pub xq: QuantizedActs,
-    pub thread_scratch: Vec<Vec<f32>>,
+    pub attn_scratch: AttnScratch,
 }
 
 impl Scratch {
@@ -287,9 +287,7 @@ impl Scratch {
         grow(&mut self.sin, t * c.head_dim / 2);
         grow(&mut self.cos2, t * c.head_dim / 2);
         grow(&mut self.sin2, t * c.head_dim / 2);
-        if self.thread_scratch.len() < threads {
-            self.thread_scratch.resize(threads, Vec::new());
-        }
+        self.attn_scratch.prepare(threads);
     }
 }
 
