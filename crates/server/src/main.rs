@@ -1,4 +1,4 @@
-//! The `cordial` binary: `cordial serve` (HTTP server) and `cordial fetch-model`.
+//! The `cordial` binary: `cordial serve` (HTTP server), `cordial fetch-model` and `cordial bench`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,6 +46,31 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Print a known model's path, fetching it first when missing.
     FetchModel(FetchArgs),
+    /// Measure the model alone (prefill, decode, batched decode) and, with `--kernels`, the
+    /// int8 matmul kernels (GMAC/s), without the server.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// GGUF file or Hugging Face folder (default: the default model, fetched when missing).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Compute threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Prompt tokens of the prefill measurement (0 skips it).
+    #[arg(long, default_value_t = 512)]
+    prefill_tokens: usize,
+    /// Tokens decoded one at a time after a 16-token prompt (0 skips it).
+    #[arg(long, default_value_t = 128)]
+    decode_tokens: usize,
+    /// Sequences decoded together for 64 steps (1 skips it).
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Also measure the kernels: one thread, a ROWS × 576 matrix of each repackable type.
+    #[arg(long, value_name = "ROWS", num_args = 0..=1, default_missing_value = "1536")]
+    kernels: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -138,7 +163,29 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => serve(*args),
+        Command::Bench(a) => bench(a),
     }
+}
+
+fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(a.batch >= 1, "--batch must be at least 1");
+    let path = match a.model {
+        Some(p) => p,
+        None => ensure_default_model()?,
+    };
+    let opts = cordial_model::bench::ModelBench {
+        threads: a.threads,
+        prefill: a.prefill_tokens,
+        decode: a.decode_tokens,
+        batch: a.batch,
+    };
+    let mut out = std::io::stdout();
+    cordial_model::bench::model(&path, &opts, &mut out)?;
+    if let Some(rows) = a.kernels {
+        anyhow::ensure!(rows >= 1, "--kernels needs at least 1 row");
+        cordial_model::bench::kernels(rows, &mut out)?;
+    }
+    Ok(())
 }
 
 /// The served names: the flags, or the model file's stem.
