@@ -199,7 +199,7 @@ fn packed_task(pk: &Packed, x: &Acts<'_>, r0: usize, r1: usize, out: SyncPtr<f32
                     x.q.row(ti + 3),
                 ];
                 let mut v = [[0.0f32; repack::R]; 4];
-                quant::dot_packed::<4>(pk.ty, w8, &acts, &mut v);
+                quant::dot_packed::<4>(pk.form, w8, &acts, &mut v);
                 for (k, v) in v.iter().enumerate() {
                     write(ti + k, g, v);
                 }
@@ -207,7 +207,7 @@ fn packed_task(pk: &Packed, x: &Acts<'_>, r0: usize, r1: usize, out: SyncPtr<f32
             }
             for ti in ti..t1 {
                 let mut v = [[0.0f32; repack::R]; 1];
-                quant::dot_packed::<1>(pk.ty, w8, &[x.q.row(ti)], &mut v);
+                quant::dot_packed::<1>(pk.form, w8, &[x.q.row(ti)], &mut v);
                 write(ti, g, &v[0]);
             }
         }

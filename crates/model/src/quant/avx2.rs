@@ -340,9 +340,9 @@ pub unsafe fn dot_x8_rows<const TY: u32, const N: usize>(
     out: &mut [[f32; 8]; N],
 ) {
     let gbb = super::repack::block_bytes(if TY == T_Q8_0 {
-        GgmlType::Q8_0
+        super::repack::Form::Bytes
     } else {
-        GgmlType::Q4_1
+        super::repack::Form::Nibbles
     });
     let nb = acts[0].1.len();
     debug_assert!(
@@ -400,22 +400,21 @@ unsafe fn bcast(a: &ActRow<'_>, b: usize, c: usize) -> __m256i {
     _mm256_set1_epi32((a.0.as_ptr().add(b * QK + 4 * c) as *const i32).read_unaligned())
 }
 
-/// [`dot_x8_rows`] with the type chosen at run time.
+/// [`dot_x8_rows`] with the repacked form chosen at run time.
 ///
 /// # Safety
-/// As for [`dot_x8_rows`]; `ty` is Q4_0, Q4_1 or Q8_0.
+/// As for [`dot_x8_rows`].
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_x8_rows_dyn<const N: usize>(
-    ty: GgmlType,
+    form: super::repack::Form,
     w8: &[u8],
     acts: &[ActRow<'_>; N],
     out: &mut [[f32; 8]; N],
 ) {
-    match ty {
-        GgmlType::Q4_1 | GgmlType::Q4_0 => dot_x8_rows::<T_Q4_1, N>(w8, acts, out),
-        GgmlType::Q8_0 => dot_x8_rows::<T_Q8_0, N>(w8, acts, out),
-        _ => unreachable!("float weights are not repacked"),
+    match form {
+        super::repack::Form::Nibbles => dot_x8_rows::<T_Q4_1, N>(w8, acts, out),
+        super::repack::Form::Bytes => dot_x8_rows::<T_Q8_0, N>(w8, acts, out),
     }
 }
 

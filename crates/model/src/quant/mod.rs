@@ -311,7 +311,7 @@ pub fn dot_q4(
 /// runs, so this is AVX2 code.
 #[inline]
 pub fn dot_packed<const N: usize>(
-    ty: GgmlType,
+    form: repack::Form,
     w8: &[u8],
     rows: &[(&[i8], &[f32], &[f32]); N],
     out: &mut [[f32; repack::R]; N],
@@ -320,11 +320,11 @@ pub fn dot_packed<const N: usize>(
     // SAFETY: weights are repacked only when the CPU has AVX2/FMA/F16C (see `Isa::detect`),
     // and activation rows come from `QuantizedActs` (values in -127..=127).
     unsafe {
-        avx2::dot_x8_rows_dyn::<N>(ty, w8, rows, out)
+        avx2::dot_x8_rows_dyn::<N>(form, w8, rows, out)
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!(
-        "repacked {ty:?} weights on a CPU without AVX2 ({} bytes, {} rows, {})",
+        "repacked {form:?} weights on a CPU without AVX2 ({} bytes, {} rows, {})",
         w8.len(),
         rows.len(),
         out.len()

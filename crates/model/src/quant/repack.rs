@@ -5,35 +5,56 @@
 //! [`super::avx2::dot_x8_rows`]): no horizontal adds, one conversion and one FMA per block for
 //! eight rows.
 //!
-//! Layout, per group of 8 rows (the last group zero-padded), per block `b`:
-//! - Q4_0 / Q4_1: `d[8]` f32, `m[8]` f32 (Q4_0: m = -8·d), then for `j` in 0..4 the bytes
-//!   `4j..4j+4` of each row's 16 bytes of nibbles, rows 0..8 side by side (32 bytes). GGUF order
-//!   is kept inside a byte: the low nibbles of chunk `j` are elements `4j..4j+4`, the high
-//!   nibbles elements `16+4j..16+4j+4`.
-//! - Q8_0: `d[8]` f32, then for `c` in 0..8 the bytes `4c..4c+4` of each row, side by side.
+//! Two forms, per group of 8 rows (the last group zero-padded), per block `b` of 32 elements:
+//! - [`Form::Nibbles`] (Q4_0, Q4_1, Q4_K): `d[8]` f32, `m[8]` f32 (value = d·q + m with
+//!   q in 0..16; Q4_0: m = -8·d; Q4_K: d = d·sc and m = -dmin·min of the block's sub-block),
+//!   then for `j` in 0..4 the bytes `4j..4j+4` of each row's 16 bytes of nibbles, rows 0..8 side
+//!   by side (32 bytes). GGUF order is kept inside a byte: the low nibbles of chunk `j` are
+//!   elements `4j..4j+4`, the high nibbles elements `16+4j..16+4j+4`.
+//! - [`Form::Bytes`] (Q8_0, Q5_0): `d[8]` f32 (value = d·q with signed q; Q5_0: q − 16), then
+//!   for `c` in 0..8 the bytes `4c..4c+4` of each row, side by side.
 //!
-//! The values are exactly the GGUF ones.
+//! The values are exactly the GGUF ones: f16 scales times 6-bit integers are exact in f32.
 
 use half::f16;
 
-use super::{GgmlType, QK};
+use super::{blocks, GgmlType, QK};
 
 /// Weight rows per interleaved group.
 pub const R: usize = 8;
 
-/// Bytes of one block of an 8-row group, or 0 when `ty` has no repacked form.
-pub const fn block_bytes(ty: GgmlType) -> usize {
+/// How a repacked block stores its quants (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// Unsigned 4-bit quants with a scale and an offset per row.
+    Nibbles,
+    /// Signed 8-bit quants with a scale per row.
+    Bytes,
+}
+
+/// The repacked form of `ty`, if it has one.
+pub const fn form(ty: GgmlType) -> Option<Form> {
     match ty {
-        GgmlType::Q4_0 | GgmlType::Q4_1 => R * 8 + R * QK / 2,
-        GgmlType::Q8_0 => R * 4 + R * QK,
-        _ => 0,
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => Some(Form::Nibbles),
+        GgmlType::Q8_0 | GgmlType::Q5_0 => Some(Form::Bytes),
+        _ => None,
+    }
+}
+
+/// Bytes of one block of an 8-row group in `form`.
+pub const fn block_bytes(form: Form) -> usize {
+    match form {
+        Form::Nibbles => R * 8 + R * QK / 2,
+        Form::Bytes => R * 4 + R * QK,
     }
 }
 
 /// A repacked weight matrix.
 #[derive(Debug)]
 pub struct Packed {
+    /// The GGUF type the weights came from.
     pub ty: GgmlType,
+    pub form: Form,
     pub rows: usize,
     pub cols: usize,
     data: Vec<u8>,
@@ -52,42 +73,80 @@ fn scatter_chunks(qs: &[u8], k: usize, dst: &mut [u8]) {
     }
 }
 
+/// Block `b` of a GGUF row of type `ty` as (scale, offset, 32 quants in GGUF element order).
+fn decode(ty: GgmlType, row: &[u8], b: usize) -> (f32, f32, [i8; QK]) {
+    let mut q = [0i8; QK];
+    match ty {
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => {
+            let bb = ty.block_bytes();
+            let blk = &row[b * bb..(b + 1) * bb];
+            let d = f16_le(&blk[0..2]);
+            if ty == GgmlType::Q8_0 {
+                for (q, &v) in q.iter_mut().zip(&blk[2..34]) {
+                    *q = v as i8;
+                }
+                return (d, 0.0, q);
+            }
+            let (m, qs) = if ty == GgmlType::Q4_1 {
+                (f16_le(&blk[2..4]), &blk[4..20])
+            } else {
+                (-8.0 * d, &blk[2..18])
+            };
+            for (j, &v) in qs.iter().enumerate() {
+                q[j] = (v & 0x0F) as i8;
+                q[j + QK / 2] = (v >> 4) as i8;
+            }
+            (d, m, q)
+        }
+        _ => {
+            let blk = blocks::block32(ty, row, b);
+            debug_assert_eq!(blk.d[0], blk.d[1], "one scale per 32 elements");
+            (blk.d[0], blk.m, blk.q)
+        }
+    }
+}
+
 impl Packed {
     /// Repacks GGUF-layout rows (`rows` × `cols` of `ty`); None if `ty` has no repacked form.
     pub fn new(ty: GgmlType, rows: usize, cols: usize, src: &[u8]) -> Option<Packed> {
-        let gbb = block_bytes(ty);
-        if gbb == 0 || !cols.is_multiple_of(QK) {
+        let form = form(ty)?;
+        if !cols.is_multiple_of(ty.block_elems()) || !cols.is_multiple_of(QK) {
             return None;
         }
+        let gbb = block_bytes(form);
         let nb = cols / QK;
-        let bb = ty.block_bytes();
-        assert!(src.len() >= rows * nb * bb, "source too short");
+        let row_bytes = cols / ty.block_elems() * ty.block_bytes();
+        assert!(src.len() >= rows * row_bytes, "source too short");
         let groups = rows.div_ceil(R);
         let mut data = vec![0u8; groups * nb * gbb];
         for r in 0..rows {
             let (g, k) = (r / R, r % R);
+            let row = &src[r * row_bytes..(r + 1) * row_bytes];
             for b in 0..nb {
-                let blk = &src[(r * nb + b) * bb..(r * nb + b + 1) * bb];
                 let dst = &mut data[(g * nb + b) * gbb..(g * nb + b + 1) * gbb];
-                let d = f16_le(&blk[0..2]);
+                let (d, m, q) = decode(ty, row, b);
                 dst[4 * k..4 * k + 4].copy_from_slice(&d.to_le_bytes());
-                match ty {
-                    GgmlType::Q4_1 | GgmlType::Q4_0 => {
-                        let (m, qs) = if ty == GgmlType::Q4_1 {
-                            (f16_le(&blk[2..4]), &blk[4..20])
-                        } else {
-                            (-8.0 * d, &blk[2..18])
-                        };
+                match form {
+                    Form::Nibbles => {
                         let mo = 4 * R + 4 * k;
                         dst[mo..mo + 4].copy_from_slice(&m.to_le_bytes());
-                        scatter_chunks(qs, k, &mut dst[8 * R..]);
+                        let mut qs = [0u8; QK / 2];
+                        for (j, v) in qs.iter_mut().enumerate() {
+                            debug_assert!((0..16).contains(&q[j]) && (0..16).contains(&q[j + 16]));
+                            *v = q[j] as u8 | (q[j + QK / 2] as u8) << 4;
+                        }
+                        scatter_chunks(&qs, k, &mut dst[8 * R..]);
                     }
-                    _ => scatter_chunks(&blk[2..34], k, &mut dst[4 * R..]),
+                    Form::Bytes => {
+                        debug_assert_eq!(m, 0.0, "the byte form has no offset");
+                        scatter_chunks(&q.map(|v| v as u8), k, &mut dst[4 * R..]);
+                    }
                 }
             }
         }
         Some(Packed {
             ty,
+            form,
             rows,
             cols,
             data,
@@ -96,7 +155,7 @@ impl Packed {
 
     /// Bytes of one 8-row group.
     pub fn group_bytes(&self) -> usize {
-        self.cols / QK * block_bytes(self.ty)
+        self.cols / QK * block_bytes(self.form)
     }
 
     /// The group holding rows `8g..8g+8`.

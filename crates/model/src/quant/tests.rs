@@ -228,10 +228,10 @@ fn repacked_eight_row_kernel_matches_reference_and_is_batch_invariant() {
             let rb = w.len() / rows;
             for g in 0..rows.div_ceil(repack::R) {
                 let mut four = [[0.0f32; repack::R]; 4];
-                dot_packed::<4>(ty, packed.group(g), &acts, &mut four);
+                dot_packed::<4>(packed.form, packed.group(g), &acts, &mut four);
                 for (i, act) in acts.iter().enumerate() {
                     let mut one = [[0.0f32; repack::R]; 1];
-                    dot_packed::<1>(ty, packed.group(g), &[*act], &mut one);
+                    dot_packed::<1>(packed.form, packed.group(g), &[*act], &mut one);
                     assert_eq!(
                         one[0].map(f32::to_bits),
                         four[i].map(f32::to_bits),
@@ -281,7 +281,7 @@ fn repacked_kernel_does_not_saturate_at_extreme_values() {
             let mut a = QuantizedActs::default();
             a.quantize(Isa::Avx2, &x, 1, cols);
             let mut got = [[0.0f32; repack::R]; 1];
-            dot_packed::<1>(ty, packed.group(0), &[a.row(0)], &mut got);
+            dot_packed::<1>(packed.form, packed.group(0), &[a.row(0)], &mut got);
             let rb = wq.len() / 8;
             for (r, got) in got[0].iter().enumerate() {
                 let want = dot_q(
