@@ -316,34 +316,44 @@ pub unsafe fn axpy_f16(a: f32, v: &[u16], out: &mut [f32]) {
     }
 }
 
+/// Tags of the repacked forms for [`dot_x8_rows`] (see [`super::repack::Form`]).
+pub const F_NIBBLES: u8 = 0;
+pub const F_BYTES: u8 = 1;
+pub const F_BYTES_OFFSET: u8 = 2;
+
 /// Dot products of one interleaved group of 8 weight rows (see [`super::repack`]) with `N`
 /// activation rows: `out[i][r] = w_r · acts[i]`.
 ///
 /// The group stores each block as 4-byte chunks of the 8 rows side by side, so one 256-bit
 /// register holds elements `4c..4c+4` of all eight rows. The activation row's matching four
 /// bytes are broadcast to every lane, and `maddubs` leaves in lane `r` the products of row `r`
-/// only: no horizontal reduction anywhere. For Q4 weights the eight chunks of a block add up
+/// only: no horizontal reduction anywhere. For 4-bit weights the eight chunks of a block add up
 /// in 16-bit lanes (at most 8 × 2 × 15 × 127 = 30,480, no saturation), then one `madd`, one
-/// conversion and one FMA with the eight rows' scales per block and activation row; Q8_0
+/// conversion and one FMA with the eight rows' scales per block and activation row; byte
 /// weights (signed, so `maddubs` takes |w| and the activation with w's sign) widen every chunk.
+/// The offset forms add `m · s` (the activation block's `d·Σq`) per block.
 /// Each activation row's results are computed by the same operations whatever `N` is, so they
 /// are bit-identical for any batch.
 ///
 /// # Safety
-/// CPU must support AVX2/FMA/F16C; `TY` is one of the `T_*` tags; `w8` is one group of `TY`
-/// whose block count equals the activation rows' block count; activation values lie in
+/// CPU must support AVX2/FMA/F16C; `FORM` is one of the `F_*` tags; `w8` is one group of that
+/// form whose block count equals the activation rows' block count; activation values lie in
 /// -127..=127 (as [`quantize_block_q8`] makes them).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_x8_rows<const TY: u32, const N: usize>(
+pub unsafe fn dot_x8_rows<const FORM: u8, const N: usize>(
     w8: &[u8],
     acts: &[ActRow<'_>; N],
     out: &mut [[f32; 8]; N],
 ) {
-    let gbb = super::repack::block_bytes(if TY == T_Q8_0 {
-        super::repack::Form::Bytes
-    } else {
-        super::repack::Form::Nibbles
+    use super::repack::{block_bytes, Form};
+    let gbb = block_bytes(match FORM {
+        F_NIBBLES => Form::Nibbles,
+        F_BYTES => Form::Bytes,
+        _ => Form::BytesOffset,
     });
+    let offset = FORM != F_BYTES;
+    // Quants follow d[8] (and m[8] in the offset forms).
+    let qs_at = if offset { 64 } else { 32 };
     let nb = acts[0].1.len();
     debug_assert!(
         w8.len() >= nb * gbb && acts.iter().all(|a| a.1.len() == nb && a.0.len() >= nb * QK)
@@ -355,19 +365,9 @@ pub unsafe fn dot_x8_rows<const TY: u32, const N: usize>(
         let base = w8.as_ptr().add(b * gbb);
         let dv = _mm256_loadu_ps(base as *const f32);
         let mut sums = [_mm256_setzero_si256(); N];
-        if TY == T_Q8_0 {
-            for c in 0..8 {
-                let w = _mm256_loadu_si256(base.add(32 + 32 * c) as *const __m256i);
-                let wabs = _mm256_sign_epi8(w, w);
-                for i in 0..N {
-                    let x = _mm256_sign_epi8(bcast(&acts[i], b, c), w);
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, x), ones);
-                    sums[i] = _mm256_add_epi32(sums[i], p);
-                }
-            }
-        } else {
+        if FORM == F_NIBBLES {
             for j in 0..4 {
-                let raw = _mm256_loadu_si256(base.add(64 + 32 * j) as *const __m256i);
+                let raw = _mm256_loadu_si256(base.add(qs_at + 32 * j) as *const __m256i);
                 let wl = _mm256_and_si256(raw, low);
                 let wh = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
                 for i in 0..N {
@@ -379,11 +379,21 @@ pub unsafe fn dot_x8_rows<const TY: u32, const N: usize>(
             for s in sums.iter_mut() {
                 *s = _mm256_madd_epi16(*s, ones);
             }
+        } else {
+            for c in 0..8 {
+                let w = _mm256_loadu_si256(base.add(qs_at + 32 * c) as *const __m256i);
+                let wabs = _mm256_sign_epi8(w, w);
+                for i in 0..N {
+                    let x = _mm256_sign_epi8(bcast(&acts[i], b, c), w);
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, x), ones);
+                    sums[i] = _mm256_add_epi32(sums[i], p);
+                }
+            }
         }
         for i in 0..N {
             let sc = _mm256_mul_ps(dv, _mm256_set1_ps(*acts[i].1.get_unchecked(b)));
             acc[i] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(sums[i]), acc[i]);
-            if TY != T_Q8_0 {
+            if offset {
                 let mv = _mm256_loadu_ps(base.add(32) as *const f32);
                 acc[i] = _mm256_fmadd_ps(mv, _mm256_set1_ps(*acts[i].2.get_unchecked(b)), acc[i]);
             }
@@ -413,8 +423,9 @@ pub unsafe fn dot_x8_rows_dyn<const N: usize>(
     out: &mut [[f32; 8]; N],
 ) {
     match form {
-        super::repack::Form::Nibbles => dot_x8_rows::<T_Q4_1, N>(w8, acts, out),
-        super::repack::Form::Bytes => dot_x8_rows::<T_Q8_0, N>(w8, acts, out),
+        super::repack::Form::Nibbles => dot_x8_rows::<F_NIBBLES, N>(w8, acts, out),
+        super::repack::Form::Bytes => dot_x8_rows::<F_BYTES, N>(w8, acts, out),
+        super::repack::Form::BytesOffset => dot_x8_rows::<F_BYTES_OFFSET, N>(w8, acts, out),
     }
 }
 

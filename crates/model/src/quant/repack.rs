@@ -13,6 +13,8 @@
 //!   elements `4j..4j+4`, the high nibbles elements `16+4j..16+4j+4`.
 //! - [`Form::Bytes`] (Q8_0, Q5_0): `d[8]` f32 (value = d·q with signed q; Q5_0: q − 16), then
 //!   for `c` in 0..8 the bytes `4c..4c+4` of each row, side by side.
+//! - [`Form::BytesOffset`] (Q5_1, Q5_K): `d[8]`, `m[8]` f32 (value = d·q + m, q in 0..32;
+//!   Q5_K: d = d·sc, m = -dmin·min), then the bytes as in [`Form::Bytes`].
 //!
 //! The values are exactly the GGUF ones: f16 scales times 6-bit integers are exact in f32.
 
@@ -30,6 +32,8 @@ pub enum Form {
     Nibbles,
     /// Signed 8-bit quants with a scale per row.
     Bytes,
+    /// 8-bit quants with a scale and an offset per row.
+    BytesOffset,
 }
 
 /// The repacked form of `ty`, if it has one.
@@ -37,7 +41,8 @@ pub const fn form(ty: GgmlType) -> Option<Form> {
     match ty {
         GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => Some(Form::Nibbles),
         GgmlType::Q8_0 | GgmlType::Q5_0 => Some(Form::Bytes),
-        _ => None,
+        GgmlType::Q5_1 | GgmlType::Q5_K => Some(Form::BytesOffset),
+        GgmlType::F32 | GgmlType::F16 | GgmlType::Q6_K => None,
     }
 }
 
@@ -46,6 +51,7 @@ pub const fn block_bytes(form: Form) -> usize {
     match form {
         Form::Nibbles => R * 8 + R * QK / 2,
         Form::Bytes => R * 4 + R * QK,
+        Form::BytesOffset => R * 8 + R * QK,
     }
 }
 
@@ -140,6 +146,11 @@ impl Packed {
                     Form::Bytes => {
                         debug_assert_eq!(m, 0.0, "the byte form has no offset");
                         scatter_chunks(&q.map(|v| v as u8), k, &mut dst[4 * R..]);
+                    }
+                    Form::BytesOffset => {
+                        let mo = 4 * R + 4 * k;
+                        dst[mo..mo + 4].copy_from_slice(&m.to_le_bytes());
+                        scatter_chunks(&q.map(|v| v as u8), k, &mut dst[8 * R..]);
                     }
                 }
             }

@@ -210,15 +210,23 @@ fn repacked_eight_row_kernel_matches_reference_and_is_batch_invariant() {
         return; // repacked weights exist only on the AVX2 path
     }
     let mut rng = Rng(5);
-    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-        for (rows, cols) in [
-            (4usize, 32usize),
-            (5, 64),
-            (7, 576),
-            (8, 1536),
-            (13, 96),
-            (24, 576),
-        ] {
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q5_K,
+    ] {
+        // Every type with a repacked form (Q6_K has none).
+        assert!(repack::form(ty).is_some(), "{ty:?}");
+        let shapes: &[(usize, usize)] = if ty.block_elems() == 256 {
+            &[(3, 256), (8, 512), (13, 768)]
+        } else {
+            &[(4, 32), (5, 64), (7, 576), (8, 1536), (13, 96), (24, 576)]
+        };
+        for &(rows, cols) in shapes {
             let w = quantize_row(ty, &rng.vec(rows * cols, 0.6));
             let packed = repack::Packed::new(ty, rows, cols, &w).expect("repacks");
             let x = rng.vec(4 * cols, 2.0);
@@ -263,13 +271,21 @@ fn repacked_eight_row_kernel_matches_reference_and_is_batch_invariant() {
 
 #[test]
 fn repacked_kernel_does_not_saturate_at_extreme_values() {
-    // Every Q4 weight at nibble 15 (or -8/127 for the signed types) against activations at
-    // ±127: the largest sums the 16-bit lanes of the kernel ever hold.
+    // Every 4-bit weight at nibble 15 (the largest quant of each format) against activations
+    // at ±127: the largest sums the 16-bit lanes of the kernel ever hold.
     if Isa::best_available() < Isa::Avx2 {
         return;
     }
-    let cols = 64;
-    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+    let cols = 256;
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q5_K,
+    ] {
         for sign in [1.0f32, -1.0] {
             // One zero per block sets the Q4_1 minimum; every other weight is the maximum.
             let w: Vec<f32> = (0..8 * cols)
@@ -277,6 +293,7 @@ fn repacked_kernel_does_not_saturate_at_extreme_values() {
                 .collect();
             let wq = quantize_row(ty, &w);
             let packed = repack::Packed::new(ty, 8, cols, &wq).expect("repacks");
+            assert_eq!(repack::form(ty), Some(packed.form));
             let x = vec![sign; cols];
             let mut a = QuantizedActs::default();
             a.quantize(Isa::Avx2, &x, 1, cols);
