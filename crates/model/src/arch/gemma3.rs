@@ -17,7 +17,9 @@ use std::sync::Arc;
 use super::{embed, load_f32, output_logits, Batch, ModelConfig, ModelError, Scratch, Weight};
 use crate::backend::attention::{attention, AttnShape};
 use crate::backend::matmul::{matmul, Acts};
-use crate::backend::ops::{gelu_mul, rmsnorm, rmsnorm_inplace, rope_neox, rope_table_scaled};
+use crate::backend::ops::{
+    add_rows, gelu_mul, rmsnorm, rmsnorm_inplace, rope_neox, rope_table_scaled,
+};
 use crate::backend::pool::ThreadPool;
 use crate::gguf::{GgufError, GgufFile};
 use crate::kv::KvCache;
@@ -200,13 +202,8 @@ impl Gemma3 {
                 c.eps,
                 &mut s.xn[..t * d],
             );
-            s.xq.quantize(cx.isa, &s.xn[..t * d], t, d);
             {
-                let x = Acts {
-                    f: &s.xn[..t * d],
-                    q: &s.xq,
-                    t,
-                };
+                let x = Acts::quantized(cx.isa, &s.xn[..t * d], &mut s.xq, t);
                 let mut jobs = [
                     layer.wq.job(f, &mut s.q[..t * qd]),
                     layer.wk.job(f, &mut s.k[..t * kvd]),
@@ -252,20 +249,12 @@ impl Gemma3 {
                 &mut s.attn[..t * qd],
                 &mut s.attn_scratch,
             );
-            s.xq.quantize(cx.isa, &s.attn[..t * qd], t, qd);
             {
-                let x = Acts {
-                    f: &s.attn[..t * qd],
-                    q: &s.xq,
-                    t,
-                };
+                let x = Acts::quantized(cx.isa, &s.attn[..t * qd], &mut s.xq, t);
                 matmul(pool, cx, &x, &mut [layer.wo.job(f, &mut s.xn[..t * d])]);
             }
             rmsnorm_inplace(cx.isa, &mut s.xn[..t * d], &layer.post_attn_norm, c.eps);
-            s.x[..t * d]
-                .iter_mut()
-                .zip(&s.xn[..t * d])
-                .for_each(|(a, b)| *a += b);
+            add_rows(&mut s.x[..t * d], &s.xn[..t * d]);
             rmsnorm(
                 cx.isa,
                 &s.x[..t * d],
@@ -273,13 +262,8 @@ impl Gemma3 {
                 c.eps,
                 &mut s.xn[..t * d],
             );
-            s.xq.quantize(cx.isa, &s.xn[..t * d], t, d);
             {
-                let x = Acts {
-                    f: &s.xn[..t * d],
-                    q: &s.xq,
-                    t,
-                };
+                let x = Acts::quantized(cx.isa, &s.xn[..t * d], &mut s.xq, t);
                 let mut jobs = [
                     layer.w_gate.job(f, &mut s.gate[..t * c.ffn]),
                     layer.w_up.job(f, &mut s.up[..t * c.ffn]),
@@ -287,20 +271,12 @@ impl Gemma3 {
                 matmul(pool, cx, &x, &mut jobs);
             }
             gelu_mul(&mut s.gate[..t * c.ffn], &s.up[..t * c.ffn]);
-            s.xq.quantize(cx.isa, &s.gate[..t * c.ffn], t, c.ffn);
             {
-                let x = Acts {
-                    f: &s.gate[..t * c.ffn],
-                    q: &s.xq,
-                    t,
-                };
+                let x = Acts::quantized(cx.isa, &s.gate[..t * c.ffn], &mut s.xq, t);
                 matmul(pool, cx, &x, &mut [layer.w_down.job(f, &mut s.xn[..t * d])]);
             }
             rmsnorm_inplace(cx.isa, &mut s.xn[..t * d], &layer.post_ffn_norm, c.eps);
-            s.x[..t * d]
-                .iter_mut()
-                .zip(&s.xn[..t * d])
-                .for_each(|(a, b)| *a += b);
+            add_rows(&mut s.x[..t * d], &s.xn[..t * d]);
         }
         output_logits(
             pool,

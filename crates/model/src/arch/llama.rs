@@ -13,7 +13,8 @@ use super::{load_f32, Batch, ModelConfig, ModelError, Scratch, Weight};
 use crate::backend::attention::{attention, AttnShape};
 use crate::backend::matmul::{matmul, Acts, MatJob};
 use crate::backend::ops::{
-    rmsnorm, rmsnorm_inplace, rope_neox, rope_norm, rope_table, rope_table_factors, silu_mul,
+    add_rows, rmsnorm, rmsnorm_inplace, rope_neox, rope_norm, rope_table, rope_table_factors,
+    silu_mul,
 };
 use crate::backend::pool::ThreadPool;
 use crate::gguf::{GgufError, GgufFile};
@@ -242,13 +243,8 @@ impl Llama {
                 c.eps,
                 &mut s.xn[..t * d],
             );
-            s.xq.quantize(cx.isa, &s.xn[..t * d], t, d);
             {
-                let x = Acts {
-                    f: &s.xn[..t * d],
-                    q: &s.xq,
-                    t,
-                };
+                let x = Acts::quantized(cx.isa, &s.xn[..t * d], &mut s.xq, t);
                 match &layer.qkv {
                     Qkv::Split { wq, wk, wv } => {
                         let mut jobs = [
@@ -310,19 +306,11 @@ impl Llama {
                 &mut s.attn[..t * qd],
                 &mut s.attn_scratch,
             );
-            s.xq.quantize(cx.isa, &s.attn[..t * qd], t, qd);
             {
-                let x = Acts {
-                    f: &s.attn[..t * qd],
-                    q: &s.xq,
-                    t,
-                };
+                let x = Acts::quantized(cx.isa, &s.attn[..t * qd], &mut s.xq, t);
                 matmul(pool, cx, &x, &mut [layer.wo.job(f, &mut s.xn[..t * d])]);
             }
-            s.x[..t * d]
-                .iter_mut()
-                .zip(&s.xn[..t * d])
-                .for_each(|(a, b)| *a += b);
+            add_rows(&mut s.x[..t * d], &s.xn[..t * d]);
             rmsnorm(
                 cx.isa,
                 &s.x[..t * d],
@@ -330,13 +318,8 @@ impl Llama {
                 c.eps,
                 &mut s.xn[..t * d],
             );
-            s.xq.quantize(cx.isa, &s.xn[..t * d], t, d);
             {
-                let x = Acts {
-                    f: &s.xn[..t * d],
-                    q: &s.xq,
-                    t,
-                };
+                let x = Acts::quantized(cx.isa, &s.xn[..t * d], &mut s.xq, t);
                 match &layer.gate_up {
                     GateUp::Split { gate, up } => {
                         let mut jobs: [MatJob<'_>; 2] = [
@@ -358,19 +341,11 @@ impl Llama {
                 }
             }
             silu_mul(cx.isa, &mut s.gate[..t * c.ffn], &s.up[..t * c.ffn]);
-            s.xq.quantize(cx.isa, &s.gate[..t * c.ffn], t, c.ffn);
             {
-                let x = Acts {
-                    f: &s.gate[..t * c.ffn],
-                    q: &s.xq,
-                    t,
-                };
+                let x = Acts::quantized(cx.isa, &s.gate[..t * c.ffn], &mut s.xq, t);
                 matmul(pool, cx, &x, &mut [layer.w_down.job(f, &mut s.xn[..t * d])]);
             }
-            s.x[..t * d]
-                .iter_mut()
-                .zip(&s.xn[..t * d])
-                .for_each(|(a, b)| *a += b);
+            add_rows(&mut s.x[..t * d], &s.xn[..t * d]);
         }
         super::output_logits(
             pool,
@@ -391,12 +366,5 @@ impl Llama {
 fn grow(v: &mut Vec<f32>, n: usize) {
     if v.len() < n {
         v.resize(n, 0.0);
-    }
-}
-
-/// Adds `b` to every row of `x` (rows of `b.len()`).
-fn add_rows(x: &mut [f32], b: &[f32]) {
-    for row in x.chunks_exact_mut(b.len()) {
-        row.iter_mut().zip(b).for_each(|(a, b)| *a += b);
     }
 }

@@ -366,13 +366,8 @@ pub(crate) fn output_logits(
     if rows == 0 {
         return;
     }
-    s.xq.quantize(cx.isa, &s.xn[..rows * d], rows, d);
     logits.resize(rows * output.rows, 0.0);
-    let x = Acts {
-        f: &s.xn[..rows * d],
-        q: &s.xq,
-        t: rows,
-    };
+    let x = Acts::quantized(cx.isa, &s.xn[..rows * d], &mut s.xq, rows);
     matmul(pool, cx, &x, &mut [output.job(f, logits)]);
     if cap > 0.0 {
         softcap(logits, cap);

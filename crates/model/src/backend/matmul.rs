@@ -51,6 +51,15 @@ pub struct Acts<'a> {
     pub t: usize,
 }
 
+impl<'a> Acts<'a> {
+    /// `t` rows of `f` as a matmul input, quantized into the reused buffer `q` (once for all
+    /// the matrices that read this input).
+    pub fn quantized(isa: Isa, f: &'a [f32], q: &'a mut QuantizedActs, t: usize) -> Acts<'a> {
+        q.quantize(isa, f, t, f.len() / t);
+        Acts { f, q, t }
+    }
+}
+
 /// Runs all `jobs` (which share the input `x`) as one parallel region.
 pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'_>]) {
     let isa = cx.isa;

@@ -15,6 +15,14 @@ fn sum_squares(isa: Isa, x: &[f32]) -> f32 {
     x.iter().map(|v| v * v).sum()
 }
 
+/// Adds `b` to every row of `x` (rows of `b.len()`): biases, and residuals (one row as long
+/// as `x`).
+pub fn add_rows(x: &mut [f32], b: &[f32]) {
+    for row in x.chunks_exact_mut(b.len()) {
+        row.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+    }
+}
+
 /// out = x / rms(x) * w, per row of width `w.len()`.
 pub fn rmsnorm(isa: Isa, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let n = w.len();

@@ -42,10 +42,7 @@ pub unsafe fn quantize_block_q8(x: &[f32], q: &mut [i8]) -> (f32, f32) {
     for vi in &v[1..] {
         m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *vi));
     }
-    let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-    let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    let m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    let amax = _mm_cvtss_f32(m4);
+    let amax = super::avx2_ops::hmax(m);
     let d = amax / 127.0;
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let idv = _mm256_set1_ps(id);
@@ -390,11 +387,15 @@ pub unsafe fn dot_x8_rows<const FORM: u8, const N: usize>(
                 }
             }
         }
+        let mv = if offset {
+            _mm256_loadu_ps(base.add(32) as *const f32)
+        } else {
+            _mm256_setzero_ps()
+        };
         for i in 0..N {
             let sc = _mm256_mul_ps(dv, _mm256_set1_ps(*acts[i].1.get_unchecked(b)));
             acc[i] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(sums[i]), acc[i]);
             if offset {
-                let mv = _mm256_loadu_ps(base.add(32) as *const f32);
                 acc[i] = _mm256_fmadd_ps(mv, _mm256_set1_ps(*acts[i].2.get_unchecked(b)), acc[i]);
             }
         }

@@ -129,9 +129,13 @@ pub unsafe fn sum_squares(x: &[f32]) -> f32 {
     s
 }
 
+/// The largest of the eight lanes.
+///
+/// # Safety
+/// CPU must support AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn hmax(v: __m256) -> f32 {
+pub(crate) unsafe fn hmax(v: __m256) -> f32 {
     let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     let m = _mm_max_ss(m, _mm_movehdup_ps(m));
