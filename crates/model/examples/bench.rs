@@ -25,6 +25,7 @@ fn main() -> anyhow::Result<()> {
         prefill: if decode_only { 0 } else { 512 },
         decode: if decode_only { 512 } else { 128 },
         batch,
+        compute: cordial_model::Compute::from_env()?,
     };
     bench::model(&path, &opts, &mut std::io::stdout())
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::backend::matmul::{matmul, Acts, MatJob};
+use crate::backend::matmul::{matmul, quantize_acts, Acts, MatJob};
 use crate::gguf::GgufFile;
 use crate::quant::{repack::Packed, scalar::quantize_row, GgmlType, QuantizedActs};
 use crate::{Batch, Compute, Isa, KvCache, Model, Scratch, SeqInput, ThreadPool};
@@ -27,6 +27,8 @@ pub struct ModelBench {
     pub decode: usize,
     /// Sequences decoded together (64 steps); 1 skips it.
     pub batch: usize,
+    /// Kernel level and layout.
+    pub compute: Compute,
 }
 
 impl Default for ModelBench {
@@ -36,6 +38,7 @@ impl Default for ModelBench {
             prefill: 512,
             decode: 128,
             batch: 16,
+            compute: Compute::best(),
         }
     }
 }
@@ -43,7 +46,6 @@ impl Default for ModelBench {
 struct Runner {
     model: Model,
     pool: ThreadPool,
-    cx: Compute,
     kv: KvCache,
     scratch: Scratch,
     logits: Vec<f32>,
@@ -66,7 +68,6 @@ impl Runner {
             .collect();
         self.model.forward(
             &self.pool,
-            self.cx,
             &Batch { seqs },
             &mut self.kv,
             &mut self.scratch,
@@ -81,9 +82,9 @@ pub fn model(path: &Path, opts: &ModelBench, out: &mut dyn Write) -> anyhow::Res
     anyhow::ensure!(opts.batch >= 1, "the batch must be at least 1 sequence");
     let t_load = Instant::now();
     let model = if crate::hf::is_hf_dir(path) {
-        Model::load(Arc::new(crate::hf::load_dir(path)?))?
+        Model::load_with(Arc::new(crate::hf::load_dir(path)?), opts.compute)?
     } else {
-        Model::load(Arc::new(GgufFile::open(path)?))?
+        Model::load_with(Arc::new(GgufFile::open(path)?), opts.compute)?
     };
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let c = model.config().clone();
@@ -111,7 +112,6 @@ pub fn model(path: &Path, opts: &ModelBench, out: &mut dyn Write) -> anyhow::Res
     let mut r = Runner {
         model,
         pool: ThreadPool::new(opts.threads),
-        cx: Compute::detect(),
         kv,
         scratch: Scratch::default(),
         logits: Vec::new(),
@@ -124,11 +124,16 @@ pub fn model(path: &Path, opts: &ModelBench, out: &mut dyn Write) -> anyhow::Res
         .collect();
     writeln!(
         out,
-        "model {} ({}, {} threads, {:?}), loaded in {load_ms:.0} ms",
+        "model {} ({}, {} threads, kernels={}{}), loaded in {load_ms:.0} ms",
         path.display(),
         c.arch,
         r.pool.threads(),
-        r.cx.isa
+        opts.compute.isa,
+        if opts.compute.pack().is_some() {
+            " repacked"
+        } else {
+            ""
+        },
     )?;
     if opts.prefill > 0 {
         let mut best = f64::MAX;
@@ -183,32 +188,47 @@ pub fn model(path: &Path, opts: &ModelBench, out: &mut dyn Write) -> anyhow::Res
     Ok(())
 }
 
-/// GMAC/s of one thread's matmul over a `rows` × 576 weight matrix of each repackable type,
-/// for 1, 4, 16 and 64 activation rows, on every ISA (and the repacked AVX2 form).
+/// GMAC/s of one thread's matmul over a `rows` × 2048 weight matrix of each quantized type,
+/// for 1, 4, 16 and 64 activation rows, on every kernel level of this CPU (repacked where the
+/// level repacks, and in the GGUF layout).
 pub fn kernels(rows: usize, out: &mut dyn Write) -> anyhow::Result<()> {
     anyhow::ensure!(rows >= 1, "the matrix needs at least one row");
     let pool = ThreadPool::new(1);
-    let cols = 576usize;
+    let cols = 2048usize;
     let w: Vec<f32> = (0..rows * cols)
         .map(|i| ((i * 2654435761usize) % 1000) as f32 / 1000.0 - 0.5)
         .collect();
-    for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_0] {
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::Q5_0,
+    ] {
         let wq = quantize_row(ty, &w);
-        let packed = Packed::new(ty, rows, cols, &wq);
-        let mut variants: Vec<(Isa, bool)> = Isa::all_available()
-            .into_iter()
-            .map(|i| (i, false))
-            .collect();
-        if Isa::best_available() == Isa::Avx2 {
-            variants.push((Isa::Avx2, true));
+        let mut variants: Vec<Compute> = Vec::new();
+        for isa in Isa::all_available() {
+            let cx = Compute::new(isa);
+            if cx.pack().is_some() {
+                variants.push(cx);
+            }
+            variants.push(Compute {
+                repack: false,
+                ..cx
+            });
         }
-        for (isa, use_packed) in variants {
+        for cx in variants {
+            let packed = cx
+                .pack()
+                .and_then(|spec| Packed::new(spec, ty, rows, cols, &wq));
             for t in [1usize, 4, 16, 64] {
                 let x: Vec<f32> = (0..t * cols)
                     .map(|i| ((i * 40503) % 997) as f32 / 997.0 - 0.5)
                     .collect();
                 let mut q = QuantizedActs::default();
-                q.quantize(isa, &x, t, cols);
+                quantize_acts(cx.kernels(), &x, t, &mut q);
                 let mut res = vec![0.0f32; t * rows];
                 let reps = (200 / t).max(5);
                 let mut best = f64::MAX;
@@ -217,10 +237,10 @@ pub fn kernels(rows: usize, out: &mut dyn Write) -> anyhow::Result<()> {
                     let acts = Acts { f: &x, q: &q, t };
                     matmul(
                         &pool,
-                        Compute::new(isa),
+                        cx,
                         &acts,
                         &mut [MatJob {
-                            packed: if use_packed { packed.as_ref() } else { None },
+                            packed: packed.as_ref(),
                             w: &wq,
                             ty,
                             rows,
@@ -231,10 +251,11 @@ pub fn kernels(rows: usize, out: &mut dyn Write) -> anyhow::Result<()> {
                     best = best.min(start.elapsed().as_secs_f64());
                 }
                 let gmacs = (rows * cols * t) as f64 / best / 1e9;
-                let form = if use_packed { " repacked" } else { "" };
+                let form = if packed.is_some() { "repacked" } else { "gguf" };
                 writeln!(
                     out,
-                    "{ty:?} {isa:?}{form} rows={t:>3}: {gmacs:6.2} GMAC/s ({:.1} µs)",
+                    "{ty:?} {} {form} rows={t:>3}: {gmacs:6.2} GMAC/s ({:.1} µs)",
+                    cx.isa,
                     best * 1e6
                 )?;
             }

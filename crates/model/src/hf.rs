@@ -21,17 +21,6 @@ use crate::arch::ModelError;
 use crate::gguf::{GgufFile, Value};
 use crate::quant::GgmlType;
 
-/// `model_type`s this build loads from a Hugging Face folder.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
-    "llama",
-    "mistral",
-    "qwen2",
-    "qwen3",
-    "phi3",
-    "gemma3",
-    "gemma3_text",
-];
-
 /// Whether `path` is a Hugging Face model folder (a directory with `config.json`).
 pub fn is_hf_dir(path: &Path) -> bool {
     path.is_dir() && path.join("config.json").is_file()
@@ -55,16 +44,12 @@ pub fn load_dir(dir: &Path) -> Result<GgufFile, ModelError> {
         config = config["text_config"].clone();
         model_type = "gemma3_text".into();
     }
-    let arch = match model_type.as_str() {
-        "llama" | "mistral" => "llama",
-        "qwen2" => "qwen2",
-        "qwen3" => "qwen3",
-        "phi3" => "phi3",
-        "gemma3" | "gemma3_text" => "gemma3",
-        other => {
+    let arch = match crate::arch::spec::by_hf_model_type(&model_type) {
+        Some(spec) => spec.gguf,
+        None => {
             return Err(ModelError::UnsupportedArchitecture(format!(
-                "{other} (Hugging Face model_type; supported: {})",
-                SUPPORTED_MODEL_TYPES.join(", ")
+                "{model_type} (Hugging Face model_type; supported: {})",
+                crate::arch::spec::hf_model_types().join(", ")
             )))
         }
     };

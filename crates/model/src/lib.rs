@@ -15,6 +15,6 @@ pub mod kv;
 pub mod quant;
 
 pub use arch::{Batch, Model, ModelConfig, ModelError, Scratch, SeqInput};
+pub use backend::cpu::{BackendError, Compute, Isa};
 pub use backend::pool::ThreadPool;
 pub use kv::KvCache;
-pub use quant::{Compute, Isa};

@@ -104,7 +104,6 @@ fn bad_batches_are_errors_not_panics() {
         let mut logits = Vec::new();
         let r = h.model.forward(
             &h.pool,
-            h.cx,
             &Batch { seqs },
             &mut h.kv,
             &mut h.scratch,

@@ -56,10 +56,7 @@ fn exact_math_matches_float64_reference() {
     let cases = greedy_cases();
     let exact = exact_cases();
     assert_eq!(cases.len(), exact.len());
-    let cx = Compute {
-        isa: Isa::best_available(),
-        f32_activations: true,
-    };
+    let cx = Compute::reference(Isa::best_available());
     let mut h = Harness::new(load_default(), cx, 1, 128);
     let mut a = Agreement::default();
     for (case, ex) in cases.iter().zip(&exact).take(8) {

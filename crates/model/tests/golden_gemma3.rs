@@ -131,10 +131,7 @@ fn check(a: &Agreement, max_abs: f32) {
 
 #[test]
 fn gemma3_exact_math_matches_float64_reference() {
-    let cx = Compute {
-        isa: Isa::best_available(),
-        f32_activations: true,
-    };
+    let cx = Compute::reference(Isa::best_available());
     let (_, vs_exact, _) = compare(cx, 6);
     assert_eq!(vs_exact.argmax_mismatches_beyond_tie, 0, "{vs_exact:?}");
     assert!(

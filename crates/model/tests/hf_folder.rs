@@ -195,10 +195,7 @@ fn check(spec: Spec, model_type: &str) {
         let file = hf::load_dir(&dir).expect("load HF folder");
         std::fs::remove_dir_all(&dir).ok();
         let model = Model::load(Arc::new(file)).expect("model from HF folder");
-        let cx = Compute {
-            isa: Isa::best_available(),
-            f32_activations: true,
-        };
+        let cx = Compute::reference(Isa::best_available());
         let toks = tokens();
         let want = reference(spec, &expected, &toks);
         let mut h = Harness::new(model, cx, 1, 64);

@@ -21,10 +21,7 @@ use std::sync::Arc;
 /// f32 mode when the matrices are F32, which take f32 activations).
 fn check(spec: Spec) {
     let m = build(spec, 11);
-    let exact = Compute {
-        isa: Isa::best_available(),
-        f32_activations: true,
-    };
+    let exact = Compute::reference(Isa::best_available());
     let ((max, _), mut m) = errors(m, exact);
     eprintln!("{} f32 activations: max |Δ logprob| {max:.2e}", spec.arch);
     assert!(max < 1e-3, "{}: f32 mode vs float64 {max}", spec.arch);

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use cordial_engine::{EngineConfig, EngineHandle};
 use cordial_grammar::{GrammarCompiler, GrammarLimits};
 use cordial_model::fetch::{default_model_path, ensure_default_model};
+use cordial_model::{Compute, Isa};
 use cordial_server::auth::ApiKeys;
 use cordial_server::runner::{self, RunnerOptions};
 use cordial_server::serve::{serve as serve_http, ServeOptions};
@@ -68,7 +69,8 @@ struct BenchArgs {
     /// Sequences decoded together for 64 steps (1 skips it).
     #[arg(long, default_value_t = 16)]
     batch: usize,
-    /// Also measure the kernels: one thread, a ROWS × 576 matrix of each repackable type.
+    /// Also measure the kernels: one thread, a ROWS × 2048 matrix of each quantized type, on
+    /// every kernel level of this CPU.
     #[arg(long, value_name = "ROWS", num_args = 0..=1, default_missing_value = "1536")]
     kernels: Option<usize>,
 }
@@ -178,6 +180,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         prefill: a.prefill_tokens,
         decode: a.decode_tokens,
         batch: a.batch,
+        compute: Compute::from_env()?,
     };
     let mut out = std::io::stdout();
     cordial_model::bench::model(&path, &opts, &mut out)?;
@@ -213,6 +216,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .parse()
         .with_context(|| format!("invalid --host/--port {}:{}", args.host, args.port))?;
     let keys = api_keys(&args)?;
+    // The kernel level and weight layout: read once, here, from CORDIAL_ISA / CORDIAL_REPACK.
+    let compute = Compute::from_env()?;
     let options = ServerOptions {
         default_timeout: Some(seconds("--default-timeout", args.default_timeout)?)
             .filter(|d| !d.is_zero()),
@@ -261,7 +266,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!("listening on http://{}", listener.local_addr()?);
-        spawn_loader(state.clone(), args, path);
+        spawn_loader(state.clone(), args, path, compute);
         let shutdown_state = state.clone();
         let cancel = move || {
             if let Some(s) = shutdown_state.serving() {
@@ -320,10 +325,11 @@ fn positive(flag: &str, secs: f64) -> anyhow::Result<Duration> {
 
 /// Loads the model on its own thread; the server answers `/health` 503 meanwhile. A failure to
 /// load (an error or a panic) ends the process.
-fn spawn_loader(state: AppState, args: ServeArgs, path: PathBuf) {
+fn spawn_loader(state: AppState, args: ServeArgs, path: PathBuf, compute: Compute) {
     std::thread::spawn(move || {
-        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(&args, path)))
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("the model loader panicked")));
+        let loaded =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(&args, path, compute)))
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the model loader panicked")));
         finish_loading(state, loaded)
     });
 }
@@ -346,7 +352,7 @@ fn finish_loading(state: AppState, loaded: anyhow::Result<Serving>) {
     }
 }
 
-fn load(args: &ServeArgs, path: PathBuf) -> anyhow::Result<Serving> {
+fn load(args: &ServeArgs, path: PathBuf, compute: Compute) -> anyhow::Result<Serving> {
     let path = if args.model.is_none() {
         ensure_default_model()?
     } else {
@@ -356,13 +362,25 @@ fn load(args: &ServeArgs, path: PathBuf) -> anyhow::Result<Serving> {
         threads: args.threads,
         kv_cache_tokens: args.kv_cache_tokens,
         max_model_len: args.max_model_len,
+        compute,
     };
     let loaded =
         runner::load(&path, &opts).with_context(|| format!("loading {}", path.display()))?;
     tracing::info!(
-        "architecture {}, vocabulary {} tokens",
+        "architecture {}, vocabulary {} tokens, kernels={}{} (available: {})",
         loaded.architecture,
-        loaded.vocab_size
+        loaded.vocab_size,
+        compute.isa,
+        if compute.pack().is_some() {
+            ", weights repacked"
+        } else {
+            ", weights in the GGUF layout"
+        },
+        Isa::all_available()
+            .iter()
+            .map(|i| i.name())
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let config = EngineConfig {
         max_num_seqs: args.max_num_seqs,

@@ -22,6 +22,8 @@ pub struct RunnerOptions {
     pub kv_cache_tokens: usize,
     /// Cap on the context length (None = the model's).
     pub max_model_len: Option<usize>,
+    /// Kernel level and weight layout.
+    pub compute: Compute,
 }
 
 /// A loaded model, ready to hand to the engine.
@@ -49,7 +51,7 @@ pub fn load(path: &Path, opts: &RunnerOptions) -> anyhow::Result<LoadedModel> {
         let tokenizer = Tokenizer::from_gguf(&file).context("building the tokenizer")?;
         (file, tokenizer)
     };
-    let model = Model::load(file.clone())?;
+    let model = Model::load_with(file.clone(), opts.compute)?;
     let cfg = model.config().clone();
     if tokenizer.vocab_size() > cfg.vocab {
         bail!(
@@ -76,7 +78,6 @@ pub fn load(path: &Path, opts: &RunnerOptions) -> anyhow::Result<LoadedModel> {
         kv,
         pool: ThreadPool::new(opts.threads),
         scratch: Scratch::default(),
-        cx: Compute::detect(),
         max_context,
     };
     Ok(LoadedModel {
@@ -96,7 +97,6 @@ struct ModelRunner {
     kv: KvCache,
     pool: ThreadPool,
     scratch: Scratch,
-    cx: Compute,
     max_context: usize,
 }
 
@@ -128,14 +128,7 @@ impl ModelExecutor for ModelRunner {
                 .collect(),
         };
         self.model
-            .forward(
-                &self.pool,
-                self.cx,
-                &batch,
-                &mut self.kv,
-                &mut self.scratch,
-                logits,
-            )
+            .forward(&self.pool, &batch, &mut self.kv, &mut self.scratch, logits)
             .map_err(|e| ModelError(e.to_string()))
     }
     fn copy_block(&mut self, src: u32, dst: u32) {

@@ -83,6 +83,7 @@ fn runner_serves_a_hugging_face_folder() {
         threads: 1,
         kv_cache_tokens: 256,
         max_model_len: None,
+        compute: cordial_model::Compute::best(),
     };
     let mut loaded = runner::load(&dir, &opts).expect("load HF folder");
     std::fs::remove_dir_all(&dir).ok();
@@ -140,6 +141,7 @@ fn a_folder_without_weights_fails_naming_it() {
         threads: 1,
         kv_cache_tokens: 64,
         max_model_len: None,
+        compute: cordial_model::Compute::best(),
     };
     let err = runner::load(&dir, &opts).err().expect("fails").to_string();
     std::fs::remove_dir_all(&dir).ok();

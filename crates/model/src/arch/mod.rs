@@ -1,33 +1,30 @@
-//! Architectures, one file each, written against the CPU backend's small interface
-//! (matmul on quantized weights, rmsnorm, rope, paged attention, activation).
+//! Architectures: one decoder (`decoder.rs`) shaped by a spec per architecture (`spec.rs`,
+//! with the registry), written against the backend's small interface (matmul on quantized
+//! weights, RMSNorm, RoPE, paged attention, activations). This file holds what they share:
+//! the configuration, weights in the mapped file, the batch, scratch buffers, embedding and
+//! output head, and [`Model`].
 
-pub mod gemma3;
-pub mod llama;
-pub mod mistral;
-pub mod phi3;
-pub mod qwen2;
-pub mod qwen3;
+pub mod decoder;
+pub mod spec;
 
 use std::sync::Arc;
 
 use crate::backend::attention::{AttnScratch, TokenPlace};
+use crate::backend::cpu::Compute;
 use crate::backend::matmul::{matmul, Acts, MatJob};
 use crate::backend::ops::{rmsnorm, softcap};
 use crate::backend::pool::ThreadPool;
 use crate::gguf::{GgufError, GgufFile};
 use crate::kv::KvCache;
 use crate::quant::repack::Packed;
-use crate::quant::{dequantize_row, Compute, GgmlType, Isa, QuantizedActs};
-
-/// Architectures this build runs.
-pub const SUPPORTED_ARCHITECTURES: &[&str] =
-    &["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3"];
+use crate::quant::{dequantize_row, GgmlType, QuantizedActs};
+use spec::ArchSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("unsupported architecture `{0}` (supported: {supported})", supported = SUPPORTED_ARCHITECTURES.join(", "))]
+    #[error("unsupported architecture `{0}` (supported: {supported})", supported = spec::gguf_names().join(", "))]
     UnsupportedArchitecture(String),
     #[error("tensor `{name}` has shape {found:?}, expected [{cols}, {rows}]")]
     Shape {
@@ -109,7 +106,8 @@ pub struct Weight {
     pub cols: usize,
     offset: usize,
     size: usize,
-    /// The same weights repacked for the AVX2 kernels (`quant::repack`), when this CPU runs them.
+    /// The same weights repacked for the kernel level (`quant::repack`), when it reads a
+    /// repacked layout.
     pub packed: Option<Arc<Packed>>,
 }
 
@@ -166,15 +164,14 @@ impl Weight {
         }
     }
 
-    /// Repacks the weights for the AVX2 kernels when this CPU runs them and the type has a
-    /// repacked form (`CORDIAL_REPACK=0` turns it off), then lets the kernel drop the mapped
-    /// GGUF pages of the tensor from our resident memory (they stay in the page cache).
-    pub fn repack(&mut self, f: &GgufFile) {
-        let off = std::env::var("CORDIAL_REPACK").is_ok_and(|v| v == "0");
-        if off || Isa::detect() < Isa::Avx2 {
+    /// Repacks the weights into the layout of `cx`'s kernels when it has one and the type has
+    /// a repacked form, then lets the kernel drop the mapped GGUF pages of the tensor from our
+    /// resident memory (they stay in the page cache).
+    pub fn repack(&mut self, f: &GgufFile, cx: Compute) {
+        let Some(spec) = cx.pack() else {
             return;
-        }
-        if let Some(p) = Packed::new(self.ty, self.rows, self.cols, self.data(f)) {
+        };
+        if let Some(p) = Packed::new(spec, self.ty, self.rows, self.cols, self.data(f)) {
             self.packed = Some(Arc::new(p));
             f.release_range(self.offset, self.size);
         }
@@ -352,7 +349,7 @@ pub(crate) fn output_logits(
         for src in first..ti + n {
             let (x, xn) = (&s.x, &mut s.xn);
             rmsnorm(
-                cx.isa,
+                cx.kernels(),
                 &x[src * d..(src + 1) * d],
                 out_norm,
                 eps,
@@ -367,69 +364,72 @@ pub(crate) fn output_logits(
         return;
     }
     logits.resize(rows * output.rows, 0.0);
-    let x = Acts::quantized(cx.isa, &s.xn[..rows * d], &mut s.xq, rows);
+    let x = Acts::quantized(cx, &s.xn[..rows * d], &mut s.xq, rows);
     matmul(pool, cx, &x, &mut [output.job(f, logits)]);
     if cap > 0.0 {
         softcap(logits, cap);
     }
 }
 
-/// A loaded model of any supported architecture.
-pub enum Model {
-    Llama(llama::Llama),
-    Gemma3(gemma3::Gemma3),
+/// A loaded model of any registered architecture, with the weights laid out for the kernel
+/// level it was loaded for.
+pub struct Model {
+    decoder: decoder::Decoder,
+    cx: Compute,
 }
 
 impl Model {
-    /// Loads the architecture that `general.architecture` names.
+    /// Loads the architecture that `general.architecture` names, for the fastest kernels of
+    /// this CPU.
     pub fn load(file: Arc<GgufFile>) -> Result<Model, ModelError> {
+        Self::load_with(file, Compute::best())
+    }
+
+    /// Loads for the kernels of `cx` (weights repacked for them when they read a repacked
+    /// layout).
+    pub fn load_with(file: Arc<GgufFile>, cx: Compute) -> Result<Model, ModelError> {
         let arch = file.get_str("general.architecture")?.to_string();
-        match arch.as_str() {
-            "llama" => Ok(Model::Llama(llama::Llama::load(file)?)),
-            "mistral" => Ok(Model::Llama(llama::Llama::load_flavor(
-                file,
-                mistral::FLAVOR,
-            )?)),
-            "qwen2" => Ok(Model::Llama(llama::Llama::load_flavor(
-                file,
-                qwen2::FLAVOR,
-            )?)),
-            "qwen3" => Ok(Model::Llama(llama::Llama::load_flavor(
-                file,
-                qwen3::FLAVOR,
-            )?)),
-            "phi3" => {
-                for name in ["rope_factors_long.weight", "rope_factors_short.weight"] {
-                    if file.tensor_info(name).is_ok() {
-                        return Err(ModelError::Invalid(format!(
-                            "phi3 with `{name}` (long-context RoPE scaling) is not supported"
-                        )));
-                    }
-                }
-                Ok(Model::Llama(llama::Llama::load_flavor(file, phi3::FLAVOR)?))
-            }
-            "gemma3" => Ok(Model::Gemma3(gemma3::Gemma3::load(file)?)),
-            _ => Err(ModelError::UnsupportedArchitecture(arch)),
-        }
+        let spec = spec::by_gguf(&arch).ok_or(ModelError::UnsupportedArchitecture(arch))?;
+        Ok(Model {
+            decoder: decoder::Decoder::load(file, spec, cx)?,
+            cx,
+        })
     }
+
     pub fn config(&self) -> &ModelConfig {
-        match self {
-            Model::Llama(m) => &m.config,
-            Model::Gemma3(m) => &m.config,
-        }
+        &self.decoder.config
     }
+
+    /// The same model loaded again from its file for other kernels (tests compare levels).
+    pub fn reload(&self, cx: Compute) -> Result<Model, ModelError> {
+        Model::load_with(self.decoder.file().clone(), cx)
+    }
+
+    /// The architecture.
+    pub fn spec(&self) -> &'static ArchSpec {
+        self.decoder.spec()
+    }
+
+    /// How this model computes (fixed at load).
+    pub fn compute(&self) -> Compute {
+        self.cx
+    }
+
+    /// Layers with a sliding window (for tests and diagnostics).
+    pub fn local_layers(&self) -> Vec<usize> {
+        self.decoder.local_layers()
+    }
+
+    /// One forward step over the batch; appends a logits row per sequence that wants one.
     pub fn forward(
         &self,
         pool: &ThreadPool,
-        cx: Compute,
         batch: &Batch<'_>,
         kv: &mut KvCache,
         scratch: &mut Scratch,
         logits: &mut Vec<f32>,
     ) -> Result<(), ModelError> {
-        match self {
-            Model::Llama(m) => m.forward(pool, cx, batch, kv, scratch, logits),
-            Model::Gemma3(m) => m.forward(pool, cx, batch, kv, scratch, logits),
-        }
+        self.decoder
+            .forward(pool, self.cx, batch, kv, scratch, logits)
     }
 }

@@ -3,20 +3,9 @@
 //! result depends only on its own query and the K/V of its sequence's positions `0..=pos`, so
 //! prefill and decode, alone or batched, compute it the same way.
 
-use half::f16;
-
+use super::cpu::{Kernels, KvRows};
 use super::pool::{SyncPtr, ThreadPool};
 use crate::kv::KvCache;
-#[cfg(target_arch = "x86_64")]
-use crate::quant::avx2::KvElem;
-use crate::quant::Isa;
-/// Stand-in for the AVX2 element trait, so the signatures compile elsewhere.
-#[cfg(not(target_arch = "x86_64"))]
-pub trait KvElem {}
-#[cfg(not(target_arch = "x86_64"))]
-impl KvElem for u16 {}
-#[cfg(not(target_arch = "x86_64"))]
-impl KvElem for f32 {}
 
 /// Where each token of the step sits: its sequence's block table and its absolute position.
 pub struct TokenPlace<'a> {
@@ -81,7 +70,7 @@ fn follows(a: &TokenPlace<'_>, b: &TokenPlace<'_>) -> bool {
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     pool: &ThreadPool,
-    isa: Isa,
+    kern: &dyn Kernels,
     kv: &KvCache,
     layer: usize,
     shape: &AttnShape,
@@ -105,10 +94,10 @@ pub fn attention(
     let split = places.len() * nkv < 4 * pool.threads();
     let hpt = if split { 1 } else { group };
     let tasks_per_block = nh / hpt;
-    // Keys eight at a time where the kernel allows (eight positions from a multiple of 8 lie in
+    // Keys eight at a time where the shapes allow (eight positions from a multiple of 8 lie in
     // one block); values a KV block at a time with register accumulators.
-    let eight = isa == Isa::Avx2 && hd.is_multiple_of(8) && kv.block_size.is_multiple_of(8);
-    let reg_values = isa == Isa::Avx2 && hd.is_multiple_of(64);
+    let eight = hd.is_multiple_of(8) && kv.block_size.is_multiple_of(8);
+    let reg_values = hd.is_multiple_of(64);
     let convert = eight && reg_values;
     let qb = if convert && !split { QUERY_BLOCK } else { 1 };
     scratch.blocks.clear();
@@ -172,27 +161,34 @@ pub fn attention(
             for j in (lo[k]..a8[k]).chain(b8[k]..end[k]) {
                 let key = &kv.k_slot(layer, slot(j))[g * hd..(g + 1) * hd];
                 for h in 0..hpt {
-                    scores[base[k] + h * n + j - lo[k]] = dot_f16(isa, key, q_head(k, h)) * scale;
+                    scores[base[k] + h * n + j - lo[k]] = kern.dot_f16(key, q_head(k, h)) * scale;
                 }
             }
         }
         let (first_chunk, last_chunk) = (a8[..nt].iter().min(), b8[..nt].iter().max());
         if let (Some(&c0), Some(&c1)) = (first_chunk, last_chunk) {
             for j0 in (c0..c1).step_by(8) {
-                let k_ptr = kv.k_slots(layer, slot(j0), 8)[g * hd..].as_ptr();
+                let keys = &kv.k_slots(layer, slot(j0), 8)[g * hd..];
                 if share {
-                    f16_rows(k_ptr, kv.kv_dim, 8, hd, conv);
+                    kern.f16_to_f32_rows(keys, kv.kv_dim, 8, hd, conv);
                 }
                 for k in (0..nt).filter(|&k| a8[k] <= j0 && j0 + 8 <= b8[k]) {
                     let n = end[k] - lo[k];
                     for h in 0..hpt {
                         let at = base[k] + h * n + j0 - lo[k];
                         let out = &mut scores[at..at + 8];
-                        if share {
-                            scores8(conv.as_ptr(), hd, q_head(k, h), scale, out);
+                        let rows = if share {
+                            KvRows::F32 {
+                                data: conv,
+                                stride: hd,
+                            }
                         } else {
-                            scores8(k_ptr, kv.kv_dim, q_head(k, h), scale, out);
-                        }
+                            KvRows::F16 {
+                                data: keys,
+                                stride: kv.kv_dim,
+                            }
+                        };
+                        kern.scores8(rows, q_head(k, h), scale, out);
                     }
                 }
             }
@@ -204,7 +200,7 @@ pub fn attention(
                 if shape.softcap > 0.0 {
                     super::ops::softcap(row, shape.softcap);
                 }
-                softmax(isa, row);
+                kern.softmax(row);
             }
         }
         let out_of = |k: usize| {
@@ -234,7 +230,7 @@ pub fn attention(
                 let count = ((j0 / bs + 1) * bs).min(to) - j0;
                 let v = kv.v_slots(layer, slot(j0), count);
                 if share {
-                    f16_rows(v[g * hd..].as_ptr(), kv.kv_dim, count, hd, conv);
+                    kern.f16_to_f32_rows(&v[g * hd..], kv.kv_dim, count, hd, conv);
                 }
                 for k in 0..nt {
                     let (s, e) = (j0.max(lo[k]), (j0 + count).min(end[k]));
@@ -247,12 +243,18 @@ pub fn attention(
                         let w = &scores[base[k] + h * n + s - lo[k]..base[k] + h * n + e - lo[k]];
                         for c in (0..hd).step_by(lanes) {
                             let out = &mut o[h * hd + c..h * hd + c + lanes];
-                            if share {
-                                weighted_rows(conv[(s - j0) * hd + c..].as_ptr(), hd, w, out);
+                            let rows = if share {
+                                KvRows::F32 {
+                                    data: &conv[(s - j0) * hd + c..],
+                                    stride: hd,
+                                }
                             } else {
-                                let row = (s - j0) * kv.kv_dim + g * hd + c;
-                                weighted_rows(v[row..].as_ptr(), kv.kv_dim, w, out);
-                            }
+                                KvRows::F16 {
+                                    data: &v[(s - j0) * kv.kv_dim + g * hd + c..],
+                                    stride: kv.kv_dim,
+                                }
+                            };
+                            kern.weighted_rows(rows, w, out);
                         }
                     }
                 }
@@ -267,104 +269,10 @@ pub fn attention(
                 let v = &kv.v_slot(layer, slot(j))[g * hd..(g + 1) * hd];
                 for h in 0..hpt {
                     let w = scores[base[k] + h * n + j - lo[k]];
-                    axpy_f16(isa, w, v, &mut o[h * hd..(h + 1) * hd]);
+                    kern.axpy_f16(w, v, &mut o[h * hd..(h + 1) * hd]);
                 }
             }
         }
     };
     pool.run(blocks.len() * tasks_per_block, &task);
-}
-
-fn softmax(isa: Isa, x: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        // SAFETY: Avx2 is only selected when the CPU has AVX2/FMA/F16C.
-        return unsafe { crate::quant::avx2_ops::softmax(x) };
-    }
-    let _ = isa;
-    let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    x.iter_mut().for_each(|v| *v *= inv);
-}
-
-/// Scaled scores of `q` against the 8 keys at `k`, `k + stride`, … (AVX2 only).
-#[inline]
-fn scores8<T: KvElem>(k: *const T, stride: usize, q: &[f32], scale: f32, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: only called on the AVX2 path; the 8 key rows lie in one KV block (or in the
-    // converted copy of one).
-    unsafe {
-        let s = crate::quant::avx2::dot8(k, stride, q);
-        crate::quant::avx2::scale_store8(s, scale, out);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!(
-        "8-wide scores on a CPU without AVX2 ({k:?}, {stride}, {}, {scale}, {})",
-        q.len(),
-        out.len()
-    )
-}
-
-/// `out += Σ w[p] · v[p]` over rows `v + p·stride`, `out.len()` 64 or 128 (AVX2 only).
-#[inline]
-fn weighted_rows<T: KvElem>(v: *const T, stride: usize, w: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: only called on the AVX2 path; the rows lie in one KV block (or its copy).
-    unsafe {
-        match out.len() {
-            64 => crate::quant::avx2::weighted_rows::<T, 8>(v, stride, w, out),
-            _ => crate::quant::avx2::weighted_rows::<T, 16>(v, stride, w, out),
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!(
-        "register accumulation on a CPU without AVX2 ({v:?}, {stride}, {}, {})",
-        w.len(),
-        out.len()
-    )
-}
-
-/// `rows` f16 rows of `width` at `src + p·stride` as f32 into `dst` (AVX2 only).
-#[inline]
-fn f16_rows(src: *const u16, stride: usize, rows: usize, width: usize, dst: &mut [f32]) {
-    assert!(dst.len() >= rows * width && width.is_multiple_of(8));
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: only called on the AVX2 path; the rows lie in one KV block.
-    unsafe {
-        crate::quant::avx2::f16_rows_to_f32(src, stride, rows, width, dst)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("f16 conversion on a CPU without AVX2 ({src:?}, {stride})")
-}
-
-#[inline]
-fn dot_f16(isa: Isa, k: &[u16], q: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 && q.len().is_multiple_of(8) {
-        // SAFETY: Avx2 is only selected when the CPU has AVX2/FMA/F16C.
-        return unsafe { crate::quant::avx2::dot_f16_f32(k, q) };
-    }
-    let _ = isa;
-    k.iter()
-        .zip(q)
-        .map(|(a, b)| f16::from_bits(*a).to_f32() * b)
-        .sum()
-}
-
-#[inline]
-fn axpy_f16(isa: Isa, a: f32, v: &[u16], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 && out.len().is_multiple_of(8) {
-        // SAFETY: as above.
-        return unsafe { crate::quant::avx2::axpy_f16(a, v, out) };
-    }
-    let _ = isa;
-    out.iter_mut()
-        .zip(v)
-        .for_each(|(o, x)| *o += a * f16::from_bits(*x).to_f32());
 }

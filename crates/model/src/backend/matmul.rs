@@ -1,22 +1,20 @@
 //! Matrix × activations on the pool: `out[t][r] = W[r] · x[t]` for weight rows `r` and
-//! activation rows `t`. Activations are quantized once per matmul (by the caller, shared by the
-//! matrices that read the same input). Each output element is computed by one call of the same
-//! kernel whatever the batch, so results are batch invariant.
+//! activation rows `t`. Activations are quantized once per matmul input (shared by the
+//! matrices that read it). This driver only splits the rows into tasks; the kernel table
+//! computes them. Each output element is computed by one kernel call sequence that does not
+//! depend on the batch, so results are batch invariant.
 
+use super::cpu::{Compute, Kernels, OutTile};
 use super::pool::{SyncPtr, ThreadPool};
-use crate::quant::{
-    self,
-    repack::{self, Packed},
-    Compute, GgmlType, Isa, QuantizedActs,
-};
+use crate::quant::{self, repack::Packed, GgmlType, QuantizedActs};
 
 /// Most matrices fused into one parallel region.
 const MAX_JOBS: usize = 4;
 
-/// Activation rows per tile (a multiple of 4, the kernel's activation group).
+/// Activation rows per tile on the GGUF-layout path (a multiple of 4, the kernels' group).
 const T_TILE: usize = 16;
 
-/// Fewest weight rows handed to one task.
+/// Fewest weight rows handed to one task (a multiple of every repacked group size).
 const MIN_ROWS_PER_TASK: usize = 16;
 
 /// Rows per task: small batches are memory-bound, so each thread gets a few long contiguous
@@ -39,7 +37,7 @@ pub struct MatJob<'a> {
     pub cols: usize,
     /// Output, `t` × `rows`, row-major.
     pub out: &'a mut [f32],
-    /// The same weights repacked for the AVX2 kernels, when available (used on that path).
+    /// The same weights repacked for the kernel level, when they are (then used instead).
     pub packed: Option<&'a Packed>,
 }
 
@@ -51,18 +49,34 @@ pub struct Acts<'a> {
     pub t: usize,
 }
 
+/// Quantizes `rows` rows of `x` into `q` with the level's kernel.
+pub fn quantize_acts(k: &dyn Kernels, x: &[f32], rows: usize, q: &mut QuantizedActs) {
+    let cols = x.len() / rows.max(1);
+    q.prepare(rows, cols);
+    let nb = cols / quant::QK;
+    for r in 0..rows {
+        k.quantize_row(
+            &x[r * cols..(r + 1) * cols],
+            &mut q.qs[r * cols..(r + 1) * cols],
+            &mut q.d[r * nb..(r + 1) * nb],
+            &mut q.s[r * nb..(r + 1) * nb],
+            &mut q.sums[2 * r * nb..2 * (r + 1) * nb],
+        );
+    }
+}
+
 impl<'a> Acts<'a> {
     /// `t` rows of `f` as a matmul input, quantized into the reused buffer `q` (once for all
     /// the matrices that read this input).
-    pub fn quantized(isa: Isa, f: &'a [f32], q: &'a mut QuantizedActs, t: usize) -> Acts<'a> {
-        q.quantize(isa, f, t, f.len() / t);
+    pub fn quantized(cx: Compute, f: &'a [f32], q: &'a mut QuantizedActs, t: usize) -> Acts<'a> {
+        quantize_acts(cx.kernels(), f, t, q);
         Acts { f, q, t }
     }
 }
 
 /// Runs all `jobs` (which share the input `x`) as one parallel region.
 pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'_>]) {
-    let isa = cx.isa;
+    let k = cx.kernels();
     struct Part<'w> {
         w: &'w [u8],
         ty: GgmlType,
@@ -91,16 +105,13 @@ pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'
             rows: j.rows,
             cols: j.cols,
             out: SyncPtr(j.out.as_mut_ptr()),
-            packed: j
-                .packed
-                .filter(|_| cx.isa == Isa::Avx2 && !cx.f32_activations),
+            packed: j.packed.filter(|_| !cx.f32_activations),
             first_task: tasks,
             per_task,
         });
         tasks += j.rows.div_ceil(per_task);
     }
     let parts = &parts;
-    let t = x.t;
     let run = |task: usize, _thread: usize| {
         let p = parts
             .iter()
@@ -108,117 +119,68 @@ pub fn matmul(pool: &ThreadPool, cx: Compute, x: &Acts<'_>, jobs: &mut [MatJob<'
             .flatten()
             .find(|p| p.first_task <= task)
             .expect("task belongs to a part");
-        let w = p.w;
-        let row_bytes = p.cols / p.ty.block_elems() * p.ty.block_bytes();
         let r0 = (task - p.first_task) * p.per_task;
         let r1 = (r0 + p.per_task).min(p.rows);
-        if let Some(pk) = p.packed {
-            packed_task(pk, x, r0, r1, p.out);
-            return;
-        }
-        let mut deq = if cx.f32_activations && p.ty.is_quantized() {
-            vec![0.0f32; p.cols]
-        } else {
-            Vec::new()
-        };
-        // Activation rows in tiles that stay in L1 while the task's weight rows pass over them.
-        for t0 in (0..t).step_by(T_TILE) {
-            let t1 = (t0 + T_TILE).min(t);
-            for r in r0..r1 {
-                let wr = &w[r * row_bytes..(r + 1) * row_bytes];
-                if !deq.is_empty() {
-                    quant::dequantize_row(p.ty, wr, &mut deq);
-                    let deq_bytes: &[u8] = bytes_of(&deq);
-                    for ti in t0..t1 {
-                        let v = quant::dot_f(
-                            isa,
-                            GgmlType::F32,
-                            deq_bytes,
-                            &x.f[ti * p.cols..(ti + 1) * p.cols],
-                        );
-                        // SAFETY: each (ti, r) is written by exactly one task.
-                        unsafe { *p.out.get().add(ti * p.rows + r) = v };
-                    }
-                    continue;
-                }
-                if p.ty.is_quantized() {
-                    let mut ti = t0;
-                    while ti + 4 <= t1 {
-                        let rows = [
-                            x.q.row(ti),
-                            x.q.row(ti + 1),
-                            x.q.row(ti + 2),
-                            x.q.row(ti + 3),
-                        ];
-                        let mut v = [0.0f32; 4];
-                        quant::dot_q4(isa, p.ty, wr, &rows, &mut v);
-                        for (k, v) in v.iter().enumerate() {
-                            // SAFETY: each (ti, r) is written by exactly one task.
-                            unsafe { *p.out.get().add((ti + k) * p.rows + r) = *v };
-                        }
-                        ti += 4;
-                    }
-                    for ti in ti..t1 {
-                        let row = x.q.row(ti);
-                        let v = quant::dot_q(isa, p.ty, wr, row.0, row.1, row.2);
-                        // SAFETY: as above.
-                        unsafe { *p.out.get().add(ti * p.rows + r) = v };
-                    }
-                } else {
-                    for ti in t0..t1 {
-                        let v = quant::dot_f(isa, p.ty, wr, &x.f[ti * p.cols..(ti + 1) * p.cols]);
-                        // SAFETY: as above.
-                        unsafe { *p.out.get().add(ti * p.rows + r) = v };
-                    }
-                }
+        // SAFETY: tasks cover disjoint row ranges of each output; `out` holds t × rows floats.
+        let tile = unsafe { OutTile::new(p.out.get(), p.rows, x.t, r0..r1) };
+        match p.packed {
+            Some(pk) => k.packed_matmul(pk, x.q, r0..r1, &tile),
+            None if cx.f32_activations && p.ty.is_quantized() => {
+                reference_rows(k, p.w, p.ty, p.cols, x, &tile)
             }
+            None => gguf_rows(k, p.w, p.ty, p.cols, x, &tile),
         }
     };
     pool.run(tasks, &run);
 }
 
-/// Rows `r0..r1` (`r0` a multiple of [`repack::R`]) of a repacked matrix times every
-/// activation row.
-fn packed_task(pk: &Packed, x: &Acts<'_>, r0: usize, r1: usize, out: SyncPtr<f32>) {
-    let rows = pk.rows;
-    let write = |ti: usize, g: usize, v: &[f32; repack::R]| {
-        let r0 = repack::R * g;
-        let n = repack::R.min(r1 - r0);
-        let dst = out.get().wrapping_add(ti * rows + r0);
-        // SAFETY: each (ti, r) is written by exactly one task; r0 + n <= r1 <= rows. A whole
-        // group is a fixed-size copy (two vector stores, no call).
-        unsafe {
-            if n == repack::R {
-                std::ptr::copy_nonoverlapping(v.as_ptr(), dst, repack::R);
-            } else {
-                std::ptr::copy_nonoverlapping(v.as_ptr(), dst, n);
-            }
-        }
-    };
+/// Rows of GGUF-layout weights: activation rows in tiles that stay in L1 while the task's
+/// weight rows pass over them, four at a time through the kernel.
+fn gguf_rows(k: &dyn Kernels, w: &[u8], ty: GgmlType, cols: usize, x: &Acts<'_>, out: &OutTile) {
+    let row_bytes = cols / ty.block_elems() * ty.block_bytes();
     for t0 in (0..x.t).step_by(T_TILE) {
         let t1 = (t0 + T_TILE).min(x.t);
-        for g in r0 / repack::R..r1.div_ceil(repack::R) {
-            let w8 = pk.group(g);
-            let mut ti = t0;
-            while ti + 4 <= t1 {
-                let acts = [
-                    x.q.row(ti),
-                    x.q.row(ti + 1),
-                    x.q.row(ti + 2),
-                    x.q.row(ti + 3),
-                ];
-                let mut v = [[0.0f32; repack::R]; 4];
-                quant::dot_packed::<4>(pk.form, w8, &acts, &mut v);
-                for (k, v) in v.iter().enumerate() {
-                    write(ti + k, g, v);
+        for r in out.cols() {
+            let wr = &w[r * row_bytes..(r + 1) * row_bytes];
+            if !ty.is_quantized() {
+                for ti in t0..t1 {
+                    let v = k.dot_f(ty, wr, &x.f[ti * cols..(ti + 1) * cols]);
+                    out.store(ti, r, &[v]);
                 }
-                ti += 4;
+                continue;
             }
-            for ti in ti..t1 {
-                let mut v = [[0.0f32; repack::R]; 1];
-                quant::dot_packed::<1>(pk.form, w8, &[x.q.row(ti)], &mut v);
-                write(ti, g, &v[0]);
+            let mut ti = t0;
+            while ti < t1 {
+                let n = (t1 - ti).min(4);
+                let acts: [_; 4] = std::array::from_fn(|i| x.q.row(ti + i.min(n - 1)));
+                let mut v = [0.0f32; 4];
+                k.dot_rows(ty, wr, &acts[..n], &mut v[..n]);
+                for (i, v) in v[..n].iter().enumerate() {
+                    out.store(ti + i, r, &[*v]);
+                }
+                ti += n;
             }
+        }
+    }
+}
+
+/// The reference mode: each weight row dequantized, times the f32 activations.
+fn reference_rows(
+    k: &dyn Kernels,
+    w: &[u8],
+    ty: GgmlType,
+    cols: usize,
+    x: &Acts<'_>,
+    out: &OutTile,
+) {
+    let row_bytes = cols / ty.block_elems() * ty.block_bytes();
+    let mut deq = vec![0.0f32; cols];
+    for r in out.cols() {
+        quant::dequantize_row(ty, &w[r * row_bytes..(r + 1) * row_bytes], &mut deq);
+        let deq_bytes: &[u8] = bytes_of(&deq);
+        for ti in 0..x.t {
+            let v = k.dot_f(GgmlType::F32, deq_bytes, &x.f[ti * cols..(ti + 1) * cols]);
+            out.store(ti, r, &[v]);
         }
     }
 }

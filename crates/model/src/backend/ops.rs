@@ -1,19 +1,7 @@
-//! Small row-wise ops: RMSNorm, rotary embedding, SiLU×up. Each row is computed on its own.
-//! Where an op takes an [`Isa`], the AVX2 path uses the vector forms in `quant::avx2_ops`.
+//! Small row-wise ops: RMSNorm, rotary embedding, activations, soft-capping. Each row is
+//! computed on its own. Where an op needs a vector kernel it takes the kernel table.
 
-use crate::quant::Isa;
-
-/// `Σ x²` of one row.
-#[inline]
-fn sum_squares(isa: Isa, x: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        // SAFETY: Avx2 is only selected when the CPU has AVX2/FMA/F16C.
-        return unsafe { crate::quant::avx2_ops::sum_squares(x) };
-    }
-    let _ = isa;
-    x.iter().map(|v| v * v).sum()
-}
+use super::cpu::Kernels;
 
 /// Adds `b` to every row of `x` (rows of `b.len()`): biases, and residuals (one row as long
 /// as `x`).
@@ -24,10 +12,10 @@ pub fn add_rows(x: &mut [f32], b: &[f32]) {
 }
 
 /// out = x / rms(x) * w, per row of width `w.len()`.
-pub fn rmsnorm(isa: Isa, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+pub fn rmsnorm(k: &dyn Kernels, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let n = w.len();
     for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-        let ss = sum_squares(isa, xr) / n as f32;
+        let ss = k.sum_squares(xr) / n as f32;
         let scale = 1.0 / (ss + eps).sqrt();
         for i in 0..n {
             or[i] = xr[i] * scale * w[i];
@@ -37,10 +25,10 @@ pub fn rmsnorm(isa: Isa, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 
 /// RMSNorm in place, per row of width `w.len()` (per head for QK-norm): the same arithmetic as
 /// [`rmsnorm`].
-pub fn rmsnorm_inplace(isa: Isa, x: &mut [f32], w: &[f32], eps: f32) {
+pub fn rmsnorm_inplace(k: &dyn Kernels, x: &mut [f32], w: &[f32], eps: f32) {
     let n = w.len();
     for xr in x.chunks_exact_mut(n) {
-        let ss = sum_squares(isa, xr) / n as f32;
+        let ss = k.sum_squares(xr) / n as f32;
         let scale = 1.0 / (ss + eps).sqrt();
         for i in 0..n {
             xr[i] = xr[i] * scale * w[i];
@@ -110,19 +98,6 @@ pub fn rope_table_scaled(
     }
 }
 
-/// g = silu(g) * u.
-pub fn silu_mul(isa: Isa, g: &mut [f32], u: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        // SAFETY: as above.
-        return unsafe { crate::quant::avx2_ops::silu_mul(g, u) };
-    }
-    let _ = isa;
-    for (a, b) in g.iter_mut().zip(u) {
-        *a = *a / (1.0 + (-*a).exp()) * b;
-    }
-}
-
 /// g = gelu(g) * u, GELU in its tanh approximation (what gemma's `gelu_pytorch_tanh` and
 /// ggml's `gelu` compute).
 pub fn gelu_mul(g: &mut [f32], u: &[f32]) {
@@ -144,13 +119,14 @@ pub fn softcap(x: &mut [f32], cap: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::Isa;
 
     #[test]
     fn rmsnorm_unit_rows() {
         let x = [3.0, 4.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0];
         let mut o = [0.0; 8];
         for isa in Isa::all_available() {
-            rmsnorm(isa, &x, &[1.0, 2.0, 1.0, 1.0], 0.0, &mut o);
+            rmsnorm(isa.kernels(), &x, &[1.0, 2.0, 1.0, 1.0], 0.0, &mut o);
             let r = (25.0f32 / 4.0).sqrt();
             assert!((o[0] - 3.0 / r).abs() < 1e-6 && (o[1] - 8.0 / r).abs() < 1e-6);
             assert!((o[4] - 1.0).abs() < 1e-6 && (o[5] - 2.0).abs() < 1e-6);
@@ -198,7 +174,7 @@ mod tests {
     fn silu_mul_values() {
         for isa in Isa::all_available() {
             let mut g = [0.0, 1.0, -2.0];
-            silu_mul(isa, &mut g, &[5.0, 2.0, 1.0]);
+            isa.kernels().silu_mul(&mut g, &[5.0, 2.0, 1.0]);
             assert_eq!(g[0], 0.0);
             assert!((g[1] - 2.0 / (1.0 + (-1f32).exp())).abs() < 1e-6);
             assert!((g[2] - (-2.0 / (1.0 + 2f32.exp()))).abs() < 1e-6);

@@ -1,13 +1,8 @@
-//! Block formats of ggml tensors, activation quantization, and the int8 dot-product kernels.
-//!
-//! Every kernel has a scalar reference (`scalar.rs`) and, where the CPU has it, an AVX2 version
-//! (`avx2.rs`), chosen at run time by [`Isa::detect`] and forceable for tests.
-//! A dot product of one weight row with one quantized activation row is always computed by the
-//! same sequence of operations, whatever the batch: that is what makes logits batch invariant.
+//! Block formats: the ggml tensor types we read, their reference semantics (`scalar.rs`,
+//! `blocks.rs`), our repacked weight layouts (`repack.rs`) and the int8 activation format.
+//! No ISA code lives here: the kernels that compute with these formats are the backend's
+//! (`crate::backend::cpu`), each tested against the references here.
 
-pub mod avx2;
-pub mod avx2_k;
-pub mod avx2_ops;
 pub mod blocks;
 pub mod repack;
 pub mod scalar;
@@ -154,71 +149,11 @@ impl GgmlType {
     }
 }
 
-/// Instruction-set level of the kernels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Isa {
-    Scalar,
-    Avx2,
-}
-
-impl Isa {
-    /// The best level this CPU supports. `CORDIAL_ISA=scalar` forces the reference kernels.
-    pub fn detect() -> Isa {
-        if std::env::var("CORDIAL_ISA")
-            .map(|v| v.eq_ignore_ascii_case("scalar"))
-            .unwrap_or(false)
-        {
-            return Isa::Scalar;
-        }
-        Self::best_available()
-    }
-    pub fn best_available() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-            {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Scalar
-    }
-    /// All levels this CPU can run (for tests that force each one).
-    pub fn all_available() -> Vec<Isa> {
-        let mut v = vec![Isa::Scalar];
-        if Self::best_available() >= Isa::Avx2 {
-            v.push(Isa::Avx2);
-        }
-        v
-    }
-}
-
-/// How a forward pass computes: which kernels, and at what activation precision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Compute {
-    pub isa: Isa,
-    /// `false` (serving): activations quantized to int8 per matmul, as llama.cpp does.
-    /// `true` (reference): weights dequantized to f32 and multiplied with f32 activations;
-    /// slow, used to check the model's math against an exact reference.
-    pub f32_activations: bool,
-}
-
-impl Compute {
-    pub fn new(isa: Isa) -> Compute {
-        Compute {
-            isa,
-            f32_activations: false,
-        }
-    }
-    /// The best ISA of this CPU (or `CORDIAL_ISA=scalar`), int8 activations.
-    pub fn detect() -> Compute {
-        Compute::new(Isa::detect())
-    }
-}
-
 /// Activations of `rows` rows of `cols` elements, quantized to int8 in blocks of 32:
-/// value ≈ d[b] * qs[i]; `s[b] = d[b] * Σ qs` of the block (for the weight formats with an offset).
+/// value ≈ d[b] · qs[i]; `s[b] = d[b] · Σ qs` of the block rounded to f16 (like llama.cpp's
+/// Q8_1, for the weight formats with a float offset); `sums[2b]`, `sums[2b + 1]` the exact
+/// integer sums of the block's two halves of 16 (for the formats whose offset is an integer
+/// multiple of the scale, so the kernels can subtract it exactly).
 #[derive(Default, Clone)]
 pub struct QuantizedActs {
     pub rows: usize,
@@ -226,12 +161,16 @@ pub struct QuantizedActs {
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
     pub s: Vec<f32>,
+    pub sums: Vec<i16>,
 }
+
+/// One quantized activation row: (int8 values, per-block scales d, per-block d·Σq).
+pub type ActRow<'a> = (&'a [i8], &'a [f32], &'a [f32]);
 
 impl QuantizedActs {
     /// Row `r`: (qs, d, s).
     #[inline]
-    pub fn row(&self, r: usize) -> (&[i8], &[f32], &[f32]) {
+    pub fn row(&self, r: usize) -> ActRow<'_> {
         let nb = self.cols / QK;
         (
             &self.qs[r * self.cols..(r + 1) * self.cols],
@@ -239,108 +178,26 @@ impl QuantizedActs {
             &self.s[r * nb..(r + 1) * nb],
         )
     }
-    /// Quantize `x` (`rows` × `cols`, row-major). Reuses the buffers (no allocation once grown).
-    pub fn quantize(&mut self, isa: Isa, x: &[f32], rows: usize, cols: usize) {
+    /// The half-block sums of row `r` (two per block).
+    #[inline]
+    pub fn row_sums(&self, r: usize) -> &[i16] {
+        let nh = 2 * self.cols / QK;
+        &self.sums[r * nh..(r + 1) * nh]
+    }
+    /// Sizes the buffers for `rows` × `cols` (no allocation once grown).
+    pub fn prepare(&mut self, rows: usize, cols: usize) {
         assert_eq!(
             cols % QK,
             0,
             "activation width {cols} is not a multiple of {QK}"
         );
-        assert!(x.len() >= rows * cols);
         self.rows = rows;
         self.cols = cols;
         let nb = rows * cols / QK;
         self.qs.resize(rows * cols, 0);
         self.d.resize(nb, 0.0);
         self.s.resize(nb, 0.0);
-        for b in 0..nb {
-            let src = &x[b * QK..(b + 1) * QK];
-            let dst = &mut self.qs[b * QK..(b + 1) * QK];
-            let (d, s) = match isa {
-                Isa::Scalar => scalar::quantize_block_q8(src, dst),
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: Avx2 is only selected when the CPU has AVX2/FMA/F16C.
-                Isa::Avx2 => unsafe { avx2::quantize_block_q8(src, dst) },
-                #[cfg(not(target_arch = "x86_64"))]
-                Isa::Avx2 => scalar::quantize_block_q8(src, dst),
-            };
-            self.d[b] = d;
-            self.s[b] = s;
-        }
-    }
-}
-
-/// Dot product of one quantized weight row (raw block bytes, `cols` elements) with one quantized
-/// activation row.
-#[inline]
-pub fn dot_q(isa: Isa, ty: GgmlType, w: &[u8], qs: &[i8], d: &[f32], s: &[f32]) -> f32 {
-    match isa {
-        Isa::Scalar => scalar::dot_q(ty, w, qs, d, s),
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: Avx2 is only selected when the CPU has AVX2/FMA/F16C.
-        Isa::Avx2 => unsafe { avx2::dot_q(ty, w, qs, d, s) },
-        #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx2 => scalar::dot_q(ty, w, qs, d, s),
-    }
-}
-
-/// Dot products of one quantized weight row with 4 activation rows at once (the weight block
-/// is unpacked once). Bit-identical to four [`dot_q`] calls.
-#[inline]
-pub fn dot_q4(
-    isa: Isa,
-    ty: GgmlType,
-    w: &[u8],
-    rows: &[(&[i8], &[f32], &[f32]); 4],
-    out: &mut [f32; 4],
-) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: Avx2 is only selected when the CPU has AVX2/FMA/F16C.
-        Isa::Avx2 => unsafe { avx2::dot_q_rows_dyn::<4>(ty, w, rows, out) },
-        _ => {
-            for (o, r) in out.iter_mut().zip(rows) {
-                *o = dot_q(isa, ty, w, r.0, r.1, r.2);
-            }
-        }
-    }
-}
-
-/// Dot products of one interleaved group of 8 repacked weight rows ([`repack::Packed`]) with
-/// `N` activation rows: `out[i][r] = w_r · rows[i]`. Repacked weights exist only where AVX2
-/// runs, so this is AVX2 code.
-#[inline]
-pub fn dot_packed<const N: usize>(
-    form: repack::Form,
-    w8: &[u8],
-    rows: &[(&[i8], &[f32], &[f32]); N],
-    out: &mut [[f32; repack::R]; N],
-) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: weights are repacked only when the CPU has AVX2/FMA/F16C (see `Isa::detect`),
-    // and activation rows come from `QuantizedActs` (values in -127..=127).
-    unsafe {
-        avx2::dot_x8_rows_dyn::<N>(form, w8, rows, out)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!(
-        "repacked {form:?} weights on a CPU without AVX2 ({} bytes, {} rows, {})",
-        w8.len(),
-        rows.len(),
-        out.len()
-    )
-}
-
-/// Dot product of one float weight row (F32 or F16 raw bytes) with an f32 activation row.
-#[inline]
-pub fn dot_f(isa: Isa, ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
-    match isa {
-        Isa::Scalar => scalar::dot_f(ty, w, x),
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { avx2::dot_f(ty, w, x) },
-        #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx2 => scalar::dot_f(ty, w, x),
+        self.sums.resize(2 * nb, 0);
     }
 }
 

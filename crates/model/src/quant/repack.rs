@@ -25,6 +25,13 @@ use super::{blocks, GgmlType, QK};
 /// Weight rows per interleaved group.
 pub const R: usize = 8;
 
+/// The repacked layout a kernel level reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackSpec {
+    /// Weight rows per interleaved group.
+    pub rows: usize,
+}
+
 /// How a repacked block stores its quants (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Form {
@@ -114,7 +121,14 @@ fn decode(ty: GgmlType, row: &[u8], b: usize) -> (f32, f32, [i8; QK]) {
 
 impl Packed {
     /// Repacks GGUF-layout rows (`rows` × `cols` of `ty`); None if `ty` has no repacked form.
-    pub fn new(ty: GgmlType, rows: usize, cols: usize, src: &[u8]) -> Option<Packed> {
+    pub fn new(
+        spec: PackSpec,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        src: &[u8],
+    ) -> Option<Packed> {
+        assert_eq!(spec.rows, R, "one group size so far");
         let form = form(ty)?;
         if !cols.is_multiple_of(ty.block_elems()) || !cols.is_multiple_of(QK) {
             return None;

@@ -3,6 +3,47 @@
 
 use super::scalar::quantize_row;
 use super::*;
+use crate::backend::cpu::{Compute, Isa, KvRows, OutTile};
+use crate::backend::matmul::quantize_acts;
+
+/// `x` (`rows` × `cols`) quantized by `isa`'s kernel.
+fn quantize(isa: Isa, x: &[f32], rows: usize) -> QuantizedActs {
+    let mut a = QuantizedActs::default();
+    quantize_acts(isa.kernels(), x, rows, &mut a);
+    a
+}
+
+fn dot_q(isa: Isa, ty: GgmlType, w: &[u8], qs: &[i8], d: &[f32], s: &[f32]) -> f32 {
+    let mut o = [0.0f32];
+    isa.kernels().dot_rows(ty, w, &[(qs, d, s)], &mut o);
+    o[0]
+}
+
+fn dot_q4(isa: Isa, ty: GgmlType, w: &[u8], rows: &[ActRow<'_>; 4], out: &mut [f32; 4]) {
+    isa.kernels().dot_rows(ty, w, rows, out)
+}
+
+fn dot_f(isa: Isa, ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
+    isa.kernels().dot_f(ty, w, x)
+}
+
+/// The levels that read repacked weights, with their layouts.
+fn packing_levels() -> Vec<(Isa, repack::PackSpec)> {
+    Isa::all_available()
+        .into_iter()
+        .filter_map(|isa| Compute::new(isa).pack().map(|p| (isa, p)))
+        .collect()
+}
+
+/// `packed` (all rows) times every row of `a` through `isa`'s repacked kernel: `t` × rows.
+fn packed_matmul(isa: Isa, packed: &repack::Packed, a: &QuantizedActs) -> Vec<f32> {
+    let mut out = vec![f32::NAN; a.rows * packed.rows];
+    // SAFETY: `out` holds rows × t floats and this call alone writes it.
+    let tile = unsafe { OutTile::new(out.as_mut_ptr(), packed.rows, a.rows, 0..packed.rows) };
+    isa.kernels()
+        .packed_matmul(packed, a, 0..packed.rows, &tile);
+    out
+}
 
 /// xorshift: deterministic test data without a dependency.
 struct Rng(u64);
@@ -49,14 +90,18 @@ fn activation_quantization_matches_scalar_and_roundtrips() {
     for isa in Isa::all_available() {
         for blocks in [1usize, 3, 18, 48] {
             let x = rng.vec(blocks * QK, 3.0);
-            let mut a = QuantizedActs::default();
-            a.quantize(isa, &x, 1, blocks * QK);
-            let mut r = QuantizedActs::default();
-            r.quantize(Isa::Scalar, &x, 1, blocks * QK);
+            let a = quantize(isa, &x, 1);
+            let r = quantize(Isa::Scalar, &x, 1);
             assert_eq!(a.qs, r.qs, "{isa:?} ints");
             assert_eq!(a.d, r.d, "{isa:?} scales");
+            assert_eq!(a.sums, r.sums, "{isa:?} half sums");
             for b in 0..blocks {
                 let sum: i32 = a.qs[b * QK..(b + 1) * QK].iter().map(|&q| q as i32).sum();
+                let lo: i32 = a.qs[b * QK..b * QK + 16].iter().map(|&q| q as i32).sum();
+                assert_eq!(
+                    (a.sums[2 * b] as i32, a.sums[2 * b + 1] as i32),
+                    (lo, sum - lo)
+                );
                 // d and s are stored as f16, like llama.cpp's Q8_1 blocks.
                 assert!((a.s[b] - a.d[b] * sum as f32).abs() <= 2e-3 * a.s[b].abs().max(a.d[b]));
                 for i in 0..QK {
@@ -73,9 +118,8 @@ fn activation_quantization_matches_scalar_and_roundtrips() {
 
 #[test]
 fn zero_block_quantizes_to_zero() {
-    let mut a = QuantizedActs::default();
     for isa in Isa::all_available() {
-        a.quantize(isa, &[0.0; 64], 2, 32);
+        let a = quantize(isa, &[0.0; 64], 2);
         assert!(a.qs.iter().all(|&q| q == 0) && a.d.iter().all(|&d| d == 0.0));
     }
 }
@@ -94,8 +138,7 @@ fn dot_kernels_match_reference() {
             assert_eq!(wq.len(), cols / ty.block_elems() * ty.block_bytes());
             let mut wd = vec![0.0; cols];
             dequantize_row(ty, &wq, &mut wd);
-            let mut xa = QuantizedActs::default();
-            xa.quantize(Isa::Scalar, &x, 1, cols);
+            let xa = quantize(Isa::Scalar, &x, 1);
             let (qs, d, s) = xa.row(0);
             let xd: Vec<f32> = (0..cols).map(|i| d[i / QK] * qs[i] as f32).collect();
             // Exact math on what the kernel sees: dequantized weights · dequantized activations.
@@ -186,8 +229,7 @@ fn four_row_kernel_is_bit_identical_to_single_rows() {
             let wq = quantize_row(ty, &rng.vec(cols, 0.7));
             let x = rng.vec(4 * cols, 3.0);
             for isa in Isa::all_available() {
-                let mut a = QuantizedActs::default();
-                a.quantize(isa, &x, 4, cols);
+                let a = quantize(isa, &x, 4);
                 let rows = [a.row(0), a.row(1), a.row(2), a.row(3)];
                 let mut four = [0.0f32; 4];
                 dot_q4(isa, ty, &wq, &rows, &mut four);
@@ -205,48 +247,45 @@ fn four_row_kernel_is_bit_identical_to_single_rows() {
 }
 
 #[test]
-fn repacked_eight_row_kernel_matches_reference_and_is_batch_invariant() {
-    if Isa::best_available() < Isa::Avx2 {
-        return; // repacked weights exist only on the AVX2 path
-    }
+fn repacked_kernels_match_reference_and_are_batch_invariant() {
     let mut rng = Rng(5);
-    for ty in [
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q8_0,
-        GgmlType::Q4_K,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q5_K,
-    ] {
-        // Every type with a repacked form (Q6_K has none).
-        assert!(repack::form(ty).is_some(), "{ty:?}");
-        let shapes: &[(usize, usize)] = if ty.block_elems() == 256 {
-            &[(3, 256), (8, 512), (13, 768)]
-        } else {
-            &[(4, 32), (5, 64), (7, 576), (8, 1536), (13, 96), (24, 576)]
-        };
-        for &(rows, cols) in shapes {
-            let w = quantize_row(ty, &rng.vec(rows * cols, 0.6));
-            let packed = repack::Packed::new(ty, rows, cols, &w).expect("repacks");
-            let x = rng.vec(4 * cols, 2.0);
-            let mut a = QuantizedActs::default();
-            a.quantize(Isa::Avx2, &x, 4, cols);
-            let acts = [a.row(0), a.row(1), a.row(2), a.row(3)];
-            let rb = w.len() / rows;
-            for g in 0..rows.div_ceil(repack::R) {
-                let mut four = [[0.0f32; repack::R]; 4];
-                dot_packed::<4>(packed.form, packed.group(g), &acts, &mut four);
-                for (i, act) in acts.iter().enumerate() {
-                    let mut one = [[0.0f32; repack::R]; 1];
-                    dot_packed::<1>(packed.form, packed.group(g), &[*act], &mut one);
-                    assert_eq!(
-                        one[0].map(f32::to_bits),
-                        four[i].map(f32::to_bits),
-                        "{ty:?} {cols}: batch changed a result"
-                    );
-                    for k in 0..repack::R.min(rows - repack::R * g) {
-                        let r = repack::R * g + k;
+    let levels = packing_levels();
+    println!(
+        "repacked kernels tested on: {:?}",
+        levels.iter().map(|l| l.0.name()).collect::<Vec<_>>()
+    );
+    for (isa, spec) in levels {
+        for ty in QTYPES.into_iter().filter(|&t| repack::form(t).is_some()) {
+            let shapes: &[(usize, usize)] = if ty.block_elems() == 256 {
+                &[(3, 256), (8, 512), (13, 768), (17, 256)]
+            } else {
+                &[
+                    (4, 32),
+                    (5, 64),
+                    (7, 576),
+                    (8, 1536),
+                    (13, 96),
+                    (24, 576),
+                    (33, 64),
+                ]
+            };
+            for &(rows, cols) in shapes {
+                let w = quantize_row(ty, &rng.vec(rows * cols, 0.6));
+                let packed = repack::Packed::new(spec, ty, rows, cols, &w).expect("repacks");
+                let x = rng.vec(5 * cols, 2.0);
+                let a = quantize(isa, &x, 5);
+                let all = packed_matmul(isa, &packed, &a);
+                let rb = w.len() / rows;
+                for i in 0..5 {
+                    let one = quantize(isa, &x[i * cols..(i + 1) * cols], 1);
+                    let alone = packed_matmul(isa, &packed, &one);
+                    let act = a.row(i);
+                    for r in 0..rows {
+                        assert_eq!(
+                            alone[r].to_bits(),
+                            all[i * rows + r].to_bits(),
+                            "{isa} {ty:?} {rows}x{cols}: batch changed row {r} of input {i}"
+                        );
                         let want = dot_q(
                             Isa::Scalar,
                             ty,
@@ -258,9 +297,9 @@ fn repacked_eight_row_kernel_matches_reference_and_is_batch_invariant() {
                         let scale: f32 =
                             act.1.iter().map(|d| d.abs()).sum::<f32>() * 127.0 * 16.0 + 1.0;
                         assert!(
-                            (four[i][k] - want).abs() <= 1e-5 * scale,
-                            "{ty:?} {cols} row {r}: {} vs {want}",
-                            four[i][k]
+                            (all[i * rows + r] - want).abs() <= 1e-5 * scale,
+                            "{isa} {ty:?} {cols} row {r}: {} vs {want}",
+                            all[i * rows + r]
                         );
                     }
                 }
@@ -271,48 +310,36 @@ fn repacked_eight_row_kernel_matches_reference_and_is_batch_invariant() {
 
 #[test]
 fn repacked_kernel_does_not_saturate_at_extreme_values() {
-    // Every 4-bit weight at nibble 15 (the largest quant of each format) against activations
-    // at ±127: the largest sums the 16-bit lanes of the kernel ever hold.
-    if Isa::best_available() < Isa::Avx2 {
-        return;
-    }
+    // Every weight at the largest quant of its format against activations at ±127: the
+    // largest sums the narrow integer lanes of the kernels ever hold.
     let cols = 256;
-    for ty in [
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q8_0,
-        GgmlType::Q4_K,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q5_K,
-    ] {
-        for sign in [1.0f32, -1.0] {
-            // One zero per block sets the Q4_1 minimum; every other weight is the maximum.
-            let w: Vec<f32> = (0..8 * cols)
-                .map(|i| if i % QK == 5 { 0.0 } else { 1.0 })
-                .collect();
-            let wq = quantize_row(ty, &w);
-            let packed = repack::Packed::new(ty, 8, cols, &wq).expect("repacks");
-            assert_eq!(repack::form(ty), Some(packed.form));
-            let x = vec![sign; cols];
-            let mut a = QuantizedActs::default();
-            a.quantize(Isa::Avx2, &x, 1, cols);
-            let mut got = [[0.0f32; repack::R]; 1];
-            dot_packed::<1>(packed.form, packed.group(0), &[a.row(0)], &mut got);
-            let rb = wq.len() / 8;
-            for (r, got) in got[0].iter().enumerate() {
-                let want = dot_q(
-                    Isa::Scalar,
-                    ty,
-                    &wq[r * rb..(r + 1) * rb],
-                    a.row(0).0,
-                    a.row(0).1,
-                    a.row(0).2,
-                );
-                assert!(
-                    (got - want).abs() <= 1e-4 * want.abs(),
-                    "{ty:?} {sign} row {r}: {got} vs {want}"
-                );
+    for (isa, spec) in packing_levels() {
+        for ty in QTYPES.into_iter().filter(|&t| repack::form(t).is_some()) {
+            for sign in [1.0f32, -1.0] {
+                // One zero per block sets the Q4_1 minimum; every other weight is the maximum.
+                let w: Vec<f32> = (0..8 * cols)
+                    .map(|i| if i % QK == 5 { 0.0 } else { 1.0 })
+                    .collect();
+                let wq = quantize_row(ty, &w);
+                let packed = repack::Packed::new(spec, ty, 8, cols, &wq).expect("repacks");
+                let x = vec![sign; cols];
+                let a = quantize(isa, &x, 1);
+                let got = packed_matmul(isa, &packed, &a);
+                let rb = wq.len() / 8;
+                for (r, got) in got.iter().enumerate() {
+                    let want = dot_q(
+                        Isa::Scalar,
+                        ty,
+                        &wq[r * rb..(r + 1) * rb],
+                        a.row(0).0,
+                        a.row(0).1,
+                        a.row(0).2,
+                    );
+                    assert!(
+                        (got - want).abs() <= 1e-4 * want.abs(),
+                        "{isa} {ty:?} {sign} row {r}: {got} vs {want}"
+                    );
+                }
             }
         }
     }
@@ -320,29 +347,33 @@ fn repacked_kernel_does_not_saturate_at_extreme_values() {
 
 #[test]
 fn eight_key_scores_match_single_dots() {
-    if Isa::best_available() < Isa::Avx2 {
-        return;
-    }
     let mut rng = Rng(17);
-    for hd in [8usize, 64, 128] {
-        let stride = hd * 3 + 8;
-        let keys: Vec<u16> = rng
-            .vec(8 * stride, 1.0)
-            .iter()
-            .map(|v| half::f16::from_f32(*v).to_bits())
-            .collect();
-        let q = rng.vec(hd, 1.0);
-        // SAFETY: AVX2 checked above; 8 rows of `hd` lie inside `keys`.
-        let got: [f32; 8] = unsafe { std::mem::transmute(avx2::dot8(keys.as_ptr(), stride, &q)) };
-        for p in 0..8 {
-            let want: f32 = (0..hd)
-                .map(|c| half::f16::from_bits(keys[p * stride + c]).to_f32() * q[c])
-                .sum();
-            assert!(
-                (got[p] - want).abs() < 1e-4 * (1.0 + want.abs()),
-                "hd {hd} row {p}: {} vs {want}",
-                got[p]
-            );
+    for isa in Isa::all_available() {
+        for hd in [8usize, 64, 128] {
+            let stride = hd * 3 + 8;
+            let keys: Vec<u16> = rng
+                .vec(8 * stride, 1.0)
+                .iter()
+                .map(|v| half::f16::from_f32(*v).to_bits())
+                .collect();
+            let q = rng.vec(hd, 1.0);
+            let mut got = [0.0f32; 8];
+            let rows = KvRows::F16 {
+                data: &keys,
+                stride,
+            };
+            isa.kernels().scores8(rows, &q, 0.5, &mut got);
+            for p in 0..8 {
+                let want: f32 = (0..hd)
+                    .map(|c| half::f16::from_bits(keys[p * stride + c]).to_f32() * q[c])
+                    .sum::<f32>()
+                    * 0.5;
+                assert!(
+                    (got[p] - want).abs() < 1e-4 * (1.0 + want.abs()),
+                    "{isa} hd {hd} row {p}: {} vs {want}",
+                    got[p]
+                );
+            }
         }
     }
 }
@@ -387,8 +418,7 @@ fn block_layouts_match_ggml_dequantization() {
         // And the kernels on these bytes against the dequantized values.
         let mut rng = Rng(23);
         let x = rng.vec(want.len(), 2.0);
-        let mut xa = QuantizedActs::default();
-        xa.quantize(Isa::Scalar, &x, 1, want.len());
+        let xa = quantize(Isa::Scalar, &x, 1);
         let (qs, d, s) = xa.row(0);
         let exact: f64 = (0..want.len())
             .map(|i| want[i] as f64 * (d[i / QK] * qs[i] as f32) as f64)

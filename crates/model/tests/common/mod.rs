@@ -71,7 +71,13 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// `model` run with `cx` (loaded again for it when it was loaded for other kernels).
     pub fn new(model: Model, cx: Compute, n_seqs: usize, max_len: usize) -> Harness {
+        let model = if model.compute() == cx {
+            model
+        } else {
+            model.reload(cx).expect("reload for the kernels")
+        };
         let c = model.config().clone();
         let blocks_per_seq = max_len.div_ceil(BLOCK);
         let kv = KvCache::new(
@@ -124,7 +130,6 @@ impl Harness {
         self.model
             .forward(
                 &self.pool,
-                self.cx,
                 &Batch { seqs },
                 &mut self.kv,
                 &mut self.scratch,

@@ -5,7 +5,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{GgmlType, QK};
+use crate::quant::{ActRow, GgmlType, QK};
 
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -26,10 +26,13 @@ unsafe fn f16_at(b: &[u8], i: usize) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
+/// Quantizes 32 floats to int8 with one scale: returns `(d, s)` as
+/// [`crate::quant::scalar::quantize_block_q8`] does, and the integer sums of the two halves.
+///
 /// # Safety
 /// CPU must support AVX2/FMA; `x` has ≥ 32 elements, `q` ≥ 32.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn quantize_block_q8(x: &[f32], q: &mut [i8]) -> (f32, f32) {
+pub unsafe fn quantize_block_q8(x: &[f32], q: &mut [i8]) -> (f32, f32, [i16; 2]) {
     let p = x.as_ptr();
     let v = [
         _mm256_loadu_ps(p),
@@ -54,24 +57,23 @@ pub unsafe fn quantize_block_q8(x: &[f32], q: &mut [i8]) -> (f32, f32) {
         );
         ints[i] = _mm256_cvtps_epi32(r);
     }
-    let sum32 = _mm256_add_epi32(
-        _mm256_add_epi32(ints[0], ints[1]),
-        _mm256_add_epi32(ints[2], ints[3]),
-    );
-    let s4 = _mm_add_epi32(
-        _mm256_castsi256_si128(sum32),
-        _mm256_extracti128_si256(sum32, 1),
-    );
-    let s4 = _mm_hadd_epi32(s4, s4);
-    let s4 = _mm_hadd_epi32(s4, s4);
-    let sum = _mm_cvtsi128_si32(s4);
+    let reduce = |v: __m256i| {
+        let s4 = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let s4 = _mm_hadd_epi32(s4, s4);
+        let s4 = _mm_hadd_epi32(s4, s4);
+        _mm_cvtsi128_si32(s4)
+    };
+    let lo = reduce(_mm256_add_epi32(ints[0], ints[1]));
+    let hi = reduce(_mm256_add_epi32(ints[2], ints[3]));
+    let sum = lo + hi;
     // Pack 32 i32 → 32 i8 (packs interleave lanes; fix with a permute).
     let a = _mm256_packs_epi32(ints[0], ints[1]);
     let b = _mm256_packs_epi32(ints[2], ints[3]);
     let c = _mm256_packs_epi16(a, b);
     let c = _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, c);
-    super::scalar::round_scales(d, sum)
+    let (d, s) = crate::quant::scalar::round_scales(d, sum);
+    (d, s, [lo as i16, hi as i16])
 }
 
 /// 32 nibbles of 16 bytes as 32 unsigned bytes (low nibbles first, then high).
@@ -93,9 +95,6 @@ unsafe fn dot_u8_i8(w: __m256i, x: __m256i) -> __m256 {
     let p32 = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
     _mm256_cvtepi32_ps(p32)
 }
-
-/// One quantized activation row: (int8 values, per-block scales d, per-block d·Σq).
-pub type ActRow<'a> = (&'a [i8], &'a [f32], &'a [f32]);
 
 /// Type tags for the const-generic kernels (the ggml type ids), so each type gets its own
 /// branch-free inner loop.
@@ -238,7 +237,7 @@ pub unsafe fn dot_q_rows_dyn<const N: usize>(
 }
 
 /// # Safety
-/// CPU must support AVX2/FMA/F16C; slices as for [`super::scalar::dot_q`].
+/// CPU must support AVX2/FMA/F16C; slices as for [`crate::quant::scalar::dot_q`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q(ty: GgmlType, w: &[u8], qs: &[i8], d: &[f32], s: &[f32]) -> f32 {
     let mut out = [0.0f32];
@@ -313,12 +312,12 @@ pub unsafe fn axpy_f16(a: f32, v: &[u16], out: &mut [f32]) {
     }
 }
 
-/// Tags of the repacked forms for [`dot_x8_rows`] (see [`super::repack::Form`]).
+/// Tags of the repacked forms for [`dot_x8_rows`] (see [`crate::quant::repack::Form`]).
 pub const F_NIBBLES: u8 = 0;
 pub const F_BYTES: u8 = 1;
 pub const F_BYTES_OFFSET: u8 = 2;
 
-/// Dot products of one interleaved group of 8 weight rows (see [`super::repack`]) with `N`
+/// Dot products of one interleaved group of 8 weight rows (see [`crate::quant::repack`]) with `N`
 /// activation rows: `out[i][r] = w_r · acts[i]`.
 ///
 /// The group stores each block as 4-byte chunks of the 8 rows side by side, so one 256-bit
@@ -342,7 +341,7 @@ pub unsafe fn dot_x8_rows<const FORM: u8, const N: usize>(
     acts: &[ActRow<'_>; N],
     out: &mut [[f32; 8]; N],
 ) {
-    use super::repack::{block_bytes, Form};
+    use crate::quant::repack::{block_bytes, Form};
     let gbb = block_bytes(match FORM {
         F_NIBBLES => Form::Nibbles,
         F_BYTES => Form::Bytes,
@@ -418,15 +417,15 @@ unsafe fn bcast(a: &ActRow<'_>, b: usize, c: usize) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_x8_rows_dyn<const N: usize>(
-    form: super::repack::Form,
+    form: crate::quant::repack::Form,
     w8: &[u8],
     acts: &[ActRow<'_>; N],
     out: &mut [[f32; 8]; N],
 ) {
     match form {
-        super::repack::Form::Nibbles => dot_x8_rows::<F_NIBBLES, N>(w8, acts, out),
-        super::repack::Form::Bytes => dot_x8_rows::<F_BYTES, N>(w8, acts, out),
-        super::repack::Form::BytesOffset => dot_x8_rows::<F_BYTES_OFFSET, N>(w8, acts, out),
+        crate::quant::repack::Form::Nibbles => dot_x8_rows::<F_NIBBLES, N>(w8, acts, out),
+        crate::quant::repack::Form::Bytes => dot_x8_rows::<F_BYTES, N>(w8, acts, out),
+        crate::quant::repack::Form::BytesOffset => dot_x8_rows::<F_BYTES_OFFSET, N>(w8, acts, out),
     }
 }
 

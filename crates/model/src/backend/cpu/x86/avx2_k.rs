@@ -1,4 +1,4 @@
-//! AVX2 kernels for Q5_0, Q5_1, Q4_K, Q5_K and Q6_K weights (layouts in [`super::blocks`]),
+//! AVX2 kernels for Q5_0, Q5_1, Q4_K, Q5_K and Q6_K weights (layouts in [`crate::quant::blocks`]),
 //! against int8 activations in blocks of 32. Each 32-element weight block is unpacked once to
 //! 32 bytes (unsigned 0..31 with an offset for Q5_1/Q4_K/Q5_K, signed for Q5_0/Q6_K) and
 //! reused for all activation rows. Straightforward versions: the fast repacked forms are left
@@ -8,9 +8,9 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{hsum, unpack_nibbles, ActRow};
-use super::blocks::scale_min_k4;
-use super::{QK, QK_K};
+use super::avx2::{hsum, unpack_nibbles};
+use crate::quant::blocks::scale_min_k4;
+use crate::quant::{ActRow, QK, QK_K};
 
 pub const T_Q5_0: u32 = 6;
 pub const T_Q5_1: u32 = 7;
@@ -58,7 +58,7 @@ unsafe fn shr_bytes(v: __m256i, shift: u32, mask: i8) -> __m256i {
 }
 
 /// Weight block `b` of a row, unpacked: 32 quants, per-half integer scales (Q6_K, as i16
-/// lanes for `madd`), float scale and offset. Same values as [`super::blocks::block32`].
+/// lanes for `madd`), float scale and offset. Same values as [`crate::quant::blocks::block32`].
 struct Unpacked {
     q: __m256i,
     /// Q6_K: the two sub-block scales, eight i16 lanes each (one per pair of elements).

@@ -145,10 +145,10 @@ pub(crate) unsafe fn hmax(v: __m256) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::Isa;
+    use crate::backend::cpu::Isa;
 
     fn avx2() -> bool {
-        Isa::best_available() >= Isa::Avx2
+        Isa::Avx2.is_available()
     }
 
     #[test]

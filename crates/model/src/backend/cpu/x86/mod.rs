@@ -1,0 +1,201 @@
+//! x86-64 kernel tables: AVX2 (+FMA, F16C), and the VNNI levels built on it.
+//! Each `unsafe` call below is sound because a table is only handed out by [`kernels`] for a
+//! level that [`available`] confirmed on this CPU.
+#![allow(unsafe_op_in_unsafe_fn)]
+
+pub mod avx2;
+pub mod avx2_k;
+pub mod avx2_ops;
+
+use std::ops::Range;
+
+use super::{Isa, Kernels, KvRows, OutTile};
+use crate::quant::repack::{self, PackSpec, Packed};
+use crate::quant::{ActRow, GgmlType, QuantizedActs, QK};
+
+/// Whether this CPU runs `isa`.
+pub fn available(isa: Isa) -> bool {
+    let avx2 = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
+    match isa {
+        Isa::Scalar => true,
+        Isa::Avx2 => avx2,
+        Isa::AvxVnni | Isa::Avx512Vnni => false,
+    }
+}
+
+/// The table of an available x86 level.
+pub fn kernels(isa: Isa) -> &'static dyn Kernels {
+    match isa {
+        Isa::Avx2 => &AVX2,
+        _ => unreachable!("{isa} has no x86 table"),
+    }
+}
+
+/// AVX2 + FMA + F16C.
+pub struct Avx2;
+static AVX2: Avx2 = Avx2;
+
+/// Activation rows per call of the repacked kernel, and per tile kept in L1 while a task's
+/// weight groups pass over it.
+const T_TILE: usize = 16;
+
+impl Kernels for Avx2 {
+    fn isa(&self) -> Isa {
+        Isa::Avx2
+    }
+
+    fn pack(&self) -> Option<PackSpec> {
+        Some(PackSpec { rows: repack::R })
+    }
+
+    fn quantize_row(
+        &self,
+        x: &[f32],
+        qs: &mut [i8],
+        d: &mut [f32],
+        s: &mut [f32],
+        sums: &mut [i16],
+    ) {
+        for b in 0..x.len() / QK {
+            // SAFETY: see the module docs.
+            let (db, sb, [lo, hi]) = unsafe {
+                avx2::quantize_block_q8(&x[b * QK..(b + 1) * QK], &mut qs[b * QK..(b + 1) * QK])
+            };
+            (d[b], s[b], sums[2 * b], sums[2 * b + 1]) = (db, sb, lo, hi);
+        }
+    }
+
+    fn dot_rows(&self, ty: GgmlType, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
+        // SAFETY: see the module docs.
+        unsafe {
+            if let (Ok(a4), Ok(o4)) = (
+                <&[ActRow<'_>; 4]>::try_from(acts),
+                <&mut [f32; 4]>::try_from(&mut *out),
+            ) {
+                return avx2::dot_q_rows_dyn::<4>(ty, w, a4, o4);
+            }
+            for (o, a) in out.iter_mut().zip(acts) {
+                let mut one = [0.0f32];
+                avx2::dot_q_rows_dyn::<1>(ty, w, &[*a], &mut one);
+                *o = one[0];
+            }
+        }
+    }
+
+    fn dot_f(&self, ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
+        // SAFETY: see the module docs.
+        unsafe { avx2::dot_f(ty, w, x) }
+    }
+
+    fn packed_matmul(&self, w: &Packed, x: &QuantizedActs, rows: Range<usize>, out: &OutTile) {
+        let r = repack::R;
+        assert!(rows.start.is_multiple_of(r) && rows.end <= w.rows && x.cols == w.cols);
+        for t0 in (0..x.rows).step_by(T_TILE) {
+            let t1 = (t0 + T_TILE).min(x.rows);
+            for g in rows.start / r..rows.end.div_ceil(r) {
+                let w8 = w.group(g);
+                let mut ti = t0;
+                while ti + 4 <= t1 {
+                    let acts = [x.row(ti), x.row(ti + 1), x.row(ti + 2), x.row(ti + 3)];
+                    let mut v = [[0.0f32; repack::R]; 4];
+                    // SAFETY: see the module docs; activations come from `quantize_row`.
+                    unsafe { avx2::dot_x8_rows_dyn::<4>(w.form, w8, &acts, &mut v) };
+                    for (k, v) in v.iter().enumerate() {
+                        out.store(ti + k, g * r, v);
+                    }
+                    ti += 4;
+                }
+                for ti in ti..t1 {
+                    let mut v = [[0.0f32; repack::R]; 1];
+                    // SAFETY: as above.
+                    unsafe { avx2::dot_x8_rows_dyn::<1>(w.form, w8, &[x.row(ti)], &mut v) };
+                    out.store(ti, g * r, &v[0]);
+                }
+            }
+        }
+    }
+
+    fn sum_squares(&self, x: &[f32]) -> f32 {
+        // SAFETY: see the module docs.
+        unsafe { avx2_ops::sum_squares(x) }
+    }
+
+    fn silu_mul(&self, g: &mut [f32], u: &[f32]) {
+        // SAFETY: see the module docs.
+        unsafe { avx2_ops::silu_mul(g, u) }
+    }
+
+    fn softmax(&self, x: &mut [f32]) {
+        // SAFETY: see the module docs.
+        unsafe { avx2_ops::softmax(x) }
+    }
+
+    fn dot_f16(&self, k: &[u16], q: &[f32]) -> f32 {
+        if !q.len().is_multiple_of(8) {
+            return super::scalar::SCALAR.dot_f16(k, q);
+        }
+        assert!(k.len() >= q.len());
+        // SAFETY: see the module docs.
+        unsafe { avx2::dot_f16_f32(k, q) }
+    }
+
+    fn axpy_f16(&self, a: f32, v: &[u16], out: &mut [f32]) {
+        if !out.len().is_multiple_of(8) {
+            return super::scalar::SCALAR.axpy_f16(a, v, out);
+        }
+        assert!(v.len() >= out.len());
+        // SAFETY: see the module docs.
+        unsafe { avx2::axpy_f16(a, v, out) }
+    }
+
+    fn scores8(&self, k: KvRows<'_>, q: &[f32], scale: f32, out: &mut [f32]) {
+        assert!(k.covers(8, q.len()) && q.len().is_multiple_of(8) && out.len() >= 8);
+        // SAFETY: see the module docs; the 8 rows lie inside `k` (checked).
+        unsafe {
+            let s = match k {
+                KvRows::F16 { data, stride } => avx2::dot8(data.as_ptr(), stride, q),
+                KvRows::F32 { data, stride } => avx2::dot8(data.as_ptr(), stride, q),
+            };
+            avx2::scale_store8(s, scale, out);
+        }
+    }
+
+    fn weighted_rows(&self, v: KvRows<'_>, w: &[f32], out: &mut [f32]) {
+        assert!(v.covers(w.len(), out.len()) && matches!(out.len(), 64 | 128));
+        // SAFETY: see the module docs; the rows lie inside `v` (checked).
+        unsafe {
+            match (v, out.len()) {
+                (KvRows::F16 { data, stride }, 64) => {
+                    avx2::weighted_rows::<u16, 8>(data.as_ptr(), stride, w, out)
+                }
+                (KvRows::F16 { data, stride }, _) => {
+                    avx2::weighted_rows::<u16, 16>(data.as_ptr(), stride, w, out)
+                }
+                (KvRows::F32 { data, stride }, 64) => {
+                    avx2::weighted_rows::<f32, 8>(data.as_ptr(), stride, w, out)
+                }
+                (KvRows::F32 { data, stride }, _) => {
+                    avx2::weighted_rows::<f32, 16>(data.as_ptr(), stride, w, out)
+                }
+            }
+        }
+    }
+
+    fn f16_to_f32_rows(
+        &self,
+        src: &[u16],
+        stride: usize,
+        rows: usize,
+        width: usize,
+        dst: &mut [f32],
+    ) {
+        let src_rows = KvRows::F16 { data: src, stride };
+        assert!(
+            src_rows.covers(rows, width) && width.is_multiple_of(8) && dst.len() >= rows * width
+        );
+        // SAFETY: see the module docs; the rows lie inside `src` (checked).
+        unsafe { avx2::f16_rows_to_f32(src.as_ptr(), stride, rows, width, dst) }
+    }
+}
