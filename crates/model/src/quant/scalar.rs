@@ -41,9 +41,11 @@ pub fn dot_q(ty: GgmlType, w: &[u8], qs: &[i8], d: &[f32], s: &[f32]) -> f32 {
         let x = &qs[b * QK..(b + 1) * QK];
         acc += match ty {
             GgmlType::Q4_0 => {
+                // value = d·(q − 8): the offset is subtracted exactly, in integers.
                 let dw = f16_at(blk, 0);
-                let isum = nibble_dot(&blk[2..18], x);
-                dw * d[b] * isum as f32 - 8.0 * dw * s[b]
+                let sum: i32 = x.iter().map(|&v| v as i32).sum();
+                let isum = nibble_dot(&blk[2..18], x) - 8 * sum;
+                dw * d[b] * isum as f32
             }
             GgmlType::Q4_1 => {
                 let dw = f16_at(blk, 0);

@@ -103,7 +103,8 @@ pub const T_Q4_1: u32 = 3;
 pub const T_Q8_0: u32 = 8;
 
 /// The weight block at `blk`, unpacked once for all activation rows: 32 values as bytes
-/// (unsigned nibbles for Q4_x, absolute values for Q8_0), the Q8_0 signs, scale and offset.
+/// (unsigned nibbles for Q4_1, absolute values for Q4_0 (q − 8) and Q8_0), the signs of those
+/// two, scale and offset.
 #[inline(always)]
 unsafe fn load_block<const TY: u32>(blk: *const u8) -> (__m256i, __m256i, f32, f32) {
     let h = |i: usize| {
@@ -119,13 +120,9 @@ unsafe fn load_block<const TY: u32>(blk: *const u8) -> (__m256i, __m256i, f32, f
             h(2),
         ),
         T_Q4_0 => {
-            let d = h(0);
-            (
-                unpack_nibbles(blk.add(2)),
-                _mm256_setzero_si256(),
-                d,
-                -8.0 * d,
-            )
+            // q − 8 as signed bytes: the offset is exact, as in the scalar reference.
+            let w = _mm256_sub_epi8(unpack_nibbles(blk.add(2)), _mm256_set1_epi8(8));
+            (_mm256_sign_epi8(w, w), w, h(0), 0.0)
         }
         _ => {
             let w = _mm256_loadu_si256(blk.add(2) as *const __m256i);
@@ -148,7 +145,7 @@ unsafe fn block_dot<const TY: u32>(
     off: &mut f32,
 ) {
     let mut x = _mm256_loadu_si256(a.0.as_ptr().add(b * QK) as *const __m256i);
-    if TY == T_Q8_0 {
+    if TY == T_Q8_0 || TY == T_Q4_0 {
         x = _mm256_sign_epi8(x, sign);
     }
     *acc = _mm256_fmadd_ps(
@@ -156,7 +153,7 @@ unsafe fn block_dot<const TY: u32>(
         dot_u8_i8(w, x),
         *acc,
     );
-    if TY != T_Q8_0 {
+    if TY == T_Q4_1 {
         *off += m * *a.2.get_unchecked(b);
     }
 }
@@ -309,123 +306,6 @@ pub unsafe fn axpy_f16(a: f32, v: &[u16], out: &mut [f32]) {
             o,
             _mm256_fmadd_ps(av, _mm256_cvtph_ps(h), _mm256_loadu_ps(o)),
         );
-    }
-}
-
-/// Tags of the repacked forms for [`dot_x8_rows`] (see [`crate::quant::repack::Form`]).
-pub const F_NIBBLES: u8 = 0;
-pub const F_BYTES: u8 = 1;
-pub const F_BYTES_OFFSET: u8 = 2;
-
-/// Dot products of one interleaved group of 8 weight rows (see [`crate::quant::repack`]) with `N`
-/// activation rows: `out[i][r] = w_r · acts[i]`.
-///
-/// The group stores each block as 4-byte chunks of the 8 rows side by side, so one 256-bit
-/// register holds elements `4c..4c+4` of all eight rows. The activation row's matching four
-/// bytes are broadcast to every lane, and `maddubs` leaves in lane `r` the products of row `r`
-/// only: no horizontal reduction anywhere. For 4-bit weights the eight chunks of a block add up
-/// in 16-bit lanes (at most 8 × 2 × 15 × 127 = 30,480, no saturation), then one `madd`, one
-/// conversion and one FMA with the eight rows' scales per block and activation row; byte
-/// weights (signed, so `maddubs` takes |w| and the activation with w's sign) widen every chunk.
-/// The offset forms add `m · s` (the activation block's `d·Σq`) per block.
-/// Each activation row's results are computed by the same operations whatever `N` is, so they
-/// are bit-identical for any batch.
-///
-/// # Safety
-/// CPU must support AVX2/FMA/F16C; `FORM` is one of the `F_*` tags; `w8` is one group of that
-/// form whose block count equals the activation rows' block count; activation values lie in
-/// -127..=127 (as [`quantize_block_q8`] makes them).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_x8_rows<const FORM: u8, const N: usize>(
-    w8: &[u8],
-    acts: &[ActRow<'_>; N],
-    out: &mut [[f32; 8]; N],
-) {
-    use crate::quant::repack::{block_bytes, Form};
-    let gbb = block_bytes(match FORM {
-        F_NIBBLES => Form::Nibbles,
-        F_BYTES => Form::Bytes,
-        _ => Form::BytesOffset,
-    });
-    let offset = FORM != F_BYTES;
-    // Quants follow d[8] (and m[8] in the offset forms).
-    let qs_at = if offset { 64 } else { 32 };
-    let nb = acts[0].1.len();
-    debug_assert!(
-        w8.len() >= nb * gbb && acts.iter().all(|a| a.1.len() == nb && a.0.len() >= nb * QK)
-    );
-    let ones = _mm256_set1_epi16(1);
-    let low = _mm256_set1_epi8(0x0F);
-    let mut acc = [_mm256_setzero_ps(); N];
-    for b in 0..nb {
-        let base = w8.as_ptr().add(b * gbb);
-        let dv = _mm256_loadu_ps(base as *const f32);
-        let mut sums = [_mm256_setzero_si256(); N];
-        if FORM == F_NIBBLES {
-            for j in 0..4 {
-                let raw = _mm256_loadu_si256(base.add(qs_at + 32 * j) as *const __m256i);
-                let wl = _mm256_and_si256(raw, low);
-                let wh = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-                for i in 0..N {
-                    let pl = _mm256_maddubs_epi16(wl, bcast(&acts[i], b, j));
-                    let ph = _mm256_maddubs_epi16(wh, bcast(&acts[i], b, j + 4));
-                    sums[i] = _mm256_add_epi16(sums[i], _mm256_add_epi16(pl, ph));
-                }
-            }
-            for s in sums.iter_mut() {
-                *s = _mm256_madd_epi16(*s, ones);
-            }
-        } else {
-            for c in 0..8 {
-                let w = _mm256_loadu_si256(base.add(qs_at + 32 * c) as *const __m256i);
-                let wabs = _mm256_sign_epi8(w, w);
-                for i in 0..N {
-                    let x = _mm256_sign_epi8(bcast(&acts[i], b, c), w);
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, x), ones);
-                    sums[i] = _mm256_add_epi32(sums[i], p);
-                }
-            }
-        }
-        let mv = if offset {
-            _mm256_loadu_ps(base.add(32) as *const f32)
-        } else {
-            _mm256_setzero_ps()
-        };
-        for i in 0..N {
-            let sc = _mm256_mul_ps(dv, _mm256_set1_ps(*acts[i].1.get_unchecked(b)));
-            acc[i] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(sums[i]), acc[i]);
-            if offset {
-                acc[i] = _mm256_fmadd_ps(mv, _mm256_set1_ps(*acts[i].2.get_unchecked(b)), acc[i]);
-            }
-        }
-    }
-    for i in 0..N {
-        _mm256_storeu_ps(out[i].as_mut_ptr(), acc[i]);
-    }
-}
-
-/// Bytes `4c..4c+4` of block `b` of activation row `a`, in every 32-bit lane.
-#[inline(always)]
-unsafe fn bcast(a: &ActRow<'_>, b: usize, c: usize) -> __m256i {
-    _mm256_set1_epi32((a.0.as_ptr().add(b * QK + 4 * c) as *const i32).read_unaligned())
-}
-
-/// [`dot_x8_rows`] with the repacked form chosen at run time.
-///
-/// # Safety
-/// As for [`dot_x8_rows`].
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_x8_rows_dyn<const N: usize>(
-    form: crate::quant::repack::Form,
-    w8: &[u8],
-    acts: &[ActRow<'_>; N],
-    out: &mut [[f32; 8]; N],
-) {
-    match form {
-        crate::quant::repack::Form::Nibbles => dot_x8_rows::<F_NIBBLES, N>(w8, acts, out),
-        crate::quant::repack::Form::Bytes => dot_x8_rows::<F_BYTES, N>(w8, acts, out),
-        crate::quant::repack::Form::BytesOffset => dot_x8_rows::<F_BYTES_OFFSET, N>(w8, acts, out),
     }
 }
 

@@ -6,11 +6,13 @@
 pub mod avx2;
 pub mod avx2_k;
 pub mod avx2_ops;
+mod packed;
+mod simd;
 
 use std::ops::Range;
 
 use super::{Isa, Kernels, KvRows, OutTile};
-use crate::quant::repack::{self, PackSpec, Packed};
+use crate::quant::repack::{PackSpec, Packed};
 use crate::quant::{ActRow, GgmlType, QuantizedActs, QK};
 
 /// Whether this CPU runs `isa`.
@@ -21,7 +23,13 @@ pub fn available(isa: Isa) -> bool {
     match isa {
         Isa::Scalar => true,
         Isa::Avx2 => avx2,
-        Isa::AvxVnni | Isa::Avx512Vnni => false,
+        Isa::AvxVnni => avx2 && is_x86_feature_detected!("avxvnni"),
+        Isa::Avx512Vnni => {
+            avx2 && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni")
+        }
     }
 }
 
@@ -29,25 +37,39 @@ pub fn available(isa: Isa) -> bool {
 pub fn kernels(isa: Isa) -> &'static dyn Kernels {
     match isa {
         Isa::Avx2 => &AVX2,
-        _ => unreachable!("{isa} has no x86 table"),
+        Isa::AvxVnni => &AVX_VNNI,
+        Isa::Avx512Vnni => &AVX512_VNNI,
+        Isa::Scalar => unreachable!("scalar has no x86 table"),
     }
 }
 
-/// AVX2 + FMA + F16C.
-pub struct Avx2;
-static AVX2: Avx2 = Avx2;
+/// An x86 level. The VNNI levels differ from AVX2 only in the repacked matmul (their own
+/// layout and kernel); every other operation is the AVX2 one, which they all run.
+pub struct X86(Isa);
+static AVX2: X86 = X86(Isa::Avx2);
+static AVX_VNNI: X86 = X86(Isa::AvxVnni);
+static AVX512_VNNI: X86 = X86(Isa::Avx512Vnni);
 
-/// Activation rows per call of the repacked kernel, and per tile kept in L1 while a task's
-/// weight groups pass over it.
-const T_TILE: usize = 16;
-
-impl Kernels for Avx2 {
+impl Kernels for X86 {
     fn isa(&self) -> Isa {
-        Isa::Avx2
+        self.0
     }
 
     fn pack(&self) -> Option<PackSpec> {
-        Some(PackSpec { rows: repack::R })
+        Some(match self.0 {
+            Isa::Avx512Vnni => PackSpec {
+                rows: 16,
+                unsigned_q8: true,
+            },
+            Isa::AvxVnni => PackSpec {
+                rows: 8,
+                unsigned_q8: true,
+            },
+            _ => PackSpec {
+                rows: 8,
+                unsigned_q8: false,
+            },
+        })
     }
 
     fn quantize_row(
@@ -90,29 +112,12 @@ impl Kernels for Avx2 {
     }
 
     fn packed_matmul(&self, w: &Packed, x: &QuantizedActs, rows: Range<usize>, out: &OutTile) {
-        let r = repack::R;
-        assert!(rows.start.is_multiple_of(r) && rows.end <= w.rows && x.cols == w.cols);
-        for t0 in (0..x.rows).step_by(T_TILE) {
-            let t1 = (t0 + T_TILE).min(x.rows);
-            for g in rows.start / r..rows.end.div_ceil(r) {
-                let w8 = w.group(g);
-                let mut ti = t0;
-                while ti + 4 <= t1 {
-                    let acts = [x.row(ti), x.row(ti + 1), x.row(ti + 2), x.row(ti + 3)];
-                    let mut v = [[0.0f32; repack::R]; 4];
-                    // SAFETY: see the module docs; activations come from `quantize_row`.
-                    unsafe { avx2::dot_x8_rows_dyn::<4>(w.form, w8, &acts, &mut v) };
-                    for (k, v) in v.iter().enumerate() {
-                        out.store(ti + k, g * r, v);
-                    }
-                    ti += 4;
-                }
-                for ti in ti..t1 {
-                    let mut v = [[0.0f32; repack::R]; 1];
-                    // SAFETY: as above.
-                    unsafe { avx2::dot_x8_rows_dyn::<1>(w.form, w8, &[x.row(ti)], &mut v) };
-                    out.store(ti, g * r, &v[0]);
-                }
+        // SAFETY: see the module docs; activations come from `quantize_row`.
+        unsafe {
+            match self.0 {
+                Isa::Avx512Vnni => packed::matmul_avx512vnni(w, x, rows, out),
+                Isa::AvxVnni => packed::matmul_avxvnni(w, x, rows, out),
+                _ => packed::matmul_avx2(w, x, rows, out),
             }
         }
     }
