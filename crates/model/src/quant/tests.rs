@@ -308,6 +308,68 @@ fn repacked_kernels_match_reference_and_are_batch_invariant() {
     }
 }
 
+/// The AVX-VNNI layout and kernel (8 rows, unsigned Q8_0, 32-bit sums) on CPUs without the
+/// instruction: the same kernel with `vpdpbusd` emulated exactly.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn emulated_avx_vnni_kernel_matches_reference_and_is_batch_invariant() {
+    if !Isa::Avx2.is_available() {
+        return;
+    }
+    let spec = repack::PackSpec {
+        rows: 8,
+        unsigned_q8: true,
+    };
+    let mut rng = Rng(55);
+    let run = |packed: &repack::Packed, a: &QuantizedActs| {
+        let mut out = vec![f32::NAN; a.rows * packed.rows];
+        // SAFETY: AVX2 checked above; `out` holds t × rows floats, written by this call only.
+        unsafe {
+            let tile = OutTile::new(out.as_mut_ptr(), packed.rows, a.rows, 0..packed.rows);
+            crate::backend::cpu::x86::emulated_avxvnni_matmul(packed, a, 0..packed.rows, &tile);
+        }
+        out
+    };
+    for ty in QTYPES {
+        let cols = if ty.block_elems() == 256 { 512 } else { 96 };
+        let rows = 13;
+        let w = quantize_row(ty, &rng.vec(rows * cols, 0.6));
+        let packed = repack::Packed::new(spec, ty, rows, cols, &w).expect("repacks");
+        let x = rng.vec(5 * cols, 2.0);
+        let a = quantize(Isa::Avx2, &x, 5);
+        let all = run(&packed, &a);
+        let rb = w.len() / rows;
+        for i in 0..5 {
+            let alone = run(
+                &packed,
+                &quantize(Isa::Avx2, &x[i * cols..(i + 1) * cols], 1),
+            );
+            let act = a.row(i);
+            let scale: f32 = act.1.iter().map(|d| d.abs()).sum::<f32>() * 127.0 * 16.0 + 1.0;
+            for r in 0..rows {
+                assert_eq!(
+                    alone[r].to_bits(),
+                    all[i * rows + r].to_bits(),
+                    "{ty:?} row {r}"
+                );
+                let want = dot_q(
+                    Isa::Scalar,
+                    ty,
+                    &w[r * rb..(r + 1) * rb],
+                    act.0,
+                    act.1,
+                    act.2,
+                );
+                assert!(
+                    (all[i * rows + r] - want).abs() <= 1e-5 * scale,
+                    "{ty:?} row {r}: {} vs {want}",
+                    all[i * rows + r]
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn repacked_kernel_does_not_saturate_at_extreme_values() {
     // Every weight at the largest quant of its format against activations at ±127: the

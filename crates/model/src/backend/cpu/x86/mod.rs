@@ -33,6 +33,20 @@ pub fn available(isa: Isa) -> bool {
     }
 }
 
+/// The AVX-VNNI kernel with `vpdpbusd` emulated, for tests on CPUs without it.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; as [`Kernels::packed_matmul`].
+#[cfg(test)]
+pub unsafe fn emulated_avxvnni_matmul(
+    w: &Packed,
+    x: &QuantizedActs,
+    rows: Range<usize>,
+    out: &OutTile,
+) {
+    packed::matmul_emulated_avxvnni(w, x, rows, out)
+}
+
 /// The table of an available x86 level.
 pub fn kernels(isa: Isa) -> &'static dyn Kernels {
     match isa {

@@ -370,3 +370,18 @@ pub unsafe fn matmul_avxvnni(w: &Packed, x: &QuantizedActs, rows: Range<usize>, 
 pub unsafe fn matmul_avx512vnni(w: &Packed, x: &QuantizedActs, rows: Range<usize>, out: &OutTile) {
     matmul::<Zmm, 8>(w, x, rows, out)
 }
+
+/// The AVX-VNNI instantiation with `vpdpbusd` emulated (see `simd::YmmEmulatedVnni`).
+///
+/// # Safety
+/// As [`matmul_avx2`].
+#[cfg(test)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn matmul_emulated_avxvnni(
+    w: &Packed,
+    x: &QuantizedActs,
+    rows: Range<usize>,
+    out: &OutTile,
+) {
+    matmul::<super::simd::YmmEmulatedVnni, 4>(w, x, rows, out)
+}

@@ -299,3 +299,123 @@ impl Simd for Zmm {
         _mm512_storeu_ps(out, v)
     }
 }
+
+/// AVX-VNNI's `vpdpbusd` emulated with AVX2 (lane by lane, exactly), so the AVX-VNNI
+/// instantiation of the kernel — 8 rows, unsigned Q8_0, no 16-bit lanes — is tested on CPUs
+/// without the instruction. Everything else is [`Ymm`]'s.
+#[cfg(test)]
+pub struct YmmEmulatedVnni;
+
+#[cfg(test)]
+impl Simd for YmmEmulatedVnni {
+    const R: usize = 8;
+    const VNNI: bool = true;
+    type I = __m256i;
+    type F = __m256;
+
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+        let (mut wb, mut ab, mut cb) = ([0u8; 32], [0i8; 32], [0i32; 8]);
+        _mm256_storeu_si256(wb.as_mut_ptr() as *mut __m256i, w);
+        _mm256_storeu_si256(ab.as_mut_ptr() as *mut __m256i, a);
+        _mm256_storeu_si256(cb.as_mut_ptr() as *mut __m256i, acc);
+        for (l, c) in cb.iter_mut().enumerate() {
+            for k in 4 * l..4 * l + 4 {
+                *c = c.wrapping_add(wb[k] as i32 * ab[k] as i32);
+            }
+        }
+        _mm256_loadu_si256(cb.as_ptr() as *const __m256i)
+    }
+    #[inline(always)]
+    unsafe fn widen(acc: __m256i) -> __m256i {
+        acc
+    }
+    #[inline(always)]
+    unsafe fn zero() -> __m256i {
+        Ymm::<true>::zero()
+    }
+    #[inline(always)]
+    unsafe fn fzero() -> __m256 {
+        Ymm::<true>::fzero()
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> __m256i {
+        Ymm::<true>::load(p)
+    }
+    #[inline(always)]
+    unsafe fn bcast4(p: *const i8) -> __m256i {
+        Ymm::<true>::bcast4(p)
+    }
+    #[inline(always)]
+    unsafe fn set1(v: i32) -> __m256i {
+        Ymm::<true>::set1(v)
+    }
+    #[inline(always)]
+    unsafe fn and(a: __m256i, b: __m256i) -> __m256i {
+        Ymm::<true>::and(a, b)
+    }
+    #[inline(always)]
+    unsafe fn or(a: __m256i, b: __m256i) -> __m256i {
+        Ymm::<true>::or(a, b)
+    }
+    #[inline(always)]
+    unsafe fn shift(a: __m256i, n: i32) -> __m256i {
+        Ymm::<true>::shift(a, n)
+    }
+    #[inline(always)]
+    unsafe fn nibbles(v: __m256i) -> (__m256i, __m256i) {
+        Ymm::<true>::nibbles(v)
+    }
+    #[inline(always)]
+    unsafe fn dot_signed(acc: __m256i, wabs: __m256i, w: __m256i, a: __m256i) -> __m256i {
+        Ymm::<true>::dot_signed(acc, wabs, w, a)
+    }
+    #[inline(always)]
+    unsafe fn abs8(w: __m256i) -> __m256i {
+        Ymm::<true>::abs8(w)
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m256i, b: __m256i) -> __m256i {
+        Ymm::<true>::add(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m256i, b: __m256i) -> __m256i {
+        Ymm::<true>::sub(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mullo(a: __m256i, b: __m256i) -> __m256i {
+        Ymm::<true>::mullo(a, b)
+    }
+    #[inline(always)]
+    unsafe fn zext8(p: *const u8) -> __m256i {
+        Ymm::<true>::zext8(p)
+    }
+    #[inline(always)]
+    unsafe fn sext8(p: *const u8) -> __m256i {
+        Ymm::<true>::sext8(p)
+    }
+    #[inline(always)]
+    unsafe fn cvt(a: __m256i) -> __m256 {
+        Ymm::<true>::cvt(a)
+    }
+    #[inline(always)]
+    unsafe fn load_f16(p: *const u8) -> __m256 {
+        Ymm::<true>::load_f16(p)
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> __m256 {
+        Ymm::<true>::splat(v)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+        Ymm::<true>::mul(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+        Ymm::<true>::fma(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn store(v: __m256, out: *mut f32) {
+        Ymm::<true>::store(v, out)
+    }
+}
