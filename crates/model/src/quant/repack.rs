@@ -180,12 +180,6 @@ impl std::fmt::Debug for Packed {
     }
 }
 
-/// One GGUF 32-element block as integers: quants (unsigned as stored, or signed for Q8_0),
-/// and the parameters of the block's scale.
-struct Block {
-    q: [i32; QK],
-}
-
 /// Writes the four bytes `v` at row `k`'s place of `line`.
 fn put4(line: &mut [u8], k: usize, v: [u8; 4]) {
     line[4 * k..4 * k + 4].copy_from_slice(&v);
@@ -245,8 +239,9 @@ fn f16_le(b: &[u8]) -> f16 {
     f16::from_le_bytes([b[0], b[1]])
 }
 
-/// Block `b` of a GGUF row of a 32-element type: (d, m, unsigned quants); Q8_0 signed.
-fn block32(ty: GgmlType, row: &[u8], b: usize) -> (f16, f16, Block) {
+/// Block `b` of a GGUF row of a 32-element type: (d, m, quants as stored: unsigned, Q8_0
+/// signed).
+fn block32(ty: GgmlType, row: &[u8], b: usize) -> (f16, f16, [i32; QK]) {
     let bb = ty.block_bytes();
     let blk = &row[b * bb..(b + 1) * bb];
     let d = f16_le(blk);
@@ -284,7 +279,7 @@ fn block32(ty: GgmlType, row: &[u8], b: usize) -> (f16, f16, Block) {
             }
         }
     };
-    (d, m, Block { q })
+    (d, m, q)
 }
 
 impl Packed {
@@ -454,26 +449,26 @@ fn pack_row(
 ) {
     let r = lay.r;
     for b in 0..lay.nb {
-        let (d, m, blk) = block32(ty, src, b);
+        let (d, m, q) = block32(ty, src, b);
         put_f16(g, 2 * r * b + 2 * k, d);
         if form.has_min() {
             put_f16(g, lay.mins() + 2 * r * b + 2 * k, m);
         }
         let body = &mut g[lay.body_at(b)..lay.body_at(b + 1)];
         match form {
-            Form::Q4 { .. } => put_nibbles(body, r, k, &blk.q),
+            Form::Q4 { .. } => put_nibbles(body, r, k, &q),
             Form::Q5 { .. } => {
-                put_bit_plane(body, k, &blk.q);
-                put_nibbles(&mut body[4 * r..], r, k, &blk.q);
+                put_bit_plane(body, k, &q);
+                put_nibbles(&mut body[4 * r..], r, k, &q);
             }
             _ => {
                 for l in 0..8 {
                     let v: [u8; 4] = std::array::from_fn(|c| {
-                        let q = blk.q[line_elem(l, c)];
+                        let v = q[line_elem(l, c)];
                         if spec.unsigned_q8 {
-                            (q + 128) as u8
+                            (v + 128) as u8
                         } else {
-                            q as i8 as u8
+                            v as i8 as u8
                         }
                     });
                     put4(&mut body[l * 4 * r..], k, v);
