@@ -155,11 +155,13 @@ pub fn model(path: &Path, opts: &ModelBench, out: &mut dyn Write) -> anyhow::Res
         for i in 0..opts.decode {
             r.step(&[(0, &tokens[16 + i..17 + i], 16 + i)])?;
         }
+        let rate = opts.decode as f64 / t.elapsed().as_secs_f64();
+        let mb = r.model.weight_bytes_per_step() as f64 / 1e6;
         writeln!(
             out,
-            "decode {}: {:.1} tok/s",
+            "decode {}: {rate:.1} tok/s ({mb:.0} MB of weights per step: {:.1} GB/s)",
             opts.decode,
-            opts.decode as f64 / t.elapsed().as_secs_f64()
+            rate * mb / 1e3
         )?;
     }
     if opts.batch > 1 {

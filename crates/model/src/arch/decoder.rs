@@ -52,6 +52,19 @@ struct Layer {
 }
 
 impl Layer {
+    fn weights(&self) -> Vec<&Weight> {
+        let mut ws: Vec<&Weight> = vec![&self.wo, &self.w_down];
+        match &self.qkv {
+            Qkv::Split { wq, wk, wv } => ws.extend([wq, wk, wv]),
+            Qkv::Fused(w) => ws.push(w),
+        }
+        match &self.gate_up {
+            GateUp::Split { gate, up } => ws.extend([gate, up]),
+            GateUp::Fused(w) => ws.push(w),
+        }
+        ws
+    }
+
     fn weights_mut(&mut self) -> Vec<&mut Weight> {
         let mut ws: Vec<&mut Weight> = vec![&mut self.wo, &mut self.w_down];
         match &mut self.qkv {
@@ -253,6 +266,17 @@ impl Decoder {
     /// The file the weights live in.
     pub fn file(&self) -> &Arc<GgufFile> {
         &self.file
+    }
+
+    /// Weight bytes one decode step reads (layer matrices and the output head).
+    pub fn weight_bytes_per_step(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .flat_map(|l| l.weights())
+            .map(|w| w.bytes())
+            .sum();
+        layers + self.output.bytes()
     }
 
     /// Layers with a sliding window (for tests and diagnostics).

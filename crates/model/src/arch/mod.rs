@@ -153,6 +153,10 @@ impl Weight {
         let rb = self.row_bytes();
         &self.data(f)[r * rb..(r + 1) * rb]
     }
+    /// Bytes a pass over the matrix reads: the repacked form's, or the file's.
+    pub fn bytes(&self) -> usize {
+        self.packed.as_ref().map_or(self.size, |p| p.bytes())
+    }
     pub fn job<'a>(&'a self, f: &'a GgufFile, out: &'a mut [f32]) -> MatJob<'a> {
         MatJob {
             w: self.data(f),
@@ -418,6 +422,12 @@ impl Model {
     /// Layers with a sliding window (for tests and diagnostics).
     pub fn local_layers(&self) -> Vec<usize> {
         self.decoder.local_layers()
+    }
+
+    /// Weight bytes one decode step reads: every layer matrix and the output head (not the
+    /// embedding table, of which a step reads one row per token).
+    pub fn weight_bytes_per_step(&self) -> usize {
+        self.decoder.weight_bytes_per_step()
     }
 
     /// One forward step over the batch; appends a logits row per sequence that wants one.
