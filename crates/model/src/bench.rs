@@ -210,16 +210,20 @@ pub fn kernels(rows: usize, out: &mut dyn Write) -> anyhow::Result<()> {
         GgmlType::Q5_0,
     ] {
         let wq = quantize_row(ty, &w);
+        // Every level's repacked kernel; the GGUF-layout kernels once each (the VNNI levels
+        // run AVX2's), the scalar one only on small matrices (it is ~50x slower).
         let mut variants: Vec<Compute> = Vec::new();
         for isa in Isa::all_available() {
             let cx = Compute::new(isa);
             if cx.pack().is_some() {
                 variants.push(cx);
             }
-            variants.push(Compute {
-                repack: false,
-                ..cx
-            });
+            if isa <= Isa::Avx2 && (isa > Isa::Scalar || rows <= 4096) {
+                variants.push(Compute {
+                    repack: false,
+                    ..cx
+                });
+            }
         }
         for cx in variants {
             let packed = cx

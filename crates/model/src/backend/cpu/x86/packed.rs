@@ -31,7 +31,7 @@ const K6: u8 = 7;
 const T_TILE: usize = 16;
 
 /// How far ahead (bytes) single-row calls prefetch the weights they stream; 0 = off.
-const PREFETCH: usize = 1024;
+const PREFETCH: usize = 0;
 
 /// Prefetches the `len` bytes at `p + PREFETCH` into L1 (decode streams each weight once).
 #[inline(always)]
