@@ -563,6 +563,10 @@ mod tests {
             vocab_size: 1000,
             max_context: 256,
             hidden_size: 8,
+            kv: cordial_engine::KvCapacity {
+                block_size: 16,
+                blocks: 1024,
+            },
         };
         const FLOATS: [&str; 6] = [
             "temperature",

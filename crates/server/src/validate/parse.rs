@@ -7,6 +7,7 @@
 use axum::http::HeaderMap;
 use serde_json::{Map, Value};
 
+use super::build::LengthDefault;
 use crate::error::{ApiError, Flavor, ValidationError};
 use crate::protocol::CompletionRequest;
 
@@ -25,6 +26,8 @@ pub struct ParsedRequest {
     pub req: CompletionRequest,
     pub flavor: Flavor,
     pub dialect: Dialect,
+    /// The `max_tokens` of a request that sets no length.
+    pub length_default: LengthDefault,
     /// The name to report in responses: the one requested, or the primary served name.
     pub model: String,
 }
@@ -80,6 +83,7 @@ pub fn parse_request(
         req,
         flavor,
         dialect,
+        length_default: LengthDefault::of(flavor),
         model,
     })
 }

@@ -14,7 +14,11 @@ use crate::protocol::{CompletionRequest, ResponseFormat, Seed, Stop, TokenInput}
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub vocab_size: usize,
+    /// The longest prompt + output served: the model's context, `--max-model-len` and the KV
+    /// cache's size, whichever is least.
     pub max_context: usize,
+    /// The KV cache: a request must fit it whole (prompt once, plus each choice's output).
+    pub kv: cordial_engine::KvCapacity,
     /// Width of an input embedding (`embedding_to_replace` holds one per replaced index).
     pub hidden_size: usize,
 }

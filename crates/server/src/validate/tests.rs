@@ -11,6 +11,11 @@ use crate::protocol::KNOWN_FIELDS;
 const VOCAB: usize = 1000;
 const CONTEXT: usize = 256;
 const EOS: &[u32] = &[2];
+/// A KV cache that never limits these cases (the KV limits have their own test).
+const ROOMY_KV: cordial_engine::KvCapacity = cordial_engine::KvCapacity {
+    block_size: 16,
+    blocks: 1 << 16,
+};
 
 /// A toy tokenizer: one token per byte.
 pub(super) fn encode(text: &str) -> Vec<u32> {
@@ -28,6 +33,7 @@ fn model() -> ModelInfo<'static> {
             vocab_size: VOCAB,
             max_context: CONTEXT,
             hidden_size: 2,
+            kv: ROOMY_KV,
         },
         eos_tokens: EOS,
         encode: &encode_bos,
@@ -36,10 +42,91 @@ fn model() -> ModelInfo<'static> {
 }
 
 pub(super) fn run(body: &Value) -> Result<ValidRequest, ApiError> {
+    run_on(body, &model())
+}
+
+fn run_on(body: &Value, model: &ModelInfo) -> Result<ValidRequest, ApiError> {
     let served = vec!["my-model".to_owned(), "m".to_owned()];
     let bytes = serde_json::to_vec(body).unwrap();
     let parsed = parse_request(&bytes, &HeaderMap::new(), &served)?;
-    validate(parsed, &model(), || 777)
+    validate(parsed, model, || 777)
+}
+
+/// Lengths stay within the KV cache with all of a request's sequences: defaults are lowered to
+/// what fits, explicit lengths that do not fit are refused naming the field and the limit.
+#[test]
+fn lengths_fit_the_kv_cache() {
+    let mut small = model();
+    // 4 blocks of 16 = 64 tokens, below the 256-token context.
+    small.limits.kv = cordial_engine::KvCapacity {
+        block_size: 16,
+        blocks: 4,
+    };
+    let max_new = |body: Value| -> Vec<usize> {
+        let v = run_on(&body, &small).unwrap_or_else(|e| panic!("{body}: {e}"));
+        v.requests.iter().map(|r| r.params.max_new_tokens).collect()
+    };
+    let hello = "hello"; // 5 tokens: no full block to share
+    assert_eq!(
+        max_new(json!({"prompt": hello})),
+        [60],
+        "5 + 60 - 1 = 64 cached"
+    );
+    assert_eq!(
+        max_new(json!({"prompt": hello, "n": 2})),
+        [28],
+        "2 blocks each"
+    );
+    assert_eq!(
+        max_new(json!({"prompt": [hello], "n": 2})),
+        [16],
+        "OpenAI's 16"
+    );
+    assert_eq!(max_new(json!({"prompt": hello, "max_tokens": 60})), [60]);
+    let refused = |body: Value, status: u16, param: &str| {
+        let e = run_on(&body, &small).expect_err(&body.to_string());
+        assert_eq!(e.status(), status, "{body}: {e}");
+        let d = e.detail();
+        assert_eq!(d.param.as_deref(), Some(param), "{body}: {e}");
+        assert_eq!(d.code, Some("context_length_exceeded"));
+        assert!(
+            d.message.contains("KV cache holds 64 tokens"),
+            "{}",
+            d.message
+        );
+    };
+    refused(
+        json!({"prompt": hello, "max_tokens": 61}),
+        422,
+        "max_tokens",
+    );
+    refused(
+        json!({"prompt": [hello], "n": 2, "max_tokens": 29}),
+        400,
+        "max_tokens",
+    );
+    refused(
+        json!({"prompt": hello, "max_total_tokens": 70}),
+        422,
+        "max_total_tokens",
+    );
+    refused(
+        json!({"prompt": hello, "num_beams": 4, "max_tokens": 20}),
+        422,
+        "max_tokens",
+    );
+    refused(
+        json!({"prompt": hello, "forced_output_tokens": vec![5; 61]}),
+        422,
+        "forced_output_tokens",
+    );
+    // A 20-token prompt shares one block; 5 choices get no block each.
+    refused(json!({"prompt": "a".repeat(20), "n": 5}), 422, "n");
+    refused(
+        json!({"prompt": ["a".repeat(20)], "best_of": 5}),
+        400,
+        "best_of",
+    );
 }
 
 #[derive(Debug)]
