@@ -331,7 +331,8 @@ mod tests {
                     for choices in 1..=4 {
                         let fits = |m| kv.blocks_needed(prompt, m, choices, usize::MAX) <= blocks;
                         let fit = kv.max_new_tokens(prompt, choices);
-                        let case = format!("bs {block_size} blocks {blocks} p {prompt} c {choices}");
+                        let case =
+                            format!("bs {block_size} blocks {blocks} p {prompt} c {choices}");
                         if fit == 0 {
                             assert!(!fits(1), "{case}");
                         } else {

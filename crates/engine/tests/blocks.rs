@@ -130,7 +130,9 @@ async fn kv_capacity_tells_what_fits_before_submitting() {
         let fit = kv.max_new_tokens(len, seeds.len());
         let out = e.run(sampled(prompt(len, 5, 64), fit, seeds.clone())).await;
         assert!(out.is_finished(), "{len} {seeds:?} {fit}: {:?}", out.end);
-        let out = e.run(sampled(prompt(len, 5, 64), fit + 1, seeds.clone())).await;
+        let out = e
+            .run(sampled(prompt(len, 5, 64), fit + 1, seeds.clone()))
+            .await;
         assert!(
             matches!(out.end, Event::Error(EngineError::TooLarge { .. })),
             "{len} {seeds:?} {}",
