@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::*;
-use cordial_server::protocol::KNOWN_FIELDS;
+use cordial_server::protocol::{ChatFields, CompletionRequest};
 use cordial_testkit::fake_model::FakeModelConfig;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -114,9 +114,14 @@ fn value() -> impl Strategy<Value = Json> {
 }
 
 /// Mostly a field name of the contract, sometimes anything.
+/// Every key of the completions request.
+fn fields() -> Vec<&'static str> {
+    CompletionRequest::field_names().collect()
+}
+
 fn key() -> impl Strategy<Value = String> {
     prop_oneof![
-        4 => prop::sample::select(KNOWN_FIELDS).prop_map(str::to_owned),
+        4 => prop::sample::select(fields()).prop_map(str::to_owned),
         1 => prop::sample::select(vec!["include_usage", "type", "schema", "continuous_usage_stats"])
             .prop_map(str::to_owned),
         1 => "[a-z_]{1,10}",
@@ -258,8 +263,8 @@ fn random_bodies_never_get_a_5xx_or_a_panic() {
 /// Chat keys and message keys, mixed with the completions fields.
 fn chat_key() -> impl Strategy<Value = String> {
     prop_oneof![
-        3 => prop::sample::select(cordial_server::protocol::CHAT_KEYS).prop_map(str::to_owned),
-        2 => prop::sample::select(KNOWN_FIELDS).prop_map(str::to_owned),
+        3 => prop::sample::select(ChatFields::field_names().collect::<Vec<_>>()).prop_map(str::to_owned),
+        2 => prop::sample::select(fields()).prop_map(str::to_owned),
         1 => prop::sample::select(vec!["role", "content", "type", "text", "tools", "tool_calls"])
             .prop_map(str::to_owned),
     ]

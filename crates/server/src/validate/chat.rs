@@ -15,10 +15,7 @@ use super::parse::{check_model, decode_fields, Dialect, ParsedRequest};
 use super::rules::MAX_LOGPROBS;
 use crate::chat::ChatTemplate;
 use crate::error::{ApiError, Flavor, ValidationError};
-use crate::protocol::{ChatFields, CHAT_KEYS, CHAT_UNSUPPORTED, NOT_CHAT_KEYS};
-
-/// Roles a message may have.
-pub const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool"];
+use crate::protocol::{ChatFields, CompletionRequest, Tag, CHAT_UNSUPPORTED, ROLES};
 
 /// A chat body after phase 1.
 #[derive(Debug, Clone)]
@@ -117,9 +114,8 @@ pub fn parse_chat_body(body: &[u8], served: &[String]) -> Result<ChatBody, ApiEr
         ));
     };
     let model = check_model(&obj, served, Flavor::OpenAi)?;
-    if let Some(k) = NOT_CHAT_KEYS
-        .iter()
-        .find(|k| obj.get(**k).is_some_and(is_set))
+    if let Some(k) =
+        CompletionRequest::tagged(Tag::NotChat).find(|k| obj.get(*k).is_some_and(is_set))
     {
         return Err(invalid(k, format!("`{k}` is not a chat completions field")));
     }
@@ -130,13 +126,13 @@ pub fn parse_chat_body(body: &[u8], served: &[String]) -> Result<ChatBody, ApiEr
         return Err(invalid(k, format!("`{k}` is not supported by this server")));
     }
     let mut chat = Map::new();
-    for k in CHAT_KEYS
-        .iter()
-        .chain(CHAT_UNSUPPORTED)
-        .chain(NOT_CHAT_KEYS)
-    {
-        if let Some(v) = obj.remove(*k) {
-            chat.insert((*k).to_owned(), v);
+    let not_chat = CompletionRequest::tagged(Tag::NotChat);
+    let keys = ChatFields::field_names()
+        .chain(CHAT_UNSUPPORTED.iter().copied())
+        .chain(not_chat);
+    for k in keys {
+        if let Some(v) = obj.remove(k) {
+            chat.insert(k.to_owned(), v);
         }
     }
     let fields = decode_chat_fields(chat)?;

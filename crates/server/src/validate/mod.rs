@@ -17,8 +17,8 @@ mod tests_controls;
 pub use build::{LengthDefault, ModelInfo, OPENAI_DEFAULT_MAX_TOKENS};
 pub use chat::{chat_request, parse_chat_body, ChatBody};
 pub use controls::{LogprobMode, MAX_OUTPUT_LOGITS};
-pub use parse::{parse_request, Dialect, ParsedRequest, LEGACY_KEYS, STREAM_FORMAT_HEADER};
-pub use rules::{Limits, IMPLEMENTED, MAX_LOGPROBS, MAX_N};
+pub use parse::{parse_request, Dialect, ParsedRequest, STREAM_FORMAT_HEADER};
+pub use rules::{Limits, MAX_LOGPROBS, MAX_N};
 
 use cordial_engine::EngineRequest;
 

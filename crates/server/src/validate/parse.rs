@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::build::LengthDefault;
 use crate::error::{ApiError, Flavor, ValidationError};
-use crate::protocol::CompletionRequest;
+use crate::protocol::{CompletionRequest, Tag};
 
 /// The streaming dialect of a request (contract §5, §8-a).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,33 +31,6 @@ pub struct ParsedRequest {
     /// The name to report in responses: the one requested, or the primary served name.
     pub model: String,
 }
-
-/// Keys whose presence, even as `null`, marks a legacy Friendli client (§8-a).
-pub const LEGACY_KEYS: &[&str] = &[
-    "num_beams",
-    "beam_search_type",
-    "early_stopping",
-    "length_penalty",
-    "beam_compat_pre_normalization",
-    "beam_compat_no_post_normalization",
-    "include_output_logprobs",
-    "include_output_logits",
-    "timeout_microseconds",
-    "soft_prompts",
-    "position_ids",
-    "generation_offset",
-];
-
-/// Keys that, when non-null, mark an OpenAI-flavoured request (§8-b).
-pub const OPENAI_KEYS: &[&str] = &[
-    "echo",
-    "best_of",
-    "suffix",
-    "logit_bias",
-    "user",
-    "logprobs",
-    "stream_options",
-];
 
 /// The header that overrides dialect detection (decision 19).
 pub const STREAM_FORMAT_HEADER: &str = "x-stream-format";
@@ -97,7 +70,7 @@ pub fn detect_flavor(obj: &Map<String, Value>, headers: &HeaderMap) -> Flavor {
         .unwrap_or("");
     let non_null = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
     let openai = ua.starts_with("OpenAI/")
-        || OPENAI_KEYS.iter().any(|k| non_null(k))
+        || CompletionRequest::tagged(Tag::OpenAi).any(non_null)
         || obj.get("prompt").is_some_and(Value::is_array)
         || obj.get("stop").is_some_and(Value::is_string);
     if openai {
@@ -126,7 +99,7 @@ pub fn detect_dialect(
             )),
         };
     }
-    if LEGACY_KEYS.iter().any(|k| obj.contains_key(*k)) {
+    if CompletionRequest::tagged(Tag::Legacy).any(|k| obj.contains_key(k)) {
         Ok(Dialect::Legacy)
     } else {
         Ok(Dialect::Current)
@@ -303,7 +276,7 @@ mod tests {
     fn dialect_detection() {
         let dialect = |body: &str| parse(body).unwrap().dialect;
         assert_eq!(dialect(r#"{"prompt":"x","stream":true}"#), Dialect::Current);
-        for key in LEGACY_KEYS {
+        for key in CompletionRequest::tagged(Tag::Legacy) {
             let body = format!(r#"{{"prompt":"x","stream":true,"{key}":null}}"#);
             assert_eq!(dialect(&body), Dialect::Legacy, "{key}");
         }

@@ -380,60 +380,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
         .is_some_and(|o| o.continuous_usage_stats == Some(true)), message: None },
 ];
 
-/// Fields the server implements (mapped in `build.rs`) or deliberately ignores (`user`).
-pub const IMPLEMENTED: &[&str] = &[
-    "model",
-    "prompt",
-    "tokens",
-    "stream",
-    "stream_options",
-    "max_tokens",
-    "max_total_tokens",
-    "n",
-    "temperature",
-    "top_k",
-    "top_p",
-    "seed",
-    "ignore_eos",
-    "user",
-    "token_index_to_replace",
-    "embedding_to_replace",
-    // Beam search (mapped in `build.rs`; the tuning fields are ignored without `num_beams`).
-    "num_beams",
-    "length_penalty",
-    "early_stopping",
-    "beam_search_type",
-    "beam_compat_pre_normalization",
-    "beam_compat_no_post_normalization",
-    // Decoding controls (mapped in `controls.rs`).
-    "timeout_microseconds",
-    "min_tokens",
-    "min_total_tokens",
-    "no_repeat_ngram",
-    "repetition_penalty",
-    "frequency_penalty",
-    "presence_penalty",
-    "min_p",
-    "stop",
-    "stop_tokens",
-    "eos_token",
-    "bad_words",
-    "bad_word_tokens",
-    "include_output_logits",
-    "include_output_logprobs",
-    "logprobs",
-    "forced_output_tokens",
-    // Structured output (`format.rs`, compiled by cordial-grammar).
-    "response_format",
-    // OpenAI completions fields.
-    "echo",
-    "logit_bias",
-    "best_of",
-    // Meaningful only on encoder-decoder models; RULES reject non-default values.
-    "encoder_no_repeat_ngram",
-    "encoder_repetition_penalty",
-];
-
 /// `token_index_to_replace`: non-negative and distinct (the upper bound, the input's length, is
 /// checked per input when it is tokenized).
 fn replace_index_error(idx: Option<&[i64]>) -> Option<String> {
