@@ -1,5 +1,6 @@
 //! The ONE place where errors become HTTP statuses and `{"error":{message,type,param,code}}`
-//! bodies (contract decision 3 and §6), before the response starts or as a mid-stream event.
+//! bodies (the status table of docs/api.md), before the response starts or as a mid-stream
+//! event.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -30,7 +31,8 @@ impl ValidationError {
     }
 }
 
-/// Which convention a request follows (§8-b): decides 400 vs 422 for validation errors.
+/// Which convention a request follows (`validate::parse::detect_flavor`): decides 400 vs 422
+/// for validation errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
     Friendli,

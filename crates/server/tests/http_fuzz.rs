@@ -1,4 +1,4 @@
-//! Property test: random JSON bodies, mixing the contract's field names with random values of
+//! Property test: random JSON bodies, mixing the request's field names with random values of
 //! random types, sent through the real router (fake model, real tokenizer) never get a 5xx, a
 //! dropped connection (a panicking handler) or a `server_error` event in a stream, and leave
 //! the server healthy.
@@ -69,7 +69,7 @@ impl Json {
 
 fn number() -> impl Strategy<Value = String> {
     prop_oneof![
-        // Small values, where most ranges of the contract have their edges.
+        // Small values, where most ranges have their edges.
         3 => (-3i64..70).prop_map(|i| i.to_string()),
         2 => (-3.0f64..3.0).prop_map(|f| format!("{f}")),
         1 => any::<i64>().prop_map(|i| i.to_string()),
@@ -113,7 +113,7 @@ fn value() -> impl Strategy<Value = Json> {
     })
 }
 
-/// Mostly a field name of the contract, sometimes anything.
+/// Mostly a field name of the request, sometimes anything.
 /// Every key of the completions request.
 fn fields() -> Vec<&'static str> {
     CompletionRequest::field_names().collect()

@@ -1,5 +1,6 @@
-//! HTTP routes (axum 0.8). Completions on the three paths of decision 1; chat completions;
-//! `/health`; `/v1/models`; `/v1/tokenize` and `/v1/detokenize` (decision 20); `/metrics`;
+//! HTTP routes (axum 0.8). Completions on three paths (`/v1`, `/serverless/v1`,
+//! `/dedicated/v1`, as the Friendli SDKs call them); chat completions; `/health`; `/v1/models`;
+//! `/v1/tokenize` and `/v1/detokenize`; `/metrics`;
 //! `/openapi.json`.
 //!
 //! Middleware, outermost first: `observe` (request id, log line, metrics), panic → 500, CORS

@@ -1,6 +1,6 @@
 //! Phase 2 of validation: a typed request that passed the rules → engine requests. Tokenizes the
-//! input, checks token ids and the context length (C13), resolves defaults (decisions 10, 14, 18)
-//! and seeds. One engine request per input (prompt batch row); its choices are that row's `n`.
+//! input, checks token ids, the context length and the KV cache, resolves the default length and
+//! the seeds. One engine request per input (prompt batch row); its choices are that row's `n`.
 
 use cordial_engine::{BeamKind, BeamParams, EngineRequest, SamplingParams, TokenId};
 use cordial_grammar::GrammarCompiler;
@@ -16,7 +16,7 @@ pub const OPENAI_DEFAULT_MAX_TOKENS: usize = 16;
 /// What validation needs from the loaded model.
 pub struct ModelInfo<'a> {
     pub limits: Limits,
-    /// The model's end-of-generation set (decision 16).
+    /// The model's end-of-generation set (what llama.cpp treats as end of generation).
     pub eos_tokens: &'a [TokenId],
     /// Text → ids, special tokens parsed; with `true`, BOS added as the model wants (prompts),
     /// with `false` never (phrases such as `bad_words`).
@@ -55,7 +55,8 @@ fn checked_ids(
         .collect()
 }
 
-/// The token rows of the request (C1 already holds: exactly one of prompt/tokens).
+/// The token rows of the request (the rules already made sure exactly one of `prompt` and
+/// `tokens` is there).
 pub(crate) fn inputs(
     req: &CompletionRequest,
     model: &ModelInfo,
@@ -258,7 +259,8 @@ pub(crate) fn max_new_tokens(
     Ok(wanted.min(fit))
 }
 
-/// One seed per choice (decision 10): a single seed `s` gives `s + j` to choice `j`.
+/// One seed per choice: a single seed `s` gives `s + j` (mod 2^64) to choice `j`; a list gives
+/// one per choice; none: a random base.
 pub(crate) fn choice_seeds(
     seed: Option<&Seed>,
     n: usize,
@@ -273,7 +275,7 @@ pub(crate) fn choice_seeds(
     (0..n as u64).map(|j| base.wrapping_add(j)).collect()
 }
 
-/// Beam search settings when `num_beams` is present (decision 7: 1 included).
+/// Beam search settings when `num_beams` is present (`num_beams: 1` included).
 fn beam_params(req: &CompletionRequest) -> Option<BeamParams> {
     let num_beams = req.num_beams? as usize;
     let kind = match req.beam_search_type.as_deref() {

@@ -1,5 +1,5 @@
 //! Phase 3, decoding controls: the request's sampling, stopping, banning and reporting fields
-//! → the engine's `SamplingParams`, and the lengths of each input (C13, decisions 9, 11, 12, 16).
+//! → the engine's `SamplingParams`, and the lengths of each input.
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use crate::protocol::{CompletionRequest, TokenInput};
 /// `include_output_logits`: 2^22 floats, about 40 MB of JSON. Above it: 422.
 pub const MAX_OUTPUT_LOGITS: usize = 1 << 22;
 
-/// What `choices[i].logprobs` holds (decision 11).
+/// What `choices[i].logprobs` holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogprobMode {
     /// `null`.

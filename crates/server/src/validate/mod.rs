@@ -50,7 +50,7 @@ pub struct ValidRequest {
     pub keep: usize,
     /// One per input (prompt batch row), in order.
     pub requests: Vec<EngineRequest>,
-    /// Stop phrases, matched in each choice's text by the server (decision 9).
+    /// Stop phrases, matched in each choice's text by the server and cut from it.
     pub stop: Vec<String>,
     /// What `choices[i].logprobs` reports.
     pub logprobs: LogprobMode,

@@ -1,5 +1,6 @@
-//! Phase 1 of validation: body bytes → typed wire request, with the request's flavor (§8-b),
-//! stream dialect (§8-a) and served model name decided from the raw JSON object.
+//! Phase 1 of validation: body bytes → typed wire request, with the request's flavor (400 or
+//! 422 for validation errors), stream dialect (legacy or current) and served model name decided
+//! from the raw JSON object.
 //!
 //! The body is parsed into a `serde_json::Value` first (never with axum's `Json` extractor), so
 //! that malformed JSON is a 400 and a field of the wrong type is a 422/400 naming that field.
@@ -11,7 +12,7 @@ use super::build::LengthDefault;
 use crate::error::{ApiError, Flavor, ValidationError};
 use crate::protocol::{CompletionRequest, Tag};
 
-/// The streaming dialect of a request (contract §5, §8-a).
+/// The streaming dialect of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     /// `token_sampled` … `complete`, no `[DONE]`.
@@ -32,7 +33,7 @@ pub struct ParsedRequest {
     pub model: String,
 }
 
-/// The header that overrides dialect detection (decision 19).
+/// The header that overrides dialect detection (`legacy` or `current`).
 pub const STREAM_FORMAT_HEADER: &str = "x-stream-format";
 
 /// Parses and types a request body. `served` lists the accepted model names, primary first.
@@ -61,8 +62,8 @@ pub fn parse_request(
     })
 }
 
-/// §8-b: `User-Agent: OpenAI/…`, a non-null OpenAI-only key, `prompt` as an array, or `stop` as
-/// a bare string.
+/// OpenAI-flavoured (validation errors are 400): `User-Agent: OpenAI/…`, a non-null key tagged
+/// `OpenAi`, `prompt` as an array, or `stop` as a bare string. Otherwise Friendli (422).
 pub fn detect_flavor(obj: &Map<String, Value>, headers: &HeaderMap) -> Flavor {
     let ua = headers
         .get("user-agent")
@@ -80,7 +81,8 @@ pub fn detect_flavor(obj: &Map<String, Value>, headers: &HeaderMap) -> Flavor {
     }
 }
 
-/// §8-a with decision 19: the `X-Stream-Format` header wins, then the legacy keys.
+/// The `X-Stream-Format` header wins; then any key tagged `Legacy`, even `null`, means legacy;
+/// otherwise current.
 pub fn detect_dialect(
     obj: &Map<String, Value>,
     headers: &HeaderMap,

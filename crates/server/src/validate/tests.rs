@@ -1,6 +1,7 @@
-//! Table-driven tests over the contract's §10 cases (T01–T27, E01–E24, A01–A04) with the
-//! placeholders of decision 21 replaced (served names `my-model` and `m`, ids inside the
-//! vocabulary), plus rule R1/R2 bodies and the unsupported-field table.
+//! Table-driven tests over example requests (T01–T27 valid, E01–E24 invalid, A01–A04 that
+//! must be accepted), with the served names `my-model` and `m`, ids inside the vocabulary and
+//! hidden-size vectors; bodies where `null` must mean absent and defaults must never conflict;
+//! and the unsupported-field table.
 
 use axum::http::HeaderMap;
 use serde_json::{json, Value};
@@ -138,7 +139,7 @@ use Expect::{Err as E, Ok as OK};
 
 type Case = (&'static str, Value, Expect);
 
-/// The contract's T-cases (valid requests), as answered now: fields the engine does not
+/// The T-cases (valid requests), as answered now: fields the engine does not
 /// implement yet are 422 naming the field.
 #[rustfmt::skip]
 fn t_cases() -> Vec<Case> {
@@ -186,7 +187,7 @@ fn t_cases() -> Vec<Case> {
             {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}}), E(422, "response_format")),
         ("T25", json!({"model": "my-model", "prompt": "Phone:", "max_tokens": 16,
             "response_format": {"type": "regex", "schema": "[0-9]{3}-[0-9]{4}"}}), E(422, "response_format")),
-        // Hidden size 2 here: two indices take four floats (decision 21: sizes are the model's).
+        // Hidden size 2 here: two indices take four floats (sizes are the model's).
         ("T26", json!({"model": "my-model", "prompt": "A B C", "max_tokens": 4, "token_index_to_replace": [0, 2],
             "embedding_to_replace": [0.0, 0.1, 0.2, 0.3]}), OK),
         ("T26-size", json!({"model": "my-model", "prompt": "A B C", "max_tokens": 4, "token_index_to_replace": [0, 2],
@@ -204,7 +205,7 @@ fn t_cases() -> Vec<Case> {
     ]
 }
 
-/// The contract's E-cases (invalid) and A-cases (must be accepted).
+/// The E-cases (invalid) and A-cases (must be accepted).
 #[rustfmt::skip]
 fn e_and_a_cases() -> Vec<Case> {
     vec![
@@ -245,7 +246,7 @@ fn e_and_a_cases() -> Vec<Case> {
     ]
 }
 
-/// Limits, shapes and rule R2 beyond the contract's list.
+/// Limits, shapes, and fields sent at their defaults (never a conflict), beyond the examples.
 #[rustfmt::skip]
 fn extra_cases() -> Vec<Case> {
     vec![
@@ -320,7 +321,7 @@ fn t03_body() -> Value {
 }
 
 #[test]
-fn contract_cases() {
+fn example_cases() {
     let mut failures = Vec::new();
     for (name, body, expect) in [t_cases(), e_and_a_cases(), extra_cases()]
         .into_iter()
