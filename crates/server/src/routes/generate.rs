@@ -59,11 +59,14 @@ pub trait WireShape: Clone + Send + Sync + 'static {
     fn writer(&self, valid: &ValidRequest, meta: StreamMeta) -> SseWriter;
 }
 
+/// Writes one output as SSE event text (`None`: nothing to send for it).
+pub type Render = Box<dyn FnMut(&Output) -> Option<String> + Send>;
+
 /// The events of one stream: `preamble` first (when not empty), then what `render` makes of
-/// each output (`None`: nothing to send for it).
+/// each output.
 pub struct SseWriter {
     pub preamble: String,
-    pub render: Box<dyn FnMut(&Output) -> Option<String> + Send>,
+    pub render: Render,
 }
 
 /// A `POST` route serving `shape` through the pipeline.
