@@ -187,6 +187,59 @@ pub struct TokenExtra {
     pub logits: Option<Vec<f32>>,
 }
 
+/// The KV cache's size, so that callers can check a request fits before submitting it (the
+/// engine fails one that cannot with [`EngineError::TooLarge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvCapacity {
+    /// Tokens per block.
+    pub block_size: usize,
+    pub blocks: usize,
+}
+
+impl KvCapacity {
+    /// Tokens the whole cache holds.
+    pub fn tokens(&self) -> usize {
+        self.block_size.saturating_mul(self.blocks)
+    }
+
+    /// Blocks a request holds at most when it runs alone to its full length: the prompt's full
+    /// blocks once (its choices share them), plus each choice's own blocks. A sequence never
+    /// holds more than `max_context - 1` tokens (the last one sampled is never written).
+    pub fn blocks_needed(
+        &self,
+        prompt_len: usize,
+        max_new_tokens: usize,
+        choices: usize,
+        max_context: usize,
+    ) -> usize {
+        let bs = self.block_size.max(1);
+        let kv_tokens = prompt_len
+            .saturating_add(max_new_tokens.max(1) - 1)
+            .min(max_context.saturating_sub(1))
+            .max(prompt_len);
+        let shared = prompt_len / bs;
+        let own = kv_tokens.div_ceil(bs) - shared;
+        shared.saturating_add(choices.saturating_mul(own))
+    }
+
+    /// The most new tokens per choice for which [`KvCapacity::blocks_needed`] stays within the
+    /// cache (ignoring the context limit); 0 when not even one fits.
+    pub fn max_new_tokens(&self, prompt_len: usize, choices: usize) -> usize {
+        let bs = self.block_size.max(1);
+        let shared = prompt_len / bs;
+        let Some(left) = self.blocks.checked_sub(shared) else {
+            return 0;
+        };
+        // Each choice may hold `own` blocks: its tokens end at `(shared + own) * bs`.
+        let own = left / choices.max(1);
+        let cached = (shared + own) * bs;
+        if cached < prompt_len {
+            return 0;
+        }
+        cached - prompt_len + 1
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EngineError {
     #[error("the model failed: {0}")]
@@ -262,4 +315,33 @@ pub struct EngineStats {
     /// Of `prefix_cache_queries_tokens`, the tokens whose KV was reused instead of computed
     /// (whole blocks; never a prompt's last token). Hit rate = hits / queries.
     pub prefix_cache_hit_tokens: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KvCapacity;
+
+    /// `max_new_tokens` is exactly the largest length `blocks_needed` lets in.
+    #[test]
+    fn kv_capacity_fit_is_the_largest_that_fits() {
+        for block_size in 1..=5 {
+            for blocks in 0..=12 {
+                let kv = KvCapacity { block_size, blocks };
+                for prompt in 1..=40 {
+                    for choices in 1..=4 {
+                        let fits = |m| kv.blocks_needed(prompt, m, choices, usize::MAX) <= blocks;
+                        let fit = kv.max_new_tokens(prompt, choices);
+                        let case =
+                            format!("bs {block_size} blocks {blocks} p {prompt} c {choices}");
+                        if fit == 0 {
+                            assert!(!fits(1), "{case}");
+                        } else {
+                            assert!(fits(fit), "{case}: {fit}");
+                            assert!(!fits(fit + 1), "{case}: {fit} + 1");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::api::{EngineConfig, EngineError, EngineRequest, EngineStats, Event, SubmitError};
+use crate::api::{
+    EngineConfig, EngineError, EngineRequest, EngineStats, Event, KvCapacity, SubmitError,
+};
 use crate::core::{Command, EngineCore, ModelShape};
 use crate::model::ModelExecutor;
 use crate::sample::Sampler;
@@ -114,6 +116,14 @@ impl EngineHandle {
             events: receiver,
             ended: false,
         })
+    }
+
+    /// The KV cache's size, fixed at start.
+    pub fn kv_capacity(&self) -> KvCapacity {
+        KvCapacity {
+            block_size: self.inner.shape.block_size,
+            blocks: self.inner.shared.total_blocks,
+        }
     }
 
     /// A snapshot of the engine's state.

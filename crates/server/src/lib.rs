@@ -14,6 +14,7 @@ pub mod protocol;
 pub mod routes;
 pub mod runner;
 pub mod serve;
+pub mod startup;
 pub mod state;
 pub mod stream;
 pub mod util;

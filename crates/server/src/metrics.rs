@@ -99,20 +99,14 @@ impl Default for Metrics {
     }
 }
 
-/// The label value of a route: known paths by name, everything else `other` (bounded labels).
+/// The label value of a route: the API's paths by name, everything else `other` (bounded
+/// labels).
 pub fn route_label(path: &str) -> &'static str {
-    match path {
-        "/v1/completions" => "/v1/completions",
-        "/serverless/v1/completions" => "/serverless/v1/completions",
-        "/dedicated/v1/completions" => "/dedicated/v1/completions",
-        "/v1/tokenize" => "/v1/tokenize",
-        "/v1/detokenize" => "/v1/detokenize",
-        "/v1/models" => "/v1/models",
-        "/health" => "/health",
-        "/metrics" => "/metrics",
-        "/openapi.json" => "/openapi.json",
-        _ => "other",
-    }
+    crate::routes::PATHS
+        .iter()
+        .find(|p| **p == path)
+        .copied()
+        .unwrap_or("other")
 }
 
 impl Metrics {

@@ -186,16 +186,21 @@ impl http_body::Body for RecordedBody {
 /// Turns a panic while producing a completion's outputs (detokenization, stop phrases, logprob
 /// rendering) into a final `Failed(Internal)`: a 500 before the first byte, an error event
 /// after it, instead of a dropped connection. The request's engine streams are dropped with
-/// the panicked stream, which aborts them.
+/// the panicked stream, which aborts them. `on_panic` runs once when it happens.
 pub fn guard_panics(
     outs: impl Stream<Item = Output> + Send + 'static,
+    on_panic: impl FnOnce() + Send + 'static,
 ) -> impl Stream<Item = Output> + Send + 'static {
     let mut failed = false;
+    let mut on_panic = Some(on_panic);
     std::panic::AssertUnwindSafe(outs)
         .catch_unwind()
-        .map(|r| {
+        .map(move |r| {
             r.unwrap_or_else(|_| {
                 tracing::error!("a completion panicked while producing its output");
+                if let Some(f) = on_panic.take() {
+                    f();
+                }
                 Output::Failed(crate::error::ApiError::Internal(
                     "the request failed unexpectedly; the server goes on".into(),
                 ))
@@ -255,8 +260,14 @@ mod tests {
                 reason: crate::protocol::FinishReasonWire::Stop,
             }
         });
-        let got: Vec<Output> = futures::executor::block_on(guard_panics(outs).collect());
+        let panics = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&panics);
+        let guarded = guard_panics(outs, move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        let got: Vec<Output> = futures::executor::block_on(guarded.collect());
         assert_eq!(got.len(), 3);
+        assert_eq!(panics.load(Ordering::Relaxed), 1);
         assert!(matches!(
             got[2],
             Output::Failed(crate::error::ApiError::Internal(_))

@@ -14,4 +14,4 @@ mod table;
 
 pub(crate) use allocator::{BlockAllocator, BlockId};
 pub(crate) use prefix::{chain_hashes, BlockKey};
-pub(crate) use table::{blocks_for, BlockNeed, BlockTable};
+pub(crate) use table::{BlockNeed, BlockTable};

@@ -1,4 +1,5 @@
-//! `POST /v1/tokenize` and `POST /v1/detokenize` (contract decision 20).
+//! `POST /v1/tokenize` (`{"model"?, "prompt"}` → `{"tokens"}`, tokenized as a completion's
+//! prompt) and `POST /v1/detokenize` (`{"model"?, "tokens"}` → `{"text"}`).
 
 use serde::{Deserialize, Serialize};
 

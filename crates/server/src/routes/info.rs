@@ -17,7 +17,8 @@ pub async fn health(State(state): State<AppState>) -> Response {
     }
 }
 
-/// The served names (decision 4), primary first.
+/// The served names (`--served-model-name`, else the model file's stem), primary first, with
+/// the longest sequence served.
 pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
     let max_model_len = state.serving().map(|s| s.max_context);
     let data = state

@@ -1,4 +1,5 @@
-//! `response_format` (decision 15) → a grammar constraint for the engine.
+//! `response_format` (`text`, `json_object` with or without a schema, `json_schema`, `regex`)
+//! → a grammar constraint for the engine.
 //!
 //! `text`: none. `json_object`: `schema` is a JSON Schema as a string, or absent for any JSON
 //! object. `json_schema` (OpenAI): `json_schema.schema` is the schema itself. `regex`: `schema`
