@@ -164,7 +164,7 @@ unsafe fn group32<S: Simd, const F: u8, const N: usize>(
     };
     for b in 0..lay.nb {
         let body = g.add(lay.body_at(b));
-        let dv = S::load_f16(g.add(2 * r * b));
+        let dv = S::load_f16(g.add(lay.d_at(b)));
         let l = match F {
             Q5_0 | Q5_1 => Lines {
                 at: body.add(4 * r),
@@ -177,7 +177,7 @@ unsafe fn group32<S: Simd, const F: u8, const N: usize>(
         };
         let (lo, hi) = block_sums::<S, F, N>(&l, acts, b);
         let mv = if F == Q4_1 || F == Q5_1 {
-            S::load_f16(g.add(lay.mins() + 2 * r * b))
+            S::load_f16(g.add(lay.m_at(b)))
         } else {
             S::fzero()
         };
@@ -207,11 +207,11 @@ unsafe fn group_k<S: Simd, const F: u8, const N: usize>(
     let mut acc = [S::fzero(); N];
     for u in 0..lay.nb / 8 {
         let body = g.add(lay.body_at(u));
-        let d = S::load_f16(g.add(2 * r * u));
+        let d = S::load_f16(g.add(lay.d_at(u)));
         let neg_dmin = if F == K6 {
             S::fzero()
         } else {
-            S::mul(S::load_f16(g.add(lay.mins() + 2 * r * u)), S::splat(-1.0))
+            S::mul(S::load_f16(g.add(lay.m_at(u))), S::splat(-1.0))
         };
         for s in 0..8 {
             let b = 8 * u + s;
