@@ -21,7 +21,9 @@ that order). Each schema is sent as `response_format` {"type": "json_schema"} wi
              annotation, as the validators default to; remote `$ref`s are not fetched);
   truncated  finish_reason "length" (the answer did not finish within max_tokens);
   violation  finish_reason "stop" but not JSON or not valid: the constraint failed.
-Figures per category: accepted % (of the sample), valid-of-accepted %, violations.
+Figures per category: accepted % (of the sample), valid-of-accepted %, violations; then where
+the truncated answers were cut: inside a string value (over 100 characters so far: a runaway
+value), inside a shorter string, a number, an object key, or between values.
 `--list` prints the sampled files and exits (e.g. for the grammar crate's `schemas` example).
 """
 import argparse, collections, json, os, random, sys, time, urllib.error, urllib.request
@@ -75,6 +77,36 @@ def validate(schema, instance):
     return None if err is None else f"{err.message[:200]} at {list(err.absolute_path)}"
 
 
+def cut_in(text):
+    """Where a truncated answer was cut: "long string", "string", "number", "key" or "between"."""
+    stack, in_str, esc, start, is_key, expect_key, num = [], False, False, 0, False, False, False
+    for i, ch in enumerate(text):
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+            continue
+        num = ch in "-0123456789.eE+" and (num or ch in "-0123456789")
+        if ch == '"':
+            in_str, start = True, i
+            is_key = bool(stack) and stack[-1] == "{" and expect_key
+        elif ch in "{[":
+            stack.append(ch)
+            expect_key = ch == "{"
+        elif ch in "}]":
+            stack.pop()
+        elif ch == ",":
+            expect_key = bool(stack) and stack[-1] == "{"
+        elif ch == ":":
+            expect_key = False
+    if in_str:
+        return "key" if is_key else ("long string" if len(text) - start > 100 else "string")
+    return "number" if num else "between"
+
+
 def run_one(a, cat, path):
     schema = json.load(open(path))
     fmt = {"type": "json_schema", "json_schema": {"name": "schema", "schema": schema}}
@@ -100,6 +132,7 @@ def run_one(a, cat, path):
     r["tokens"] = v["usage"]["completion_tokens"]
     if choice["finish_reason"] == "length":
         r["outcome"] = "truncated"
+        r["cut_in"] = cut_in(text)
         return r
     try:
         instance = json.loads(text)
@@ -152,6 +185,14 @@ def main():
         pct = lambda x, n: f"{100 * x / n:.0f}" if n else "-"
         print(f"| {cat} | {len(rs)} | {acc} | {pct(acc, len(rs))} | {c['valid']} | "
               f"{pct(c['valid'], acc)} | {c['truncated']} | {c['violation']} |")
+    kinds = ["long string", "string", "number", "key", "between"]
+    print("\nwhere the truncated answers were cut:\n")
+    print("| category | truncated | " + " | ".join(kinds) + " |")
+    print("|---|---|" + "---|" * len(kinds))
+    for cat, rs in rows:
+        t = [r for r in rs if r["outcome"] == "truncated"]
+        c = collections.Counter(r["cut_in"] for r in t)
+        print(f"| {cat} | {len(t)} | " + " | ".join(str(c[k]) for k in kinds) + " |")
     for outcome in ("rejected", "violation"):
         rs = [r for r in results if r["outcome"] == outcome]
         if rs:

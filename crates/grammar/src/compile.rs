@@ -365,6 +365,14 @@ pub(crate) fn for_llguidance(schema: &Value, fewer_copies: bool) -> Result<Prepa
     match own {
         None => {}
         Some(Value::Object(own)) => {
+            if own.get("lenient").is_some_and(|l| l != &Value::Bool(false)) {
+                // llguidance would then drop what it cannot compile without a word.
+                return Err(GrammarError::Unsupported {
+                    keyword: "x-guidance.lenient".into(),
+                    at: "#".into(),
+                    reason: "keywords are never ignored silently here".into(),
+                });
+            }
             if let Value::Object(o) = &mut options {
                 o.extend(own);
             }
@@ -443,5 +451,10 @@ mod tests {
             .unwrap()
             .schema;
         assert_eq!(any["x-guidance"]["whitespace_flexible"], false);
+        let lenient = serde_json::json!({"x-guidance": {"lenient": true}});
+        assert!(matches!(
+            for_llguidance(&lenient, false),
+            Err(GrammarError::Unsupported { .. })
+        ));
     }
 }
