@@ -21,9 +21,12 @@ that order). Each schema is sent as `response_format` {"type": "json_schema"} wi
              annotation, as the validators default to; remote `$ref`s are not fetched);
   truncated  finish_reason "length" (the answer did not finish within max_tokens);
   violation  finish_reason "stop" but not JSON or not valid: the constraint failed.
-Figures per category: accepted % (of the sample), valid-of-accepted %, violations; then where
-the truncated answers were cut: inside a string value (over 100 characters so far: a runaway
-value), inside a shorter string, a number, an object key, or between values.
+Figures per category: accepted % (of the sample), valid-of-accepted %, violations, and how many
+valid answers use root keys the schema does not declare (its root lists `properties` and says
+nothing of `additionalProperties`: such an answer validates without following the schema);
+then where the truncated answers were cut: inside a string value (over 100 characters so far),
+inside a shorter string, a number, an object key, or between values, and how many end in a loop
+(their last 120 characters repeat a unit of at most 60).
 `--list` prints the sampled files and exits (e.g. for the grammar crate's `schemas` example).
 """
 import argparse, collections, json, os, random, sys, time, urllib.error, urllib.request
@@ -107,6 +110,22 @@ def cut_in(text):
     return "number" if num else "between"
 
 
+def looping(text, span=120, unit=60):
+    tail = text[-span:]
+    return len(tail) == span and any(
+        all(tail[i] == tail[i - p] for i in range(p, span)) for p in range(1, unit + 1))
+
+
+def undeclared_root_keys(schema, instance):
+    if not (isinstance(schema, dict) and isinstance(instance, dict)):
+        return False
+    props = schema.get("properties")
+    if not isinstance(props, dict) or "additionalProperties" in schema \
+            or "patternProperties" in schema:
+        return False
+    return any(k not in props for k in instance)
+
+
 def run_one(a, cat, path):
     schema = json.load(open(path))
     fmt = {"type": "json_schema", "json_schema": {"name": "schema", "schema": schema}}
@@ -133,6 +152,7 @@ def run_one(a, cat, path):
     if choice["finish_reason"] == "length":
         r["outcome"] = "truncated"
         r["cut_in"] = cut_in(text)
+        r["looping"] = looping(text)
         return r
     try:
         instance = json.loads(text)
@@ -143,6 +163,8 @@ def run_one(a, cat, path):
     r["outcome"] = "valid" if err is None else "violation"
     if err:
         r["message"] = err
+    else:
+        r["undeclared"] = undeclared_root_keys(schema, instance)
     return r
 
 
@@ -176,23 +198,25 @@ def main():
     print(f"{len(results)} schemas, seed {a.seed}, route {a.route}, max_tokens {a.max_tokens}, "
           f"{time.perf_counter() - started:.0f} s\n")
     print("| category | schemas | accepted | accepted % | valid | valid-of-accepted % "
-          "| truncated | violations |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| truncated | violations | valid with undeclared root keys |")
+    print("|---|---|---|---|---|---|---|---|---|")
     rows = sorted(by_cat.items()) + [("**all**", results)]
     for cat, rs in rows:
         c = collections.Counter(r["outcome"] for r in rs)
         acc = len(rs) - c["rejected"]
         pct = lambda x, n: f"{100 * x / n:.0f}" if n else "-"
+        und = sum(1 for r in rs if r.get("undeclared"))
         print(f"| {cat} | {len(rs)} | {acc} | {pct(acc, len(rs))} | {c['valid']} | "
-              f"{pct(c['valid'], acc)} | {c['truncated']} | {c['violation']} |")
+              f"{pct(c['valid'], acc)} | {c['truncated']} | {c['violation']} | {und} |")
     kinds = ["long string", "string", "number", "key", "between"]
     print("\nwhere the truncated answers were cut:\n")
-    print("| category | truncated | " + " | ".join(kinds) + " |")
-    print("|---|---|" + "---|" * len(kinds))
+    print("| category | truncated | " + " | ".join(kinds) + " | ending in a loop |")
+    print("|---|---|" + "---|" * (len(kinds) + 1))
     for cat, rs in rows:
         t = [r for r in rs if r["outcome"] == "truncated"]
         c = collections.Counter(r["cut_in"] for r in t)
-        print(f"| {cat} | {len(t)} | " + " | ".join(str(c[k]) for k in kinds) + " |")
+        loops = sum(1 for r in t if r["looping"])
+        print(f"| {cat} | {len(t)} | " + " | ".join(str(c[k]) for k in kinds) + f" | {loops} |")
     for outcome in ("rejected", "violation"):
         rs = [r for r in results if r["outcome"] == outcome]
         if rs:

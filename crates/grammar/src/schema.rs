@@ -34,6 +34,7 @@
 //! open where it is a part of a composition): a second form is copied under
 //! `$defs/__cordial_N` when both are needed.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use llguidance::derivre::RegexBuilder;
@@ -60,6 +61,9 @@ pub(crate) const KNOWN_FORMATS: [&str; 11] = [
 pub(crate) const MAX_CONDITIONALS: usize = 6;
 /// Subschemas visited while preparing one schema (copies and negations included).
 const VISIT_BUDGET: usize = 200_000;
+/// Work spent collecting the parts of compositions (parts visited, and 64-byte units of
+/// subschema text compared); past it, compositions are left open.
+const COLLECT_BUDGET: usize = 4_000_000;
 /// How deep `not` may nest through `$ref`s and applicators.
 const MAX_NEGATION_DEPTH: usize = 16;
 /// Most characters of string literals a `not` of an `enum`/`const` is written out for.
@@ -215,6 +219,7 @@ pub(crate) fn prepare(schema: &Value, fewer_copies: bool) -> Result<Prepared, Gr
         refs: Vec::new(),
         copies: HashMap::new(),
         fewer_copies,
+        collected: Cell::new(0),
     };
     let mut out = p.node(schema, "", &Role::Plain, true)?;
     p.finish_refs(&mut out)?;
@@ -237,6 +242,8 @@ struct Prep<'a> {
     /// (target, role) → the copy prepared for that role (see `finish_refs`).
     copies: HashMap<(String, Role), usize>,
     fewer_copies: bool,
+    /// Spent of `COLLECT_BUDGET`.
+    collected: Cell<usize>,
 }
 
 /// The object keywords whose subschemas or names merge with other parts' at the same location.
@@ -626,6 +633,8 @@ impl<'a> Prep<'a> {
             self.follow_ref(&m["$ref"], at, &mut g, &mut stack, 0);
         }
         self.collect_parts(m, at, branches, &mut g, &mut stack, 0);
+        // Past the budget nothing more is closed (open is always safe).
+        g.unresolved |= self.collected.get() > COLLECT_BUDGET;
         g
     }
 
@@ -672,7 +681,7 @@ impl<'a> Prep<'a> {
         depth: usize,
     ) {
         let Value::Object(m) = v else { return };
-        if depth > 64 {
+        if depth > 64 || !self.spend(1) {
             g.unresolved = true;
             return;
         }
@@ -768,7 +777,16 @@ impl<'a> Prep<'a> {
                 }
             }
         }
-        v.to_string()
+        let s = v.to_string();
+        self.spend(s.len() / 64);
+        s
+    }
+
+    /// Takes `n` units of the collection budget; false once it is spent.
+    fn spend(&self, n: usize) -> bool {
+        let spent = self.collected.get() + n;
+        self.collected.set(spent);
+        spent <= COLLECT_BUDGET
     }
 
     fn required_of(&self, m: &Map<String, Value>, out: &mut Vec<String>) {
@@ -852,7 +870,23 @@ impl<'a> Prep<'a> {
                 let mut o = Map::new();
                 for (k, d) in defs {
                     let p = child(at, &[kw, k]);
-                    o.insert(k.clone(), self.node(d, &p, &Role::Plain, in_place)?);
+                    let refs = self.refs.len();
+                    match self.node(d, &p, &Role::Plain, in_place) {
+                        Ok(v) => {
+                            o.insert(k.clone(), v);
+                        }
+                        Err(_) => {
+                            // A definition is compiled only where it is referenced: what it
+                            // cannot be prepared for is an error only then (a reference into
+                            // it gets a copy prepared from the original, which fails the same
+                            // way). Until then it stands as written.
+                            self.refs.truncate(refs);
+                            let inside = format!("{p}/");
+                            self.in_place
+                                .retain(|q, _| *q != p && !q.starts_with(&inside));
+                            o.insert(k.clone(), d.clone());
+                        }
+                    }
                 }
                 out.insert(kw.to_string(), Value::Object(o));
             }

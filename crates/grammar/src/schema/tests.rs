@@ -357,3 +357,25 @@ fn data_in_enum_and_const_is_never_rewritten() {
         json!({"$ref": "\u{1}cordial-ref:0", "properties": {"a": {}}})
     );
 }
+
+#[test]
+fn a_definition_that_cannot_be_prepared_fails_only_where_it_is_used() {
+    let defs = json!({"bad": {"type": "array", "uniqueItems": true},
+        "mixed": {"properties": {"ok": {"type": "string"}, "bad": {"not": {"multipleOf": 2}}}}});
+    // Unused: compiled as if absent.
+    let v = prep(json!({"$defs": defs, "type": "string"}));
+    assert_eq!(v["type"], "string");
+    // Used: refused, naming the keyword.
+    assert_eq!(
+        refused(json!({"$defs": defs, "$ref": "#/$defs/bad"})).0,
+        "uniqueItems"
+    );
+    assert_eq!(
+        refused(json!({"$defs": defs, "$ref": "#/$defs/mixed"})).0,
+        "not"
+    );
+    // A reference to a part of it that can be prepared is fine.
+    let v = prep(json!({"$defs": defs, "$ref": "#/$defs/mixed/properties/ok"}));
+    let r = v["$ref"].as_str().unwrap();
+    assert_eq!(lookup(&v, &r[1..]).unwrap()["type"], "string", "{v}");
+}
