@@ -69,7 +69,7 @@ printf '%-12s %9s | %9s %9s %6s | %9s %9s %6s | %7s %6s\n' model MB pp512-lb pp5
   tg-lb tg-us ratio "GB/s" "of-bw"
 for m in $MODELS; do
   path="$(model_path "$m")"
-  mb="$(( $(stat -c %s "$path") / 1000000 ))"
+  mb="$(( $(stat -L -c %s "$path") / 1000000 ))"
   : > /tmp/bs-lb-pp; : > /tmp/bs-lb-tg; : > /tmp/bs-us-pp; : > /tmp/bs-us-tg; : > /tmp/bs-us-gb
   for _ in $(seq "$ROUNDS"); do
     "$peer_dir/llama-bench" -m "$path" -p 512 -n 128 -t "$THREADS" -r 1 -o json 2>/dev/null \

@@ -17,12 +17,20 @@ const T_TILE: usize = 16;
 /// Fewest weight rows handed to one task (a multiple of every repacked group size).
 const MIN_ROWS_PER_TASK: usize = 16;
 
+/// Weight rows of a compute-bound task: several groups, so each tile of activation rows is
+/// reused from L1/L2 across them (the kernels loop activation tiles outside, groups inside).
+const ROWS_PER_COMPUTE_TASK: usize = 64;
+
 /// Rows per task: small batches are memory-bound, so each thread gets a few long contiguous
-/// runs of weights (good for the prefetcher); large batches are compute-bound, so tasks are
-/// small for balance.
+/// runs of weights (good for the prefetcher); large batches are compute-bound, so tasks are a
+/// few groups, small enough for balance.
 fn rows_per_task(rows: usize, t: usize, threads: usize) -> usize {
     if t > 8 {
-        return MIN_ROWS_PER_TASK;
+        return if rows >= ROWS_PER_COMPUTE_TASK * 8 * threads {
+            ROWS_PER_COMPUTE_TASK
+        } else {
+            MIN_ROWS_PER_TASK
+        };
     }
     let per = rows.div_ceil(threads * 4);
     per.div_ceil(MIN_ROWS_PER_TASK).max(1) * MIN_ROWS_PER_TASK

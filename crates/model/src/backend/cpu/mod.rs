@@ -237,6 +237,14 @@ impl OutTile {
     pub fn cols(&self) -> Range<usize> {
         self.cols.clone()
     }
+    /// Where `n` results of row `t` from column `c` go, when all of them lie inside the tile
+    /// (a kernel then stores them directly); `None` when the tile ends before `c + n`.
+    #[inline]
+    pub fn dst(&self, t: usize, c: usize, n: usize) -> Option<*mut f32> {
+        assert!(t < self.rows && c >= self.cols.start);
+        // SAFETY: in bounds (row t < rows, c + n <= cols.end <= ld), as `new` promised.
+        (c + n <= self.cols.end).then(|| unsafe { self.ptr.add(t * self.ld + c) })
+    }
     /// Stores `v` at row `t`, columns `c..c + v.len()` (clipped to the tile's columns: the
     /// padding rows of a weight group are dropped).
     #[inline]

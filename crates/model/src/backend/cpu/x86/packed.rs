@@ -267,30 +267,43 @@ unsafe fn group_k<S: Simd, const F: u8, const N: usize>(
     acc
 }
 
-/// Group `g` times activation rows `t..t + N`, stored into `out`.
+/// Group `g` times the activation rows `acts` (rows `t..t + N`), stored into `out`.
 #[inline(always)]
 unsafe fn group_into<S: Simd, const F: u8, const N: usize>(
     w: &Packed,
-    x: &QuantizedActs,
+    acts: &[Act; N],
     g: usize,
     t: usize,
     out: &OutTile,
 ) {
-    let acts: [Act; N] = std::array::from_fn(|i| Act::of(x, t + i));
     let gp = w.group(g).as_ptr();
     let acc = if F >= K4 {
-        group_k::<S, F, N>(gp, &w.layout, &acts)
+        group_k::<S, F, N>(gp, &w.layout, acts)
     } else {
-        group32::<S, F, N>(gp, &w.layout, &acts)
+        group32::<S, F, N>(gp, &w.layout, acts)
     };
-    let mut buf = [0.0f32; 16];
     for (i, v) in acc.iter().enumerate() {
-        S::store(*v, buf.as_mut_ptr());
-        out.store(t + i, g * S::R, &buf[..S::R]);
+        match out.dst(t + i, g * S::R, S::R) {
+            Some(p) => S::store(*v, p),
+            None => {
+                // The matrix's last group: its padding rows are dropped.
+                let mut buf = [0.0f32; 16];
+                S::store(*v, buf.as_mut_ptr());
+                out.store(t + i, g * S::R, &buf[..S::R]);
+            }
+        }
     }
 }
 
+/// `N` activation rows from `tile[at..]`.
+#[inline(always)]
+fn pick<const N: usize>(tile: &[Act; T_TILE], at: usize) -> &[Act; N] {
+    tile[at..at + N].try_into().expect("N rows of the tile")
+}
+
 /// Rows `rows` of `w` times every activation row, `NMAX` activation rows per kernel call.
+/// Activation tiles are the outer loop and the task's groups the inner one, so a tile stays in
+/// L1 across the groups.
 #[inline(always)]
 unsafe fn tiles<S: Simd, const F: u8, const NMAX: usize>(
     w: &Packed,
@@ -301,20 +314,21 @@ unsafe fn tiles<S: Simd, const F: u8, const NMAX: usize>(
     let r = S::R;
     for t0 in (0..x.rows).step_by(T_TILE) {
         let t1 = (t0 + T_TILE).min(x.rows);
+        let tile: [Act; T_TILE] = std::array::from_fn(|i| Act::of(x, (t0 + i).min(t1 - 1)));
         for g in rows.start / r..rows.end.div_ceil(r) {
             let mut t = t0;
             while t + NMAX <= t1 {
-                group_into::<S, F, NMAX>(w, x, g, t, out);
+                group_into::<S, F, NMAX>(w, pick(&tile, t - t0), g, t, out);
                 t += NMAX;
             }
             if NMAX > 4 {
                 while t + 4 <= t1 {
-                    group_into::<S, F, 4>(w, x, g, t, out);
+                    group_into::<S, F, 4>(w, pick(&tile, t - t0), g, t, out);
                     t += 4;
                 }
             }
             while t < t1 {
-                group_into::<S, F, 1>(w, x, g, t, out);
+                group_into::<S, F, 1>(w, pick(&tile, t - t0), g, t, out);
                 t += 1;
             }
         }
