@@ -14,8 +14,7 @@ use crate::backend::attention::{attention, AttnShape};
 use crate::backend::cpu::Compute;
 use crate::backend::matmul::{matmul, Acts};
 use crate::backend::ops::{
-    add_rows, gelu_mul, rmsnorm, rmsnorm_inplace, rope_neox, rope_norm, rope_table_factors,
-    rope_table_scaled,
+    add_rows, rmsnorm, rmsnorm_inplace, rope_neox, rope_norm, rope_table_factors, rope_table_scaled,
 };
 use crate::backend::pool::ThreadPool;
 use crate::gguf::{GgufError, GgufFile};
@@ -438,7 +437,7 @@ impl Decoder {
             }
             match self.spec.activation {
                 Activation::Silu => k.silu_mul(&mut s.gate[..t * ffn], &s.up[..t * ffn]),
-                Activation::GeluTanh => gelu_mul(&mut s.gate[..t * ffn], &s.up[..t * ffn]),
+                Activation::GeluTanh => k.gelu_mul(&mut s.gate[..t * ffn], &s.up[..t * ffn]),
             }
             {
                 let x = Acts::quantized(cx, &s.gate[..t * ffn], &mut s.xq, t);

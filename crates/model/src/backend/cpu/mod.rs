@@ -298,6 +298,10 @@ pub trait Kernels: Send + Sync {
     /// `g = silu(g) · u`.
     fn silu_mul(&self, g: &mut [f32], u: &[f32]);
 
+    /// `g = gelu(g) · u`, GELU in its tanh approximation (what gemma's `gelu_pytorch_tanh`
+    /// and ggml's `gelu` compute).
+    fn gelu_mul(&self, g: &mut [f32], u: &[f32]);
+
     /// Softmax in place (at least one finite entry).
     fn softmax(&self, x: &mut [f32]);
 

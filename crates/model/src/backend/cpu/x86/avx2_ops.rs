@@ -88,6 +88,38 @@ pub unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
     });
 }
 
+/// `g = gelu(g) · u` with GELU's tanh form, `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`,
+/// `tanh(z) = 1 − 2 / (e^{2z} + 1)` (exact at both ends: `e^{2z}` is `+inf` or 0 there).
+///
+/// # Safety
+/// CPU must support AVX2/FMA; `u.len() >= g.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn gelu_mul(g: &mut [f32], u: &[f32]) {
+    assert!(u.len() >= g.len());
+    let (one, two, half) = (
+        _mm256_set1_ps(1.0),
+        _mm256_set1_ps(2.0),
+        _mm256_set1_ps(0.5),
+    );
+    let (c, k) = (_mm256_set1_ps(0.797_884_6), _mm256_set1_ps(0.044715));
+    let n = g.len();
+    map8(g, 0.0, |x, i| {
+        let x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+        let z = _mm256_mul_ps(c, _mm256_fmadd_ps(k, x3, x));
+        let e = exp8(_mm256_mul_ps(two, z));
+        let t = _mm256_sub_ps(one, _mm256_div_ps(two, _mm256_add_ps(e, one)));
+        let y = _mm256_mul_ps(_mm256_mul_ps(half, x), _mm256_add_ps(one, t));
+        let uv = if i + 8 <= n {
+            _mm256_loadu_ps(u.as_ptr().add(i))
+        } else {
+            let mut t = [0.0f32; 8];
+            t[..n - i].copy_from_slice(&u[i..n]);
+            _mm256_loadu_ps(t.as_ptr())
+        };
+        _mm256_mul_ps(y, uv)
+    });
+}
+
 /// Softmax of `x` in place (`x` has at least one finite entry).
 ///
 /// # Safety
@@ -201,6 +233,19 @@ mod tests {
             let mut a = g.clone();
             // SAFETY: AVX2 checked above.
             unsafe { silu_mul(&mut a, &u) };
+            let mut ge = g.clone();
+            // SAFETY: as above.
+            unsafe { gelu_mul(&mut ge, &u) };
+            for i in 0..n {
+                let x = g[i];
+                let t = (0.797_884_6f32 * (x + 0.044715 * x * x * x)).tanh();
+                let want = 0.5 * x * (1.0 + t) * u[i];
+                assert!(
+                    (ge[i] - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "gelu {n} {i}: {} vs {want}",
+                    ge[i]
+                );
+            }
             for i in 0..n {
                 let want = g[i] / (1.0 + (-g[i]).exp()) * u[i];
                 assert!(

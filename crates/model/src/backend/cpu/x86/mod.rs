@@ -141,6 +141,11 @@ impl Kernels for X86 {
         unsafe { avx2_ops::silu_mul(g, u) }
     }
 
+    fn gelu_mul(&self, g: &mut [f32], u: &[f32]) {
+        // SAFETY: see the module docs.
+        unsafe { avx2_ops::gelu_mul(g, u) }
+    }
+
     fn softmax(&self, x: &mut [f32]) {
         // SAFETY: see the module docs.
         unsafe { avx2_ops::softmax(x) }
