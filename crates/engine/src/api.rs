@@ -105,6 +105,21 @@ pub struct EngineRequest {
     /// Beam search: `num_beams` hypotheses explored together; the request then has one choice
     /// (the best hypothesis), `seeds` has one entry, and its events come when it is done.
     pub beam: Option<BeamParams>,
+    /// LoRA adapters every choice runs with, in this order (empty: the base model). Their
+    /// digests salt the prompt's prefix-cache chain (`kv::prefix::chain_seed`).
+    pub lora: Vec<LoraRef>,
+}
+
+/// A LoRA adapter a request runs with: the model executor's id for it, the user's scale, and
+/// the SHA-256 of the adapter's content. The engine never sees weights: it passes the
+/// reference to the model in [`crate::SeqStep::lora`], counts distinct ids per step
+/// ([`EngineConfig::max_loras`]) and keys the prefix cache by the digest (not the id or name, so
+/// an adapter reloaded under the same name with other content never hits stale blocks).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoraRef {
+    pub id: u32,
+    pub scale: f32,
+    pub digest: [u8; 32],
 }
 
 /// Which beam search (`beam_search_type`).
@@ -282,6 +297,10 @@ pub struct EngineConfig {
     /// needed) and reused by later prompts that start with the same tokens, which then skip
     /// computing them. The output is the same either way.
     pub enable_prefix_caching: bool,
+    /// Most distinct LoRA adapters (ids) among the running requests, so in one step; a waiting
+    /// request whose adapters would exceed it is admitted only when running ones free a slot
+    /// (later requests that fit may go first). 0 = no limit.
+    pub max_loras: usize,
 }
 
 impl Default for EngineConfig {
@@ -291,6 +310,7 @@ impl Default for EngineConfig {
             max_waiting: 256,
             max_prefill_tokens: 512,
             enable_prefix_caching: true,
+            max_loras: 0,
         }
     }
 }
@@ -315,6 +335,10 @@ pub struct EngineStats {
     /// Of `prefix_cache_queries_tokens`, the tokens whose KV was reused instead of computed
     /// (whole blocks; never a prompt's last token). Hit rate = hits / queries.
     pub prefix_cache_hit_tokens: u64,
+    /// LoRA adapter ids used by running requests (sorted).
+    pub running_loras: Vec<u32>,
+    /// LoRA adapter ids used by waiting requests and not by running ones (sorted).
+    pub waiting_loras: Vec<u32>,
 }
 
 #[cfg(test)]

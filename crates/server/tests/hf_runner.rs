@@ -110,6 +110,7 @@ fn runner_serves_a_hugging_face_folder() {
                 want_logits: true,
                 all_logits: false,
                 replace: &[],
+                lora: &[],
             };
             loaded
                 .executor

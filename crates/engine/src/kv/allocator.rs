@@ -190,9 +190,9 @@ mod tests {
     }
 
     fn keys(prompt: &[u32], bs: usize) -> Vec<BlockKey> {
-        let chain = chain_hashes(prompt, bs);
+        let chain = chain_hashes(prompt, bs, None);
         (0..chain.len())
-            .map(|i| BlockKey::of_block(prompt, bs, &chain, i))
+            .map(|i| BlockKey::of_block(prompt, bs, None, &chain, i))
             .collect()
     }
 

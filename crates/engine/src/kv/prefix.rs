@@ -2,24 +2,28 @@
 //! sequence uses any more (kept until their memory is needed).
 //!
 //! A full block of a prompt is named by a hash chain: [`BlockKey`] = the chain hash of the block
-//! before it (none for the first block) + this block's token ids. Two prompts share block `i`'s
-//! key exactly when their first `(i + 1) * block_size` tokens are equal, so a block found under a
-//! key holds exactly the K/V that computing those tokens would write.
+//! before it (for the first block: the chain's seed) + this block's token ids. Two prompts share
+//! block `i`'s key exactly when they have the same seed and their first `(i + 1) * block_size`
+//! tokens are equal, so a block found under a key holds exactly the K/V that computing those
+//! tokens would write.
 //!
-//! The key holds the token ids and nothing else, because a request is a plain token prompt: K/V
-//! at a position depend only on the tokens up to it. If [`crate::EngineRequest`] ever carries
-//! anything else that changes K/V for a position (embedding replacements, adapters, a different
-//! RoPE scaling, ...), that must go into the key, or such blocks must not be registered nor
-//! looked up at all.
+//! Besides the tokens, only LoRA adapters change K/V for a position here, and they enter
+//! through the chain's seed, chosen in ONE place: [`chain_seed`]. The base model's chain is
+//! unsalted (`None`); a request with adapters seeds it with a hash of their content digests and
+//! scales (not their names or ids: an adapter reloaded under the same name with other weights
+//! never hits the old blocks). Embedding replacements are not keyed: such prompts are never
+//! registered nor looked up. Anything else that would change K/V (a different RoPE scaling,
+//! ...) must go into [`chain_seed`] too.
 //!
-//! Equal keys are compared in full (parent hash and every token), so only a 64-bit collision of
-//! the parent chain could match a wrong block.
+//! Equal keys are compared in full (parent hash or seed, and every token), so only a 64-bit
+//! collision of the parent chain (or of a seed with a chain hash) could match a wrong block.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
 use super::allocator::BlockId;
+use crate::api::LoraRef;
 use crate::model::TokenId;
 
 /// The identity of a full prompt block's contents (see the module docs).
@@ -29,12 +33,39 @@ pub(crate) struct BlockKey {
     tokens: Box<[TokenId]>,
 }
 
+/// The seed of a prompt's hash chain: the parent of its first block. THE place where what
+/// changes K/V besides the tokens enters the prefix cache's keys: `None` for the base model
+/// (unsalted, so base prompts keep their keys), else a hash of the LoRA adapters' content
+/// digests and scales, in order.
+pub(crate) fn chain_seed(lora: &[LoraRef]) -> Option<u64> {
+    if lora.is_empty() {
+        return None;
+    }
+    let mut h = DefaultHasher::new();
+    "cordial-lora".hash(&mut h);
+    for l in lora {
+        l.digest.hash(&mut h);
+        l.scale.to_bits().hash(&mut h);
+    }
+    Some(h.finish())
+}
+
 impl BlockKey {
-    /// The key of block `i` of `prompt`, given the chain hashes of the blocks before it.
-    /// `chain` must hold at least `i` hashes (from [`chain_hashes`]) and the block must be full.
-    pub(crate) fn of_block(prompt: &[TokenId], block_size: usize, chain: &[u64], i: usize) -> Self {
+    /// The key of block `i` of `prompt`, given the chain's seed and the chain hashes of the
+    /// blocks before it. `chain` must hold at least `i` hashes (from [`chain_hashes`] with the
+    /// same seed) and the block must be full.
+    pub(crate) fn of_block(
+        prompt: &[TokenId],
+        block_size: usize,
+        seed: Option<u64>,
+        chain: &[u64],
+        i: usize,
+    ) -> Self {
         BlockKey {
-            parent: i.checked_sub(1).map(|p| chain[p]),
+            parent: match i {
+                0 => seed,
+                _ => Some(chain[i - 1]),
+            },
             tokens: prompt[i * block_size..(i + 1) * block_size].into(),
         }
     }
@@ -48,12 +79,12 @@ impl BlockKey {
     }
 }
 
-/// The chain hashes of every full block of `prompt`, in order.
-pub(crate) fn chain_hashes(prompt: &[TokenId], block_size: usize) -> Vec<u64> {
+/// The chain hashes of every full block of `prompt` from `seed` ([`chain_seed`]), in order.
+pub(crate) fn chain_hashes(prompt: &[TokenId], block_size: usize, seed: Option<u64>) -> Vec<u64> {
     let full = prompt.len() / block_size.max(1);
     let mut chain = Vec::with_capacity(full);
     for i in 0..full {
-        let hash = BlockKey::of_block(prompt, block_size, &chain, i).chain_hash();
+        let hash = BlockKey::of_block(prompt, block_size, seed, &chain, i).chain_hash();
         chain.push(hash);
     }
     chain
@@ -147,28 +178,64 @@ mod tests {
     const BS: usize = 4;
 
     fn key(prompt: &[TokenId], i: usize) -> BlockKey {
-        BlockKey::of_block(prompt, BS, &chain_hashes(prompt, BS), i)
+        BlockKey::of_block(prompt, BS, None, &chain_hashes(prompt, BS, None), i)
     }
 
     #[test]
     fn chain_hashes_cover_full_blocks_only_and_depend_on_every_earlier_token() {
         let a: Vec<TokenId> = (1..=10).collect();
-        assert_eq!(chain_hashes(&a, BS).len(), 2);
-        assert!(chain_hashes(&a[..3], BS).is_empty());
+        assert_eq!(chain_hashes(&a, BS, None).len(), 2);
+        assert!(chain_hashes(&a[..3], BS, None).is_empty());
         // Same second block, different first block: block 1's keys and hashes differ.
         let mut b = a.clone();
         b[0] = 99;
         assert_eq!(a[4..8], b[4..8]);
         assert_ne!(key(&a, 1), key(&b, 1));
-        assert_ne!(chain_hashes(&a, BS)[1], chain_hashes(&b, BS)[1]);
+        assert_ne!(chain_hashes(&a, BS, None)[1], chain_hashes(&b, BS, None)[1]);
         // A different suffix after the full blocks changes nothing.
         let mut c = a.clone();
         c[9] = 42;
-        assert_eq!(chain_hashes(&a, BS), chain_hashes(&c, BS));
+        assert_eq!(chain_hashes(&a, BS, None), chain_hashes(&c, BS, None));
         assert_eq!(key(&a, 1), key(&c, 1));
         // Same tokens at another block index are another key (the parent differs).
         let d: Vec<TokenId> = [5, 6, 7, 8, 5, 6, 7, 8].to_vec();
         assert_ne!(key(&d, 0), key(&d, 1));
+    }
+
+    #[test]
+    fn the_seed_names_the_adapters_content_and_scale_and_leaves_the_base_unsalted() {
+        let lora = |digest: u8, scale: f32| LoraRef {
+            id: 7,
+            scale,
+            digest: [digest; 32],
+        };
+        assert_eq!(chain_seed(&[]), None);
+        let a = chain_seed(&[lora(1, 1.0)]);
+        assert!(a.is_some());
+        // The id does not matter (a reload under another id hits); content and scale do.
+        assert_eq!(
+            a,
+            chain_seed(&[LoraRef {
+                id: 9,
+                ..lora(1, 1.0)
+            }])
+        );
+        assert_ne!(a, chain_seed(&[lora(2, 1.0)]));
+        assert_ne!(a, chain_seed(&[lora(1, 0.5)]));
+        assert_ne!(
+            chain_seed(&[lora(1, 1.0), lora(2, 1.0)]),
+            chain_seed(&[lora(2, 1.0), lora(1, 1.0)])
+        );
+        // Every block of a salted chain differs from the base's, the first one included.
+        let p: Vec<TokenId> = (1..=8).collect();
+        let (base, salted) = (chain_hashes(&p, BS, None), chain_hashes(&p, BS, a));
+        for i in 0..2 {
+            assert_ne!(base[i], salted[i]);
+            assert_ne!(
+                BlockKey::of_block(&p, BS, None, &base, i),
+                BlockKey::of_block(&p, BS, a, &salted, i)
+            );
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ impl SequenceGroup {
     /// Computes the chain hashes of the prompt's full blocks, once.
     fn ensure_chain(&mut self, block_size: usize) {
         if self.block_hashes.is_empty() && self.prompt.len() >= block_size {
-            self.block_hashes = chain_hashes(&self.prompt, block_size);
+            self.block_hashes = chain_hashes(&self.prompt, block_size, self.chain_seed);
         }
     }
 
@@ -38,7 +38,13 @@ impl SequenceGroup {
         self.ensure_chain(block_size);
         let reusable = self.prompt.len().saturating_sub(1) / block_size;
         for i in 0..reusable {
-            let key = BlockKey::of_block(&self.prompt, block_size, &self.block_hashes, i);
+            let key = BlockKey::of_block(
+                &self.prompt,
+                block_size,
+                self.chain_seed,
+                &self.block_hashes,
+                i,
+            );
             let Some(block) = alloc.lookup(&key) else {
                 break;
             };
@@ -74,7 +80,13 @@ impl SequenceGroup {
         self.ensure_chain(block_size);
         for i in start / block_size..end / block_size {
             let block = self.prompt_blocks.ids()[i];
-            let key = BlockKey::of_block(&self.prompt, block_size, &self.block_hashes, i);
+            let key = BlockKey::of_block(
+                &self.prompt,
+                block_size,
+                self.chain_seed,
+                &self.block_hashes,
+                i,
+            );
             alloc.register(block, key);
         }
     }
@@ -97,6 +109,7 @@ mod tests {
             prompt_embeddings: Vec::new(),
             constraint: None,
             beam: None,
+            lora: Vec::new(),
         };
         SequenceGroup::new(1, req, tokio::sync::mpsc::unbounded_channel().0)
     }
