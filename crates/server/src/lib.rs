@@ -8,6 +8,7 @@ pub mod chat;
 pub mod error;
 pub mod json;
 pub mod limits;
+pub mod lora;
 pub mod metrics;
 pub mod observe;
 pub mod protocol;

@@ -344,6 +344,7 @@ fn serving(config: &FakeModelConfig) -> (Serving, EngineHandle) {
         hidden_size: FAKE_HIDDEN_SIZE,
         chat: Err("no chat template in this test".into()),
         grammar: None,
+        lora: None,
     };
     (serving, engine)
 }
@@ -476,6 +477,7 @@ async fn served(config: FakeModelConfig, opts: ServeOptions) -> Served {
         hidden_size: FAKE_HIDDEN_SIZE,
         chat: Err("no chat template in this test".into()),
         grammar: None,
+        lora: None,
     };
     assert!(state.set_serving(s).is_ok());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

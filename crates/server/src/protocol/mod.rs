@@ -2,6 +2,7 @@
 //! (`validate` converts requests into `cordial_engine::EngineRequest`s).
 
 pub mod chat;
+pub mod lora;
 mod fields;
 pub mod request;
 pub mod response;
@@ -9,6 +10,7 @@ pub mod stream;
 pub mod tokenize;
 
 pub use chat::*;
+pub use lora::*;
 pub use fields::{Tag, WireField};
 pub use request::*;
 pub use response::*;

@@ -39,7 +39,7 @@ impl WireShape for Chat {
         _: &HeaderMap,
         body: &[u8],
     ) -> Result<ValidRequest, ApiError> {
-        let chat = parse_chat_body(body, state.served_names())?;
+        let chat = parse_chat_body(body, &state.model_names())?;
         let serving = state.serving().ok_or(ApiError::NotReady)?;
         let template = serving.chat.as_ref().map_err(|e| {
             ApiError::Invalid(ValidationError::new("messages", e.clone()), Flavor::OpenAi)

@@ -1,7 +1,7 @@
 //! HTTP routes (axum 0.8). Completions on three paths (`/v1`, `/serverless/v1`,
 //! `/dedicated/v1`, as the Friendli SDKs call them); chat completions; `/health`; `/v1/models`;
-//! `/v1/tokenize` and `/v1/detokenize`; `/metrics`;
-//! `/openapi.json`.
+//! `/v1/tokenize` and `/v1/detokenize`; `/metrics`; `/openapi.json`; vLLM's runtime LoRA
+//! routes.
 //!
 //! Middleware, outermost first: `observe` (request id, log line, metrics), panic → 500, CORS
 //! (only with `--allowed-origins`), `auth::require_key`, `limits::read_body` (read deadline,
@@ -11,6 +11,7 @@ mod chat;
 mod completions;
 mod generate;
 mod info;
+mod lora;
 mod openapi;
 mod tokenize;
 
@@ -43,9 +44,12 @@ pub const COMPLETIONS_PATHS: [&str; 3] = [
     "/dedicated/v1/completions",
 ];
 pub const CHAT_PATH: &str = "/v1/chat/completions";
+/// vLLM's runtime LoRA routes (`--allow-runtime-lora-updating`).
+pub const LOAD_LORA_PATH: &str = "/v1/load_lora_adapter";
+pub const UNLOAD_LORA_PATH: &str = "/v1/unload_lora_adapter";
 
 /// Every path the API serves (metrics label requests by these; anything else is `other`).
-pub const PATHS: [&str; 10] = [
+pub const PATHS: [&str; 12] = [
     COMPLETIONS_PATHS[0],
     COMPLETIONS_PATHS[1],
     COMPLETIONS_PATHS[2],
@@ -56,6 +60,8 @@ pub const PATHS: [&str; 10] = [
     "/v1/models",
     "/metrics",
     "/openapi.json",
+    LOAD_LORA_PATH,
+    UNLOAD_LORA_PATH,
 ];
 
 /// The API's routes, without state or middleware (see [`with_layers`]). Generation routes go
@@ -73,6 +79,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/models", get(info::models))
         .route("/metrics", get(info::metrics))
         .route("/openapi.json", get(openapi::openapi))
+        .route(LOAD_LORA_PATH, post(lora::load))
+        .route(UNLOAD_LORA_PATH, post(lora::unload))
 }
 
 /// The application: every route with the middleware stack.

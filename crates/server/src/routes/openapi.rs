@@ -22,7 +22,8 @@ use crate::auth::OPEN_PATHS;
 use crate::protocol::{
     ChatChunk, ChatCompletionResponse, ChatFields, ChunkError, CompletionChunk, CompletionRequest,
     CompletionResponse, DetokenizeRequest, DetokenizeResponse, ErrorBody, HealthBody,
-    LegacyComplete, LegacyError, LegacyTokenSampled, LogitBias, ModelList, Prompt, Seed, Stop, Tag,
+    LegacyComplete, LegacyError, LegacyTokenSampled, LoadLoraRequest, LogitBias, ModelList, Prompt,
+    Seed, Stop, Tag, UnloadLoraRequest,
     TokenInput, TokenizeRequest, TokenizeResponse, TopLogprobs,
 };
 use crate::state::AppState;
@@ -288,6 +289,20 @@ fn json_post<Req: ToSchema, Resp: ToSchema>(
         .build()
 }
 
+/// A JSON-body POST answered with plain text.
+fn text_post<Req: ToSchema>(id: &str, summary: &str) -> utoipa::openapi::path::Operation {
+    let body = RequestBodyBuilder::new()
+        .required(Some(utoipa::openapi::Required::True))
+        .content("application/json", json_content::<Req>())
+        .build();
+    OperationBuilder::new()
+        .operation_id(Some(id))
+        .summary(Some(summary))
+        .request_body(Some(body))
+        .responses(with_errors(text_response(summary, "text/plain"), true))
+        .build()
+}
+
 fn get_op(
     id: &str,
     summary: &str,
@@ -393,6 +408,28 @@ pub fn document() -> OpenApi {
                     text_response("OpenAPI 3.1", "application/json"),
                 ),
             ),
+        )
+        .path(
+            super::LOAD_LORA_PATH,
+            PathItem::new(
+                HttpMethod::Post,
+                text_post::<LoadLoraRequest>(
+                    "load_lora_adapter",
+                    "Serve a LoRA adapter (GGUF file or PEFT folder) under a name \
+                     (--allow-runtime-lora-updating; else 404). 400 names what is wrong with it.",
+                ),
+            ),
+        )
+        .path(
+            super::UNLOAD_LORA_PATH,
+            PathItem::new(
+                HttpMethod::Post,
+                text_post::<UnloadLoraRequest>(
+                    "unload_lora_adapter",
+                    "Stop serving a LoRA adapter; running requests finish with it \
+                     (--allow-runtime-lora-updating; else 404).",
+                ),
+            ),
         );
     let mut schemas = Vec::new();
     with_refs::<CompletionRequest>(&mut schemas);
@@ -403,6 +440,8 @@ pub fn document() -> OpenApi {
     with_refs::<DetokenizeRequest>(&mut schemas);
     with_refs::<DetokenizeResponse>(&mut schemas);
     with_refs::<ModelList>(&mut schemas);
+    with_refs::<LoadLoraRequest>(&mut schemas);
+    with_refs::<UnloadLoraRequest>(&mut schemas);
     with_refs::<HealthBody>(&mut schemas);
     with_refs::<CompletionChunk>(&mut schemas);
     with_refs::<ChunkError>(&mut schemas);
