@@ -304,12 +304,14 @@ async fn kv_events_name_stored_and_evicted_blocks_by_their_vllm_hashes() {
     );
     // The same prompt again: a hit, nothing new is stored.
     e.run(greedy(a.clone(), 3)).await;
+    e.wait_all_free().await;
     assert!(drain(&mut rx).is_empty());
     // A longer prompt sharing a's first block: its second and third blocks are stored as one
     // run whose parent is a's first block.
     let mut b = a[..4].to_vec();
     b.extend(prompt(9, 7, 64));
     e.run(greedy(b.clone(), 1)).await;
+    e.wait_all_free().await;
     let b_hashes = chain(&b, 4, &root);
     let events: Vec<KvEvent> = drain(&mut rx).into_iter().flat_map(|x| x.events).collect();
     let stored: Vec<&KvEvent> = events
@@ -350,6 +352,7 @@ async fn a_full_kv_event_channel_drops_and_counts_and_leaves_a_gap() {
     let e = Engine::start(model(64, false), config);
     for salt in 1..=3 {
         e.run(greedy(prompt(9, salt, 64), 1)).await;
+        e.wait_all_free().await;
     }
     let got = drain(&mut rx);
     assert_eq!(got.len(), 1);

@@ -110,8 +110,9 @@ impl EngineCore {
             if !self.scheduler.is_idle() {
                 self.step_isolated();
             }
-            self.publish();
+            // Events first: stats that show a step's effects come after its events.
             self.send_kv_events();
+            self.publish();
         }
         self.shut_down();
         tracing::info!("engine thread stopped");
@@ -272,8 +273,8 @@ impl EngineCore {
             }
         }
         self.shared.waiting.store(0, Ordering::Release);
-        self.publish();
         self.send_kv_events();
+        self.publish();
     }
 }
 
