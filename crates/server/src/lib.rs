@@ -19,6 +19,7 @@ pub mod state;
 pub mod stream;
 pub mod util;
 pub mod validate;
+pub mod vllm_metrics;
 
 pub use routes::router;
 pub use state::{AppState, ServerOptions, Serving};
