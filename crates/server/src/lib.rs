@@ -7,6 +7,7 @@ pub mod auth;
 pub mod chat;
 pub mod error;
 pub mod json;
+pub mod kv_events;
 pub mod limits;
 pub mod metrics;
 pub mod observe;

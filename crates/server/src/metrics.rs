@@ -332,6 +332,12 @@ fn render_engine(out: &mut String, s: &EngineStats) {
         "Prompt tokens served from the prefix cache.",
         s.prefix_cache_hit_tokens,
     );
+    counter(
+        out,
+        "cordial_kv_events_dropped_total",
+        "KV-event batches dropped because the publisher's queue was full (--kv-events-endpoint).",
+        s.kv_event_batches_dropped,
+    );
     let rate = if s.prefix_cache_queries_tokens == 0 {
         0.0
     } else {
