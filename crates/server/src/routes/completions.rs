@@ -8,7 +8,7 @@ use axum::Json;
 
 use super::generate::{SseWriter, WireShape};
 use crate::error::ApiError;
-use crate::protocol::{CompletionChoice, CompletionResponse, RenderedPrompt, Usage};
+use crate::protocol::{CompletionChoice, CompletionResponse, Usage};
 use crate::state::AppState;
 use crate::stream::{ChoiceResult, SseDialect, StreamMeta};
 use crate::util::{completion_id, random_u64};
@@ -33,27 +33,6 @@ impl WireShape for Completions {
 
     fn response_id(&self) -> String {
         completion_id()
-    }
-
-    /// `POST /v1/completions/render`: one entry per input, the ids its completion would get.
-    fn render(
-        &self,
-        state: &AppState,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<Response, ApiError> {
-        let valid = self.validate(state, headers, body)?;
-        let rendered: Vec<RenderedPrompt> = valid
-            .requests
-            .iter()
-            .map(|r| RenderedPrompt {
-                request_id: self.response_id(),
-                model: valid.model.clone(),
-                token_ids: r.prompt.clone(),
-                prompt: None,
-            })
-            .collect();
-        Ok(Json(rendered).into_response())
     }
 
     fn body(

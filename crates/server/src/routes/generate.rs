@@ -27,7 +27,7 @@ use super::BODY_LIMIT;
 use crate::error::ApiError;
 use crate::limits::apply_default_timeout;
 use crate::observe::{guard_panics, tap, RequestRecord};
-use crate::protocol::Usage;
+use crate::protocol::{RenderedPrompt, Usage};
 use crate::state::{AppState, Serving};
 use crate::stream::{
     best_of, collect, outputs, ChoiceResult, Generation, Output, StreamMeta, TextControls,
@@ -49,13 +49,26 @@ pub trait WireShape: Clone + Send + Sync + 'static {
     fn response_id(&self) -> String;
     /// The render endpoint's answer (`…/render`): what [`Self::validate`] made of the body —
     /// the token ids a completion would be given — without generating. May run on a blocking
-    /// thread.
+    /// thread. By default (`/v1/completions/render`): one `RenderedPrompt` per input.
     fn render(
         &self,
         state: &AppState,
         headers: &HeaderMap,
         body: &[u8],
-    ) -> Result<Response, ApiError>;
+    ) -> Result<Response, ApiError> {
+        let valid = self.validate(state, headers, body)?;
+        let rendered: Vec<RenderedPrompt> = valid
+            .requests
+            .iter()
+            .map(|r| RenderedPrompt {
+                request_id: self.response_id(),
+                model: valid.model.clone(),
+                token_ids: r.prompt.clone(),
+                prompt: None,
+            })
+            .collect();
+        Ok(axum::Json(rendered).into_response())
+    }
     /// The non-streamed answer (`choices`: the kept ones when `best_of` ranked them).
     fn body(
         &self,
