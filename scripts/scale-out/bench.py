@@ -173,13 +173,13 @@ def start_router(args, kind, policy, replicas, log):
                "--health-check-interval-secs", "1", "--health-failure-threshold", "1",
                "--health-success-threshold", "1", "--health-check-timeout-secs", "2",
                "--worker-startup-timeout-secs", "120", "--worker-startup-check-interval", "1",
-               "--log-level", "warning"]
+               "--log-level", os.environ.get("ROUTER_LOG", "warning")]
         if policy == "kv_aware":
             env["VLLM_ROUTER_TOKENIZER"] = args.tokenizer
             env["VLLM_ROUTER_MODEL"] = MODEL
             for r in replicas:
                 cmd += ["--kv-event-source", f"{r.base}={r.kv_endpoint}"]
-            cmd += ["--kv-event-block-size", "16", "--kv-event-model", MODEL]
+            cmd += ["--kv-event-block-size", "16"]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     return proc, base
