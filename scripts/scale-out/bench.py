@@ -179,7 +179,7 @@ def start_router(args, kind, policy, replicas, log):
             env["VLLM_ROUTER_MODEL"] = MODEL
             for r in replicas:
                 cmd += ["--kv-event-source", f"{r.base}={r.kv_endpoint}"]
-            cmd += ["--kv-event-block-size", "16"]
+            cmd += ["--kv-event-block-size", "16", "--kv-event-model", os.environ.get("KV_EVENT_MODEL", MODEL)]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     return proc, base
