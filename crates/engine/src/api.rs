@@ -282,6 +282,14 @@ pub struct EngineConfig {
     /// needed) and reused by later prompts that start with the same tokens, which then skip
     /// computing them. The output is the same either way.
     pub enable_prefix_caching: bool,
+    /// The seed of the prefix cache's block hashes (vLLM's `PYTHONHASHSEED`; see
+    /// [`crate::block_hash`]): replicas with the same seed name equal blocks alike.
+    pub prefix_hash_seed: String,
+    /// Where the prefix cache's changes go (`KvEventBatch`es, one per engine step that changed
+    /// it), or `None` (the default): no events are recorded. The engine never waits on it: a
+    /// batch that does not fit is dropped and counted (`EngineStats::kv_event_batches_dropped`);
+    /// its sequence number is skipped, so consumers see the gap.
+    pub kv_events: Option<KvEventSender>,
 }
 
 impl Default for EngineConfig {
@@ -291,8 +299,44 @@ impl Default for EngineConfig {
             max_waiting: 256,
             max_prefill_tokens: 512,
             enable_prefix_caching: true,
+            prefix_hash_seed: crate::block_hash::DEFAULT_HASH_SEED.to_owned(),
+            kv_events: None,
         }
     }
+}
+
+/// The sending side of the KV-event channel (bounded; the engine only `try_send`s).
+pub type KvEventSender = tokio::sync::mpsc::Sender<KvEventBatch>;
+
+/// A change to the prefix cache, as vLLM's KV events describe it. Hashes are the blocks'
+/// external hashes ([`crate::block_hash::external`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvEvent {
+    /// Full prompt blocks were computed and cached: a run of consecutive blocks of one prompt,
+    /// `parent_block_hash` being the block before the first (none for a prompt's first block).
+    BlockStored {
+        block_hashes: Vec<u64>,
+        parent_block_hash: Option<u64>,
+        /// The blocks' tokens, `block_size` per hash.
+        token_ids: Vec<TokenId>,
+        block_size: usize,
+        /// Always `None` today; an adapter's id when LoRA adapters salt the hashes.
+        lora_id: Option<u64>,
+    },
+    /// Cached blocks were evicted (their memory reused).
+    BlockRemoved { block_hashes: Vec<u64> },
+    /// Every cached block was forgotten (the engine reset its cache after a failed step).
+    AllBlocksCleared,
+}
+
+/// The prefix-cache changes of one engine step, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvEventBatch {
+    /// 0, 1, 2, ... per engine start, one per batch made (a dropped batch leaves a gap).
+    pub seq: u64,
+    /// Seconds since the Unix epoch when the batch was made.
+    pub ts: f64,
+    pub events: Vec<KvEvent>,
 }
 
 /// A snapshot of engine state (for tests, `/health`, metrics).
@@ -315,6 +359,8 @@ pub struct EngineStats {
     /// Of `prefix_cache_queries_tokens`, the tokens whose KV was reused instead of computed
     /// (whole blocks; never a prompt's last token). Hit rate = hits / queries.
     pub prefix_cache_hit_tokens: u64,
+    /// KV-event batches dropped because the channel to the publisher was full.
+    pub kv_event_batches_dropped: u64,
 }
 
 #[cfg(test)]

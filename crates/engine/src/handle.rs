@@ -30,6 +30,7 @@ struct Inner {
     shared: Arc<Shared>,
     shape: ModelShape,
     max_waiting: usize,
+    prefix_caching: bool,
     next_id: AtomicU64,
 }
 
@@ -61,6 +62,7 @@ impl EngineHandle {
             shared: Arc::clone(&shared),
             shape,
             max_waiting: config.max_waiting,
+            prefix_caching: config.enable_prefix_caching,
             next_id: AtomicU64::new(0),
         };
         if shape.block_size == 0 {
@@ -124,6 +126,11 @@ impl EngineHandle {
             block_size: self.inner.shape.block_size,
             blocks: self.inner.shared.total_blocks,
         }
+    }
+
+    /// Whether automatic prefix caching is on (`EngineConfig::enable_prefix_caching`).
+    pub fn prefix_caching(&self) -> bool {
+        self.inner.prefix_caching
     }
 
     /// A snapshot of the engine's state.

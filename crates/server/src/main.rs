@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use cordial_engine::EngineConfig;
+use cordial_engine::{EngineConfig, KvEventSender};
 use cordial_model::fetch::{default_model_path, ensure_default_model};
 use cordial_model::{Compute, Isa};
 use cordial_server::auth::ApiKeys;
+use cordial_server::kv_events::{self, Layout, Publisher};
 use cordial_server::runner::{self, RunnerOptions};
 use cordial_server::serve::{serve as serve_http, ServeOptions};
 use cordial_server::{router, startup, AppState, ServerOptions, Serving};
@@ -148,6 +149,34 @@ struct ServeArgs {
     /// Seconds in-flight requests may take after SIGTERM/SIGINT before they are cancelled.
     #[arg(long, env = "CORDIAL_SHUTDOWN_GRACE", default_value_t = 30.0)]
     shutdown_grace: f64,
+    /// Publish the prefix cache's changes (vLLM's KV events: BlockStored, BlockRemoved,
+    /// AllBlocksCleared) on a ZeroMQ PUB socket bound here, e.g. `tcp://*:5557` [default: off].
+    #[arg(
+        long,
+        env = "CORDIAL_KV_EVENTS_ENDPOINT",
+        value_name = "tcp://HOST:PORT"
+    )]
+    kv_events_endpoint: Option<String>,
+    /// Topic of the KV events [default: kv@<hostname>@<first served name>].
+    #[arg(long, env = "CORDIAL_KV_EVENTS_TOPIC")]
+    kv_events_topic: Option<String>,
+    /// Encoding of the KV events: `array` (vLLM < 0.28's tagged arrays, llm-d's indexer) or
+    /// `map` (vLLM >= 0.28's tagged maps, vllm-router).
+    #[arg(
+        long,
+        env = "CORDIAL_KV_EVENTS_LAYOUT",
+        value_enum,
+        default_value = "array"
+    )]
+    kv_events_layout: Layout,
+    /// Seed of the prefix cache's block hashes (vLLM's `sha256_cbor` chain; the seed plays
+    /// vLLM's PYTHONHASHSEED): replicas started with the same seed name equal blocks alike.
+    #[arg(
+        long,
+        env = "CORDIAL_PREFIX_CACHING_HASH_SEED",
+        default_value = cordial_engine::block_hash::DEFAULT_HASH_SEED
+    )]
+    prefix_caching_hash_seed: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -291,7 +320,26 @@ fn serve(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!("listening on http://{}", listener.local_addr()?);
-        spawn_loader(state.clone(), args, path, json_logs, compute);
+        let kv_events = match &args.kv_events_endpoint {
+            Some(endpoint) => {
+                let topic = args
+                    .kv_events_topic
+                    .clone()
+                    .unwrap_or_else(|| kv_events::default_topic(&state.served_names()[0]));
+                let publisher =
+                    Publisher::bind(endpoint, topic.clone(), args.kv_events_layout).await?;
+                tracing::info!(
+                    "KV events on {} (topic {topic}, {:?} layout)",
+                    publisher.endpoint,
+                    args.kv_events_layout
+                );
+                let (sender, receiver) = tokio::sync::mpsc::channel(kv_events::CHANNEL_CAPACITY);
+                tokio::spawn(publisher.run(receiver));
+                Some(sender)
+            }
+            None => None,
+        };
+        spawn_loader(state.clone(), args, path, json_logs, compute, kv_events);
         let shutdown_state = state.clone();
         let cancel = move || {
             if let Some(s) = shutdown_state.serving() {
@@ -356,9 +404,10 @@ fn spawn_loader(
     path: PathBuf,
     json_logs: bool,
     compute: Compute,
+    kv_events: Option<KvEventSender>,
 ) {
     std::thread::spawn(move || {
-        let load = || load(&args, path, json_logs, compute);
+        let load = || load(&args, path, json_logs, compute, kv_events);
         let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the model loader panicked")));
         finish_loading(state, loaded)
@@ -388,6 +437,7 @@ fn load(
     path: PathBuf,
     json_logs: bool,
     compute: Compute,
+    kv_events: Option<KvEventSender>,
 ) -> anyhow::Result<Serving> {
     let path = if args.model.is_none() {
         startup::fetch_default_model(json_logs)?
@@ -427,6 +477,8 @@ fn load(
         max_num_seqs: args.max_num_seqs,
         max_waiting: args.max_waiting,
         max_prefill_tokens: args.max_prefill_tokens,
+        prefix_hash_seed: args.prefix_caching_hash_seed.clone(),
+        kv_events,
         ..EngineConfig::default()
     };
     startup::serving(loaded, config, template.as_deref())

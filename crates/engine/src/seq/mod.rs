@@ -72,7 +72,7 @@ pub(crate) struct SequenceGroup {
     pub(crate) prompt_computed: usize,
     pub(crate) forked: bool,
     /// Chain hashes of the prompt's full blocks (prefix caching), computed on first use.
-    block_hashes: Vec<u64>,
+    block_hashes: Vec<crate::block_hash::BlockHash>,
     /// Prompt tokens reused from the prefix cache at the last admission (not computed).
     pub(crate) cached_tokens: usize,
     /// When the request times out (`EngineError::Timeout`).

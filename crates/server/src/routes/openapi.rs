@@ -22,8 +22,8 @@ use crate::auth::OPEN_PATHS;
 use crate::protocol::{
     ChatChunk, ChatCompletionResponse, ChatFields, ChunkError, CompletionChunk, CompletionRequest,
     CompletionResponse, DetokenizeRequest, DetokenizeResponse, ErrorBody, HealthBody,
-    LegacyComplete, LegacyError, LegacyTokenSampled, LogitBias, ModelList, Prompt, Seed, Stop, Tag,
-    TokenInput, TokenizeRequest, TokenizeResponse, TopLogprobs,
+    LegacyComplete, LegacyError, LegacyTokenSampled, LogitBias, ModelList, Prompt, RenderedPrompt,
+    Seed, Stop, Tag, TokenInput, TokenizeRequest, TokenizeResponse, TopLogprobs,
 };
 use crate::state::AppState;
 
@@ -288,6 +288,41 @@ fn json_post<Req: ToSchema, Resp: ToSchema>(
         .build()
 }
 
+/// A render endpoint: the generation route's body, `RenderedPrompt` (or a list of them) back.
+fn render_operation(
+    id: &str,
+    summary: &str,
+    request: RefOr<Schema>,
+    list: bool,
+) -> utoipa::openapi::path::Operation {
+    let body = RequestBodyBuilder::new()
+        .required(Some(utoipa::openapi::Required::True))
+        .content(
+            "application/json",
+            ContentBuilder::new().schema(Some(request)).build(),
+        )
+        .build();
+    let one = reference::<RenderedPrompt>();
+    let schema = if list {
+        RefOr::T(Schema::Array(utoipa::openapi::schema::Array::new(one)))
+    } else {
+        one
+    };
+    let ok = ResponseBuilder::new()
+        .description(summary)
+        .content(
+            "application/json",
+            ContentBuilder::new().schema(Some(schema)).build(),
+        )
+        .build();
+    OperationBuilder::new()
+        .operation_id(Some(id))
+        .summary(Some(summary))
+        .request_body(Some(body))
+        .responses(with_errors(ok, true))
+        .build()
+}
+
 fn get_op(
     id: &str,
     summary: &str,
@@ -323,6 +358,32 @@ pub fn document() -> OpenApi {
         .path(
             super::CHAT_PATH,
             PathItem::new(HttpMethod::Post, chat_operation()),
+        )
+        .path(
+            super::COMPLETIONS_RENDER_PATH,
+            PathItem::new(
+                HttpMethod::Post,
+                render_operation(
+                    "render_completions",
+                    "The token ids each input's completion would be given (vLLM's render), \
+                     validated as a completion: one entry per input.",
+                    reference::<CompletionRequest>(),
+                    true,
+                ),
+            ),
+        )
+        .path(
+            super::CHAT_RENDER_PATH,
+            PathItem::new(
+                HttpMethod::Post,
+                render_operation(
+                    "render_chat_completions",
+                    "The rendered conversation and its token ids (vLLM's render), validated as \
+                     a chat completion.",
+                    RefOr::Ref(Ref::from_schema_name(CHAT_REQUEST)),
+                    false,
+                ),
+            ),
         )
         .path(
             "/v1/tokenize",
@@ -402,6 +463,7 @@ pub fn document() -> OpenApi {
     with_refs::<TokenizeResponse>(&mut schemas);
     with_refs::<DetokenizeRequest>(&mut schemas);
     with_refs::<DetokenizeResponse>(&mut schemas);
+    with_refs::<RenderedPrompt>(&mut schemas);
     with_refs::<ModelList>(&mut schemas);
     with_refs::<HealthBody>(&mut schemas);
     with_refs::<CompletionChunk>(&mut schemas);
