@@ -105,19 +105,23 @@ pub struct EngineRequest {
     /// Beam search: `num_beams` hypotheses explored together; the request then has one choice
     /// (the best hypothesis), `seeds` has one entry, and its events come when it is done.
     pub beam: Option<BeamParams>,
-    /// LoRA adapters every choice runs with, in this order (empty: the base model). Their
-    /// digests salt the prompt's prefix-cache chain (`kv::prefix::chain_seed`).
+    /// LoRA adapters every choice runs with, in this order (empty: the base model). They enter
+    /// the prompt's prefix-cache keys (`kv::prefix`): names as vLLM's block-hash extra keys,
+    /// content digests and scales as the key's salt.
     pub lora: Vec<LoraRef>,
 }
 
-/// A LoRA adapter a request runs with: the model executor's id for it, the user's scale, and
-/// the SHA-256 of the adapter's content. The engine never sees weights: it passes the
-/// reference to the model in [`crate::SeqStep::lora`], counts distinct ids per step
-/// ([`EngineConfig::max_loras`]) and keys the prefix cache by the digest (not the id or name, so
-/// an adapter reloaded under the same name with other content never hits stale blocks).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// A LoRA adapter a request runs with: the model executor's id for it, its served name, the
+/// user's scale, and the SHA-256 of the adapter's content. The engine never sees weights: it
+/// passes the reference to the model in [`crate::SeqStep::lora`], counts distinct ids per step
+/// ([`EngineConfig::max_loras`]) and keys the prefix cache by the digest and scale (an adapter
+/// reloaded under the same name with other content never hits stale blocks); the name goes
+/// into the block hashes the KV events carry (vLLM's extra key `(lora_name,)`), the id into
+/// their `lora_id`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct LoraRef {
     pub id: u32,
+    pub name: std::sync::Arc<str>,
     pub scale: f32,
     pub digest: [u8; 32],
 }
@@ -301,6 +305,14 @@ pub struct EngineConfig {
     /// request whose adapters would exceed it is admitted only when running ones free a slot
     /// (later requests that fit may go first). 0 = no limit.
     pub max_loras: usize,
+    /// The seed of the prefix cache's block hashes (vLLM's `PYTHONHASHSEED`; see
+    /// [`crate::block_hash`]): replicas with the same seed name equal blocks alike.
+    pub prefix_hash_seed: String,
+    /// Where the prefix cache's changes go (`KvEventBatch`es, one per engine step that changed
+    /// it), or `None` (the default): no events are recorded. The engine never waits on it: a
+    /// batch that does not fit is dropped and counted (`EngineStats::kv_event_batches_dropped`);
+    /// its sequence number is skipped, so consumers see the gap.
+    pub kv_events: Option<KvEventSender>,
 }
 
 impl Default for EngineConfig {
@@ -311,8 +323,46 @@ impl Default for EngineConfig {
             max_prefill_tokens: 512,
             enable_prefix_caching: true,
             max_loras: 0,
+            prefix_hash_seed: crate::block_hash::DEFAULT_HASH_SEED.to_owned(),
+            kv_events: None,
         }
     }
+}
+
+/// The sending side of the KV-event channel (bounded; the engine only `try_send`s).
+pub type KvEventSender = tokio::sync::mpsc::Sender<KvEventBatch>;
+
+/// A change to the prefix cache, as vLLM's KV events describe it. Hashes are the blocks'
+/// external hashes ([`crate::block_hash::external`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvEvent {
+    /// Full prompt blocks were computed and cached: a run of consecutive blocks of one prompt,
+    /// `parent_block_hash` being the block before the first (none for a prompt's first block).
+    BlockStored {
+        block_hashes: Vec<u64>,
+        parent_block_hash: Option<u64>,
+        /// The blocks' tokens, `block_size` per hash.
+        token_ids: Vec<TokenId>,
+        block_size: usize,
+        /// The LoRA adapter the blocks were computed with (its id and served name, also the
+        /// hashes' extra key), `None` for the base model.
+        lora_id: Option<u64>,
+        lora_name: Option<String>,
+    },
+    /// Cached blocks were evicted (their memory reused).
+    BlockRemoved { block_hashes: Vec<u64> },
+    /// Every cached block was forgotten (the engine reset its cache after a failed step).
+    AllBlocksCleared,
+}
+
+/// The prefix-cache changes of one engine step, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvEventBatch {
+    /// 0, 1, 2, ... per engine start, one per batch made (a dropped batch leaves a gap).
+    pub seq: u64,
+    /// Seconds since the Unix epoch when the batch was made.
+    pub ts: f64,
+    pub events: Vec<KvEvent>,
 }
 
 /// A snapshot of engine state (for tests, `/health`, metrics).
@@ -339,6 +389,8 @@ pub struct EngineStats {
     pub running_loras: Vec<u32>,
     /// LoRA adapter ids used by waiting requests and not by running ones (sorted).
     pub waiting_loras: Vec<u32>,
+    /// KV-event batches dropped because the channel to the publisher was full.
+    pub kv_event_batches_dropped: u64,
 }
 
 #[cfg(test)]

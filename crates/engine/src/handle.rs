@@ -31,6 +31,7 @@ struct Inner {
     shape: ModelShape,
     max_waiting: usize,
     max_loras: usize,
+    prefix_caching: bool,
     next_id: AtomicU64,
 }
 
@@ -63,6 +64,7 @@ impl EngineHandle {
             shape,
             max_waiting: config.max_waiting,
             max_loras: config.max_loras,
+            prefix_caching: config.enable_prefix_caching,
             next_id: AtomicU64::new(0),
         };
         if shape.block_size == 0 {
@@ -127,6 +129,11 @@ impl EngineHandle {
             block_size: self.inner.shape.block_size,
             blocks: self.inner.shared.total_blocks,
         }
+    }
+
+    /// Whether automatic prefix caching is on (`EngineConfig::enable_prefix_caching`).
+    pub fn prefix_caching(&self) -> bool {
+        self.inner.prefix_caching
     }
 
     /// A snapshot of the engine's state.

@@ -21,6 +21,7 @@ pub(crate) struct Shared {
     pub(crate) preemptions: AtomicU64,
     pub(crate) prefix_queries: AtomicU64,
     pub(crate) prefix_hits: AtomicU64,
+    pub(crate) kv_events_dropped: AtomicU64,
     /// The engine thread is alive.
     pub(crate) running: AtomicBool,
     /// `shutdown` has not been called.
@@ -41,6 +42,7 @@ impl Shared {
             preemptions: AtomicU64::new(0),
             prefix_queries: AtomicU64::new(0),
             prefix_hits: AtomicU64::new(0),
+            kv_events_dropped: AtomicU64::new(0),
             running: AtomicBool::new(false),
             accepting: AtomicBool::new(true),
             loras: Mutex::new((Vec::new(), Vec::new())),
@@ -101,6 +103,7 @@ impl Shared {
             preemptions: self.preemptions.load(Ordering::Acquire),
             prefix_cache_queries_tokens: self.prefix_queries.load(Ordering::Acquire),
             prefix_cache_hit_tokens: self.prefix_hits.load(Ordering::Acquire),
+            kv_event_batches_dropped: self.kv_events_dropped.load(Ordering::Acquire),
         }
     }
 }

@@ -17,6 +17,7 @@ use cordial_testkit::fake_model::FakeModelConfig;
 fn lora(id: u32, digest: u8) -> LoraRef {
     LoraRef {
         id,
+        name: format!("adapter-{id}").into(),
         scale: 1.0,
         digest: [digest; 32],
     }
@@ -49,20 +50,20 @@ fn reference(e: &Engine, p: &[TokenId], n: usize, l: &[LoraRef]) -> Vec<TokenId>
 async fn the_prefix_cache_is_keyed_by_the_adapters_content() {
     let e = engine(false, 0);
     let p = prompt(14, 3, 64); // 3 full blocks of 4, 12 tokens reusable
-    let (a, b) = (lora(1, 0xA), lora(2, 0xB));
-    let cold_b = reference(&e, &p, 6, &[b]);
-    assert_ne!(cold_b, reference(&e, &p, 6, &[a]), "the adapters differ");
+    let (a, b) = ([lora(1, 0xA)], [lora(2, 0xB)]);
+    let cold_b = reference(&e, &p, 6, &b);
+    assert_ne!(cold_b, reference(&e, &p, 6, &a), "the adapters differ");
     assert_ne!(cold_b, reference(&e, &p, 6, &[]));
     let hits = |e: &Engine| e.handle.stats().prefix_cache_hit_tokens;
     // P under A, then under B: B computes its prompt (a hit on A's blocks would fail the fake
     // model's forward, or give A's output) and equals a cold run.
     assert_eq!(
-        e.run(with(greedy(p.clone(), 6), &[a])).await.single(),
-        reference(&e, &p, 6, &[a])
+        e.run(with(greedy(p.clone(), 6), &a)).await.single(),
+        reference(&e, &p, 6, &a)
     );
     let h0 = hits(&e);
     assert_eq!(
-        e.run(with(greedy(p.clone(), 6), &[b])).await.single(),
+        e.run(with(greedy(p.clone(), 6), &b)).await.single(),
         cold_b
     );
     assert_eq!(hits(&e), h0, "no block shared across adapters");
@@ -74,21 +75,24 @@ async fn the_prefix_cache_is_keyed_by_the_adapters_content() {
     assert_eq!(hits(&e), h0);
     // The same adapter hits its own blocks.
     assert_eq!(
-        e.run(with(greedy(p.clone(), 6), &[b])).await.single(),
+        e.run(with(greedy(p.clone(), 6), &b)).await.single(),
         cold_b
     );
     assert_eq!(hits(&e), h0 + 12);
     // Another scale is another K/V.
-    let half = LoraRef { scale: 0.5, ..b };
+    let half = [LoraRef {
+        scale: 0.5,
+        ..b[0].clone()
+    }];
     let h1 = hits(&e);
     assert_eq!(
-        e.run(with(greedy(p.clone(), 6), &[half])).await.single(),
-        reference(&e, &p, 6, &[half])
+        e.run(with(greedy(p.clone(), 6), &half)).await.single(),
+        reference(&e, &p, 6, &half)
     );
     assert_eq!(hits(&e), h1);
     // Same id, other content (an adapter reloaded under its name): no hit.
-    let reloaded = lora(2, 0xC);
-    e.run(with(greedy(p.clone(), 6), &[reloaded]))
+    let reloaded = [lora(2, 0xC)];
+    e.run(with(greedy(p.clone(), 6), &reloaded))
         .await
         .single();
     assert_eq!(hits(&e), h1);

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod chat;
 pub mod error;
 pub mod json;
+pub mod kv_events;
 pub mod limits;
 pub mod lora;
 pub mod metrics;
@@ -20,6 +21,7 @@ pub mod state;
 pub mod stream;
 pub mod util;
 pub mod validate;
+pub mod vllm_metrics;
 
 pub use routes::router;
 pub use state::{AppState, ServerOptions, Serving};

@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use cordial_engine::LoraRef;
 use cordial_model::{LoraAdapter, LoraBase};
 
+use crate::metrics::escape_label;
+
 /// Operator settings (`--max-loras`, `--max-lora-rank`, `--max-cpu-loras`,
 /// `--allow-runtime-lora-updating`).
 #[derive(Debug, Clone)]
@@ -65,6 +67,7 @@ impl AdapterInfo {
     pub fn lora_ref(&self, scale: f32) -> LoraRef {
         LoraRef {
             id: self.id,
+            name: self.name.as_str().into(),
             scale,
             digest: self.digest,
         }
@@ -312,64 +315,56 @@ impl LoraRegistry {
         }
     }
 
-    /// The adapters' lines of `/metrics`: vLLM's `vllm:lora_requests_info` (value: the current
-    /// time, as vLLM; labels: `max_lora`, the running and the waiting adapters' names) and
-    /// `cordial_lora_*` per adapter.
-    pub fn render_metrics(&self, running: &[u32], waiting: &[u32], now: f64) -> String {
+    /// The names of adapters `ids` (unloaded ones too), in that order.
+    pub fn names(&self, ids: &[u32]) -> Vec<String> {
+        let inner = self.lock();
+        ids.iter()
+            .filter_map(|id| inner.by_id.get(id).map(|a| a.name.clone()))
+            .collect()
+    }
+
+    /// The `cordial_lora_*` lines of `/metrics`, per adapter ever registered (label `adapter`).
+    pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write;
-        let names = |ids: &[u32]| -> String {
-            let inner = self.lock();
-            ids.iter()
-                .filter_map(|id| inner.by_id.get(id).map(|a| escape(&a.name)))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP vllm:lora_requests_info Running stats on LoRA requests.\n\
-             # TYPE vllm:lora_requests_info gauge\n\
-             vllm:lora_requests_info{{max_lora=\"{}\",running_lora_adapters=\"{}\",\
-             waiting_lora_adapters=\"{}\"}} {now}",
-            self.settings.max_loras,
-            names(running),
-            names(waiting),
-        );
         let all: Vec<Arc<AdapterInfo>> = self.lock().by_id.values().cloned().collect();
-        let family = |out: &mut String, name: &str, help: &str, kind: &str, v: &dyn Fn(&AdapterInfo) -> String| {
+        let served: Vec<u32> = self.loaded().iter().map(|a| a.id).collect();
+        let family = |out: &mut String,
+                      name: &str,
+                      help: &str,
+                      kind: &str,
+                      v: &dyn Fn(&AdapterInfo) -> u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for a in &all {
-                let _ = writeln!(out, "{name}{{adapter=\"{}\"}} {}", escape(&a.name), v(a));
+                let _ = writeln!(out, "{name}{{adapter=\"{}\"}} {}", escape_label(&a.name), v(a));
             }
         };
         family(
-            &mut out,
+            out,
             "cordial_lora_requests_total",
             "Requests served with each LoRA adapter.",
             "counter",
-            &|a| a.requests.load(Ordering::Relaxed).to_string(),
+            &|a| a.requests.load(Ordering::Relaxed),
         );
         family(
-            &mut out,
+            out,
             "cordial_lora_prompt_tokens_total",
             "Prompt tokens of finished requests, per LoRA adapter.",
             "counter",
-            &|a| a.prompt_tokens.load(Ordering::Relaxed).to_string(),
+            &|a| a.prompt_tokens.load(Ordering::Relaxed),
         );
         family(
-            &mut out,
+            out,
             "cordial_lora_completion_tokens_total",
             "Generated tokens of finished requests, per LoRA adapter.",
             "counter",
-            &|a| a.completion_tokens.load(Ordering::Relaxed).to_string(),
+            &|a| a.completion_tokens.load(Ordering::Relaxed),
         );
-        let served: Vec<u32> = self.loaded().iter().map(|a| a.id).collect();
         family(
-            &mut out,
+            out,
             "cordial_lora_adapter_loaded",
             "1 while an adapter is served by name, 0 once unloaded.",
             "gauge",
-            &|a| u8::from(served.contains(&a.id)).to_string(),
+            &|a| u64::from(served.contains(&a.id)),
         );
         let _ = writeln!(
             out,
@@ -377,12 +372,5 @@ impl LoraRegistry {
              # TYPE cordial_lora_resident_adapters gauge\ncordial_lora_resident_adapters {}",
             self.resident()
         );
-        out
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }

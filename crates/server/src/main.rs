@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use cordial_engine::EngineConfig;
+use cordial_engine::{EngineConfig, KvEventSender};
 use cordial_model::fetch::{default_model_path, ensure_default_model};
 use cordial_model::{Compute, Isa};
 use cordial_server::auth::ApiKeys;
+use cordial_server::kv_events::{self, Layout, Publisher};
 use cordial_server::lora::LoraSettings;
 use cordial_server::runner::{self, RunnerOptions};
 use cordial_server::serve::{serve as serve_http, ServeOptions};
@@ -149,6 +150,34 @@ struct ServeArgs {
     /// Seconds in-flight requests may take after SIGTERM/SIGINT before they are cancelled.
     #[arg(long, env = "CORDIAL_SHUTDOWN_GRACE", default_value_t = 30.0)]
     shutdown_grace: f64,
+    /// Publish the prefix cache's changes (vLLM's KV events: BlockStored, BlockRemoved,
+    /// AllBlocksCleared) on a ZeroMQ PUB socket bound here, e.g. `tcp://*:5557` [default: off].
+    #[arg(
+        long,
+        env = "CORDIAL_KV_EVENTS_ENDPOINT",
+        value_name = "tcp://HOST:PORT"
+    )]
+    kv_events_endpoint: Option<String>,
+    /// Topic of the KV events [default: kv@<hostname>@<first served name>].
+    #[arg(long, env = "CORDIAL_KV_EVENTS_TOPIC")]
+    kv_events_topic: Option<String>,
+    /// Encoding of the KV events: `array` (vLLM < 0.28's tagged arrays, llm-d's indexer) or
+    /// `map` (vLLM >= 0.28's tagged maps, vllm-router).
+    #[arg(
+        long,
+        env = "CORDIAL_KV_EVENTS_LAYOUT",
+        value_enum,
+        default_value = "array"
+    )]
+    kv_events_layout: Layout,
+    /// Seed of the prefix cache's block hashes (vLLM's `sha256_cbor` chain; the seed plays
+    /// vLLM's PYTHONHASHSEED): replicas started with the same seed name equal blocks alike.
+    #[arg(
+        long,
+        env = "CORDIAL_PREFIX_CACHING_HASH_SEED",
+        default_value = cordial_engine::block_hash::DEFAULT_HASH_SEED
+    )]
+    prefix_caching_hash_seed: String,
     /// Serve LoRA adapters (also on when any adapter flag is given): a request selects one by
     /// its name in `model`.
     #[arg(long)]
@@ -487,10 +516,30 @@ fn serve(args: ServeArgs, json_logs: bool, order: &AdapterOrder) -> anyhow::Resu
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!("listening on http://{}", listener.local_addr()?);
-        let setup = LoadSetup {
+        let kv_events = match &args.kv_events_endpoint {
+            Some(endpoint) => {
+                let topic = args
+                    .kv_events_topic
+                    .clone()
+                    .unwrap_or_else(|| kv_events::default_topic(&state.served_names()[0]));
+                let publisher =
+                    Publisher::bind(endpoint, topic.clone(), args.kv_events_layout).await?;
+                tracing::info!(
+                    "KV events on {} (topic {topic}, {:?} layout)",
+                    publisher.endpoint,
+                    args.kv_events_layout
+                );
+                let (sender, receiver) = tokio::sync::mpsc::channel(kv_events::CHANNEL_CAPACITY);
+                tokio::spawn(publisher.run(receiver));
+                Some(sender)
+            }
+            None => None,
+        };
+                let setup = LoadSetup {
             json_logs,
             compute,
             lora: lora.map(|l| (l, names_for_lora, adapters)),
+            kv_events,
         };
         spawn_loader(state.clone(), args, path, setup);
         let shutdown_state = state.clone();
@@ -555,6 +604,7 @@ struct LoadSetup {
     json_logs: bool,
     compute: Compute,
     lora: Option<(LoraSettings, Vec<String>, Vec<AdapterFlag>)>,
+    kv_events: Option<KvEventSender>,
 }
 
 /// Loads the model on its own thread; the server answers `/health` 503 meanwhile. A failure to
@@ -591,6 +641,7 @@ fn load(args: &ServeArgs, path: PathBuf, setup: LoadSetup) -> anyhow::Result<Ser
         json_logs,
         compute,
         lora,
+        kv_events,
     } = setup;
     let path = if args.model.is_none() {
         startup::fetch_default_model(json_logs)?
@@ -637,6 +688,8 @@ fn load(args: &ServeArgs, path: PathBuf, setup: LoadSetup) -> anyhow::Result<Ser
         max_waiting: args.max_waiting,
         max_prefill_tokens: args.max_prefill_tokens,
         max_loras: lora.as_ref().map_or(0, |(s, _, _)| s.max_loras),
+        prefix_hash_seed: args.prefix_caching_hash_seed.clone(),
+        kv_events,
         ..EngineConfig::default()
     };
     startup::serving(loaded, config, template.as_deref())

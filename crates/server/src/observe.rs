@@ -20,6 +20,7 @@ use crate::metrics::route_label;
 use crate::state::AppState;
 use crate::stream::Output;
 use crate::util::random_u64;
+use crate::vllm_metrics::Finished;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -213,13 +214,21 @@ pub fn guard_panics(
         })
 }
 
-/// Watches a completion's outputs: time to first token, inter-token gaps (per choice), and
-/// the token counts of the usage.
+/// Watches a completion's outputs: time to first token, inter-token gaps (per choice), the
+/// token counts of the usage, and vLLM's per-choice series (first token, end and why: a choice
+/// not ended when the stream ends or is dropped counts as `error` after a failure, else
+/// `abort`). `choices`: how many choices the request generates.
 pub fn tap(
     outs: impl Stream<Item = Output> + Send + 'static,
     record: Option<Arc<RequestRecord>>,
+    choices: usize,
 ) -> impl Stream<Item = Output> + Send + 'static {
     let mut last: Vec<Option<Instant>> = Vec::new();
+    let mut ends = record.as_ref().map(|r| ChoiceEnds {
+        record: Arc::clone(r),
+        ended: vec![false; choices],
+        failed: false,
+    });
     outs.inspect(move |out| {
         let Some(record) = &record else { return };
         let metrics = record.state.metrics();
@@ -234,17 +243,60 @@ pub fn tap(
                 if last.len() <= *index {
                     last.resize(index + 1, None);
                 }
-                if let Some(prev) = last[*index].replace(now) {
-                    metrics.inter_token.observe(now - prev);
+                match last[*index].replace(now) {
+                    Some(prev) => metrics.inter_token.observe(now - prev),
+                    None => metrics.vllm.first_token(now - record.start),
+                }
+            }
+            Output::ChoiceDone { index, reason } => {
+                if let Some(ends) = &mut ends {
+                    ends.end(*index, Finished::from(*reason));
                 }
             }
             Output::Done { usage, .. } => {
                 metrics.add_tokens(usage.prompt_tokens, usage.completion_tokens);
                 record.lock().usage = Some((usage.prompt_tokens, usage.completion_tokens));
             }
-            Output::Echo { .. } | Output::ChoiceDone { .. } | Output::Failed(_) => {}
+            Output::Failed(_) => {
+                if let Some(ends) = &mut ends {
+                    ends.failed = true;
+                }
+            }
+            Output::Echo { .. } => {}
         }
     })
+}
+
+/// Which choices of a request ended; the rest are counted when the output stream goes.
+struct ChoiceEnds {
+    record: Arc<RequestRecord>,
+    ended: Vec<bool>,
+    failed: bool,
+}
+
+impl ChoiceEnds {
+    fn end(&mut self, index: usize, why: Finished) {
+        if let Some(ended) = self.ended.get_mut(index).filter(|e| !**e) {
+            *ended = true;
+            let metrics = self.record.state.metrics();
+            metrics
+                .vllm
+                .choice_finished(why, self.record.start.elapsed());
+        }
+    }
+}
+
+impl Drop for ChoiceEnds {
+    fn drop(&mut self) {
+        let why = if self.failed {
+            Finished::Error
+        } else {
+            Finished::Abort
+        };
+        for i in 0..self.ended.len() {
+            self.end(i, why);
+        }
+    }
 }
 
 #[cfg(test)]

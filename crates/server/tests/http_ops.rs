@@ -39,6 +39,12 @@ fn protected_routes() -> Vec<(&'static str, &'static str, Value)> {
             "/v1/chat/completions",
             json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
         ),
+        ("POST", "/v1/completions/render", json!({"prompt": "Hi"})),
+        (
+            "POST",
+            "/v1/chat/completions/render",
+            json!({"messages": [{"role": "user", "content": "Hi"}]}),
+        ),
         ("POST", "/v1/tokenize", json!({"prompt": "Hi"})),
         ("POST", "/v1/detokenize", json!({"tokens": [1, 2]})),
         ("GET", "/v1/models", Value::Null),

@@ -72,7 +72,7 @@ pub(crate) struct SequenceGroup {
     pub(crate) prompt_computed: usize,
     pub(crate) forked: bool,
     /// Chain hashes of the prompt's full blocks (prefix caching), computed on first use.
-    block_hashes: Vec<u64>,
+    block_hashes: Vec<crate::block_hash::BlockHash>,
     /// Prompt tokens reused from the prefix cache at the last admission (not computed).
     pub(crate) cached_tokens: usize,
     /// When the request times out (`EngineError::Timeout`).
@@ -83,8 +83,8 @@ pub(crate) struct SequenceGroup {
     pub(crate) beam: Option<beam::BeamState>,
     /// LoRA adapters of every choice (see `EngineRequest::lora`).
     pub(crate) lora: Vec<crate::api::LoraRef>,
-    /// The seed of the prompt's prefix-cache hash chain (`None`: the base model, unsalted).
-    pub(crate) chain_seed: Option<u64>,
+    /// What keys the prompt's prefix-cache blocks besides the tokens (the adapters).
+    pub(crate) chain_seed: crate::kv::ChainSeed,
     /// Prompt positions whose `PromptToken` event was sent, plus one (position 0 has none);
     /// kept across preemption so that a recompute never repeats them.
     pub(crate) prompt_scored: usize,

@@ -10,9 +10,14 @@ use crate::kv::{chain_hashes, BlockAllocator, BlockKey};
 
 impl SequenceGroup {
     /// Computes the chain hashes of the prompt's full blocks, once.
-    fn ensure_chain(&mut self, block_size: usize) {
+    fn ensure_chain(&mut self, block_size: usize, alloc: &BlockAllocator) {
         if self.block_hashes.is_empty() && self.prompt.len() >= block_size {
-            self.block_hashes = chain_hashes(&self.prompt, block_size, self.chain_seed);
+            self.block_hashes = chain_hashes(
+                &self.prompt,
+                block_size,
+                alloc.root_hash(),
+                &self.chain_seed,
+            );
         }
     }
 
@@ -35,16 +40,10 @@ impl SequenceGroup {
         {
             return 0;
         }
-        self.ensure_chain(block_size);
+        self.ensure_chain(block_size, alloc);
         let reusable = self.prompt.len().saturating_sub(1) / block_size;
         for i in 0..reusable {
-            let key = BlockKey::of_block(
-                &self.prompt,
-                block_size,
-                self.chain_seed,
-                &self.block_hashes,
-                i,
-            );
+            let key = BlockKey::of_block(&self.block_hashes, &self.chain_seed, i);
             let Some(block) = alloc.lookup(&key) else {
                 break;
             };
@@ -67,7 +66,9 @@ impl SequenceGroup {
     }
 
     /// After a forward wrote prompt positions `start..end` (before the fork): registers the
-    /// prompt blocks that this made full, so later prompts can reuse them.
+    /// prompt blocks that this made full, so later prompts can reuse them. Each run of
+    /// consecutive blocks newly registered is recorded as one `BlockStored` event (a block
+    /// whose contents another block already caches is not registered, and ends a run).
     pub(crate) fn register_prompt_blocks(
         &mut self,
         alloc: &mut BlockAllocator,
@@ -77,18 +78,34 @@ impl SequenceGroup {
         if !alloc.prefix_caching() || block_size == 0 || !self.prompt_embeddings.is_empty() {
             return;
         }
-        self.ensure_chain(block_size);
-        for i in start / block_size..end / block_size {
+        self.ensure_chain(block_size, alloc);
+        let blocks = start / block_size..end / block_size;
+        let mut run_start = blocks.start;
+        for i in blocks.clone() {
             let block = self.prompt_blocks.ids()[i];
-            let key = BlockKey::of_block(
-                &self.prompt,
-                block_size,
-                self.chain_seed,
-                &self.block_hashes,
-                i,
-            );
-            alloc.register(block, key);
+            if !alloc.register(block, BlockKey::of_block(&self.block_hashes, &self.chain_seed, i)) {
+                self.record_run(alloc, block_size, run_start..i);
+                run_start = i + 1;
+            }
         }
+        self.record_run(alloc, block_size, run_start..blocks.end);
+    }
+
+    /// Records prompt blocks `run` (all registered now) as one `BlockStored`.
+    fn record_run(
+        &self,
+        alloc: &mut BlockAllocator,
+        block_size: usize,
+        run: std::ops::Range<usize>,
+    ) {
+        if run.is_empty() {
+            return;
+        }
+        let parent = run.start.checked_sub(1).map(|p| &self.block_hashes[p]);
+        let tokens = &self.prompt[run.start * block_size..run.end * block_size];
+        // vLLM's BlockStored names one adapter (`lora_id`, `lora_name`): the first.
+        let lora = self.lora.first().map(|l| (l.id, &*l.name));
+        alloc.record_stored(&self.block_hashes[run], parent, tokens, block_size, lora);
     }
 }
 

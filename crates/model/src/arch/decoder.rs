@@ -350,7 +350,7 @@ impl Decoder {
                 &mut s.xn[..t * d],
             );
             {
-                let x = Acts::quantized(cx, &s.xn[..t * d], &mut s.xq, t);
+                let x = Acts::quantized(pool, cx, &s.xn[..t * d], &mut s.xq, t);
                 match &layer.qkv {
                     Qkv::Split { wq, wk, wv } => {
                         let mut jobs = [
@@ -433,7 +433,7 @@ impl Decoder {
                 &mut s.attn_scratch,
             );
             {
-                let x = Acts::quantized(cx, &s.attn[..t * qd], &mut s.xq, t);
+                let x = Acts::quantized(pool, cx, &s.attn[..t * qd], &mut s.xq, t);
                 matmul(pool, cx, &x, &mut [layer.wo.job(f, &mut s.xn[..t * d])]);
                 let o = &mut s.xn[..t * d];
                 lora.apply(pool, k, l, &s.attn[..t * qd], qd, &mut [(Proj::O, o)]);
@@ -444,7 +444,7 @@ impl Decoder {
             add_rows(&mut s.x[..t * d], &s.xn[..t * d]);
             rmsnorm(k, &s.x[..t * d], &layer.ffn_norm, c.eps, &mut s.xn[..t * d]);
             {
-                let x = Acts::quantized(cx, &s.xn[..t * d], &mut s.xq, t);
+                let x = Acts::quantized(pool, cx, &s.xn[..t * d], &mut s.xq, t);
                 match &layer.gate_up {
                     GateUp::Split { gate, up } => {
                         let mut jobs = [
@@ -483,7 +483,7 @@ impl Decoder {
                 Activation::GeluTanh => k.gelu_mul(&mut s.gate[..t * ffn], &s.up[..t * ffn]),
             }
             {
-                let x = Acts::quantized(cx, &s.gate[..t * ffn], &mut s.xq, t);
+                let x = Acts::quantized(pool, cx, &s.gate[..t * ffn], &mut s.xq, t);
                 matmul(pool, cx, &x, &mut [layer.w_down.job(f, &mut s.xn[..t * d])]);
                 let down = &mut s.xn[..t * d];
                 lora.apply(

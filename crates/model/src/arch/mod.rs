@@ -377,7 +377,7 @@ pub(crate) fn output_logits(
         return;
     }
     logits.resize(rows * output.rows, 0.0);
-    let x = Acts::quantized(cx, &s.xn[..rows * d], &mut s.xq, rows);
+    let x = Acts::quantized(pool, cx, &s.xn[..rows * d], &mut s.xq, rows);
     matmul(pool, cx, &x, &mut [output.job(f, logits)]);
     if cap > 0.0 {
         softcap(logits, cap);

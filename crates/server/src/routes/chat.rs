@@ -10,7 +10,7 @@ use axum::Json;
 
 use super::generate::{SseWriter, WireShape};
 use crate::error::{ApiError, Flavor, ValidationError};
-use crate::protocol::{ChatChoice, ChatCompletionResponse, ChatMessageOut, Usage};
+use crate::protocol::{ChatChoice, ChatCompletionResponse, ChatMessageOut, RenderedPrompt, Usage};
 use crate::state::AppState;
 use crate::stream::{chat_logprobs, ChatStream, ChoiceResult, StreamMeta};
 use crate::util::random_u64;
@@ -31,6 +31,33 @@ fn top_logprobs(valid: &ValidRequest) -> Option<usize> {
     }
 }
 
+impl Chat {
+    /// Chat fields, template, then the completions rules; also the rendered conversation.
+    fn validate_rendered(
+        &self,
+        state: &AppState,
+        body: &[u8],
+    ) -> Result<(ValidRequest, String), ApiError> {
+        let chat = parse_chat_body(body, &state.model_names())?;
+        let serving = state.serving().ok_or(ApiError::NotReady)?;
+        let template = serving.chat.as_ref().map_err(|e| {
+            ApiError::Invalid(ValidationError::new("messages", e.clone()), Flavor::OpenAi)
+        })?;
+        let tok = &serving.tokenizer;
+        // The template's text is what gets tokenized: keep it for the render endpoint.
+        let rendered = std::cell::RefCell::new(String::new());
+        let encode = |text: &str, bos: bool| {
+            text.clone_into(&mut rendered.borrow_mut());
+            tok.encode(text, bos)
+        };
+        let parsed = chat_request(chat, template, &encode, tok.bos_text())?;
+        let valid = serving
+            .with_model_info(|info| validate(parsed, info, random_u64))
+            .map_err(prompt_is_messages)?;
+        Ok((valid, rendered.into_inner()))
+    }
+}
+
 impl WireShape for Chat {
     /// Chat fields, template, then the completions rules.
     fn validate(
@@ -39,17 +66,24 @@ impl WireShape for Chat {
         _: &HeaderMap,
         body: &[u8],
     ) -> Result<ValidRequest, ApiError> {
-        let chat = parse_chat_body(body, &state.model_names())?;
-        let serving = state.serving().ok_or(ApiError::NotReady)?;
-        let template = serving.chat.as_ref().map_err(|e| {
-            ApiError::Invalid(ValidationError::new("messages", e.clone()), Flavor::OpenAi)
-        })?;
-        let tok = &serving.tokenizer;
-        let encode = |text: &str, bos: bool| tok.encode(text, bos);
-        let parsed = chat_request(chat, template, &encode, tok.bos_text())?;
-        serving
-            .with_model_info(|info| validate(parsed, info, random_u64))
-            .map_err(prompt_is_messages)
+        self.validate_rendered(state, body).map(|(valid, _)| valid)
+    }
+
+    /// `POST /v1/chat/completions/render`: the conversation's token ids and text.
+    fn render(&self, state: &AppState, _: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
+        let (valid, text) = self.validate_rendered(state, body)?;
+        let token_ids = valid
+            .requests
+            .first()
+            .map(|r| r.prompt.clone())
+            .unwrap_or_default();
+        Ok(Json(RenderedPrompt {
+            request_id: self.response_id(),
+            model: valid.model,
+            token_ids,
+            prompt: Some(text),
+        })
+        .into_response())
     }
 
     fn response_id(&self) -> String {

@@ -27,7 +27,7 @@ use super::BODY_LIMIT;
 use crate::error::ApiError;
 use crate::limits::apply_default_timeout;
 use crate::observe::{guard_panics, tap, RequestRecord};
-use crate::protocol::Usage;
+use crate::protocol::{RenderedPrompt, Usage};
 use crate::state::{AppState, Serving};
 use crate::stream::{
     best_of, collect, outputs, ChoiceResult, Generation, Output, StreamMeta, TextControls,
@@ -47,6 +47,28 @@ pub trait WireShape: Clone + Send + Sync + 'static {
     ) -> Result<ValidRequest, ApiError>;
     /// A fresh response id (`cmpl-…`, `chatcmpl-…`).
     fn response_id(&self) -> String;
+    /// The render endpoint's answer (`…/render`): what [`Self::validate`] made of the body —
+    /// the token ids a completion would be given — without generating. May run on a blocking
+    /// thread. By default (`/v1/completions/render`): one `RenderedPrompt` per input.
+    fn render(
+        &self,
+        state: &AppState,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Response, ApiError> {
+        let valid = self.validate(state, headers, body)?;
+        let rendered: Vec<RenderedPrompt> = valid
+            .requests
+            .iter()
+            .map(|r| RenderedPrompt {
+                request_id: self.response_id(),
+                model: valid.model.clone(),
+                token_ids: r.prompt.clone(),
+                prompt: None,
+            })
+            .collect();
+        Ok(axum::Json(rendered).into_response())
+    }
     /// The non-streamed answer (`choices`: the kept ones when `best_of` ranked them).
     fn body(
         &self,
@@ -85,6 +107,38 @@ pub fn generation_route<S: WireShape>(shape: S) -> MethodRouter<AppState> {
             }
         },
     )
+}
+
+/// A `POST` route answering `shape`'s render endpoint: the same body reading and validation as
+/// the generation route (every 4xx the same), no generation.
+pub fn render_route<S: WireShape>(shape: S) -> MethodRouter<AppState> {
+    post(
+        move |State(state): State<AppState>,
+              headers: HeaderMap,
+              body: Result<Bytes, BytesRejection>| {
+            let shape = shape.clone();
+            async move {
+                render(shape, state, headers, body)
+                    .await
+                    .unwrap_or_else(IntoResponse::into_response)
+            }
+        },
+    )
+}
+
+async fn render<S: WireShape>(
+    shape: S,
+    state: AppState,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_error)?;
+    if body.len() <= INLINE_BODY_BYTES && !mentions_format(&body) {
+        return shape.render(&state, &headers, &body);
+    }
+    tokio::task::spawn_blocking(move || shape.render(&state, &headers, &body))
+        .await
+        .map_err(|e| ApiError::Internal(format!("validation failed: {e}")))?
 }
 
 /// Bodies up to this size are validated on the async worker itself, unless they may ask for
@@ -135,7 +189,7 @@ async fn generate<S: WireShape>(
     let outs = guard_panics(outputs(streams, generation(serving, &valid)), move || {
         counter.metrics().panic_caught()
     });
-    let outs = tap(outs, record);
+    let outs = tap(outs, record, valid.requests.len() * valid.n);
     let meta = StreamMeta {
         id: shape.response_id(),
         created: unix_now(),

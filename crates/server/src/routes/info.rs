@@ -7,6 +7,7 @@ use axum::Json;
 use crate::error::ApiError;
 use crate::protocol::{HealthBody, ModelCard, ModelList};
 use crate::state::AppState;
+use crate::vllm_metrics::EngineView;
 
 /// 200 once the model is loaded and the engine runs; 503 (with `Retry-After`) before.
 pub async fn health(State(state): State<AppState>) -> Response {
@@ -52,15 +53,37 @@ pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
     })
 }
 
-/// Prometheus text exposition (`metrics.rs`).
+/// Prometheus text exposition: `cordial_*` (`metrics.rs`), then `vllm:*` (`vllm_metrics.rs`).
+/// Reads atomics only.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let stats = state.serving().map(|s| s.engine.stats());
-    let mut body = state.metrics().render(stats.as_ref());
+    let metrics = state.metrics();
+    let mut body = metrics.render(stats.as_ref());
+    let view = state
+        .serving()
+        .zip(stats.as_ref())
+        .map(|(s, stats)| EngineView {
+            stats,
+            kv: s.engine.kv_capacity(),
+            prefix_caching: s.engine.prefix_caching(),
+        });
+    let model_name = &state.served_names()[0];
+    metrics
+        .vllm
+        .render(&mut body, model_name, metrics.tokens(), view);
     if let (Some(registry), Some(s)) = (state.serving().and_then(|s| s.lora.as_deref()), &stats) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        body.push_str(&registry.render_metrics(&s.running_loras, &s.waiting_loras, now));
+        let (running, waiting) = (registry.names(&s.running_loras), registry.names(&s.waiting_loras));
+        metrics.vllm.render_lora_info(
+            &mut body,
+            registry.settings.max_loras,
+            &running,
+            &waiting,
+            now,
+        );
+        registry.render_metrics(&mut body);
     }
     (
         [(

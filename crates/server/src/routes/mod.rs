@@ -1,7 +1,8 @@
 //! HTTP routes (axum 0.8). Completions on three paths (`/v1`, `/serverless/v1`,
-//! `/dedicated/v1`, as the Friendli SDKs call them); chat completions; `/health`; `/v1/models`;
-//! `/v1/tokenize` and `/v1/detokenize`; `/metrics`; `/openapi.json`; vLLM's runtime LoRA
-//! routes.
+//! `/dedicated/v1`, as the Friendli SDKs call them); chat completions; vLLM's render endpoints
+//! (`/v1/completions/render`, `/v1/chat/completions/render`); `/health`; `/v1/models`;
+//! `/v1/tokenize` and `/v1/detokenize`; `/metrics`; `/openapi.json`; vLLM's runtime LoRA routes
+//! (`/v1/load_lora_adapter`, `/v1/unload_lora_adapter`).
 //!
 //! Middleware, outermost first: `observe` (request id, log line, metrics), panic → 500, CORS
 //! (only with `--allowed-origins`), `auth::require_key`, `limits::read_body` (read deadline,
@@ -34,7 +35,7 @@ pub const BODY_LIMIT: usize = 8 * 1024 * 1024;
 
 pub use chat::Chat;
 pub use completions::Completions;
-pub use generate::{generation_route, SseWriter, WireShape};
+pub use generate::{generation_route, render_route, SseWriter, WireShape};
 pub use openapi::document as openapi_document;
 
 /// The completions paths (the same handler on each).
@@ -44,16 +45,22 @@ pub const COMPLETIONS_PATHS: [&str; 3] = [
     "/dedicated/v1/completions",
 ];
 pub const CHAT_PATH: &str = "/v1/chat/completions";
+/// vLLM's render endpoints (the token ids a completion of the body would get), which llm-d's
+/// router calls to tokenize exactly as the model server does.
+pub const COMPLETIONS_RENDER_PATH: &str = "/v1/completions/render";
+pub const CHAT_RENDER_PATH: &str = "/v1/chat/completions/render";
 /// vLLM's runtime LoRA routes (`--allow-runtime-lora-updating`).
 pub const LOAD_LORA_PATH: &str = "/v1/load_lora_adapter";
 pub const UNLOAD_LORA_PATH: &str = "/v1/unload_lora_adapter";
 
 /// Every path the API serves (metrics label requests by these; anything else is `other`).
-pub const PATHS: [&str; 12] = [
+pub const PATHS: [&str; 14] = [
     COMPLETIONS_PATHS[0],
     COMPLETIONS_PATHS[1],
     COMPLETIONS_PATHS[2],
     CHAT_PATH,
+    COMPLETIONS_RENDER_PATH,
+    CHAT_RENDER_PATH,
     "/v1/tokenize",
     "/v1/detokenize",
     "/health",
@@ -73,6 +80,8 @@ pub fn routes() -> Router<AppState> {
     }
     router
         .route(CHAT_PATH, generation_route(Chat))
+        .route(COMPLETIONS_RENDER_PATH, render_route(Completions))
+        .route(CHAT_RENDER_PATH, render_route(Chat))
         .route("/v1/tokenize", post(tokenize::tokenize))
         .route("/v1/detokenize", post(tokenize::detokenize))
         .route("/health", get(info::health))

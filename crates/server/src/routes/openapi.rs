@@ -23,8 +23,8 @@ use crate::protocol::{
     ChatChunk, ChatCompletionResponse, ChatFields, ChunkError, CompletionChunk, CompletionRequest,
     CompletionResponse, DetokenizeRequest, DetokenizeResponse, ErrorBody, HealthBody,
     LegacyComplete, LegacyError, LegacyTokenSampled, LoadLoraRequest, LogitBias, ModelList, Prompt,
-    Seed, Stop, Tag, UnloadLoraRequest,
-    TokenInput, TokenizeRequest, TokenizeResponse, TopLogprobs,
+    RenderedPrompt, Seed, Stop, Tag, TokenInput, TokenizeRequest, TokenizeResponse, TopLogprobs,
+    UnloadLoraRequest,
 };
 use crate::state::AppState;
 
@@ -303,6 +303,41 @@ fn text_post<Req: ToSchema>(id: &str, summary: &str) -> utoipa::openapi::path::O
         .build()
 }
 
+/// A render endpoint: the generation route's body, `RenderedPrompt` (or a list of them) back.
+fn render_operation(
+    id: &str,
+    summary: &str,
+    request: RefOr<Schema>,
+    list: bool,
+) -> utoipa::openapi::path::Operation {
+    let body = RequestBodyBuilder::new()
+        .required(Some(utoipa::openapi::Required::True))
+        .content(
+            "application/json",
+            ContentBuilder::new().schema(Some(request)).build(),
+        )
+        .build();
+    let one = reference::<RenderedPrompt>();
+    let schema = if list {
+        RefOr::T(Schema::Array(utoipa::openapi::schema::Array::new(one)))
+    } else {
+        one
+    };
+    let ok = ResponseBuilder::new()
+        .description(summary)
+        .content(
+            "application/json",
+            ContentBuilder::new().schema(Some(schema)).build(),
+        )
+        .build();
+    OperationBuilder::new()
+        .operation_id(Some(id))
+        .summary(Some(summary))
+        .request_body(Some(body))
+        .responses(with_errors(ok, true))
+        .build()
+}
+
 fn get_op(
     id: &str,
     summary: &str,
@@ -338,6 +373,32 @@ pub fn document() -> OpenApi {
         .path(
             super::CHAT_PATH,
             PathItem::new(HttpMethod::Post, chat_operation()),
+        )
+        .path(
+            super::COMPLETIONS_RENDER_PATH,
+            PathItem::new(
+                HttpMethod::Post,
+                render_operation(
+                    "render_completions",
+                    "The token ids each input's completion would be given (vLLM's render), \
+                     validated as a completion: one entry per input.",
+                    reference::<CompletionRequest>(),
+                    true,
+                ),
+            ),
+        )
+        .path(
+            super::CHAT_RENDER_PATH,
+            PathItem::new(
+                HttpMethod::Post,
+                render_operation(
+                    "render_chat_completions",
+                    "The rendered conversation and its token ids (vLLM's render), validated as \
+                     a chat completion.",
+                    RefOr::Ref(Ref::from_schema_name(CHAT_REQUEST)),
+                    false,
+                ),
+            ),
         )
         .path(
             "/v1/tokenize",
@@ -439,6 +500,7 @@ pub fn document() -> OpenApi {
     with_refs::<TokenizeResponse>(&mut schemas);
     with_refs::<DetokenizeRequest>(&mut schemas);
     with_refs::<DetokenizeResponse>(&mut schemas);
+    with_refs::<RenderedPrompt>(&mut schemas);
     with_refs::<ModelList>(&mut schemas);
     with_refs::<LoadLoraRequest>(&mut schemas);
     with_refs::<UnloadLoraRequest>(&mut schemas);

@@ -254,7 +254,7 @@ mod tests {
         assert_eq!(err.detail().param.as_deref(), Some("model"));
         // Friendli's ENDPOINT:ROUTE: the route after the last `:` names the model.
         let p = parse(r#"{"model":"ep-1:alias","prompt":"x"}"#).unwrap();
-        assert_eq!((p.model.as_str(), p.adapter), ("ep-1:alias", None));
+        assert_eq!((p.model.as_str(), p.adapter.is_none()), ("ep-1:alias", true));
         let err = parse(r#"{"model":"ep-1:other","prompt":"x"}"#).unwrap_err();
         assert_eq!(err.status(), 404);
         assert!(err.to_string().contains("ep-1:other"), "{err}");
@@ -270,6 +270,7 @@ mod tests {
             let id = ["sql", "a:b"].iter().position(|n| *n == name)? as u32;
             Some(LoraRef {
                 id,
+                name: name.into(),
                 scale: 1.0,
                 digest: [id as u8; 32],
             })

@@ -30,6 +30,18 @@ const K6: u8 = 7;
 /// Activation rows per tile kept in L1 while a task's weight groups pass over it.
 const T_TILE: usize = 16;
 
+/// How far ahead (bytes) the kernel prefetches the group it streams.
+const PREFETCH: usize = 2048;
+
+/// Prefetches the `len` bytes `PREFETCH` past `p` into L1.
+#[inline(always)]
+unsafe fn prefetch(p: *const u8, len: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for off in (0..len).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + off) as *const i8);
+    }
+}
+
 /// One quantized activation row.
 #[derive(Clone, Copy)]
 struct Act {
@@ -164,6 +176,9 @@ unsafe fn group32<S: Simd, const F: u8, const N: usize>(
     };
     for b in 0..lay.nb {
         let body = g.add(lay.body_at(b));
+        if N > 1 {
+            prefetch(body, lay.body);
+        }
         let dv = S::load_f16(g.add(lay.d_at(b)));
         let l = match F {
             Q5_0 | Q5_1 => Lines {
@@ -207,6 +222,9 @@ unsafe fn group_k<S: Simd, const F: u8, const N: usize>(
     let mut acc = [S::fzero(); N];
     for u in 0..lay.nb / 8 {
         let body = g.add(lay.body_at(u));
+        if N > 1 {
+            prefetch(body, lay.body);
+        }
         let d = S::load_f16(g.add(lay.d_at(u)));
         let neg_dmin = if F == K6 {
             S::fzero()
