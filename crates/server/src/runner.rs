@@ -183,22 +183,27 @@ impl ModelExecutor for ModelRunner {
     }
     fn forward(&mut self, seqs: &[SeqStep<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
         let adapters = self.step_adapters(seqs)?;
+        let weights = |id: u32| {
+            adapters
+                .iter()
+                .find(|(i, _)| *i == id)
+                .map(|(_, w)| &**w)
+                .ok_or_else(|| ModelError(format!("LoRA adapter {id} was not resolved")))
+        };
         let uses: Vec<Vec<LoraUse<'_>>> = seqs
             .iter()
             .map(|s| {
                 s.lora
                     .iter()
-                    .map(|l| LoraUse {
-                        adapter: &adapters
-                            .iter()
-                            .find(|(id, _)| *id == l.id)
-                            .expect("resolved above")
-                            .1,
-                        scale: l.scale,
+                    .map(|l| {
+                        Ok(LoraUse {
+                            adapter: weights(l.id)?,
+                            scale: l.scale,
+                        })
                     })
-                    .collect()
+                    .collect::<Result<_, ModelError>>()
             })
-            .collect();
+            .collect::<Result<_, ModelError>>()?;
         let batch = Batch {
             seqs: seqs
                 .iter()
