@@ -250,3 +250,59 @@ fn adapters_that_could_never_run_are_refused() {
         );
     }
 }
+
+/// KV events of an adapter's blocks carry vLLM's hashes with the extra key `(lora_name,)` and
+/// name the adapter (`lora_id`, `lora_name`); the base's blocks keep the plain hashes.
+#[tokio::test]
+async fn kv_events_name_the_adapter_and_hash_with_its_name() {
+    use cordial_engine::block_hash::{chain, external, hash_block_with, root_hash};
+    use cordial_engine::KvEvent;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let e = Engine::start(
+        FakeModelConfig {
+            num_blocks: 64,
+            ..Default::default()
+        },
+        EngineConfig {
+            kv_events: Some(tx),
+            ..Default::default()
+        },
+    );
+    let p = prompt(9, 1, 64); // 2 full blocks of 4
+    let a = [lora(3, 0xA)];
+    e.run(with(greedy(p.clone(), 2), &a)).await;
+    e.run(greedy(p.clone(), 2)).await;
+    e.wait_all_free().await;
+    let mut stored = Vec::new();
+    while let Ok(b) = rx.try_recv() {
+        stored.extend(
+            b.events
+                .into_iter()
+                .filter(|e| matches!(e, KvEvent::BlockStored { .. })),
+        );
+    }
+    let root = root_hash(cordial_engine::block_hash::DEFAULT_HASH_SEED);
+    let b0 = hash_block_with(&root, &p[..4], Some(&["adapter-3"]));
+    let b1 = hash_block_with(&b0, &p[4..8], Some(&["adapter-3"]));
+    assert_eq!(
+        stored,
+        [
+            KvEvent::BlockStored {
+                block_hashes: vec![external(&b0), external(&b1)],
+                parent_block_hash: None,
+                token_ids: p[..8].to_vec(),
+                block_size: 4,
+                lora_id: Some(3),
+                lora_name: Some("adapter-3".into()),
+            },
+            KvEvent::BlockStored {
+                block_hashes: chain(&p, 4, &root).iter().map(external).collect(),
+                parent_block_hash: None,
+                token_ids: p[..8].to_vec(),
+                block_size: 4,
+                lora_id: None,
+                lora_name: None,
+            },
+        ]
+    );
+}

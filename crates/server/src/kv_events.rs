@@ -330,4 +330,26 @@ mod tests {
         assert!(t.starts_with("kv@") && t.ends_with("@m"), "{t}");
         assert_eq!(t.split('@').count(), 3);
     }
+
+    /// An adapter's blocks: `lora_id` in both layouts, `lora_name` in the map layout.
+    #[test]
+    fn adapter_blocks_carry_the_adapter() {
+        let b = KvEventBatch {
+            seq: 0,
+            ts: 1.5,
+            events: vec![KvEvent::BlockStored {
+                block_hashes: vec![1],
+                parent_block_hash: None,
+                token_ids: vec![1],
+                block_size: 1,
+                lora_id: Some(3),
+                lora_name: Some("sql".into()),
+            }],
+        };
+        let array = encode(&b, Layout::Array);
+        assert!(array.ends_with(&[0x01, 0x03, 0xa3, b'G', b'P', b'U', 0xc0]), "{array:x?}");
+        let map = encode(&b, Layout::Map);
+        let tail = [&[0xa9][..], b"lora_name", &[0xa3], b"sql", &[0xc0]].concat();
+        assert!(map.ends_with(&tail), "{map:x?}");
+    }
 }
