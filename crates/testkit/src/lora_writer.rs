@@ -1,8 +1,8 @@
 //! Test LoRA adapters made offline from a fixed seed, in both file forms cordial reads: a
 //! llama.cpp GGUF adapter and a PEFT folder (`adapter_config.json` +
-//! `adapter_model.safetensors`), written from the SAME arrays. `scripts/make-lora-reference.py`
-//! draws the identical arrays with numpy (same stream, same order) and writes the GGUF with
-//! PyPI `gguf` for llama.cpp; [`LoraSpec::data_digest`] lets a test check both agree.
+//! `adapter_model.safetensors`), written from the SAME arrays. `scripts/make-lora-golden.py`
+//! has llama.cpp read the GGUF form this writes and records [`LoraSpec::data_digest`] of it,
+//! so the golden test can check its fixture was made from the same arrays.
 //!
 //! The values: a SplitMix64 stream from `seed`; value `k` is
 //! `((next() >> 40) / 2^24 · 2 − 1)` (exact in f32) times `a_scale` for `A` and `b_scale` for
@@ -232,7 +232,7 @@ impl LoraSpec {
     }
 
     /// SHA-256 (hex) over the GGUF tensors in file order: each name's bytes, then its data.
-    /// `make-lora-reference.py` records the same digest of the arrays it wrote.
+    /// `scripts/make-lora-golden.py` records the same digest of the file llama.cpp read.
     pub fn data_digest(&self) -> String {
         let mut h = Sha256::new();
         for (name, _, data) in self.gguf_tensors() {
