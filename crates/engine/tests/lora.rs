@@ -62,10 +62,7 @@ async fn the_prefix_cache_is_keyed_by_the_adapters_content() {
         reference(&e, &p, 6, &a)
     );
     let h0 = hits(&e);
-    assert_eq!(
-        e.run(with(greedy(p.clone(), 6), &b)).await.single(),
-        cold_b
-    );
+    assert_eq!(e.run(with(greedy(p.clone(), 6), &b)).await.single(), cold_b);
     assert_eq!(hits(&e), h0, "no block shared across adapters");
     // The base model is unsalted and unaffected.
     assert_eq!(
@@ -74,10 +71,7 @@ async fn the_prefix_cache_is_keyed_by_the_adapters_content() {
     );
     assert_eq!(hits(&e), h0);
     // The same adapter hits its own blocks.
-    assert_eq!(
-        e.run(with(greedy(p.clone(), 6), &b)).await.single(),
-        cold_b
-    );
+    assert_eq!(e.run(with(greedy(p.clone(), 6), &b)).await.single(), cold_b);
     assert_eq!(hits(&e), h0 + 12);
     // Another scale is another K/V.
     let half = [LoraRef {
@@ -92,9 +86,7 @@ async fn the_prefix_cache_is_keyed_by_the_adapters_content() {
     assert_eq!(hits(&e), h1);
     // Same id, other content (an adapter reloaded under its name): no hit.
     let reloaded = [lora(2, 0xC)];
-    e.run(with(greedy(p.clone(), 6), &reloaded))
-        .await
-        .single();
+    e.run(with(greedy(p.clone(), 6), &reloaded)).await.single();
     assert_eq!(hits(&e), h1);
     e.wait_all_free().await;
 }

@@ -32,12 +32,17 @@ fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2-lora")
 }
 
-/// Writes the reference adapter to `$CORDIAL_LORA_OUT` (used by scripts/make-lora-golden.py).
+/// Writes the reference adapter to `$CORDIAL_LORA_OUT` (scripts/make-lora-golden.py), or with
+/// `$CORDIAL_LORA_SEED` another one of the same shape (scripts/bench-lora.py).
 #[test]
-#[ignore = "writes the reference adapter for scripts/make-lora-golden.py"]
+#[ignore = "writes an adapter for scripts/make-lora-golden.py and scripts/bench-lora.py"]
 fn write_reference_adapter() {
     let out = std::env::var("CORDIAL_LORA_OUT").expect("CORDIAL_LORA_OUT");
-    reference_spec().write_gguf(std::path::Path::new(&out)).unwrap();
+    let mut spec = reference_spec();
+    if let Ok(seed) = std::env::var("CORDIAL_LORA_SEED") {
+        spec.seed = seed.parse().expect("CORDIAL_LORA_SEED");
+    }
+    spec.write_gguf(std::path::Path::new(&out)).unwrap();
 }
 
 #[derive(Default, Debug)]
@@ -66,17 +71,17 @@ impl Diff {
 fn adapter_logprobs_match_llama_cpp_far_beyond_int8_noise() {
     let cases = greedy_cases_in(&fixture_dir());
     assert!(cases.len() >= 6);
-    let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture_dir().join("meta.json")).unwrap(),
-    )
-    .unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("meta.json")).unwrap())
+            .unwrap();
     let spec = reference_spec();
     assert_eq!(
         meta["adapter_data_sha256"].as_str().unwrap(),
         spec.data_digest(),
         "the fixture was made from another adapter"
     );
-    let path = std::env::temp_dir().join(format!("cordial-golden-lora-{}.gguf", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("cordial-golden-lora-{}.gguf", std::process::id()));
     spec.write_gguf(&path).unwrap();
     let model = load_default();
     let adapter = LoraAdapter::load(&path, model.lora_base(), 64).expect("adapter");
@@ -95,7 +100,10 @@ fn adapter_logprobs_match_llama_cpp_far_beyond_int8_noise() {
         let without = h.score(&all);
         let from = case.prompt_ids.len() - 1;
         for (i, step) in case.steps.iter().enumerate() {
-            let (w, b) = (log_softmax(&with[from + i]), log_softmax(&without[from + i]));
+            let (w, b) = (
+                log_softmax(&with[from + i]),
+                log_softmax(&without[from + i]),
+            );
             let top: Vec<u32> = step.top.iter().map(|t| t.0).collect();
             for &(id, want) in &step.top {
                 let d = (w[id as usize] - want).abs();
@@ -129,5 +137,8 @@ fn adapter_logprobs_match_llama_cpp_far_beyond_int8_noise() {
     assert!(vs_ref.max < 2.0, "max |Δ| {} nats", vs_ref.max);
     assert!(vs_ref.argmax_flips as f64 <= 0.04 * steps, "{vs_ref:?}");
     // The adapter moves the distribution far more than the disagreement.
-    assert!(effect.mean() > 8.0 * vs_ref.mean(), "{effect:?} vs {vs_ref:?}");
+    assert!(
+        effect.mean() > 8.0 * vs_ref.mean(),
+        "{effect:?} vs {vs_ref:?}"
+    );
 }

@@ -347,7 +347,10 @@ mod tests {
             }],
         };
         let array = encode(&b, Layout::Array);
-        assert!(array.ends_with(&[0x01, 0x03, 0xa3, b'G', b'P', b'U', 0xc0]), "{array:x?}");
+        assert!(
+            array.ends_with(&[0x01, 0x03, 0xa3, b'G', b'P', b'U', 0xc0]),
+            "{array:x?}"
+        );
         let map = encode(&b, Layout::Map);
         let tail = [&[0xa9][..], b"lora_name", &[0xa3], b"sql", &[0xc0]].concat();
         assert!(map.ends_with(&tail), "{map:x?}");

@@ -166,10 +166,12 @@ impl LoraRegistry {
                 message: format!("the scale {scale} is not finite"),
             });
         }
-        let adapter = LoraAdapter::load(path, &self.base, self.settings.max_lora_rank)
-            .map_err(|e| LoraRegistryError::Invalid {
-                name: name.into(),
-                message: e.to_string(),
+        let adapter =
+            LoraAdapter::load(path, &self.base, self.settings.max_lora_rank).map_err(|e| {
+                LoraRegistryError::Invalid {
+                    name: name.into(),
+                    message: e.to_string(),
+                }
             })?;
         let mut inner = self.lock();
         if inner.names.contains_key(name) {
@@ -274,7 +276,11 @@ impl LoraRegistry {
                 info.path.display()
             ));
         }
-        tracing::debug!("LoRA adapter `{}` read again from {}", info.name, info.path.display());
+        tracing::debug!(
+            "LoRA adapter `{}` read again from {}",
+            info.name,
+            info.path.display()
+        );
         let w = Arc::new(adapter);
         let mut inner = self.lock();
         self.make_resident(&mut inner, id, w.clone());
@@ -335,7 +341,12 @@ impl LoraRegistry {
                       v: &dyn Fn(&AdapterInfo) -> u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for a in &all {
-                let _ = writeln!(out, "{name}{{adapter=\"{}\"}} {}", escape_label(&a.name), v(a));
+                let _ = writeln!(
+                    out,
+                    "{name}{{adapter=\"{}\"}} {}",
+                    escape_label(&a.name),
+                    v(a)
+                );
             }
         };
         family(

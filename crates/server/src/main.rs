@@ -180,7 +180,7 @@ struct ServeArgs {
     prefix_caching_hash_seed: String,
     /// Serve LoRA adapters (also on when any adapter flag is given): a request selects one by
     /// its name in `model`.
-    #[arg(long)]
+    #[arg(long, env = "CORDIAL_ENABLE_LORA")]
     enable_lora: bool,
     /// LoRA adapters to serve: NAME=PATH (a llama.cpp GGUF adapter or a PEFT folder), or
     /// vLLM's JSON `{"name": ..., "path": ...}` (repeatable; several after one flag).
@@ -194,15 +194,15 @@ struct ServeArgs {
     #[arg(long = "lora-scaled", value_name = "FILE:SCALE", value_delimiter = ',')]
     lora_scaled: Vec<String>,
     /// Most distinct LoRA adapters in one step (requests of others wait for a slot).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, env = "CORDIAL_MAX_LORAS", default_value_t = 8)]
     max_loras: usize,
     /// Largest LoRA rank accepted (a larger one is a load error naming the adapter; at most
     /// 512).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "CORDIAL_MAX_LORA_RANK", default_value_t = 64)]
     max_lora_rank: usize,
     /// LoRA adapters kept in memory (least recently used dropped beyond it and read again
     /// when needed) [default: --max-loras].
-    #[arg(long)]
+    #[arg(long, env = "CORDIAL_MAX_CPU_LORAS")]
     max_cpu_loras: Option<usize>,
     /// Serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter.
     #[arg(long, env = "CORDIAL_ALLOW_RUNTIME_LORA_UPDATING")]
@@ -535,7 +535,7 @@ fn serve(args: ServeArgs, json_logs: bool, order: &AdapterOrder) -> anyhow::Resu
             }
             None => None,
         };
-                let setup = LoadSetup {
+        let setup = LoadSetup {
             json_logs,
             compute,
             lora: lora.map(|l| (l, names_for_lora, adapters)),
@@ -658,7 +658,9 @@ fn load(args: &ServeArgs, path: PathBuf, setup: LoadSetup) -> anyhow::Result<Ser
         kv_cache_tokens: args.kv_cache_tokens,
         max_model_len: args.max_model_len,
         compute,
-        lora: lora.as_ref().map(|(s, names, _)| (s.clone(), names.clone())),
+        lora: lora
+            .as_ref()
+            .map(|(s, names, _)| (s.clone(), names.clone())),
     };
     let loaded =
         runner::load(&path, &opts).with_context(|| format!("loading {}", path.display()))?;

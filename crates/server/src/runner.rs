@@ -118,7 +118,11 @@ pub fn load(path: &Path, opts: &RunnerOptions) -> anyhow::Result<LoadedModel> {
         num_blocks,
     );
     let lora = opts.lora.clone().map(|(settings, names)| {
-        Arc::new(LoraRegistry::new(model.lora_base().clone(), names, settings))
+        Arc::new(LoraRegistry::new(
+            model.lora_base().clone(),
+            names,
+            settings,
+        ))
     });
     let executor = ModelRunner {
         model,
@@ -153,7 +157,10 @@ struct ModelRunner {
 
 impl ModelRunner {
     /// The weights of every adapter the step uses, by id.
-    fn step_adapters(&self, seqs: &[SeqStep<'_>]) -> Result<Vec<(u32, Arc<LoraAdapter>)>, ModelError> {
+    fn step_adapters(
+        &self,
+        seqs: &[SeqStep<'_>],
+    ) -> Result<Vec<(u32, Arc<LoraAdapter>)>, ModelError> {
         let mut out: Vec<(u32, Arc<LoraAdapter>)> = Vec::new();
         for l in seqs.iter().flat_map(|s| s.lora) {
             if out.iter().any(|(id, _)| *id == l.id) {

@@ -185,7 +185,8 @@ async fn adapters_are_served_by_name_batched_together_and_keyed_in_the_prefix_ca
         let (s1, base_chat) = srv.post_to("/v1/chat/completions", &chat(&base)).await;
         let (s2, sql_chat) = srv.post_to("/v1/chat/completions", &chat("sql")).await;
         assert_eq!((s1, s2), (200, 200), "{base_chat}\n{sql_chat}");
-        let lp = |t: &str| serde_json::from_str::<Value>(t).unwrap()["choices"][0]["logprobs"].clone();
+        let lp =
+            |t: &str| serde_json::from_str::<Value>(t).unwrap()["choices"][0]["logprobs"].clone();
         assert_ne!(lp(&base_chat), lp(&sql_chat));
 
         // A concurrent mix of three adapters and the base: each gets what it gets alone.
@@ -240,14 +241,14 @@ async fn adapters_are_served_by_name_batched_together_and_keyed_in_the_prefix_ca
         nb["seed"] = json!(5);
         let v = srv.complete(&nb).await;
         assert_eq!(v["choices"].as_array().unwrap().len(), 2);
-        let beams = |m: &str| {
-            json!({"model": m, "prompt": PROMPT, "max_tokens": 6, "num_beams": 3})
-        };
+        let beams =
+            |m: &str| json!({"model": m, "prompt": PROMPT, "max_tokens": 6, "num_beams": 3});
         let (s, bt) = srv.post(&beams("sql")).await;
         assert_eq!(s, 200, "{bt}");
         let (s, bb) = srv.post(&beams(&base)).await;
         assert_eq!(s, 200, "{bb}");
-        let text = |t: &str| serde_json::from_str::<Value>(t).unwrap()["choices"][0]["text"].clone();
+        let text =
+            |t: &str| serde_json::from_str::<Value>(t).unwrap()["choices"][0]["text"].clone();
         assert_ne!(text(&bt), text(&bb), "beams run with the adapter");
         let structured = json!({"model": "poet", "max_tokens": 40, "temperature": 0,
             "messages": [{"role": "user", "content": "Give a JSON object with a name."}],
@@ -263,9 +264,15 @@ async fn adapters_are_served_by_name_batched_together_and_keyed_in_the_prefix_ca
 
         // Per-adapter counters.
         let m = metrics(&srv).await;
-        assert!(metric(&m, "cordial_lora_requests_total{adapter=\"sql\"}") >= 8.0, "{m}");
+        assert!(
+            metric(&m, "cordial_lora_requests_total{adapter=\"sql\"}") >= 8.0,
+            "{m}"
+        );
         assert!(metric(&m, "cordial_lora_completion_tokens_total{adapter=\"poet\"}") > 0.0);
-        assert_eq!(metric(&m, "cordial_lora_adapter_loaded{adapter=\"chef\"}"), 1.0);
+        assert_eq!(
+            metric(&m, "cordial_lora_adapter_loaded{adapter=\"chef\"}"),
+            1.0
+        );
         // Runtime updates are off without the flag: 404.
         let (s, t) = srv
             .post_to(
@@ -302,7 +309,11 @@ async fn runtime_load_and_unload() {
         let base = choice(&srv, &body(None, PROMPT)).await;
         assert_ne!(with_rt, base);
         let models = get(&srv, "/v1/models").await;
-        assert!(models["data"].as_array().unwrap().iter().any(|m| m["id"] == "rt"));
+        assert!(models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "rt"));
 
         // Bad loads: 400 naming the problem.
         let junk = dir().join("junk.gguf");
@@ -319,7 +330,11 @@ async fn runtime_load_and_unload() {
         std::fs::create_dir_all(&empty_dir).unwrap();
         for (name, path, needle) in [
             ("rt", p(&a_peft).to_owned(), "already"),
-            ("x1", "/nonexistent/adapter.gguf".to_owned(), "/nonexistent/adapter.gguf"),
+            (
+                "x1",
+                "/nonexistent/adapter.gguf".to_owned(),
+                "/nonexistent/adapter.gguf",
+            ),
             ("x2", p(&junk).to_owned(), "x2"),
             ("x3", p(&wide_path).to_owned(), "rank"),
             ("x4", p(&other_path).to_owned(), "blk.0"),
@@ -358,7 +373,11 @@ async fn runtime_load_and_unload() {
         let (s, _) = unload("rt").await;
         assert_eq!(s, 404);
         let models = get(&srv, "/v1/models").await;
-        assert!(!models["data"].as_array().unwrap().iter().any(|m| m["id"] == "rt"));
+        assert!(!models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "rt"));
         // Loaded again (now from the PEFT form of the same arrays): the same output, and the
         // prefix cache serves it no stale block (the same content digest is fine to hit).
         let (s, t) = load("rt", p(&a_peft)).await;
@@ -379,7 +398,10 @@ async fn start_up_adapter_errors_name_the_adapter() {
         wide.write_gguf(&wide_path).unwrap();
         for (args, needle) in [
             (
-                vec!["--lora-modules".to_owned(), "gone=/nonexistent/x.gguf".to_owned()],
+                vec![
+                    "--lora-modules".to_owned(),
+                    "gone=/nonexistent/x.gguf".to_owned(),
+                ],
                 "gone",
             ),
             (
@@ -391,7 +413,10 @@ async fn start_up_adapter_errors_name_the_adapter() {
                 ],
                 "r16",
             ),
-            (vec!["--lora-modules".to_owned(), "noequals".to_owned()], "NAME=PATH"),
+            (
+                vec!["--lora-modules".to_owned(), "noequals".to_owned()],
+                "NAME=PATH",
+            ),
             (
                 vec!["--lora-scaled".to_owned(), format!("{}:abc", p(&wide_path))],
                 "abc",

@@ -83,7 +83,10 @@ impl SequenceGroup {
         let mut run_start = blocks.start;
         for i in blocks.clone() {
             let block = self.prompt_blocks.ids()[i];
-            if !alloc.register(block, BlockKey::of_block(&self.block_hashes, &self.chain_seed, i)) {
+            if !alloc.register(
+                block,
+                BlockKey::of_block(&self.block_hashes, &self.chain_seed, i),
+            ) {
                 self.record_run(alloc, block_size, run_start..i);
                 run_start = i + 1;
             }

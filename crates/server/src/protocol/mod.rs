@@ -2,16 +2,16 @@
 //! (`validate` converts requests into `cordial_engine::EngineRequest`s).
 
 pub mod chat;
-pub mod lora;
 mod fields;
+pub mod lora;
 pub mod request;
 pub mod response;
 pub mod stream;
 pub mod tokenize;
 
 pub use chat::*;
-pub use lora::*;
 pub use fields::{Tag, WireField};
+pub use lora::*;
 pub use request::*;
 pub use response::*;
 pub use stream::*;

@@ -75,7 +75,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        let (running, waiting) = (registry.names(&s.running_loras), registry.names(&s.waiting_loras));
+        let (running, waiting) = (
+            registry.names(&s.running_loras),
+            registry.names(&s.waiting_loras),
+        );
         metrics.vllm.render_lora_info(
             &mut body,
             registry.settings.max_loras,

@@ -333,7 +333,10 @@ pub(crate) fn lora(
         if !l.scale.is_finite() || l.scale.abs() > 1e6 {
             return Err(err(
                 "lora",
-                format!("`lora[{i}].scale` must be a finite number. Given: {}", l.scale),
+                format!(
+                    "`lora[{i}].scale` must be a finite number. Given: {}",
+                    l.scale
+                ),
             ));
         }
         if out.iter().any(|o| o.id == info.id) {

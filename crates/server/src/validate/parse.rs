@@ -161,10 +161,7 @@ pub(crate) fn check_model(
 
 /// What `name` serves: `Some(None)` the base model, `Some(Some(adapter))` an adapter, `None`
 /// nothing (see [`check_model`]).
-pub fn resolve_model(
-    name: &str,
-    served: &(impl ModelNames + ?Sized),
-) -> Option<Option<LoraRef>> {
+pub fn resolve_model(name: &str, served: &(impl ModelNames + ?Sized)) -> Option<Option<LoraRef>> {
     let one = |n: &str| {
         if served.base_names().iter().any(|s| s == n) {
             Some(None)
@@ -254,7 +251,10 @@ mod tests {
         assert_eq!(err.detail().param.as_deref(), Some("model"));
         // Friendli's ENDPOINT:ROUTE: the route after the last `:` names the model.
         let p = parse(r#"{"model":"ep-1:alias","prompt":"x"}"#).unwrap();
-        assert_eq!((p.model.as_str(), p.adapter.is_none()), ("ep-1:alias", true));
+        assert_eq!(
+            (p.model.as_str(), p.adapter.is_none()),
+            ("ep-1:alias", true)
+        );
         let err = parse(r#"{"model":"ep-1:other","prompt":"x"}"#).unwrap_err();
         assert_eq!(err.status(), 404);
         assert!(err.to_string().contains("ep-1:other"), "{err}");
@@ -287,10 +287,17 @@ mod tests {
         assert_eq!(id(r#"{"model":"sql","prompt":"x"}"#), Some(0));
         assert_eq!(id(r#"{"model":"endpoint:sql","prompt":"x"}"#), Some(0));
         assert_eq!(id(r#"{"model":"x:y:sql","prompt":"x"}"#), Some(0));
-        assert_eq!(id(r#"{"model":"a:b","prompt":"x"}"#), Some(1), "whole name first");
+        assert_eq!(
+            id(r#"{"model":"a:b","prompt":"x"}"#),
+            Some(1),
+            "whole name first"
+        );
         assert_eq!(parse(r#"{"model":"sql2"}"#).unwrap_err().status(), 404);
         assert_eq!(parse(r#"{"model":"sql:"}"#).unwrap_err().status(), 404);
-        assert_eq!(parse(r#"{"model":"sql","prompt":"x"}"#).unwrap().model, "sql");
+        assert_eq!(
+            parse(r#"{"model":"sql","prompt":"x"}"#).unwrap().model,
+            "sql"
+        );
     }
 
     #[test]
