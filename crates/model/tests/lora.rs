@@ -14,12 +14,15 @@ use cordial_model::{Compute, Isa, LoraUse};
 use cordial_testkit::gguf_writer::{temp_path, GgufWriter, Meta};
 use cordial_testkit::lora_writer::LoraSpec;
 
-/// An adapter written by hand: (GGUF matrix name, n_out, n_in, A rank×n_in, B n_out×rank).
+/// One hand-written matrix pair: (GGUF matrix name, n_out, n_in, A rank×n_in, B n_out×rank).
+type HandMat = (String, usize, usize, Vec<f32>, Vec<f32>);
+
+/// An adapter written by hand.
 struct Hand {
     arch: &'static str,
     alpha: f32,
     rank: usize,
-    mats: Vec<(String, usize, usize, Vec<f32>, Vec<f32>)>,
+    mats: Vec<HandMat>,
 }
 
 impl Hand {

@@ -395,7 +395,7 @@ enum AlphaRule {
 impl AlphaRule {
     fn scale(self, rank: usize) -> Result<f32, String> {
         let s = match self {
-            AlphaRule::Gguf(a) if a == 0.0 => 1.0,
+            AlphaRule::Gguf(0.0) => 1.0,
             AlphaRule::Gguf(a) => a / rank as f32,
             AlphaRule::Peft {
                 alpha,

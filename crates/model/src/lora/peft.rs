@@ -13,6 +13,9 @@ use serde_json::Value as Json;
 
 use super::{digest, err, AlphaRule, Factor, LoraAdapter, LoraBase, LoraError, RawPair};
 
+/// A factor with its (rows, cols).
+type ShapedFactor = (Factor, (usize, usize));
+
 /// Modules a PEFT adapter may target (Hugging Face names).
 pub const TARGET_MODULES: [&str; 9] = [
     "q_proj",
@@ -60,7 +63,7 @@ pub(super) fn load(dir: &Path, base: &LoraBase, max_rank: usize) -> Result<LoraA
     let r = config.get("r").and_then(Json::as_u64).unwrap_or(0) as usize;
     let tensors = safetensors(&weights)
         .map_err(|e| LoraError(format!("{shown}/adapter_model.safetensors: {e}")))?;
-    let mut halves: BTreeMap<String, [Option<(Factor, (usize, usize))>; 2]> = BTreeMap::new();
+    let mut halves: BTreeMap<String, [Option<ShapedFactor>; 2]> = BTreeMap::new();
     for (hf, t) in tensors {
         let (module, half) = split_name(&hf).ok_or_else(|| {
             LoraError(format!(
