@@ -105,6 +105,25 @@ pub struct EngineRequest {
     /// Beam search: `num_beams` hypotheses explored together; the request then has one choice
     /// (the best hypothesis), `seeds` has one entry, and its events come when it is done.
     pub beam: Option<BeamParams>,
+    /// LoRA adapters every choice runs with, in this order (empty: the base model). They enter
+    /// the prompt's prefix-cache keys (`kv::prefix`): names as vLLM's block-hash extra keys,
+    /// content digests and scales as the key's salt.
+    pub lora: Vec<LoraRef>,
+}
+
+/// A LoRA adapter a request runs with: the model executor's id for it, its served name, the
+/// user's scale, and the SHA-256 of the adapter's content. The engine never sees weights: it
+/// passes the reference to the model in [`crate::SeqStep::lora`], counts distinct ids per step
+/// ([`EngineConfig::max_loras`]) and keys the prefix cache by the digest and scale (an adapter
+/// reloaded under the same name with other content never hits stale blocks); the name goes
+/// into the block hashes the KV events carry (vLLM's extra key `(lora_name,)`), the id into
+/// their `lora_id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraRef {
+    pub id: u32,
+    pub name: std::sync::Arc<str>,
+    pub scale: f32,
+    pub digest: [u8; 32],
 }
 
 /// Which beam search (`beam_search_type`).
@@ -282,6 +301,10 @@ pub struct EngineConfig {
     /// needed) and reused by later prompts that start with the same tokens, which then skip
     /// computing them. The output is the same either way.
     pub enable_prefix_caching: bool,
+    /// Most distinct LoRA adapters (ids) among the running requests, so in one step; a waiting
+    /// request whose adapters would exceed it is admitted only when running ones free a slot
+    /// (later requests that fit may go first). 0 = no limit.
+    pub max_loras: usize,
     /// The seed of the prefix cache's block hashes (vLLM's `PYTHONHASHSEED`; see
     /// [`crate::block_hash`]): replicas with the same seed name equal blocks alike.
     pub prefix_hash_seed: String,
@@ -299,6 +322,7 @@ impl Default for EngineConfig {
             max_waiting: 256,
             max_prefill_tokens: 512,
             enable_prefix_caching: true,
+            max_loras: 0,
             prefix_hash_seed: crate::block_hash::DEFAULT_HASH_SEED.to_owned(),
             kv_events: None,
         }
@@ -320,8 +344,10 @@ pub enum KvEvent {
         /// The blocks' tokens, `block_size` per hash.
         token_ids: Vec<TokenId>,
         block_size: usize,
-        /// Always `None` today; an adapter's id when LoRA adapters salt the hashes.
+        /// The LoRA adapter the blocks were computed with (its id and served name, also the
+        /// hashes' extra key), `None` for the base model.
         lora_id: Option<u64>,
+        lora_name: Option<String>,
     },
     /// Cached blocks were evicted (their memory reused).
     BlockRemoved { block_hashes: Vec<u64> },
@@ -359,6 +385,10 @@ pub struct EngineStats {
     /// Of `prefix_cache_queries_tokens`, the tokens whose KV was reused instead of computed
     /// (whole blocks; never a prompt's last token). Hit rate = hits / queries.
     pub prefix_cache_hit_tokens: u64,
+    /// LoRA adapter ids used by running requests (sorted).
+    pub running_loras: Vec<u32>,
+    /// LoRA adapter ids used by waiting requests and not by running ones (sorted).
+    pub waiting_loras: Vec<u32>,
     /// KV-event batches dropped because the channel to the publisher was full.
     pub kv_event_batches_dropped: u64,
 }

@@ -9,14 +9,14 @@
 //! NONE_HASH       = sha256_cbor(seed)                      seed: PYTHONHASHSEED if set, else
 //!                                                          "vllm-none-hash" (cryptographic algos)
 //! hash(block i)   = sha256_cbor((parent, tuple(token_ids), extra_keys))
-//!                   parent = hash(block i - 1), or NONE_HASH for block 0; extra_keys = None
+//!                   parent = hash(block i - 1), or NONE_HASH for block 0; extra_keys = None, or (lora_name,)
 //! external hash   = int.from_bytes(hash, "big") & (2**64 - 1)   (the last 8 bytes, big-endian;
 //!                   what the events carry when VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES, the default)
 //! ```
 //!
-//! `extra_keys` is `None` for every block here: a request is a plain token prompt. A LoRA
-//! adapter would make it vLLM's `(lora_name,)` (see [`hash_block_with`]); multimodal inputs and
-//! `cache_salt` go there too in vLLM.
+//! `extra_keys` is `None` for a base-model request; a request with a LoRA adapter makes it
+//! vLLM's `(lora_name,)` (see [`chain_with`]; the prefix cache's one place for it is
+//! `kv::prefix::chain_seed`). Multimodal inputs and `cache_salt` go there too in vLLM.
 
 use sha2::{Digest, Sha256};
 
@@ -70,13 +70,23 @@ pub fn hash_block_with(
 
 /// The chain of hashes of every full block of `prompt`, from `root`.
 pub fn chain(prompt: &[TokenId], block_size: usize, root: &BlockHash) -> Vec<BlockHash> {
+    chain_with(prompt, block_size, root, None)
+}
+
+/// [`chain`] with the same `extra_keys` in every block (vLLM's `(lora_name,)` for an adapter).
+pub fn chain_with(
+    prompt: &[TokenId],
+    block_size: usize,
+    root: &BlockHash,
+    extra_keys: Option<&[&str]>,
+) -> Vec<BlockHash> {
     let mut out: Vec<BlockHash> = Vec::with_capacity(prompt.len() / block_size.max(1));
     if block_size == 0 {
         return out;
     }
     for block in prompt.chunks_exact(block_size) {
         let parent = out.last().unwrap_or(root);
-        let hash = hash_block(parent, block);
+        let hash = hash_block_with(parent, block, extra_keys);
         out.push(hash);
     }
     out

@@ -30,6 +30,7 @@ struct Inner {
     shared: Arc<Shared>,
     shape: ModelShape,
     max_waiting: usize,
+    max_loras: usize,
     prefix_caching: bool,
     next_id: AtomicU64,
 }
@@ -62,6 +63,7 @@ impl EngineHandle {
             shared: Arc::clone(&shared),
             shape,
             max_waiting: config.max_waiting,
+            max_loras: config.max_loras,
             prefix_caching: config.enable_prefix_caching,
             next_id: AtomicU64::new(0),
         };
@@ -92,6 +94,7 @@ impl EngineHandle {
             return Err(SubmitError::NotRunning);
         }
         validate(&req, inner.shape)?;
+        validate_lora(&req, inner.max_loras)?;
         inner
             .shared
             .reserve_waiting(inner.max_waiting)
@@ -226,6 +229,31 @@ fn validate(req: &EngineRequest, shape: ModelShape) -> Result<(), SubmitError> {
     }
     if !p.forced_tokens.is_empty() && p.max_new_tokens < p.forced_tokens.len() {
         return invalid("`max_new_tokens` is shorter than `forced_tokens`".to_string());
+    }
+    Ok(())
+}
+
+/// A request's adapters: finite scales, no id twice, and no more than `max_loras` (0 = any),
+/// or it could never be scheduled.
+fn validate_lora(req: &EngineRequest, max_loras: usize) -> Result<(), SubmitError> {
+    let invalid = |msg: String| Err(SubmitError::Invalid(msg));
+    if let Some(l) = req.lora.iter().find(|l| !l.scale.is_finite()) {
+        return invalid(format!(
+            "LoRA adapter {} has a non-finite scale {}",
+            l.id, l.scale
+        ));
+    }
+    let mut ids: Vec<u32> = req.lora.iter().map(|l| l.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.len() != req.lora.len() {
+        return invalid("a LoRA adapter is listed twice".to_string());
+    }
+    if max_loras > 0 && ids.len() > max_loras {
+        return invalid(format!(
+            "the request uses {} LoRA adapters; at most {max_loras} run in one step",
+            ids.len()
+        ));
     }
     Ok(())
 }

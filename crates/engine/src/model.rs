@@ -22,6 +22,8 @@ pub struct SeqStep<'a> {
     /// Input embeddings replacing the token embeddings at these absolute positions (those
     /// outside this step's tokens are ignored).
     pub replace: &'a [(usize, Vec<f32>)],
+    /// LoRA adapters for this sequence's rows, in order (empty: the base model).
+    pub lora: &'a [crate::api::LoraRef],
 }
 
 impl SeqStep<'_> {

@@ -1,11 +1,13 @@
 //! State shared between the handles and the engine thread: a few atomics, nothing else.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use crate::api::EngineStats;
 
 /// Counters the engine thread publishes after each step, and the admission counter `submit`
-/// reserves from. Engine state itself never sits behind a lock.
+/// reserves from. Engine state itself never sits behind a lock (the LoRA id lists are a
+/// published copy, like the counters).
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) total_blocks: usize,
@@ -24,6 +26,8 @@ pub(crate) struct Shared {
     pub(crate) running: AtomicBool,
     /// `shutdown` has not been called.
     pub(crate) accepting: AtomicBool,
+    /// LoRA adapter ids of running and (only) waiting requests, as last published.
+    loras: Mutex<(Vec<u32>, Vec<u32>)>,
 }
 
 impl Shared {
@@ -41,6 +45,7 @@ impl Shared {
             kv_events_dropped: AtomicU64::new(0),
             running: AtomicBool::new(false),
             accepting: AtomicBool::new(true),
+            loras: Mutex::new((Vec::new(), Vec::new())),
         }
     }
 
@@ -75,8 +80,20 @@ impl Shared {
         self.prefix_hits.fetch_add(hits as u64, Ordering::Relaxed);
     }
 
+    /// Publishes the LoRA ids of running and waiting requests (a copy, replaced when changed).
+    pub(crate) fn publish_loras(&self, running: Vec<u32>, waiting: Vec<u32>) {
+        let mut l = self.loras.lock().unwrap_or_else(|e| e.into_inner());
+        if l.0 != running || l.1 != waiting {
+            *l = (running, waiting);
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> EngineStats {
+        let (running_loras, waiting_loras) =
+            self.loras.lock().unwrap_or_else(|e| e.into_inner()).clone();
         EngineStats {
+            running_loras,
+            waiting_loras,
             total_blocks: self.total_blocks,
             free_blocks: self.free_blocks.load(Ordering::Acquire),
             cached_free_blocks: self.cached_free_blocks.load(Ordering::Acquire),

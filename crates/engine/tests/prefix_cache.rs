@@ -300,6 +300,7 @@ async fn kv_events_name_stored_and_evicted_blocks_by_their_vllm_hashes() {
             token_ids: a[..8].to_vec(),
             block_size: 4,
             lora_id: None,
+            lora_name: None,
         }]
     );
     // The same prompt again: a hit, nothing new is stored.
@@ -326,6 +327,7 @@ async fn kv_events_name_stored_and_evicted_blocks_by_their_vllm_hashes() {
             token_ids: b[4..12].to_vec(),
             block_size: 4,
             lora_id: None,
+            lora_name: None,
         }]
     );
     // b needs all 4 blocks (13 tokens) while 2 of a's are cached-free and b reuses one: a's

@@ -53,6 +53,7 @@ async fn logprobs_are_of_the_raw_logits_and_filters_hold() {
             prompt_embeddings: Vec::new(),
             constraint: None,
             beam: None,
+            lora: Vec::new(),
         })
         .await;
     let mut history = p;
@@ -85,6 +86,7 @@ async fn top_k_one_samples_the_greedy_output() {
             prompt_embeddings: Vec::new(),
             constraint: None,
             beam: None,
+            lora: Vec::new(),
         })
         .await;
     assert_eq!(out.single(), e.model.greedy_reference(&p, 12, &[]));

@@ -64,6 +64,7 @@ impl Runner {
                 want_logits: true,
                 all_logits: false,
                 replace: &[],
+                lora: &[],
             })
             .collect();
         self.model.forward(

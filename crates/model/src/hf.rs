@@ -236,40 +236,47 @@ struct Convert {
 impl Convert {
     /// The GGUF name of a Hugging Face tensor, or None to skip it.
     fn name(&self, hf: &str) -> Option<String> {
-        let hf = hf.strip_prefix("language_model.").unwrap_or(hf);
-        let fixed = match hf {
-            "model.embed_tokens.weight" => Some("token_embd.weight"),
-            "lm_head.weight" => Some("output.weight"),
-            "model.norm.weight" => Some("output_norm.weight"),
-            _ => None,
-        };
-        if let Some(n) = fixed {
-            return Some(n.into());
-        }
-        let rest = hf.strip_prefix("model.layers.")?;
-        let (layer, what) = rest.split_once('.')?;
-        let layer: usize = layer.parse().ok()?;
-        let (stem, kind) = what.rsplit_once('.')?;
-        let gguf = match stem {
-            "input_layernorm" => "attn_norm",
-            "self_attn.q_proj" => "attn_q",
-            "self_attn.k_proj" => "attn_k",
-            "self_attn.v_proj" => "attn_v",
-            "self_attn.qkv_proj" => "attn_qkv",
-            "self_attn.o_proj" => "attn_output",
-            "self_attn.q_norm" => "attn_q_norm",
-            "self_attn.k_norm" => "attn_k_norm",
-            "post_attention_layernorm" if self.gemma => "post_attention_norm",
-            "post_attention_layernorm" => "ffn_norm",
-            "pre_feedforward_layernorm" => "ffn_norm",
-            "post_feedforward_layernorm" => "post_ffw_norm",
-            "mlp.gate_proj" => "ffn_gate",
-            "mlp.up_proj" | "mlp.gate_up_proj" => "ffn_up",
-            "mlp.down_proj" => "ffn_down",
-            _ => return None,
-        };
-        Some(format!("blk.{layer}.{gguf}.{kind}"))
+        gguf_tensor_name(hf, self.gemma)
     }
+}
+
+/// The GGUF name of a Hugging Face tensor (`model.layers.3.self_attn.q_proj.weight` →
+/// `blk.3.attn_q.weight`), or None for tensors the models do not use. `gemma`: the norm names
+/// of gemma's sandwich layers. (Also names the targets of PEFT LoRA adapters.)
+pub(crate) fn gguf_tensor_name(hf: &str, gemma: bool) -> Option<String> {
+    let hf = hf.strip_prefix("language_model.").unwrap_or(hf);
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        _ => None,
+    };
+    if let Some(n) = fixed {
+        return Some(n.into());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, what) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (stem, kind) = what.rsplit_once('.')?;
+    let gguf = match stem {
+        "input_layernorm" => "attn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.qkv_proj" => "attn_qkv",
+        "self_attn.o_proj" => "attn_output",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
+        "post_attention_layernorm" if gemma => "post_attention_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "pre_feedforward_layernorm" => "ffn_norm",
+        "post_feedforward_layernorm" => "post_ffw_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" | "mlp.gate_up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{gguf}.{kind}"))
 }
 
 /// Reads one safetensors file's tensors into `parts` (converted, renamed).

@@ -12,9 +12,12 @@ pub mod fetch;
 pub mod gguf;
 pub mod hf;
 pub mod kv;
+pub mod lora;
 pub mod quant;
 
 pub use arch::{Batch, Model, ModelConfig, ModelError, Scratch, SeqInput};
 pub use backend::cpu::{BackendError, Compute, Isa};
+pub use backend::lora::LoraUse;
 pub use backend::pool::ThreadPool;
 pub use kv::KvCache;
+pub use lora::{LoraAdapter, LoraBase, LoraError};

@@ -100,6 +100,7 @@ fn bad_batches_are_errors_not_panics() {
             want_logits: true,
             all_logits: false,
             replace: &[],
+            lora: &[],
         }];
         let mut logits = Vec::new();
         let r = h.model.forward(

@@ -58,6 +58,10 @@ pub enum ApiError {
     RequestTimeout { secs: u64 },
     #[error("the model `{0}` does not exist; see GET /v1/models")]
     ModelNotFound(String),
+    /// Something else the request names does not exist (an adapter to unload, a route that is
+    /// off): 404.
+    #[error("{0}")]
+    NotFound(String),
     /// 422, or 400 for an OpenAI-flavoured request.
     #[error("{0}")]
     Invalid(ValidationError, Flavor),
@@ -90,7 +94,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::ModelNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Invalid(_, Flavor::OpenAi) => StatusCode::BAD_REQUEST,
             ApiError::Invalid(_, Flavor::Friendli) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotReady | ApiError::Overloaded(_) | ApiError::ShuttingDown => {

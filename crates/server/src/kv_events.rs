@@ -71,6 +71,7 @@ impl Serialize for Wire<'_> {
                     token_ids,
                     block_size,
                     lora_id,
+                    lora_name: _,
                 },
                 Layout::Array,
             ) => (
@@ -98,6 +99,7 @@ impl Serialize for Wire<'_> {
                     token_ids,
                     block_size,
                     lora_id,
+                    lora_name,
                 },
                 Layout::Map,
             ) => {
@@ -109,7 +111,7 @@ impl Serialize for Wire<'_> {
                 m.serialize_entry("block_size", block_size)?;
                 m.serialize_entry("lora_id", lora_id)?;
                 m.serialize_entry("medium", MEDIUM)?;
-                m.serialize_entry("lora_name", &None::<&str>)?;
+                m.serialize_entry("lora_name", lora_name)?;
                 m.end()
             }
             (KvEvent::BlockRemoved { block_hashes }, Layout::Map) => {
@@ -227,6 +229,7 @@ mod tests {
                     token_ids: vec![1, 300],
                     block_size: 2,
                     lora_id: None,
+                    lora_name: None,
                 },
                 KvEvent::BlockRemoved {
                     block_hashes: vec![7],
@@ -326,5 +329,30 @@ mod tests {
         let t = default_topic("m");
         assert!(t.starts_with("kv@") && t.ends_with("@m"), "{t}");
         assert_eq!(t.split('@').count(), 3);
+    }
+
+    /// An adapter's blocks: `lora_id` in both layouts, `lora_name` in the map layout.
+    #[test]
+    fn adapter_blocks_carry_the_adapter() {
+        let b = KvEventBatch {
+            seq: 0,
+            ts: 1.5,
+            events: vec![KvEvent::BlockStored {
+                block_hashes: vec![1],
+                parent_block_hash: None,
+                token_ids: vec![1],
+                block_size: 1,
+                lora_id: Some(3),
+                lora_name: Some("sql".into()),
+            }],
+        };
+        let array = encode(&b, Layout::Array);
+        assert!(
+            array.ends_with(&[0x01, 0x03, 0xa3, b'G', b'P', b'U', 0xc0]),
+            "{array:x?}"
+        );
+        let map = encode(&b, Layout::Map);
+        let tail = [&[0xa9][..], b"lora_name", &[0xa3], b"sql", &[0xc0]].concat();
+        assert!(map.ends_with(&tail), "{map:x?}");
     }
 }

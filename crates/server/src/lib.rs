@@ -9,6 +9,7 @@ pub mod error;
 pub mod json;
 pub mod kv_events;
 pub mod limits;
+pub mod lora;
 pub mod metrics;
 pub mod observe;
 pub mod protocol;

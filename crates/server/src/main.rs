@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use cordial_engine::{EngineConfig, KvEventSender};
 use cordial_model::fetch::{default_model_path, ensure_default_model};
 use cordial_model::{Compute, Isa};
 use cordial_server::auth::ApiKeys;
 use cordial_server::kv_events::{self, Layout, Publisher};
+use cordial_server::lora::LoraSettings;
 use cordial_server::runner::{self, RunnerOptions};
 use cordial_server::serve::{serve as serve_http, ServeOptions};
 use cordial_server::{router, startup, AppState, ServerOptions, Serving};
@@ -177,10 +178,191 @@ struct ServeArgs {
         default_value = cordial_engine::block_hash::DEFAULT_HASH_SEED
     )]
     prefix_caching_hash_seed: String,
+    /// Serve LoRA adapters (also on when any adapter flag is given): a request selects one by
+    /// its name in `model`.
+    #[arg(long, env = "CORDIAL_ENABLE_LORA")]
+    enable_lora: bool,
+    /// LoRA adapters to serve: NAME=PATH (a llama.cpp GGUF adapter or a PEFT folder), or
+    /// vLLM's JSON `{"name": ..., "path": ...}` (repeatable; several after one flag).
+    #[arg(long = "lora-modules", value_name = "NAME=PATH", num_args = 1..)]
+    lora_modules: Vec<String>,
+    /// llama.cpp: a LoRA adapter served under its file stem (repeatable).
+    #[arg(long = "lora", value_name = "FILE")]
+    lora: Vec<PathBuf>,
+    /// llama.cpp: a LoRA adapter served under its file stem at this scale when selected
+    /// (FILE:SCALE, repeatable or comma-separated).
+    #[arg(long = "lora-scaled", value_name = "FILE:SCALE", value_delimiter = ',')]
+    lora_scaled: Vec<String>,
+    /// Most distinct LoRA adapters in one step (requests of others wait for a slot).
+    #[arg(long, env = "CORDIAL_MAX_LORAS", default_value_t = 8)]
+    max_loras: usize,
+    /// Largest LoRA rank accepted (a larger one is a load error naming the adapter; at most
+    /// 512).
+    #[arg(long, env = "CORDIAL_MAX_LORA_RANK", default_value_t = 64)]
+    max_lora_rank: usize,
+    /// LoRA adapters kept in memory (least recently used dropped beyond it and read again
+    /// when needed) [default: --max-loras].
+    #[arg(long, env = "CORDIAL_MAX_CPU_LORAS")]
+    max_cpu_loras: Option<usize>,
+    /// Serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter.
+    #[arg(long, env = "CORDIAL_ALLOW_RUNTIME_LORA_UPDATING")]
+    allow_runtime_lora_updating: bool,
+}
+
+/// One adapter from the command line: name, path, scale when selected.
+#[derive(Debug, Clone, PartialEq)]
+struct AdapterFlag {
+    name: String,
+    path: PathBuf,
+    scale: f32,
+}
+
+/// The name llama.cpp's `--lora` gives an adapter: its file stem (a folder's name).
+fn adapter_stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// `--lora-modules` value: `NAME=PATH` or `{"name": ..., "path": ...}`.
+fn lora_module(v: &str) -> anyhow::Result<AdapterFlag> {
+    let v = v.trim();
+    let (name, path) = if v.starts_with('{') {
+        let j: serde_json::Value = serde_json::from_str(v)
+            .with_context(|| format!("--lora-modules: `{v}` is not valid JSON"))?;
+        let field = |k: &str| j.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+        match (field("name"), field("path")) {
+            (Some(n), Some(p)) => (n, p),
+            _ => anyhow::bail!("--lora-modules: `{v}` needs \"name\" and \"path\""),
+        }
+    } else {
+        let (n, p) = v
+            .split_once('=')
+            .with_context(|| format!("--lora-modules: `{v}` is not NAME=PATH"))?;
+        (n.trim().to_owned(), p.trim().to_owned())
+    };
+    anyhow::ensure!(
+        !name.is_empty() && !path.is_empty(),
+        "--lora-modules: `{v}` is not NAME=PATH"
+    );
+    Ok(AdapterFlag {
+        name,
+        path: PathBuf::from(path),
+        scale: 1.0,
+    })
+}
+
+/// `--lora-scaled` value: `FILE:SCALE` (split at the last `:`).
+fn lora_scaled(v: &str) -> anyhow::Result<AdapterFlag> {
+    let (file, scale) = v
+        .trim()
+        .rsplit_once(':')
+        .with_context(|| format!("--lora-scaled: `{v}` is not FILE:SCALE"))?;
+    let scale: f32 = scale
+        .trim()
+        .parse()
+        .ok()
+        .filter(|s: &f32| s.is_finite())
+        .with_context(|| format!("--lora-scaled: `{scale}` in `{v}` is not a number"))?;
+    let path = PathBuf::from(file);
+    Ok(AdapterFlag {
+        name: adapter_stem(&path),
+        path,
+        scale,
+    })
+}
+
+/// The adapters of the three flags in command-line order (llama.cpp's per-request `lora` ids
+/// number them in this order). `order` holds each flag's value indices from clap.
+fn adapter_flags(args: &ServeArgs, order: &AdapterOrder) -> anyhow::Result<Vec<AdapterFlag>> {
+    let mut all: Vec<(usize, AdapterFlag)> = Vec::new();
+    for (i, v) in args.lora_modules.iter().enumerate() {
+        all.push((order.at(&order.modules, i), lora_module(v)?));
+    }
+    for (i, p) in args.lora.iter().enumerate() {
+        let flag = AdapterFlag {
+            name: adapter_stem(p),
+            path: p.clone(),
+            scale: 1.0,
+        };
+        all.push((order.at(&order.lora, i), flag));
+    }
+    for (i, v) in args.lora_scaled.iter().enumerate() {
+        all.push((order.at(&order.scaled, i), lora_scaled(v)?));
+    }
+    all.sort_by_key(|(i, _)| *i);
+    let flags: Vec<AdapterFlag> = all.into_iter().map(|(_, f)| f).collect();
+    for (i, f) in flags.iter().enumerate() {
+        if flags[..i].iter().any(|g| g.name == f.name) {
+            anyhow::bail!("two LoRA adapters are named `{}`", f.name);
+        }
+    }
+    Ok(flags)
+}
+
+/// Where clap found each adapter flag's values on the command line.
+#[derive(Debug, Default)]
+struct AdapterOrder {
+    modules: Vec<usize>,
+    lora: Vec<usize>,
+    scaled: Vec<usize>,
+}
+
+impl AdapterOrder {
+    fn of(m: &clap::ArgMatches) -> AdapterOrder {
+        let idx = |id: &str| -> Vec<usize> {
+            m.subcommand_matches("serve")
+                .and_then(|s| s.indices_of(id))
+                .map(|i| i.collect())
+                .unwrap_or_default()
+        };
+        AdapterOrder {
+            modules: idx("lora_modules"),
+            lora: idx("lora"),
+            scaled: idx("lora_scaled"),
+        }
+    }
+
+    /// The position of value `i` (values without one, e.g. from tests, keep their order).
+    fn at(&self, of: &[usize], i: usize) -> usize {
+        of.get(i).copied().unwrap_or(usize::MAX / 2 + i)
+    }
+}
+
+/// LoRA serving's settings, when it is on.
+fn lora_settings(args: &ServeArgs) -> anyhow::Result<Option<LoraSettings>> {
+    let on = args.enable_lora
+        || !args.lora_modules.is_empty()
+        || !args.lora.is_empty()
+        || !args.lora_scaled.is_empty()
+        || args.allow_runtime_lora_updating;
+    if !on {
+        return Ok(None);
+    }
+    anyhow::ensure!(args.max_loras >= 1, "--max-loras must be at least 1");
+    anyhow::ensure!(
+        (1..=cordial_model::lora::MAX_RANK).contains(&args.max_lora_rank),
+        "--max-lora-rank must be between 1 and {}",
+        cordial_model::lora::MAX_RANK
+    );
+    let max_cpu_loras = args.max_cpu_loras.unwrap_or(args.max_loras);
+    anyhow::ensure!(
+        max_cpu_loras >= args.max_loras,
+        "--max-cpu-loras ({max_cpu_loras}) must be at least --max-loras ({})",
+        args.max_loras
+    );
+    Ok(Some(LoraSettings {
+        max_loras: args.max_loras,
+        max_lora_rank: args.max_lora_rank,
+        max_cpu_loras,
+        allow_runtime_updating: args.allow_runtime_lora_updating,
+    }))
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let order = AdapterOrder::of(&matches);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let logs = tracing_subscriber::fmt()
@@ -202,7 +384,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", cordial_model::fetch::ensure_model(&m)?.display());
             Ok(())
         }
-        Command::Serve(args) => serve(*args, cli.log_format == LogFormat::Json),
+        Command::Serve(args) => serve(*args, cli.log_format == LogFormat::Json, &order),
         Command::Bench(a) => bench(a),
     }
 }
@@ -244,7 +426,7 @@ fn served_names(args: &ServeArgs, path: &Path) -> Vec<String> {
     vec![stem.unwrap_or_else(|| "model".to_owned())]
 }
 
-fn serve(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
+fn serve(args: ServeArgs, json_logs: bool, order: &AdapterOrder) -> anyhow::Result<()> {
     let path = match &args.model {
         Some(p) => p.clone(),
         None => default_model_path()?,
@@ -254,6 +436,8 @@ fn serve(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
         .parse()
         .with_context(|| format!("invalid --host/--port {}:{}", args.host, args.port))?;
     let keys = api_keys(&args)?;
+    let lora = lora_settings(&args)?;
+    let adapters = adapter_flags(&args, order)?;
     // The kernel level and weight layout: read once, here, from CORDIAL_ISA / CORDIAL_REPACK.
     let compute = Compute::from_env()?;
     let allowed_origins: Vec<String> = args
@@ -302,6 +486,17 @@ fn serve(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
         },
         allowed_origins,
     );
+    if let Some(l) = &lora {
+        tracing::info!(
+            "LoRA: {} adapters at start-up, max_loras={} max_lora_rank={} max_cpu_loras={} \
+             runtime_updating={}",
+            adapters.len(),
+            l.max_loras,
+            l.max_lora_rank,
+            l.max_cpu_loras,
+            l.allow_runtime_updating
+        );
+    }
     if keys.is_empty() && !addr.ip().is_loopback() {
         tracing::warn!(
             "no API key is configured and the server listens on {}: anyone who can reach it \
@@ -309,6 +504,7 @@ fn serve(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
             addr.ip()
         );
     }
+    let names_for_lora = names.clone();
     let state = AppState::with_options(names, options);
     // Two workers: the compute pool needs the cores; HTTP work is light.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -339,7 +535,13 @@ fn serve(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
             }
             None => None,
         };
-        spawn_loader(state.clone(), args, path, json_logs, compute, kv_events);
+        let setup = LoadSetup {
+            json_logs,
+            compute,
+            lora: lora.map(|l| (l, names_for_lora, adapters)),
+            kv_events,
+        };
+        spawn_loader(state.clone(), args, path, setup);
         let shutdown_state = state.clone();
         let cancel = move || {
             if let Some(s) = shutdown_state.serving() {
@@ -396,18 +598,20 @@ fn positive(flag: &str, secs: f64) -> anyhow::Result<Duration> {
     Ok(d)
 }
 
-/// Loads the model on its own thread; the server answers `/health` 503 meanwhile. A failure to
-/// load (an error or a panic) ends the process.
-fn spawn_loader(
-    state: AppState,
-    args: ServeArgs,
-    path: PathBuf,
+/// What the loader needs besides the flags: the log format, the kernels, and LoRA serving
+/// (settings, the base's served names, the start-up adapters).
+struct LoadSetup {
     json_logs: bool,
     compute: Compute,
+    lora: Option<(LoraSettings, Vec<String>, Vec<AdapterFlag>)>,
     kv_events: Option<KvEventSender>,
-) {
+}
+
+/// Loads the model on its own thread; the server answers `/health` 503 meanwhile. A failure to
+/// load (an error or a panic) ends the process.
+fn spawn_loader(state: AppState, args: ServeArgs, path: PathBuf, setup: LoadSetup) {
     std::thread::spawn(move || {
-        let load = || load(&args, path, json_logs, compute, kv_events);
+        let load = || load(&args, path, setup);
         let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the model loader panicked")));
         finish_loading(state, loaded)
@@ -432,13 +636,13 @@ fn finish_loading(state: AppState, loaded: anyhow::Result<Serving>) {
     }
 }
 
-fn load(
-    args: &ServeArgs,
-    path: PathBuf,
-    json_logs: bool,
-    compute: Compute,
-    kv_events: Option<KvEventSender>,
-) -> anyhow::Result<Serving> {
+fn load(args: &ServeArgs, path: PathBuf, setup: LoadSetup) -> anyhow::Result<Serving> {
+    let LoadSetup {
+        json_logs,
+        compute,
+        lora,
+        kv_events,
+    } = setup;
     let path = if args.model.is_none() {
         startup::fetch_default_model(json_logs)?
     } else {
@@ -454,9 +658,17 @@ fn load(
         kv_cache_tokens: args.kv_cache_tokens,
         max_model_len: args.max_model_len,
         compute,
+        lora: lora
+            .as_ref()
+            .map(|(s, names, _)| (s.clone(), names.clone())),
     };
     let loaded =
         runner::load(&path, &opts).with_context(|| format!("loading {}", path.display()))?;
+    if let (Some(registry), Some((_, _, adapters))) = (&loaded.lora, &lora) {
+        for a in adapters {
+            registry.register(&a.name, &a.path, a.scale)?;
+        }
+    }
     tracing::info!(
         "architecture {}, vocabulary {} tokens, kernels={}{} (available: {})",
         loaded.architecture,
@@ -477,6 +689,7 @@ fn load(
         max_num_seqs: args.max_num_seqs,
         max_waiting: args.max_waiting,
         max_prefill_tokens: args.max_prefill_tokens,
+        max_loras: lora.as_ref().map_or(0, |(s, _, _)| s.max_loras),
         prefix_hash_seed: args.prefix_caching_hash_seed.clone(),
         kv_events,
         ..EngineConfig::default()

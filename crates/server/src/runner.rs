@@ -1,5 +1,7 @@
 //! Glue from `cordial-model` (pure compute over a paged KV cache) to the engine's
-//! `ModelExecutor`, plus loading a GGUF file with its tokenizer.
+//! `ModelExecutor`, plus loading a GGUF file with its tokenizer. With LoRA serving on, the
+//! runner resolves each step's adapter ids to their weights through the [`LoraRegistry`]
+//! (resident, or read again) and hands them to the model per sequence.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -7,8 +9,12 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use cordial_engine::{ModelError, ModelExecutor, SeqStep};
 use cordial_model::gguf::GgufFile;
-use cordial_model::{Batch, Compute, KvCache, Model, Scratch, SeqInput, ThreadPool};
+use cordial_model::{
+    Batch, Compute, KvCache, LoraAdapter, LoraUse, Model, Scratch, SeqInput, ThreadPool,
+};
 use cordial_tokenizer::Tokenizer;
+
+use crate::lora::{LoraRegistry, LoraSettings};
 
 /// Tokens per KV block.
 pub const BLOCK_SIZE: usize = 16;
@@ -25,6 +31,8 @@ pub struct RunnerOptions {
     pub max_model_len: Option<usize>,
     /// Kernel level and weight layout.
     pub compute: Compute,
+    /// LoRA serving (`--enable-lora`): its settings and the base model's served names.
+    pub lora: Option<(LoraSettings, Vec<String>)>,
 }
 
 /// What bounds the length of a sequence (prompt + output).
@@ -64,6 +72,9 @@ pub struct LoadedModel {
     pub hidden_size: usize,
     /// Architecture name from the GGUF (`llama`, `gemma3`).
     pub architecture: String,
+    /// The adapters this model serves (empty at load; registered by the caller), when LoRA
+    /// serving is on.
+    pub lora: Option<Arc<LoraRegistry>>,
 }
 
 /// Loads a GGUF model file, or a Hugging Face folder (`config.json`, `tokenizer.json`,
@@ -106,12 +117,20 @@ pub fn load(path: &Path, opts: &RunnerOptions) -> anyhow::Result<LoadedModel> {
         BLOCK_SIZE,
         num_blocks,
     );
+    let lora = opts.lora.clone().map(|(settings, names)| {
+        Arc::new(LoraRegistry::new(
+            model.lora_base().clone(),
+            names,
+            settings,
+        ))
+    });
     let executor = ModelRunner {
         model,
         kv,
         pool: ThreadPool::new(opts.threads),
         scratch: Scratch::default(),
         max_context,
+        lora: lora.clone(),
     };
     Ok(LoadedModel {
         executor: Box::new(executor),
@@ -121,6 +140,7 @@ pub fn load(path: &Path, opts: &RunnerOptions) -> anyhow::Result<LoadedModel> {
         vocab_size: cfg.vocab,
         hidden_size: cfg.hidden,
         architecture: cfg.arch.clone(),
+        lora,
     })
 }
 
@@ -132,6 +152,27 @@ struct ModelRunner {
     pool: ThreadPool,
     scratch: Scratch,
     max_context: usize,
+    lora: Option<Arc<LoraRegistry>>,
+}
+
+impl ModelRunner {
+    /// The weights of every adapter the step uses, by id.
+    fn step_adapters(
+        &self,
+        seqs: &[SeqStep<'_>],
+    ) -> Result<Vec<(u32, Arc<LoraAdapter>)>, ModelError> {
+        let mut out: Vec<(u32, Arc<LoraAdapter>)> = Vec::new();
+        for l in seqs.iter().flat_map(|s| s.lora) {
+            if out.iter().any(|(id, _)| *id == l.id) {
+                continue;
+            }
+            let registry = self.lora.as_ref().ok_or_else(|| {
+                ModelError("a request uses a LoRA adapter but LoRA serving is off".into())
+            })?;
+            out.push((l.id, registry.weights(l.id).map_err(ModelError)?));
+        }
+        Ok(out)
+    }
 }
 
 impl ModelExecutor for ModelRunner {
@@ -148,16 +189,40 @@ impl ModelExecutor for ModelRunner {
         self.kv.num_blocks
     }
     fn forward(&mut self, seqs: &[SeqStep<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
+        let adapters = self.step_adapters(seqs)?;
+        let weights = |id: u32| {
+            adapters
+                .iter()
+                .find(|(i, _)| *i == id)
+                .map(|(_, w)| &**w)
+                .ok_or_else(|| ModelError(format!("LoRA adapter {id} was not resolved")))
+        };
+        let uses: Vec<Vec<LoraUse<'_>>> = seqs
+            .iter()
+            .map(|s| {
+                s.lora
+                    .iter()
+                    .map(|l| {
+                        Ok(LoraUse {
+                            adapter: weights(l.id)?,
+                            scale: l.scale,
+                        })
+                    })
+                    .collect::<Result<_, ModelError>>()
+            })
+            .collect::<Result<_, ModelError>>()?;
         let batch = Batch {
             seqs: seqs
                 .iter()
-                .map(|s| SeqInput {
+                .zip(&uses)
+                .map(|(s, lora)| SeqInput {
                     tokens: s.tokens,
                     start_pos: s.start_pos,
                     block_table: s.block_table,
                     want_logits: s.want_logits,
                     all_logits: s.all_logits,
                     replace: s.replace,
+                    lora,
                 })
                 .collect(),
         };

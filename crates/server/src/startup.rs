@@ -171,6 +171,7 @@ pub fn serving(
         vocab_size: loaded.vocab_size,
         hidden_size: loaded.hidden_size,
         grammar: Some(Arc::new(grammar)),
+        lora: loaded.lora,
     })
 }
 

@@ -10,7 +10,9 @@ use cordial_tokenizer::{TokenId, Tokenizer};
 
 use crate::auth::ApiKeys;
 use crate::chat::ChatTemplate;
+use crate::lora::LoraRegistry;
 use crate::metrics::Metrics;
+use crate::validate::ModelNames;
 
 use crate::validate::{Limits, ModelInfo};
 
@@ -52,6 +54,8 @@ pub struct Serving {
     pub grammar: Option<Arc<GrammarCompiler>>,
     /// The model's chat template, or why `/v1/chat/completions` cannot serve it.
     pub chat: Result<Arc<ChatTemplate>, String>,
+    /// The LoRA adapters served (`None`: `--enable-lora` is off).
+    pub lora: Option<Arc<LoraRegistry>>,
 }
 
 /// The chat template, compiled (see [`Serving::chat`]): `custom` (`--chat-template`) when
@@ -86,6 +90,7 @@ impl Serving {
             eos_tokens: self.tokenizer.eog_tokens(),
             encode: &encode,
             grammar: self.grammar.as_deref(),
+            lora: self.lora.as_deref(),
         };
         f(&info)
     }
@@ -150,8 +155,34 @@ impl AppState {
         &self.0.served
     }
 
+    /// What a request's `model` may name: the served names and, once loaded with
+    /// `--enable-lora`, the adapters.
+    pub fn model_names(&self) -> Names<'_> {
+        Names {
+            served: &self.0.served,
+            lora: self.serving().and_then(|s| s.lora.as_deref()),
+        }
+    }
+
     /// When the server started (unix seconds).
     pub fn created(&self) -> u64 {
         self.0.created
+    }
+}
+
+/// The names a request may use in `model` ([`AppState::model_names`]).
+pub struct Names<'a> {
+    served: &'a [String],
+    lora: Option<&'a LoraRegistry>,
+}
+
+impl ModelNames for Names<'_> {
+    fn base_names(&self) -> &[String] {
+        self.served
+    }
+
+    fn adapter(&self, name: &str) -> Option<cordial_engine::LoraRef> {
+        let a = self.lora?.resolve(name)?;
+        Some(a.lora_ref(a.scale))
     }
 }

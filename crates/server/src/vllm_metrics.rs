@@ -25,6 +25,11 @@
 //!   `stop`, `length`, `abort` (the client went away), `error` (the request failed).
 //! - `vllm:time_to_first_token_seconds`, `vllm:e2e_request_latency_seconds` (histograms, vLLM's
 //!   buckets): per choice, from the request's arrival to the choice's first token / its end.
+//! - `vllm:lora_requests_info` (gauge, only with `--enable-lora`; labels `max_lora`,
+//!   `running_lora_adapters`, `waiting_lora_adapters`, the adapters' names comma-separated, and
+//!   no `model_name`/`engine`, as vLLM): the value is the current Unix time, as vLLM sets it
+//!   (`set_to_current_time`), so a reader takes the newest sample. The gateway's endpoint picker
+//!   routes by adapter affinity from it.
 //!
 //! Scraping reads atomics (the engine's published counters and these), never the engine
 //! thread's state.
@@ -241,6 +246,34 @@ impl VllmMetrics {
         self.e2e
             .render_samples(out, "vllm:e2e_request_latency_seconds", &labels);
     }
+
+    /// `vllm:lora_requests_info`: `max_lora` (`--max-loras`), the names of the adapters used by
+    /// running requests and of those only waiting ones use; valued `now` (Unix seconds).
+    pub fn render_lora_info(
+        &self,
+        out: &mut String,
+        max_lora: usize,
+        running: &[String],
+        waiting: &[String],
+        now: f64,
+    ) {
+        let join = |names: &[String]| {
+            names
+                .iter()
+                .map(|n| escape_label(n))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let _ = writeln!(
+            out,
+            "# HELP vllm:lora_requests_info Running stats on lora requests.\n\
+             # TYPE vllm:lora_requests_info gauge\n\
+             vllm:lora_requests_info{{max_lora=\"{max_lora}\",\
+             running_lora_adapters=\"{}\",waiting_lora_adapters=\"{}\"}} {now}",
+            join(running),
+            join(waiting),
+        );
+    }
 }
 
 #[cfg(test)]
@@ -304,5 +337,25 @@ mod tests {
         m.render(&mut loading, "m", (0, 0), None);
         assert!(!loading.contains("vllm:num_requests_running"));
         assert!(loading.contains("vllm:prompt_tokens_total"));
+    }
+
+    #[test]
+    fn lora_requests_info_as_vllm_writes_it() {
+        let mut out = String::new();
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        VllmMetrics::default().render_lora_info(
+            &mut out,
+            4,
+            &names(&["sql", "chat"]),
+            &names(&["x\"y"]),
+            1_700_000_000.5,
+        );
+        assert_eq!(
+            out,
+            "# HELP vllm:lora_requests_info Running stats on lora requests.\n\
+             # TYPE vllm:lora_requests_info gauge\n\
+             vllm:lora_requests_info{max_lora=\"4\",running_lora_adapters=\"sql,chat\",\
+             waiting_lora_adapters=\"x\\\"y\"} 1700000000.5\n"
+        );
     }
 }

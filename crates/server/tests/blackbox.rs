@@ -72,6 +72,11 @@ fn serve_help_lists_every_flag_with_its_env_var() {
         "max-num-seqs",
         "kv-cache-tokens",
         "max-waiting",
+        "enable-lora",
+        "max-loras",
+        "max-lora-rank",
+        "max-cpu-loras",
+        "allow-runtime-lora-updating",
     ] {
         assert!(help.contains(&format!("--{flag}")), "{flag}: {help}");
         let env = format!("CORDIAL_{}", flag.replace('-', "_").to_uppercase());

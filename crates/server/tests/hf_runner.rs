@@ -84,6 +84,7 @@ fn runner_serves_a_hugging_face_folder() {
         kv_cache_tokens: 256,
         max_model_len: None,
         compute: cordial_model::Compute::best(),
+        lora: None,
     };
     let mut loaded = runner::load(&dir, &opts).expect("load HF folder");
     std::fs::remove_dir_all(&dir).ok();
@@ -110,6 +111,7 @@ fn runner_serves_a_hugging_face_folder() {
                 want_logits: true,
                 all_logits: false,
                 replace: &[],
+                lora: &[],
             };
             loaded
                 .executor
@@ -142,6 +144,7 @@ fn a_folder_without_weights_fails_naming_it() {
         kv_cache_tokens: 64,
         max_model_len: None,
         compute: cordial_model::Compute::best(),
+        lora: None,
     };
     let err = runner::load(&dir, &opts).err().expect("fails").to_string();
     std::fs::remove_dir_all(&dir).ok();

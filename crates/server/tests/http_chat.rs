@@ -157,6 +157,7 @@ async fn chat_errors_loading_unknown_model_and_no_template() {
             vocab_size: config.vocab_size,
             hidden_size: FAKE_HIDDEN_SIZE,
             grammar: None,
+            lora: None,
         };
         assert!(state.set_serving(serving).is_ok());
         let (base, task) = bind(state).await;
@@ -317,6 +318,7 @@ async fn a_panic_in_a_chat_answer_is_isolated() {
             vocab_size: config.vocab_size,
             hidden_size: FAKE_HIDDEN_SIZE,
             grammar: None,
+            lora: None,
         };
         assert!(state.set_serving(serving).is_ok());
         let app = with_layers(

@@ -95,8 +95,22 @@ async fn every_api_route_needs_a_key_and_teams_bind_keys() {
             assert_eq!(status, 403, "{path}: {v}");
             assert_eq!(v["error"]["type"], "permission_error", "{v}");
         }
+        // The runtime LoRA routes (off on this server: 404 once authenticated) need a key too.
+        let lora_routes = [
+            ("/v1/load_lora_adapter", json!({"lora_name": "a", "lora_path": "/x.gguf"})),
+            ("/v1/unload_lora_adapter", json!({"lora_name": "a"})),
+        ];
+        for (path, body) in &lora_routes {
+            let (status, v) = call(&srv, "POST", path, body, &[]).await;
+            assert_eq!(status, 401, "{path}: {v}");
+            let ok = [("authorization", "Bearer k-any")];
+            let (status, v) = call(&srv, "POST", path, body, &ok).await;
+            assert_eq!(status, 404, "{path}: {v}");
+            assert!(v.to_string().contains("--allow-runtime-lora-updating"), "{v}");
+        }
         // Every path of the API is here or open.
         let mut covered: Vec<&str> = protected_routes().iter().map(|r| r.1).collect();
+        covered.extend(lora_routes.iter().map(|r| r.0));
         covered.extend(cordial_server::auth::OPEN_PATHS);
         covered.sort_unstable();
         let mut paths = cordial_server::routes::PATHS.to_vec();
@@ -350,6 +364,7 @@ fn serving(config: &FakeModelConfig) -> (Serving, EngineHandle) {
         hidden_size: FAKE_HIDDEN_SIZE,
         chat: Err("no chat template in this test".into()),
         grammar: None,
+        lora: None,
     };
     (serving, engine)
 }
@@ -482,6 +497,7 @@ async fn served(config: FakeModelConfig, opts: ServeOptions) -> Served {
         hidden_size: FAKE_HIDDEN_SIZE,
         chat: Err("no chat template in this test".into()),
         grammar: None,
+        lora: None,
     };
     assert!(state.set_serving(s).is_ok());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -13,6 +13,11 @@
 //! composition never matters: rows are computed one sequence at a time, after every write of
 //! the step.
 //!
+//! **LoRA.** A sequence's adapters ([`SeqStep::lora`]: ids and scales) seed its hash chain
+//! ([`lora_start`]), so they change its logits and its K/V fingerprints: a block computed under
+//! one adapter and read under another (a prefix cache keyed without the adapter) fails the
+//! forward.
+//!
 //! **Options** ([`FakeModelConfig`]): vocabulary size, block size, number of blocks, context
 //! length; [`FakeEos`] (EOS strongly suppressed before a history length, strongly preferred from
 //! it on); injected failures (`fail_at_forward`: the n-th forward call returns `Err`;
@@ -31,7 +36,7 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use cordial_engine::{ModelError, ModelExecutor, SeqStep, TokenId};
+use cordial_engine::{LoraRef, ModelError, ModelExecutor, SeqStep, TokenId};
 
 /// How long a gated forward waits for a permit before failing (so a test bug cannot hang).
 const GATE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -79,7 +84,12 @@ impl Default for FakeModelConfig {
 impl FakeModelConfig {
     /// The logits row the model returns after the tokens `history` (positions `0..len`).
     pub fn logits(&self, history: &[TokenId]) -> Vec<f32> {
-        let mut h = CHAIN_START;
+        self.logits_with(history, &[])
+    }
+
+    /// [`Self::logits`] for a sequence running with the LoRA adapters `lora`.
+    pub fn logits_with(&self, history: &[TokenId], lora: &[LoraRef]) -> Vec<f32> {
+        let mut h = lora_start(lora);
         for (pos, &t) in history.iter().enumerate() {
             h = chain(h, pos, t);
         }
@@ -109,10 +119,21 @@ impl FakeModelConfig {
         max_new_tokens: usize,
         eos_tokens: &[TokenId],
     ) -> Vec<TokenId> {
+        self.greedy_reference_with(prompt, max_new_tokens, eos_tokens, &[])
+    }
+
+    /// [`Self::greedy_reference`] with the LoRA adapters `lora`.
+    pub fn greedy_reference_with(
+        &self,
+        prompt: &[TokenId],
+        max_new_tokens: usize,
+        eos_tokens: &[TokenId],
+        lora: &[LoraRef],
+    ) -> Vec<TokenId> {
         let mut history = prompt.to_vec();
         let mut out = Vec::new();
         while out.len() < max_new_tokens && history.len() < self.max_context {
-            let row = self.logits(&history);
+            let row = self.logits_with(&history, lora);
             let mut best = 0;
             for (i, &x) in row.iter().enumerate() {
                 if x > row[best] {
@@ -132,6 +153,14 @@ impl FakeModelConfig {
 
 /// The start of the history hash chain (see [`chain`]).
 const CHAIN_START: u64 = 0x243F_6A88_85A3_08D3;
+
+/// Where a sequence's hash chain starts: [`CHAIN_START`] for the base model, mixed with the
+/// ids and scales of its LoRA adapters otherwise.
+pub fn lora_start(lora: &[LoraRef]) -> u64 {
+    lora.iter().fold(CHAIN_START, |h, l| {
+        mix(h ^ (u64::from(l.id) << 32) ^ u64::from(l.scale.to_bits()))
+    })
+}
 
 /// One step of the history hash chain: `h` after the token `t` at position `pos`.
 fn chain(h: u64, pos: usize, t: TokenId) -> u64 {
@@ -157,6 +186,8 @@ pub struct FakeStats {
     pub seqs_per_step: Vec<usize>,
     /// `(src, dst)` of every `copy_block`.
     pub block_copies: Vec<(u32, u32)>,
+    /// The distinct LoRA adapter ids of each forward call (sorted; empty: base only).
+    pub loras_per_step: Vec<Vec<u32>>,
 }
 
 #[derive(Debug, Default)]
@@ -310,7 +341,7 @@ impl FakeModel {
             let pos = seq.start_pos + i;
             let slot = self.slot(seq.block_table, pos)?;
             let prev = match pos {
-                0 => CHAIN_START,
+                0 => lora_start(seq.lora),
                 _ => self.read(seq.block_table, pos - 1)?.1,
             };
             self.slots[slot] = Some((token, chain(prev, pos, token)));
@@ -319,9 +350,14 @@ impl FakeModel {
     }
 
     /// The tokens at positions `0..len`, checking that every slot was computed after exactly
-    /// the prefix it is read with.
-    fn history(&self, table: &[u32], len: usize) -> Result<Vec<TokenId>, ModelError> {
-        let mut h = CHAIN_START;
+    /// the prefix (and with the adapters) it is read with.
+    fn history(
+        &self,
+        table: &[u32],
+        len: usize,
+        lora: &[LoraRef],
+    ) -> Result<Vec<TokenId>, ModelError> {
+        let mut h = lora_start(lora);
         let mut tokens = Vec::with_capacity(len);
         for pos in 0..len {
             let (token, stored) = self.read(table, pos)?;
@@ -343,6 +379,13 @@ impl FakeModel {
             .tokens_per_step
             .push(seqs.iter().map(|s| s.tokens.len()).sum());
         stats.seqs_per_step.push(seqs.len());
+        let mut ids: Vec<u32> = seqs
+            .iter()
+            .flat_map(|s| s.lora.iter().map(|l| l.id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        stats.loras_per_step.push(ids);
     }
 }
 
@@ -384,9 +427,9 @@ impl ModelExecutor for FakeModel {
         }
         for seq in seqs.iter().filter(|s| s.rows() > 0) {
             let end = seq.start_pos + seq.tokens.len();
-            let history = self.history(seq.block_table, end)?;
+            let history = self.history(seq.block_table, end, seq.lora)?;
             for row_end in end + 1 - seq.rows()..=end {
-                logits.extend(self.config.logits(&history[..row_end]));
+                logits.extend(self.config.logits_with(&history[..row_end], seq.lora));
             }
         }
         Ok(())
@@ -415,6 +458,7 @@ mod tests {
             want_logits: true,
             all_logits: false,
             replace: &[],
+            lora: &[],
         }
     }
 

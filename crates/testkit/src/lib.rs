@@ -1,6 +1,8 @@
 //! Dev-only helpers: a deterministic fake model for engine tests, a tiny-GGUF writer for
-//! reader and model tests, and a tiny llama GGUF (with a tokenizer) for whole-server tests.
+//! reader and model tests, a tiny llama GGUF (with a tokenizer) for whole-server tests, and
+//! seeded LoRA adapters in both file forms (`lora_writer`).
 
 pub mod fake_model;
 pub mod gguf_writer;
+pub mod lora_writer;
 pub mod tiny_llama;

@@ -79,6 +79,7 @@ impl EngineCore {
             max_num_seqs: config.max_num_seqs.max(1),
             max_prefill_tokens: config.max_prefill_tokens.max(1),
             block_size: shape.block_size,
+            max_loras: config.max_loras,
         });
         let mut blocks =
             BlockAllocator::with_prefix_caching(model.num_blocks(), config.enable_prefix_caching)
@@ -233,6 +234,10 @@ impl EngineCore {
         s.running_seqs
             .store(self.scheduler.running_seqs(), Ordering::Release);
         s.steps.store(self.steps, Ordering::Release);
+        s.publish_loras(
+            self.scheduler.running_loras(),
+            self.scheduler.waiting_loras(),
+        );
     }
 
     /// Sends the prefix cache's changes since the last call as one batch, without waiting: a

@@ -68,6 +68,7 @@ impl EngineCore {
                     want_logits: c.want_logits,
                     all_logits: c.all_logits,
                     replace: &group.prompt_embeddings,
+                    lora: &group.lora,
                 }
             })
             .collect();

@@ -77,6 +77,7 @@ fn request(top_k: usize, prompt: Vec<u32>) -> EngineRequest {
         prompt_embeddings: Vec::new(),
         constraint: None,
         beam: None,
+        lora: Vec::new(),
     }
 }
 

@@ -98,6 +98,7 @@ impl BlockAllocator {
         parent: Option<&BlockHash>,
         tokens: &[TokenId],
         block_size: usize,
+        lora: Option<(u32, &str)>,
     ) {
         if let Some(events) = &mut self.events {
             if hashes.is_empty() {
@@ -108,7 +109,8 @@ impl BlockAllocator {
                 parent_block_hash: parent.map(block_hash::external),
                 token_ids: tokens.to_vec(),
                 block_size,
-                lora_id: None,
+                lora_id: lora.map(|l| u64::from(l.0)),
+                lora_name: lora.map(|l| l.1.to_owned()),
             });
         }
     }
@@ -262,9 +264,10 @@ mod tests {
 
     fn keys(prompt: &[u32], bs: usize) -> Vec<BlockKey> {
         let root = block_hash::root_hash(block_hash::DEFAULT_HASH_SEED);
-        let chain = chain_hashes(prompt, bs, &root);
+        let seed = super::super::prefix::ChainSeed::default();
+        let chain = chain_hashes(prompt, bs, &root, &seed);
         (0..chain.len())
-            .map(|i| BlockKey::of_block(&chain, i))
+            .map(|i| BlockKey::of_block(&chain, &seed, i))
             .collect()
     }
 

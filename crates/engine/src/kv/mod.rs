@@ -5,8 +5,9 @@
 //! - [`BlockTable`]: one sequence's blocks in position order, with copy-on-write of shared blocks.
 //! - [`BlockNeed`]: how many free blocks a set of writes will take, counted before allocating so a
 //!   group is either scheduled whole or not at all.
-//! - `prefix` ([`BlockKey`], [`chain_hashes`]): full prompt blocks named by a hash chain (vLLM's
-//!   `sha256_cbor`, [`crate::block_hash`]), so a new prompt that starts like an earlier one
+//! - `prefix` ([`BlockKey`], [`chain_hashes`], [`chain_seed`]): full prompt blocks named by a
+//!   hash chain (vLLM's `sha256_cbor`, [`crate::block_hash`]; LoRA adapters enter through
+//!   [`chain_seed`]), so a new prompt that starts like an earlier one
 //!   reuses its blocks instead of recomputing them. When asked, the allocator records the
 //!   changes (stored, evicted, cleared) as [`crate::KvEvent`]s.
 
@@ -15,5 +16,5 @@ mod prefix;
 mod table;
 
 pub(crate) use allocator::{BlockAllocator, BlockId};
-pub(crate) use prefix::{chain_hashes, BlockKey};
+pub(crate) use prefix::{chain_hashes, chain_seed, BlockKey, ChainSeed};
 pub(crate) use table::{BlockNeed, BlockTable};

@@ -8,44 +8,95 @@
 //! the K/V that computing those tokens would write. The hashes mean the same in every process
 //! started with the same seed, which is what lets the KV events name blocks to other machines.
 //!
-//! The key covers the token ids and nothing else, because a request is a plain token prompt:
-//! K/V at a position depend only on the tokens up to it. If [`crate::EngineRequest`] ever
-//! carries anything else that changes K/V for a position (embedding replacements, adapters, a
-//! different RoPE scaling, ...), that must go into the hash (vLLM's `extra_keys`, see
-//! [`crate::block_hash::hash_block_with`]; an adapter is `(lora_name,)`), or such blocks must
-//! not be registered nor looked up at all.
+//! Besides the tokens, only LoRA adapters change K/V for a position here, and they enter the
+//! key in ONE place, [`chain_seed`]:
+//! - their names are vLLM's `extra_keys` of every block hash (`(lora_name,)`, see
+//!   [`crate::block_hash::hash_block_with`]), so the hashes the KV events carry are the ones
+//!   vLLM computes for the same adapter;
+//! - their content digests and scales are the key's salt, next to the hash: an adapter
+//!   reloaded under the same name with other weights (same hashes) never hits the old blocks.
+//!
+//! The base model's chain has neither (extra keys `None`, no salt), so base prompts keep
+//! vLLM's plain hashes. Embedding replacements are not keyed: such prompts are never
+//! registered nor looked up. Anything else that would change K/V (a different RoPE scaling,
+//! ...) must go into [`chain_seed`] too.
 //!
 //! Keys are the full 32-byte SHA-256 hashes (as in vLLM); a collision is not a practical
 //! concern.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 
 use super::allocator::BlockId;
+use crate::api::LoraRef;
 use crate::block_hash::{self, BlockHash};
 use crate::model::TokenId;
 
-/// The identity of a full prompt block's contents (see the module docs): its chain hash.
+/// The identity of a full prompt block's contents (see the module docs): its chain hash and
+/// the salt of its chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct BlockKey(BlockHash);
+pub(crate) struct BlockKey {
+    hash: BlockHash,
+    salt: Option<u64>,
+}
 
-impl BlockKey {
-    /// The key of block `i`, given the chain hashes of the prompt's full blocks.
-    pub(crate) fn of_block(chain: &[BlockHash], i: usize) -> Self {
-        BlockKey(chain[i])
+/// What keys a prompt's blocks besides its tokens (see the module docs).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct ChainSeed {
+    /// vLLM's `extra_keys` of every block hash: the adapters' names (`None`: the base model).
+    extra_keys: Option<Vec<String>>,
+    /// A hash of the adapters' content digests and scales, in order (`None`: the base model).
+    salt: Option<u64>,
+}
+
+/// THE place where what changes K/V besides the tokens enters the prefix cache's keys: nothing
+/// for the base model, else the adapters' names (hash extra keys) and a salt of their content
+/// digests and scales.
+pub(crate) fn chain_seed(lora: &[LoraRef]) -> ChainSeed {
+    if lora.is_empty() {
+        return ChainSeed::default();
     }
-
-    pub(crate) fn hash(&self) -> &BlockHash {
-        &self.0
+    let mut h = DefaultHasher::new();
+    "cordial-lora".hash(&mut h);
+    for l in lora {
+        l.digest.hash(&mut h);
+        l.scale.to_bits().hash(&mut h);
+    }
+    ChainSeed {
+        extra_keys: Some(lora.iter().map(|l| l.name.to_string()).collect()),
+        salt: Some(h.finish()),
     }
 }
 
-/// The chain hashes of every full block of `prompt`, in order, from `root` (the seed's hash).
+impl BlockKey {
+    /// The key of block `i`, given the chain hashes of the prompt's full blocks (from
+    /// [`chain_hashes`] with the same `seed`).
+    pub(crate) fn of_block(chain: &[BlockHash], seed: &ChainSeed, i: usize) -> Self {
+        BlockKey {
+            hash: chain[i],
+            salt: seed.salt,
+        }
+    }
+
+    pub(crate) fn hash(&self) -> &BlockHash {
+        &self.hash
+    }
+}
+
+/// The chain hashes of every full block of `prompt`, in order, from `root` (the hash seed's
+/// hash), with `seed`'s extra keys in every block.
 pub(crate) fn chain_hashes(
     prompt: &[TokenId],
     block_size: usize,
     root: &BlockHash,
+    seed: &ChainSeed,
 ) -> Vec<BlockHash> {
-    block_hash::chain(prompt, block_size, root)
+    let extra: Option<Vec<&str>> = seed
+        .extra_keys
+        .as_ref()
+        .map(|k| k.iter().map(String::as_str).collect());
+    block_hash::chain_with(prompt, block_size, root, extra.as_deref())
 }
 
 /// The cached blocks: key ↔ block for every registered block (in use or not), and the LRU of
@@ -137,7 +188,65 @@ mod tests {
 
     fn key(prompt: &[TokenId], i: usize) -> BlockKey {
         let root = block_hash::root_hash(block_hash::DEFAULT_HASH_SEED);
-        BlockKey::of_block(&chain_hashes(prompt, BS, &root), i)
+        let seed = ChainSeed::default();
+        BlockKey::of_block(&chain_hashes(prompt, BS, &root, &seed), &seed, i)
+    }
+
+    #[test]
+    fn the_seed_names_the_adapters_content_and_scale_and_leaves_the_base_unsalted() {
+        let lora = |name: &str, digest: u8, scale: f32| LoraRef {
+            id: 7,
+            name: name.into(),
+            scale,
+            digest: [digest; 32],
+        };
+        let root = block_hash::root_hash(block_hash::DEFAULT_HASH_SEED);
+        let p: Vec<TokenId> = (1..=8).collect();
+        let keys = |seed: &ChainSeed| -> Vec<BlockKey> {
+            let chain = chain_hashes(&p, BS, &root, seed);
+            (0..chain.len())
+                .map(|i| BlockKey::of_block(&chain, seed, i))
+                .collect()
+        };
+        // The base: vLLM's plain hashes, no salt.
+        let base = chain_seed(&[]);
+        assert_eq!(base, ChainSeed::default());
+        assert_eq!(
+            chain_hashes(&p, BS, &root, &base),
+            block_hash::chain(&p, BS, &root)
+        );
+        // An adapter: vLLM's hashes with extra keys (lora_name,) in every block.
+        let a = chain_seed(&[lora("a", 1, 1.0)]);
+        let chain_a = chain_hashes(&p, BS, &root, &a);
+        assert_eq!(
+            chain_a[0],
+            block_hash::hash_block_with(&root, &p[..4], Some(&["a"]))
+        );
+        assert_eq!(
+            chain_a[1],
+            block_hash::hash_block_with(&chain_a[0], &p[4..], Some(&["a"]))
+        );
+        // The id does not matter; content, scale, name and order do.
+        let same = chain_seed(&[LoraRef {
+            id: 9,
+            ..lora("a", 1, 1.0)
+        }]);
+        assert_eq!(keys(&a), keys(&same));
+        for other in [
+            chain_seed(&[lora("a", 2, 1.0)]), // reloaded under the same name, other content
+            chain_seed(&[lora("a", 1, 0.5)]),
+            chain_seed(&[lora("b", 1, 1.0)]),
+        ] {
+            let (ka, ko) = (keys(&a), keys(&other));
+            assert!(ka.iter().zip(&ko).all(|(x, y)| x != y));
+        }
+        assert_ne!(
+            keys(&chain_seed(&[lora("a", 1, 1.0), lora("b", 2, 1.0)])),
+            keys(&chain_seed(&[lora("b", 2, 1.0), lora("a", 1, 1.0)]))
+        );
+        // Every block of an adapter's chain differs from the base's, the first one included.
+        let (kb, ka) = (keys(&base), keys(&a));
+        assert!(kb.iter().zip(&ka).all(|(x, y)| x != y));
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //!    free, so that admissions rarely force a preemption at the next decode. Before its plan is
 //!    counted, a group takes the cached blocks its prompt starts with (prefix caching), so its
 //!    first chunk starts after them and they count neither against the budget nor as new
-//!    blocks; a group that is not admitted gives them back at once.
+//!    blocks; a group that is not admitted gives them back at once. A group whose LoRA
+//!    adapters would make the running groups use more than `max_loras` distinct adapters waits
+//!    (keeping its place) until one frees up, and later groups that fit go first (as in vLLM).
 //!
 //! The output is a plain value: the chunks to run (in batch order) and the block copies the
 //! model must make before the forward.
@@ -36,6 +38,8 @@ pub(crate) struct SchedulerConfig {
     pub(crate) max_num_seqs: usize,
     pub(crate) max_prefill_tokens: usize,
     pub(crate) block_size: usize,
+    /// Most distinct LoRA adapters among running groups (0 = no limit).
+    pub(crate) max_loras: usize,
 }
 
 /// One sequence's share of the step: `len` tokens of `target` of `running[group]` from `start`.
@@ -223,13 +227,19 @@ impl Scheduler {
         out: &mut SchedulerOutput,
     ) {
         let block_size = self.config.block_size;
+        let mut loras = self.running_loras();
+        let mut i = 0;
         loop {
             let running_seqs = self.running_seqs();
-            let Some(group) = self.waiting.front_mut() else {
+            let Some(group) = self.waiting.get_mut(i) else {
                 break;
             };
             if budget.is_spent() {
                 break;
+            }
+            if !fits_loras(&loras, &group.lora, self.config.max_loras) {
+                i += 1; // waits for a running adapter to finish; later requests may fit
+                continue;
             }
             let seqs_after = running_seqs + group.num_live();
             if !self.running.is_empty() && seqs_after > self.config.max_num_seqs {
@@ -252,9 +262,10 @@ impl Scheduler {
                 out.prefix_query_tokens += group.prompt.len();
                 out.prefix_hit_tokens += hit;
             }
-            let Some(group) = self.waiting.pop_front() else {
+            let Some(group) = self.waiting.remove(i) else {
                 break;
             };
+            add_loras(&mut loras, &group.lora);
             tracing::debug!(request = group.id, cached_tokens = hit, "admitted");
             self.running.push(group);
             out.admitted += 1;
@@ -262,6 +273,26 @@ impl Scheduler {
                 *budget = trial;
             }
         }
+    }
+
+    /// The distinct LoRA adapter ids of the running groups, sorted.
+    pub(crate) fn running_loras(&self) -> Vec<u32> {
+        let mut ids = Vec::new();
+        for g in &self.running {
+            add_loras(&mut ids, &g.lora);
+        }
+        ids
+    }
+
+    /// The distinct LoRA adapter ids of the waiting groups that no running group uses, sorted.
+    pub(crate) fn waiting_loras(&self) -> Vec<u32> {
+        let running = self.running_loras();
+        let mut ids = Vec::new();
+        for g in &self.waiting {
+            add_loras(&mut ids, &g.lora);
+        }
+        ids.retain(|id| running.binary_search(id).is_err());
+        ids
     }
 
     /// Preempts the newest running groups until `need` blocks are free. False when group `i`
@@ -330,6 +361,31 @@ impl Scheduler {
         group.reset_for_recompute(alloc);
         self.waiting.push_front(group);
     }
+}
+
+/// Adds the ids of `lora` to the sorted set `ids`.
+fn add_loras(ids: &mut Vec<u32>, lora: &[crate::api::LoraRef]) {
+    for l in lora {
+        if let Err(at) = ids.binary_search(&l.id) {
+            ids.insert(at, l.id);
+        }
+    }
+}
+
+/// Whether running groups using the adapters `ids` can be joined by one using `lora` within
+/// `max` distinct adapters (0 = no limit).
+fn fits_loras(ids: &[u32], lora: &[crate::api::LoraRef], max: usize) -> bool {
+    if max == 0 {
+        return true;
+    }
+    let mut new: Vec<u32> = lora
+        .iter()
+        .map(|l| l.id)
+        .filter(|id| ids.binary_search(id).is_err())
+        .collect();
+    new.sort_unstable();
+    new.dedup();
+    ids.len() + new.len() <= max
 }
 
 #[cfg(test)]

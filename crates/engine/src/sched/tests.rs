@@ -10,6 +10,7 @@ fn scheduler(max_num_seqs: usize, max_prefill_tokens: usize) -> Scheduler {
         max_num_seqs,
         max_prefill_tokens,
         block_size: BS,
+        max_loras: 0,
     })
 }
 
@@ -25,6 +26,7 @@ fn group(id: RequestId, prompt: usize, n: usize) -> SequenceGroup {
         prompt_embeddings: Vec::new(),
         constraint: None,
         beam: None,
+        lora: Vec::new(),
     };
     SequenceGroup::new(id, req, tokio::sync::mpsc::unbounded_channel().0)
 }

@@ -81,6 +81,10 @@ pub(crate) struct SequenceGroup {
     pub(crate) prompt_embeddings: Vec<(usize, Vec<f32>)>,
     /// Beam search: the choices are the beams (see `beam.rs`).
     pub(crate) beam: Option<beam::BeamState>,
+    /// LoRA adapters of every choice (see `EngineRequest::lora`).
+    pub(crate) lora: Vec<crate::api::LoraRef>,
+    /// What keys the prompt's prefix-cache blocks besides the tokens (the adapters).
+    pub(crate) chain_seed: crate::kv::ChainSeed,
     /// Prompt positions whose `PromptToken` event was sent, plus one (position 0 has none);
     /// kept across preemption so that a recompute never repeats them.
     pub(crate) prompt_scored: usize,
@@ -124,6 +128,8 @@ impl SequenceGroup {
             deadline: req.deadline,
             prompt_embeddings: req.prompt_embeddings,
             beam,
+            chain_seed: crate::kv::chain_seed(&req.lora),
+            lora: req.lora,
             prompt_scored: 1,
             done: false,
             events,
@@ -404,6 +410,7 @@ mod tests {
             prompt_embeddings: Vec::new(),
             constraint: None,
             beam: None,
+            lora: Vec::new(),
         };
         SequenceGroup::new(1, req, tokio::sync::mpsc::unbounded_channel().0)
     }

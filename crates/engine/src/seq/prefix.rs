@@ -12,7 +12,12 @@ impl SequenceGroup {
     /// Computes the chain hashes of the prompt's full blocks, once.
     fn ensure_chain(&mut self, block_size: usize, alloc: &BlockAllocator) {
         if self.block_hashes.is_empty() && self.prompt.len() >= block_size {
-            self.block_hashes = chain_hashes(&self.prompt, block_size, alloc.root_hash());
+            self.block_hashes = chain_hashes(
+                &self.prompt,
+                block_size,
+                alloc.root_hash(),
+                &self.chain_seed,
+            );
         }
     }
 
@@ -38,7 +43,7 @@ impl SequenceGroup {
         self.ensure_chain(block_size, alloc);
         let reusable = self.prompt.len().saturating_sub(1) / block_size;
         for i in 0..reusable {
-            let key = BlockKey::of_block(&self.block_hashes, i);
+            let key = BlockKey::of_block(&self.block_hashes, &self.chain_seed, i);
             let Some(block) = alloc.lookup(&key) else {
                 break;
             };
@@ -78,7 +83,10 @@ impl SequenceGroup {
         let mut run_start = blocks.start;
         for i in blocks.clone() {
             let block = self.prompt_blocks.ids()[i];
-            if !alloc.register(block, BlockKey::of_block(&self.block_hashes, i)) {
+            if !alloc.register(
+                block,
+                BlockKey::of_block(&self.block_hashes, &self.chain_seed, i),
+            ) {
                 self.record_run(alloc, block_size, run_start..i);
                 run_start = i + 1;
             }
@@ -98,7 +106,9 @@ impl SequenceGroup {
         }
         let parent = run.start.checked_sub(1).map(|p| &self.block_hashes[p]);
         let tokens = &self.prompt[run.start * block_size..run.end * block_size];
-        alloc.record_stored(&self.block_hashes[run], parent, tokens, block_size);
+        // vLLM's BlockStored names one adapter (`lora_id`, `lora_name`): the first.
+        let lora = self.lora.first().map(|l| (l.id, &*l.name));
+        alloc.record_stored(&self.block_hashes[run], parent, tokens, block_size, lora);
     }
 }
 
@@ -119,6 +129,7 @@ mod tests {
             prompt_embeddings: Vec::new(),
             constraint: None,
             beam: None,
+            lora: Vec::new(),
         };
         SequenceGroup::new(1, req, tokio::sync::mpsc::unbounded_channel().0)
     }

@@ -216,6 +216,7 @@ pub fn greedy(prompt: Vec<TokenId>, max_new_tokens: usize) -> EngineRequest {
         prompt_embeddings: Vec::new(),
         constraint: None,
         beam: None,
+        lora: Vec::new(),
     }
 }
 
@@ -233,5 +234,6 @@ pub fn sampled(prompt: Vec<TokenId>, max_new_tokens: usize, seeds: Vec<u64>) -> 
         prompt_embeddings: Vec::new(),
         constraint: None,
         beam: None,
+        lora: Vec::new(),
     }
 }

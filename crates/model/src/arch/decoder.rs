@@ -12,6 +12,7 @@ use super::spec::{Activation, ArchSpec, RopeMode};
 use super::{embed, load_f32, output_logits, Batch, ModelConfig, ModelError, Scratch, Weight};
 use crate::backend::attention::{attention, AttnShape};
 use crate::backend::cpu::Compute;
+use crate::backend::lora::LoraPlan;
 use crate::backend::matmul::{matmul, Acts};
 use crate::backend::ops::{
     add_rows, rmsnorm, rmsnorm_inplace, rope_neox, rope_norm, rope_table_factors, rope_table_scaled,
@@ -19,6 +20,7 @@ use crate::backend::ops::{
 use crate::backend::pool::ThreadPool;
 use crate::gguf::{GgufError, GgufFile};
 use crate::kv::KvCache;
+use crate::lora::{LoraBase, Proj};
 
 /// The query, key and value projections: three matrices, or one fused `attn_qkv` (Q rows,
 /// then K, then V).
@@ -103,6 +105,8 @@ pub struct Decoder {
     attn_scale: f32,
     attn_softcap: f32,
     final_softcap: f32,
+    /// What LoRA adapters are checked against.
+    lora_base: LoraBase,
 }
 
 /// A tensor that may be absent.
@@ -230,6 +234,9 @@ impl Decoder {
                 0.0
             }
         };
+        let permute_qk =
+            (spec.rope == RopeMode::Norm && arch == "llama").then_some((c.n_heads, c.n_kv_heads));
+        let lora_base = LoraBase::of_file(f, arch, c.n_layers, permute_qk);
         output.repack(f, cx);
         for l in &mut layers {
             for w in l.weights_mut() {
@@ -254,7 +261,13 @@ impl Decoder {
             output,
             window,
             attn_scale,
+            lora_base,
         })
+    }
+
+    /// What LoRA adapters are checked against.
+    pub fn lora_base(&self) -> &LoraBase {
+        &self.lora_base
     }
 
     /// The architecture.
@@ -300,6 +313,7 @@ impl Decoder {
         let k = cx.kernels();
         let places = batch.validate(c, kv)?;
         let t = places.len();
+        let lora = self.lora_plan(batch)?;
         let (d, hd, ffn) = (c.hidden, c.head_dim, c.ffn);
         let (qd, kvd) = (c.n_heads * hd, c.n_kv_heads * hd);
         let h2 = hd / 2;
@@ -345,11 +359,25 @@ impl Decoder {
                             wv.job(f, &mut s.v[..t * kvd]),
                         ];
                         matmul(pool, cx, &x, &mut jobs);
+                        lora.apply(
+                            pool,
+                            k,
+                            l,
+                            &s.xn[..t * d],
+                            d,
+                            &mut [
+                                (Proj::Q, &mut s.q[..t * qd]),
+                                (Proj::K, &mut s.k[..t * kvd]),
+                                (Proj::V, &mut s.v[..t * kvd]),
+                            ],
+                        );
                     }
                     Qkv::Fused(w) => {
                         let n = qd + 2 * kvd;
                         grow(&mut s.fused, t * n);
                         matmul(pool, cx, &x, &mut [w.job(f, &mut s.fused[..t * n])]);
+                        let fused = &mut s.fused[..t * n];
+                        lora.apply(pool, k, l, &s.xn[..t * d], d, &mut [(Proj::Qkv, fused)]);
                         for ti in 0..t {
                             let row = &s.fused[ti * n..(ti + 1) * n];
                             s.q[ti * qd..(ti + 1) * qd].copy_from_slice(&row[..qd]);
@@ -407,6 +435,8 @@ impl Decoder {
             {
                 let x = Acts::quantized(pool, cx, &s.attn[..t * qd], &mut s.xq, t);
                 matmul(pool, cx, &x, &mut [layer.wo.job(f, &mut s.xn[..t * d])]);
+                let o = &mut s.xn[..t * d];
+                lora.apply(pool, k, l, &s.attn[..t * qd], qd, &mut [(Proj::O, o)]);
             }
             if let Some(w) = &layer.post_attn_norm {
                 rmsnorm_inplace(k, &mut s.xn[..t * d], w, c.eps);
@@ -422,11 +452,24 @@ impl Decoder {
                             up.job(f, &mut s.up[..t * ffn]),
                         ];
                         matmul(pool, cx, &x, &mut jobs);
+                        lora.apply(
+                            pool,
+                            k,
+                            l,
+                            &s.xn[..t * d],
+                            d,
+                            &mut [
+                                (Proj::Gate, &mut s.gate[..t * ffn]),
+                                (Proj::Up, &mut s.up[..t * ffn]),
+                            ],
+                        );
                     }
                     GateUp::Fused(w) => {
                         let n = 2 * ffn;
                         grow(&mut s.fused, t * n);
                         matmul(pool, cx, &x, &mut [w.job(f, &mut s.fused[..t * n])]);
+                        let fused = &mut s.fused[..t * n];
+                        lora.apply(pool, k, l, &s.xn[..t * d], d, &mut [(Proj::Up, fused)]);
                         for ti in 0..t {
                             let row = &s.fused[ti * n..(ti + 1) * n];
                             s.gate[ti * ffn..(ti + 1) * ffn].copy_from_slice(&row[..ffn]);
@@ -442,6 +485,15 @@ impl Decoder {
             {
                 let x = Acts::quantized(pool, cx, &s.gate[..t * ffn], &mut s.xq, t);
                 matmul(pool, cx, &x, &mut [layer.w_down.job(f, &mut s.xn[..t * d])]);
+                let down = &mut s.xn[..t * d];
+                lora.apply(
+                    pool,
+                    k,
+                    l,
+                    &s.gate[..t * ffn],
+                    ffn,
+                    &mut [(Proj::Down, down)],
+                );
             }
             if let Some(w) = &layer.post_ffn_norm {
                 rmsnorm_inplace(k, &mut s.xn[..t * d], w, c.eps);
@@ -461,6 +513,33 @@ impl Decoder {
             logits,
         );
         Ok(())
+    }
+}
+
+impl Decoder {
+    /// The step's LoRA plan; an adapter loaded for another model or a non-finite scale is a
+    /// batch error.
+    fn lora_plan<'a>(&self, batch: &'a Batch<'a>) -> Result<LoraPlan<'a>, ModelError> {
+        let mut row = 0;
+        let mut seqs = Vec::with_capacity(batch.seqs.len());
+        for (si, seq) in batch.seqs.iter().enumerate() {
+            for u in seq.lora {
+                if !u.scale.is_finite() {
+                    return Err(ModelError::Batch(format!(
+                        "sequence {si}: LoRA scale {} is not finite",
+                        u.scale
+                    )));
+                }
+                if !u.adapter.fits(&self.lora_base) {
+                    return Err(ModelError::Batch(format!(
+                        "sequence {si}: the LoRA adapter was loaded for another model"
+                    )));
+                }
+            }
+            seqs.push((seq.lora, row..row + seq.tokens.len()));
+            row += seq.tokens.len();
+        }
+        Ok(LoraPlan::new(seqs.into_iter()))
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::backend::attention::{AttnScratch, TokenPlace};
 use crate::backend::cpu::Compute;
+use crate::backend::lora::LoraUse;
 use crate::backend::matmul::{matmul, Acts, MatJob};
 use crate::backend::ops::{rmsnorm, softcap};
 use crate::backend::pool::ThreadPool;
@@ -127,6 +128,11 @@ impl Weight {
                 cols,
             });
         }
+        if info.ty == GgmlType::BF16 && rows > 1 {
+            return Err(ModelError::Invalid(format!(
+                "tensor `{name}` is a BF16 matrix: convert the model to F16, F32 or a quantized type"
+            )));
+        }
         if !cols.is_multiple_of(info.ty.block_elems()) {
             return Err(ModelError::Invalid(format!(
                 "tensor `{name}`: rows of {cols} are not whole blocks"
@@ -192,6 +198,9 @@ pub struct SeqInput<'a> {
     pub all_logits: bool,
     /// Input embeddings replacing the token embedding at these absolute positions.
     pub replace: &'a [(usize, Vec<f32>)],
+    /// LoRA adapters applied to this sequence's rows, in this order (empty: the base model;
+    /// a zero scale is the base model too).
+    pub lora: &'a [LoraUse<'a>],
 }
 
 pub struct Batch<'a> {
@@ -422,6 +431,11 @@ impl Model {
     /// Layers with a sliding window (for tests and diagnostics).
     pub fn local_layers(&self) -> Vec<usize> {
         self.decoder.local_layers()
+    }
+
+    /// What LoRA adapters for this model are checked against (architecture, matrix shapes).
+    pub fn lora_base(&self) -> &crate::lora::LoraBase {
+        self.decoder.lora_base()
     }
 
     /// Weight bytes one decode step reads: every layer matrix and the output head (not the

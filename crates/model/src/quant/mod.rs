@@ -29,10 +29,13 @@ pub enum GgmlType {
     Q4_K,
     Q5_K,
     Q6_K,
+    /// bfloat16: read where a float vector is widened (norms, LoRA adapters); matrices of it
+    /// are refused at load (`Weight::load`).
+    BF16,
 }
 
 /// The supported types, as listed in error messages.
-pub const SUPPORTED_TYPES: &str = "F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K";
+pub const SUPPORTED_TYPES: &str = "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K";
 
 /// Name of any ggml type id, including the ones we do not support (for error messages).
 pub fn ggml_type_name(id: u32) -> String {
@@ -89,6 +92,7 @@ impl GgmlType {
             12 => GgmlType::Q4_K,
             13 => GgmlType::Q5_K,
             14 => GgmlType::Q6_K,
+            30 => GgmlType::BF16,
             _ => return None,
         })
     }
@@ -104,6 +108,7 @@ impl GgmlType {
             GgmlType::Q4_K => 12,
             GgmlType::Q5_K => 13,
             GgmlType::Q6_K => 14,
+            GgmlType::BF16 => 30,
         }
     }
     pub fn name(self) -> &'static str {
@@ -118,12 +123,13 @@ impl GgmlType {
             GgmlType::Q4_K => "Q4_K",
             GgmlType::Q5_K => "Q5_K",
             GgmlType::Q6_K => "Q6_K",
+            GgmlType::BF16 => "BF16",
         }
     }
     /// Elements per block.
     pub fn block_elems(self) -> usize {
         match self {
-            GgmlType::F32 | GgmlType::F16 => 1,
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
             GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => QK_K,
             _ => QK,
         }
@@ -132,7 +138,7 @@ impl GgmlType {
     pub fn block_bytes(self) -> usize {
         match self {
             GgmlType::F32 => 4,
-            GgmlType::F16 => 2,
+            GgmlType::F16 | GgmlType::BF16 => 2,
             GgmlType::Q4_0 => 18,
             GgmlType::Q4_1 => 20,
             GgmlType::Q5_0 => 22,
@@ -145,7 +151,7 @@ impl GgmlType {
     }
     /// Quantized types take int8-quantized activations; float types take f32 activations.
     pub fn is_quantized(self) -> bool {
-        !matches!(self, GgmlType::F32 | GgmlType::F16)
+        !matches!(self, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
     }
 }
 

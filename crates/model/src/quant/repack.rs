@@ -79,7 +79,7 @@ pub const fn form(ty: GgmlType) -> Option<Form> {
         GgmlType::Q4_K => Some(Form::K4),
         GgmlType::Q5_K => Some(Form::K5),
         GgmlType::Q6_K => Some(Form::K6),
-        GgmlType::F32 | GgmlType::F16 => None,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => None,
     }
 }
 

@@ -98,6 +98,11 @@ pub fn dequantize_row(ty: GgmlType, w: &[u8], out: &mut [f32]) {
                 *o = f16_at(w, 2 * i);
             }
         }
+        GgmlType::BF16 => {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = half::bf16::from_le_bytes([w[2 * i], w[2 * i + 1]]).to_f32();
+            }
+        }
         _ => {
             let bb = ty.block_bytes();
             for b in 0..n / QK {

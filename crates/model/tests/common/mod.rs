@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cordial_model::gguf::GgufFile;
-use cordial_model::{Batch, Compute, KvCache, Model, Scratch, SeqInput, ThreadPool};
+use cordial_model::{Batch, Compute, KvCache, LoraUse, Model, Scratch, SeqInput, ThreadPool};
 
 pub const BLOCK: usize = 16;
 
@@ -112,17 +112,29 @@ impl Harness {
     }
 
     fn run(&mut self, items: &[(usize, &[u32], usize)], all: bool) -> Vec<Vec<f32>> {
-        let tables: Vec<Vec<u32>> = items.iter().map(|(s, _, _)| self.table(*s)).collect();
+        let items: Vec<_> = items.iter().map(|&(s, t, p)| (s, t, p, &[][..])).collect();
+        self.run_lora(&items, all)
+    }
+
+    /// One step with LoRA adapters: (seq slot, tokens, start_pos, adapters) each; one logits
+    /// row per entry, or (`all`) one per token.
+    pub fn run_lora(
+        &mut self,
+        items: &[(usize, &[u32], usize, &[LoraUse<'_>])],
+        all: bool,
+    ) -> Vec<Vec<f32>> {
+        let tables: Vec<Vec<u32>> = items.iter().map(|(s, _, _, _)| self.table(*s)).collect();
         let seqs = items
             .iter()
             .zip(&tables)
-            .map(|((_, toks, pos), t)| SeqInput {
+            .map(|((_, toks, pos, lora), t)| SeqInput {
                 tokens: toks,
                 start_pos: *pos,
                 block_table: t,
                 want_logits: true,
                 all_logits: all,
                 replace: &[],
+                lora,
             })
             .collect();
         let mut logits = Vec::new();

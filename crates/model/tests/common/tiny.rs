@@ -74,6 +74,7 @@ impl Rng {
 }
 
 /// A matrix as the model will see it: rows × cols, stored in `ty` and read back.
+#[derive(Clone)]
 pub struct Mat {
     pub rows: usize,
     pub cols: usize,

@@ -3,6 +3,7 @@
 
 pub mod chat;
 mod fields;
+pub mod lora;
 pub mod request;
 pub mod response;
 pub mod stream;
@@ -10,6 +11,7 @@ pub mod tokenize;
 
 pub use chat::*;
 pub use fields::{Tag, WireField};
+pub use lora::*;
 pub use request::*;
 pub use response::*;
 pub use stream::*;

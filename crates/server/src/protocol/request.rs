@@ -112,6 +112,10 @@ wire_fields! {
         /// OpenAI: ignored by the server (accepted with any JSON value).
         [OpenAi]
         pub user: Option<Value>,
+        // --- LoRA ---
+        /// llama.cpp: the served adapters' scales by id (ids in start-up order; adapters not
+        /// listed are at scale 0). Not combined with an adapter named in `model`.
+        pub lora: Option<Vec<LoraScale>>,
         // --- embedding replacement ---
         [NotChat]
         pub token_index_to_replace: Option<Vec<i64>>,
@@ -169,6 +173,13 @@ pub enum Seed {
 pub enum LogitBias {
     Map(serde_json::Map<String, Value>),
     Pairs(Vec<Vec<Value>>),
+}
+
+/// One entry of llama.cpp's per-request `lora` list.
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
+pub struct LoraScale {
+    pub id: i64,
+    pub scale: f64,
 }
 
 /// `{"tokens": [ids]}` entries of `stop_tokens` and `bad_word_tokens`.

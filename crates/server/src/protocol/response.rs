@@ -130,6 +130,12 @@ pub struct ModelCard {
     /// Longest prompt + output, once the model is loaded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_model_len: Option<usize>,
+    /// A LoRA adapter's files (vLLM's `root`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+    /// A LoRA adapter's base model id (vLLM's `parent`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// `GET /health`.

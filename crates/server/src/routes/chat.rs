@@ -38,7 +38,7 @@ impl Chat {
         state: &AppState,
         body: &[u8],
     ) -> Result<(ValidRequest, String), ApiError> {
-        let chat = parse_chat_body(body, state.served_names())?;
+        let chat = parse_chat_body(body, &state.model_names())?;
         let serving = state.serving().ok_or(ApiError::NotReady)?;
         let template = serving.chat.as_ref().map_err(|e| {
             ApiError::Invalid(ValidationError::new("messages", e.clone()), Flavor::OpenAi)

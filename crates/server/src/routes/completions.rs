@@ -26,7 +26,7 @@ impl WireShape for Completions {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<ValidRequest, ApiError> {
-        let parsed = parse_request(body, headers, state.served_names())?;
+        let parsed = parse_request(body, headers, &state.model_names())?;
         let serving = state.serving().ok_or(ApiError::NotReady)?;
         serving.with_model_info(|info| validate(parsed, info, random_u64))
     }

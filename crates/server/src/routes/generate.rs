@@ -190,6 +190,7 @@ async fn generate<S: WireShape>(
         counter.metrics().panic_caught()
     });
     let outs = tap(outs, record, valid.requests.len() * valid.n);
+    let outs = count_adapters(outs, serving, &valid);
     let meta = StreamMeta {
         id: shape.response_id(),
         created: unix_now(),
@@ -221,6 +222,29 @@ fn generation(serving: &Serving, valid: &ValidRequest) -> Generation {
     };
     let tt = serving.tokenizer.clone();
     Generation::with_controls(tt, valid.n, &seeds, valid.flavor, controls)
+}
+
+/// Counts the request and, once done, its tokens for each LoRA adapter it runs with
+/// (`cordial_lora_*`).
+fn count_adapters(
+    outs: impl Stream<Item = Output> + Send + 'static,
+    serving: &Serving,
+    valid: &ValidRequest,
+) -> impl Stream<Item = Output> + Send + 'static {
+    let lora = valid
+        .requests
+        .first()
+        .map(|r| r.lora.clone())
+        .unwrap_or_default();
+    let registry = serving.lora.clone().filter(|_| !lora.is_empty());
+    if let Some(r) = &registry {
+        r.count_request(&lora);
+    }
+    outs.inspect(move |out| {
+        if let (Some(r), Output::Done { usage, .. }) = (&registry, out) {
+            r.count_tokens(&lora, usage.prompt_tokens, usage.completion_tokens);
+        }
+    })
 }
 
 /// Submits every input; on a refusal the streams already obtained are dropped (aborted).

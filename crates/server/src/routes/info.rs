@@ -19,20 +19,34 @@ pub async fn health(State(state): State<AppState>) -> Response {
 }
 
 /// The served names (`--served-model-name`, else the model file's stem), primary first, with
-/// the longest sequence served.
+/// the longest sequence served; then each LoRA adapter with its `root` (files) and `parent`
+/// (the base's primary name), as vLLM lists them.
 pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
     let max_model_len = state.serving().map(|s| s.max_context);
-    let data = state
+    let card = |id: String, root: Option<String>, parent: Option<String>| ModelCard {
+        id,
+        object: "model",
+        created: state.created(),
+        owned_by: "cordial",
+        max_model_len,
+        root,
+        parent,
+    };
+    let mut data: Vec<ModelCard> = state
         .served_names()
         .iter()
-        .map(|name| ModelCard {
-            id: name.clone(),
-            object: "model",
-            created: state.created(),
-            owned_by: "cordial",
-            max_model_len,
-        })
+        .map(|name| card(name.clone(), None, None))
         .collect();
+    if let Some(registry) = state.serving().and_then(|s| s.lora.as_deref()) {
+        let parent = state.served_names().first().cloned();
+        data.extend(registry.loaded().iter().map(|a| {
+            card(
+                a.name.clone(),
+                Some(a.path.display().to_string()),
+                parent.clone(),
+            )
+        }));
+    }
     Json(ModelList {
         object: "list",
         data,
@@ -57,6 +71,23 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     metrics
         .vllm
         .render(&mut body, model_name, metrics.tokens(), view);
+    if let (Some(registry), Some(s)) = (state.serving().and_then(|s| s.lora.as_deref()), &stats) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let (running, waiting) = (
+            registry.names(&s.running_loras),
+            registry.names(&s.waiting_loras),
+        );
+        metrics.vllm.render_lora_info(
+            &mut body,
+            registry.settings.max_loras,
+            &running,
+            &waiting,
+            now,
+        );
+        registry.render_metrics(&mut body);
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

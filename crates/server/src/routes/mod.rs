@@ -1,8 +1,8 @@
 //! HTTP routes (axum 0.8). Completions on three paths (`/v1`, `/serverless/v1`,
 //! `/dedicated/v1`, as the Friendli SDKs call them); chat completions; vLLM's render endpoints
 //! (`/v1/completions/render`, `/v1/chat/completions/render`); `/health`; `/v1/models`;
-//! `/v1/tokenize` and `/v1/detokenize`; `/metrics`;
-//! `/openapi.json`.
+//! `/v1/tokenize` and `/v1/detokenize`; `/metrics`; `/openapi.json`; vLLM's runtime LoRA routes
+//! (`/v1/load_lora_adapter`, `/v1/unload_lora_adapter`).
 //!
 //! Middleware, outermost first: `observe` (request id, log line, metrics), panic → 500, CORS
 //! (only with `--allowed-origins`), `auth::require_key`, `limits::read_body` (read deadline,
@@ -12,6 +12,7 @@ mod chat;
 mod completions;
 mod generate;
 mod info;
+mod lora;
 mod openapi;
 mod tokenize;
 
@@ -48,9 +49,12 @@ pub const CHAT_PATH: &str = "/v1/chat/completions";
 /// router calls to tokenize exactly as the model server does.
 pub const COMPLETIONS_RENDER_PATH: &str = "/v1/completions/render";
 pub const CHAT_RENDER_PATH: &str = "/v1/chat/completions/render";
+/// vLLM's runtime LoRA routes (`--allow-runtime-lora-updating`).
+pub const LOAD_LORA_PATH: &str = "/v1/load_lora_adapter";
+pub const UNLOAD_LORA_PATH: &str = "/v1/unload_lora_adapter";
 
 /// Every path the API serves (metrics label requests by these; anything else is `other`).
-pub const PATHS: [&str; 12] = [
+pub const PATHS: [&str; 14] = [
     COMPLETIONS_PATHS[0],
     COMPLETIONS_PATHS[1],
     COMPLETIONS_PATHS[2],
@@ -63,6 +67,8 @@ pub const PATHS: [&str; 12] = [
     "/v1/models",
     "/metrics",
     "/openapi.json",
+    LOAD_LORA_PATH,
+    UNLOAD_LORA_PATH,
 ];
 
 /// The API's routes, without state or middleware (see [`with_layers`]). Generation routes go
@@ -82,6 +88,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/models", get(info::models))
         .route("/metrics", get(info::metrics))
         .route("/openapi.json", get(openapi::openapi))
+        .route(LOAD_LORA_PATH, post(lora::load))
+        .route(UNLOAD_LORA_PATH, post(lora::unload))
 }
 
 /// The application: every route with the middleware stack.

@@ -22,8 +22,9 @@ use crate::auth::OPEN_PATHS;
 use crate::protocol::{
     ChatChunk, ChatCompletionResponse, ChatFields, ChunkError, CompletionChunk, CompletionRequest,
     CompletionResponse, DetokenizeRequest, DetokenizeResponse, ErrorBody, HealthBody,
-    LegacyComplete, LegacyError, LegacyTokenSampled, LogitBias, ModelList, Prompt, RenderedPrompt,
-    Seed, Stop, Tag, TokenInput, TokenizeRequest, TokenizeResponse, TopLogprobs,
+    LegacyComplete, LegacyError, LegacyTokenSampled, LoadLoraRequest, LogitBias, ModelList, Prompt,
+    RenderedPrompt, Seed, Stop, Tag, TokenInput, TokenizeRequest, TokenizeResponse, TopLogprobs,
+    UnloadLoraRequest,
 };
 use crate::state::AppState;
 
@@ -288,6 +289,20 @@ fn json_post<Req: ToSchema, Resp: ToSchema>(
         .build()
 }
 
+/// A JSON-body POST answered with plain text.
+fn text_post<Req: ToSchema>(id: &str, summary: &str) -> utoipa::openapi::path::Operation {
+    let body = RequestBodyBuilder::new()
+        .required(Some(utoipa::openapi::Required::True))
+        .content("application/json", json_content::<Req>())
+        .build();
+    OperationBuilder::new()
+        .operation_id(Some(id))
+        .summary(Some(summary))
+        .request_body(Some(body))
+        .responses(with_errors(text_response(summary, "text/plain"), true))
+        .build()
+}
+
 /// A render endpoint: the generation route's body, `RenderedPrompt` (or a list of them) back.
 fn render_operation(
     id: &str,
@@ -454,6 +469,28 @@ pub fn document() -> OpenApi {
                     text_response("OpenAPI 3.1", "application/json"),
                 ),
             ),
+        )
+        .path(
+            super::LOAD_LORA_PATH,
+            PathItem::new(
+                HttpMethod::Post,
+                text_post::<LoadLoraRequest>(
+                    "load_lora_adapter",
+                    "Serve a LoRA adapter (GGUF file or PEFT folder) under a name \
+                     (--allow-runtime-lora-updating; else 404). 400 names what is wrong with it.",
+                ),
+            ),
+        )
+        .path(
+            super::UNLOAD_LORA_PATH,
+            PathItem::new(
+                HttpMethod::Post,
+                text_post::<UnloadLoraRequest>(
+                    "unload_lora_adapter",
+                    "Stop serving a LoRA adapter; running requests finish with it \
+                     (--allow-runtime-lora-updating; else 404).",
+                ),
+            ),
         );
     let mut schemas = Vec::new();
     with_refs::<CompletionRequest>(&mut schemas);
@@ -465,6 +502,8 @@ pub fn document() -> OpenApi {
     with_refs::<DetokenizeResponse>(&mut schemas);
     with_refs::<RenderedPrompt>(&mut schemas);
     with_refs::<ModelList>(&mut schemas);
+    with_refs::<LoadLoraRequest>(&mut schemas);
+    with_refs::<UnloadLoraRequest>(&mut schemas);
     with_refs::<HealthBody>(&mut schemas);
     with_refs::<CompletionChunk>(&mut schemas);
     with_refs::<ChunkError>(&mut schemas);

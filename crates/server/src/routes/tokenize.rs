@@ -31,7 +31,8 @@ fn parse<T: DeserializeOwned>(body: &[u8], state: &AppState) -> Result<T, ApiErr
     };
     match obj.get("model") {
         None | Some(Value::Null) => {}
-        Some(Value::String(name)) if state.served_names().contains(name) => {}
+        Some(Value::String(name))
+            if crate::validate::resolve_model(name, &state.model_names()).is_some() => {}
         Some(Value::String(name)) => return Err(ApiError::ModelNotFound(name.clone())),
         Some(_) => return Err(invalid("model", "`model` must be a string")),
     }

@@ -2,7 +2,7 @@
 //! input, checks token ids, the context length and the KV cache, resolves the default length and
 //! the seeds. One engine request per input (prompt batch row); its choices are that row's `n`.
 
-use cordial_engine::{BeamKind, BeamParams, EngineRequest, SamplingParams, TokenId};
+use cordial_engine::{BeamKind, BeamParams, EngineRequest, LoraRef, SamplingParams, TokenId};
 use cordial_grammar::GrammarCompiler;
 
 use super::controls;
@@ -24,6 +24,8 @@ pub struct ModelInfo<'a> {
     /// Compiles `response_format` grammars over this model's vocabulary (`None`: structured
     /// output is refused).
     pub grammar: Option<&'a GrammarCompiler>,
+    /// The LoRA adapters served (`None`: LoRA serving is off).
+    pub lora: Option<&'a crate::lora::LoraRegistry>,
 }
 
 /// One input of the request with the name of the field it came from.
@@ -294,12 +296,69 @@ fn beam_params(req: &CompletionRequest) -> Option<BeamParams> {
 }
 
 /// The engine requests, one per input row.
+/// The adapters every input runs with: the one `model` named (at its default scale), or
+/// llama.cpp's per-request `lora` list (served ids, finite scales, each id once; zero scales
+/// dropped; in id order), or none. A zero scale is the base model.
+pub(crate) fn lora(
+    req: &CompletionRequest,
+    adapter: Option<LoraRef>,
+    model: &ModelInfo,
+) -> Result<Vec<LoraRef>, ValidationError> {
+    let Some(list) = &req.lora else {
+        return Ok(adapter.into_iter().filter(|a| a.scale != 0.0).collect());
+    };
+    if adapter.is_some() {
+        return Err(err(
+            "lora",
+            "`lora` cannot be combined with a LoRA adapter named in `model`".into(),
+        ));
+    }
+    let Some(registry) = model.lora else {
+        return Err(err(
+            "lora",
+            "LoRA adapters are not enabled on this server (--enable-lora)".into(),
+        ));
+    };
+    let mut out: Vec<LoraRef> = Vec::with_capacity(list.len());
+    for (i, l) in list.iter().enumerate() {
+        let info = u32::try_from(l.id)
+            .ok()
+            .and_then(|id| registry.served_id(id))
+            .ok_or_else(|| {
+                err(
+                    "lora",
+                    format!("`lora[{i}].id` {} is not a loaded LoRA adapter", l.id),
+                )
+            })?;
+        if !l.scale.is_finite() || l.scale.abs() > 1e6 {
+            return Err(err(
+                "lora",
+                format!(
+                    "`lora[{i}].scale` must be a finite number. Given: {}",
+                    l.scale
+                ),
+            ));
+        }
+        if out.iter().any(|o| o.id == info.id) {
+            return Err(err(
+                "lora",
+                format!("`lora` lists adapter {} twice", info.id),
+            ));
+        }
+        out.push(info.lora_ref(l.scale as f32));
+    }
+    out.retain(|l| l.scale != 0.0);
+    out.sort_by_key(|l| l.id);
+    Ok(out)
+}
+
 pub(crate) fn engine_requests(
     req: &CompletionRequest,
     inputs: Inputs,
     model: &ModelInfo,
     default: LengthDefault,
     random: impl FnOnce() -> u64,
+    lora: &[LoraRef],
 ) -> Result<Vec<EngineRequest>, ValidationError> {
     let n = engine_choices(req);
     let seeds = choice_seeds(req.seed.as_ref(), n, random);
@@ -335,6 +394,7 @@ pub(crate) fn engine_requests(
                 prompt_embeddings,
                 constraint: constraint.clone(),
                 beam: beam_params(req),
+                lora: lora.to_vec(),
             })
         })
         .collect::<Result<_, ValidationError>>()?;

@@ -11,7 +11,7 @@
 use serde_json::{Map, Value};
 
 use super::build::LengthDefault;
-use super::parse::{check_model, decode_fields, Dialect, ParsedRequest};
+use super::parse::{check_model, decode_fields, Dialect, ModelNames, ParsedRequest};
 use super::rules::MAX_LOGPROBS;
 use crate::chat::ChatTemplate;
 use crate::error::{ApiError, Flavor, ValidationError};
@@ -21,6 +21,8 @@ use crate::protocol::{ChatFields, CompletionRequest, Tag, CHAT_UNSUPPORTED, ROLE
 #[derive(Debug, Clone)]
 pub struct ChatBody {
     pub model: String,
+    /// The LoRA adapter `model` named.
+    pub adapter: Option<cordial_engine::LoraRef>,
     /// Messages with their content as one string each (text parts joined by "\n").
     pub messages: Vec<Value>,
     pub fields: ChatFields,
@@ -104,8 +106,11 @@ fn check_messages(messages: &[Map<String, Value>]) -> Result<Vec<Value>, ApiErro
     Ok(out)
 }
 
-/// Phase 1 (see the module docs). `served` lists the accepted model names, primary first.
-pub fn parse_chat_body(body: &[u8], served: &[String]) -> Result<ChatBody, ApiError> {
+/// Phase 1 (see the module docs). `served` names the base (primary first) and the adapters.
+pub fn parse_chat_body(
+    body: &[u8],
+    served: &(impl ModelNames + ?Sized),
+) -> Result<ChatBody, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))?;
     let Value::Object(mut obj) = value else {
@@ -113,7 +118,7 @@ pub fn parse_chat_body(body: &[u8], served: &[String]) -> Result<ChatBody, ApiEr
             "the request body must be a JSON object".into(),
         ));
     };
-    let model = check_model(&obj, served, Flavor::OpenAi)?;
+    let (model, adapter) = check_model(&obj, served, Flavor::OpenAi)?;
     if let Some(k) =
         CompletionRequest::tagged(Tag::NotChat).find(|k| obj.get(*k).is_some_and(is_set))
     {
@@ -142,6 +147,7 @@ pub fn parse_chat_body(body: &[u8], served: &[String]) -> Result<ChatBody, ApiEr
     };
     Ok(ChatBody {
         model,
+        adapter,
         messages,
         fields,
         rest: obj,
@@ -169,6 +175,7 @@ pub fn chat_request(
 ) -> Result<ParsedRequest, ApiError> {
     let ChatBody {
         model,
+        adapter,
         messages,
         fields,
         mut rest,
@@ -209,6 +216,7 @@ pub fn chat_request(
         // OpenAI's and vLLM's chat default: up to the context, not the completions' 16.
         length_default: LengthDefault::Context,
         model,
+        adapter,
     })
 }
 

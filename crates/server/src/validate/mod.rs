@@ -17,7 +17,9 @@ mod tests_controls;
 pub use build::{LengthDefault, ModelInfo, OPENAI_DEFAULT_MAX_TOKENS};
 pub use chat::{chat_request, parse_chat_body, ChatBody};
 pub use controls::{LogprobMode, MAX_OUTPUT_LOGITS};
-pub use parse::{parse_request, Dialect, ParsedRequest, STREAM_FORMAT_HEADER};
+pub use parse::{
+    parse_request, resolve_model, Dialect, ModelNames, ParsedRequest, STREAM_FORMAT_HEADER,
+};
 pub use rules::{Limits, MAX_LOGPROBS, MAX_N};
 
 use cordial_engine::EngineRequest;
@@ -91,12 +93,14 @@ pub fn validate(
         dialect,
         length_default,
         model: name,
+        adapter,
     } = parsed;
     let invalid = |v| ApiError::Invalid(v, flavor);
     check_rules(&req, &model.limits).map_err(invalid)?;
     let inputs = build::inputs(&req, model).map_err(invalid)?;
-    let requests =
-        build::engine_requests(&req, inputs, model, length_default, random).map_err(invalid)?;
+    let lora = build::lora(&req, adapter, model).map_err(invalid)?;
+    let requests = build::engine_requests(&req, inputs, model, length_default, random, &lora)
+        .map_err(invalid)?;
     let mode = match (req.stream.unwrap_or(false), dialect) {
         (false, _) => ResponseMode::Json,
         (true, Dialect::Legacy) => ResponseMode::Legacy,

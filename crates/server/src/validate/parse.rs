@@ -8,6 +8,8 @@
 use axum::http::HeaderMap;
 use serde_json::{Map, Value};
 
+use cordial_engine::LoraRef;
+
 use super::build::LengthDefault;
 use crate::error::{ApiError, Flavor, ValidationError};
 use crate::protocol::{CompletionRequest, Tag};
@@ -31,16 +33,40 @@ pub struct ParsedRequest {
     pub length_default: LengthDefault,
     /// The name to report in responses: the one requested, or the primary served name.
     pub model: String,
+    /// The LoRA adapter `model` named (at its default scale), if it named one.
+    pub adapter: Option<LoraRef>,
+}
+
+/// What `model` may name: the served base names (primary first) and, with LoRA serving on,
+/// the adapters.
+pub trait ModelNames {
+    fn base_names(&self) -> &[String];
+    /// The adapter served as `name` (at its default scale).
+    fn adapter(&self, _name: &str) -> Option<LoraRef> {
+        None
+    }
+}
+
+impl ModelNames for [String] {
+    fn base_names(&self) -> &[String] {
+        self
+    }
+}
+
+impl ModelNames for Vec<String> {
+    fn base_names(&self) -> &[String] {
+        self
+    }
 }
 
 /// The header that overrides dialect detection (`legacy` or `current`).
 pub const STREAM_FORMAT_HEADER: &str = "x-stream-format";
 
-/// Parses and types a request body. `served` lists the accepted model names, primary first.
+/// Parses and types a request body. `served` names the base (primary first) and the adapters.
 pub fn parse_request(
     body: &[u8],
     headers: &HeaderMap,
-    served: &[String],
+    served: &(impl ModelNames + ?Sized),
 ) -> Result<ParsedRequest, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))?;
@@ -50,7 +76,7 @@ pub fn parse_request(
         ));
     };
     let flavor = detect_flavor(&obj, headers);
-    let model = check_model(&obj, served, flavor)?;
+    let (model, adapter) = check_model(&obj, served, flavor)?;
     let dialect = detect_dialect(&obj, headers, flavor)?;
     let req = decode_fields(obj, flavor)?;
     Ok(ParsedRequest {
@@ -59,6 +85,7 @@ pub fn parse_request(
         dialect,
         length_default: LengthDefault::of(flavor),
         model,
+        adapter,
     })
 }
 
@@ -108,23 +135,44 @@ pub fn detect_dialect(
     }
 }
 
-/// Decision 4: absent or null = the primary served name; a served name or alias is accepted;
-/// anything else is 404 `model_not_found` (checked before the other fields).
+/// Decision 4: absent or null = the primary served name; a served name or alias is the base
+/// model; a LoRA adapter's name selects it; Friendli's `ENDPOINT:ROUTE`, when the whole string
+/// is not served, names what its part after the last `:` names; anything else is 404
+/// `model_not_found` (checked before the other fields). Returns the name to report and the
+/// adapter.
 pub(crate) fn check_model(
     obj: &Map<String, Value>,
-    served: &[String],
+    served: &(impl ModelNames + ?Sized),
     flavor: Flavor,
-) -> Result<String, ApiError> {
-    let primary = || served.first().cloned().unwrap_or_default();
+) -> Result<(String, Option<LoraRef>), ApiError> {
+    let base = served.base_names();
     match obj.get("model") {
-        None | Some(Value::Null) => Ok(primary()),
-        Some(Value::String(name)) if served.iter().any(|s| s == name) => Ok(name.clone()),
-        Some(Value::String(name)) => Err(ApiError::ModelNotFound(name.clone())),
+        None | Some(Value::Null) => Ok((base.first().cloned().unwrap_or_default(), None)),
+        Some(Value::String(name)) => match resolve_model(name, served) {
+            Some(adapter) => Ok((name.clone(), adapter)),
+            None => Err(ApiError::ModelNotFound(name.clone())),
+        },
         Some(_) => Err(ApiError::Invalid(
             ValidationError::new("model", "`model` must be a string"),
             flavor,
         )),
     }
+}
+
+/// What `name` serves: `Some(None)` the base model, `Some(Some(adapter))` an adapter, `None`
+/// nothing (see [`check_model`]).
+pub fn resolve_model(name: &str, served: &(impl ModelNames + ?Sized)) -> Option<Option<LoraRef>> {
+    let one = |n: &str| {
+        if served.base_names().iter().any(|s| s == n) {
+            Some(None)
+        } else {
+            served.adapter(n).map(Some)
+        }
+    };
+    one(name).or_else(|| {
+        let (_, route) = name.rsplit_once(':')?;
+        one(route)
+    })
 }
 
 /// Converts the object into the typed request. On a type error, finds the offending field by
@@ -201,6 +249,55 @@ mod tests {
         );
         let err = parse(r#"{"model":3}"#).unwrap_err();
         assert_eq!(err.detail().param.as_deref(), Some("model"));
+        // Friendli's ENDPOINT:ROUTE: the route after the last `:` names the model.
+        let p = parse(r#"{"model":"ep-1:alias","prompt":"x"}"#).unwrap();
+        assert_eq!(
+            (p.model.as_str(), p.adapter.is_none()),
+            ("ep-1:alias", true)
+        );
+        let err = parse(r#"{"model":"ep-1:other","prompt":"x"}"#).unwrap_err();
+        assert_eq!(err.status(), 404);
+        assert!(err.to_string().contains("ep-1:other"), "{err}");
+    }
+
+    /// Names that also serve two adapters.
+    struct WithAdapters(Vec<String>);
+    impl ModelNames for WithAdapters {
+        fn base_names(&self) -> &[String] {
+            &self.0
+        }
+        fn adapter(&self, name: &str) -> Option<LoraRef> {
+            let id = ["sql", "a:b"].iter().position(|n| *n == name)? as u32;
+            Some(LoraRef {
+                id,
+                name: name.into(),
+                scale: 1.0,
+                digest: [id as u8; 32],
+            })
+        }
+    }
+
+    #[test]
+    fn adapter_names_select_adapters() {
+        let names = WithAdapters(served());
+        let parse = |body: &str| parse_request(body.as_bytes(), &HeaderMap::new(), &names);
+        let id = |body: &str| parse(body).unwrap().adapter.map(|a| a.id);
+        assert_eq!(id(r#"{"prompt":"x"}"#), None);
+        assert_eq!(id(r#"{"model":"main","prompt":"x"}"#), None);
+        assert_eq!(id(r#"{"model":"sql","prompt":"x"}"#), Some(0));
+        assert_eq!(id(r#"{"model":"endpoint:sql","prompt":"x"}"#), Some(0));
+        assert_eq!(id(r#"{"model":"x:y:sql","prompt":"x"}"#), Some(0));
+        assert_eq!(
+            id(r#"{"model":"a:b","prompt":"x"}"#),
+            Some(1),
+            "whole name first"
+        );
+        assert_eq!(parse(r#"{"model":"sql2"}"#).unwrap_err().status(), 404);
+        assert_eq!(parse(r#"{"model":"sql:"}"#).unwrap_err().status(), 404);
+        assert_eq!(
+            parse(r#"{"model":"sql","prompt":"x"}"#).unwrap().model,
+            "sql"
+        );
     }
 
     #[test]

@@ -38,6 +38,7 @@ fn model() -> ModelInfo<'static> {
         eos_tokens: EOS,
         encode: &encode_bos,
         grammar: None,
+        lora: None,
     }
 }
 

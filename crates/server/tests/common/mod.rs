@@ -107,6 +107,7 @@ pub async fn start_full(
         vocab_size: config.vocab_size,
         hidden_size: FAKE_HIDDEN_SIZE,
         grammar: None,
+        lora: None,
     };
     assert!(state.set_serving(serving).is_ok());
     let (base, task) = bind(state.clone()).await;

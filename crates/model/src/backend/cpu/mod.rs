@@ -211,6 +211,29 @@ impl KvRows<'_> {
     }
 }
 
+/// Rows of a LoRA factor (`A`, or `B` transposed) as a kernel reads them: `rows` rows of
+/// `width` floats, f32 or f16 (raw bits), row after row.
+#[derive(Clone, Copy)]
+pub enum LoraRows<'a> {
+    F32(&'a [f32]),
+    F16(&'a [u16]),
+}
+
+impl LoraRows<'_> {
+    /// Elements held.
+    pub fn len(&self) -> usize {
+        match self {
+            LoraRows::F32(v) => v.len(),
+            LoraRows::F16(v) => v.len(),
+        }
+    }
+
+    /// Whether no element is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A task's part of a matmul output: rows `t` (`ld` floats apart) × columns `cols`, which no
 /// other task writes while it runs.
 pub struct OutTile {
@@ -318,6 +341,15 @@ pub trait Kernels: Send + Sync {
     /// additions happen in row order (as repeated [`Kernels::axpy_f16`] calls would).
     /// `out.len()` is 64 or 128.
     fn weighted_rows(&self, v: KvRows<'_>, w: &[f32], out: &mut [f32]);
+
+    /// LoRA shrink: `h[r] = a_r · x` for the `h.len()` rows `a_r` of `a` (each `x.len()`
+    /// wide). Each dot product is summed in an order that depends only on `x.len()`.
+    fn lora_shrink(&self, a: LoraRows<'_>, x: &[f32], h: &mut [f32]);
+
+    /// LoRA expand: `y += Σ_r h[r] · b_r` over the `h.len()` rows `b_r` of `b` (`B`
+    /// transposed, each `y.len()` wide); per element the terms are added in row order, one
+    /// fused multiply-add each where the level has them.
+    fn lora_expand(&self, b: LoraRows<'_>, h: &[f32], y: &mut [f32]);
 
     /// `rows` f16 rows of `width` (a multiple of 8) at `src[p · stride..]` into `dst`, row
     /// after row, as f32.

@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use half::f16;
 
-use super::{Isa, Kernels, KvRows, OutTile};
+use super::{Isa, Kernels, KvRows, LoraRows, OutTile};
 use crate::quant::repack::{PackSpec, Packed};
 use crate::quant::{scalar as reference, ActRow, GgmlType, QuantizedActs, QK};
 
@@ -27,6 +27,15 @@ fn kv_at(rows: &KvRows<'_>, p: usize, i: usize) -> f32 {
     match *rows {
         KvRows::F16 { data, stride } => f16::from_bits(data[p * stride + i]).to_f32(),
         KvRows::F32 { data, stride } => data[p * stride + i],
+    }
+}
+
+/// Element `i` of LoRA rows as f32.
+#[inline]
+fn lora_at(rows: &LoraRows<'_>, i: usize) -> f32 {
+    match *rows {
+        LoraRows::F32(v) => v[i],
+        LoraRows::F16(v) => f16::from_bits(v[i]).to_f32(),
     }
 }
 
@@ -124,6 +133,28 @@ impl Kernels for Scalar {
         for (p, &wp) in w.iter().enumerate() {
             for (i, o) in out.iter_mut().enumerate() {
                 *o += wp * kv_at(&v, p, i);
+            }
+        }
+    }
+
+    fn lora_shrink(&self, a: LoraRows<'_>, x: &[f32], h: &mut [f32]) {
+        let n = x.len();
+        assert!(a.len() >= h.len() * n);
+        for (r, h) in h.iter_mut().enumerate() {
+            let mut acc = 0.0f32;
+            for (i, &xi) in x.iter().enumerate() {
+                acc = lora_at(&a, r * n + i).mul_add(xi, acc);
+            }
+            *h = acc;
+        }
+    }
+
+    fn lora_expand(&self, b: LoraRows<'_>, h: &[f32], y: &mut [f32]) {
+        let n = y.len();
+        assert!(b.len() >= h.len() * n);
+        for (r, &c) in h.iter().enumerate() {
+            for (i, y) in y.iter_mut().enumerate() {
+                *y = c.mul_add(lora_at(&b, r * n + i), *y);
             }
         }
     }

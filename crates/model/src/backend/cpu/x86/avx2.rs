@@ -263,7 +263,9 @@ pub unsafe fn dot_q_rows_dyn<const N: usize>(
         GgmlType::Q4_K => super::avx2_k::dot_rows::<{ super::avx2_k::T_Q4_K }, N>(w, acts, out),
         GgmlType::Q5_K => super::avx2_k::dot_rows::<{ super::avx2_k::T_Q5_K }, N>(w, acts, out),
         GgmlType::Q6_K => super::avx2_k::dot_rows::<{ super::avx2_k::T_Q6_K }, N>(w, acts, out),
-        GgmlType::F32 | GgmlType::F16 => unreachable!("float weights take float activations"),
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+            unreachable!("float weights take float activations")
+        }
     }
 }
 

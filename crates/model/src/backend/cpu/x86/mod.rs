@@ -6,12 +6,13 @@
 pub mod avx2;
 pub mod avx2_k;
 pub mod avx2_ops;
+mod lora;
 mod packed;
 mod simd;
 
 use std::ops::Range;
 
-use super::{Isa, Kernels, KvRows, OutTile};
+use super::{Isa, Kernels, KvRows, LoraRows, OutTile};
 use crate::quant::repack::{PackSpec, Packed};
 use crate::quant::{ActRow, GgmlType, QuantizedActs};
 
@@ -198,6 +199,28 @@ impl Kernels for X86 {
                 (KvRows::F32 { data, stride }, _) => {
                     avx2::weighted_rows::<f32, 16>(data.as_ptr(), stride, w, out)
                 }
+            }
+        }
+    }
+
+    fn lora_shrink(&self, a: LoraRows<'_>, x: &[f32], h: &mut [f32]) {
+        assert!(a.len() >= h.len() * x.len());
+        // SAFETY: see the module docs; `a` holds the rows (checked).
+        unsafe {
+            match a {
+                LoraRows::F32(a) => lora::shrink(a, x, h),
+                LoraRows::F16(a) => lora::shrink(a, x, h),
+            }
+        }
+    }
+
+    fn lora_expand(&self, b: LoraRows<'_>, h: &[f32], y: &mut [f32]) {
+        assert!(b.len() >= h.len() * y.len());
+        // SAFETY: see the module docs; `b` holds the rows (checked).
+        unsafe {
+            match b {
+                LoraRows::F32(b) => lora::expand(b, h, y),
+                LoraRows::F16(b) => lora::expand(b, h, y),
             }
         }
     }
