@@ -385,3 +385,74 @@ impl LoraRegistry {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cordial_model::gguf::GgufFile;
+    use cordial_model::Model;
+    use cordial_testkit::gguf_writer::temp_path;
+    use cordial_testkit::lora_writer::LoraSpec;
+    use cordial_testkit::tiny_llama::{tiny_llama, FFN, HIDDEN, LAYERS};
+
+    /// The tiny llama's base (2 heads, 1 KV head) and a file of adapter `seed` for it.
+    fn adapter_file(seed: u64) -> PathBuf {
+        let path = temp_path(&format!("lora-lru-{seed}.gguf"));
+        LoraSpec::llama(LAYERS, HIDDEN, FFN, 2, 1, HIDDEN / 2, seed)
+            .write_gguf(&path)
+            .unwrap();
+        path
+    }
+
+    fn tiny_base() -> LoraBase {
+        let path = temp_path("lora-lru-base.gguf");
+        tiny_llama(128, None).write(&path).unwrap();
+        let model = Model::load(Arc::new(GgufFile::open(&path).unwrap())).unwrap();
+        std::fs::remove_file(&path).ok();
+        model.lora_base().clone()
+    }
+
+    /// `--max-cpu-loras 2` with three adapters: the least recently used one leaves memory,
+    /// is read again from its file when a step needs it (same weights, checked by digest),
+    /// and a file changed on disk since registration is refused, not served.
+    #[test]
+    fn max_cpu_loras_keeps_the_most_recent_and_reads_the_others_again() {
+        let settings = LoraSettings {
+            max_cpu_loras: 2,
+            ..LoraSettings::default()
+        };
+        let reg = LoraRegistry::new(tiny_base(), vec!["tiny".into()], settings);
+        let paths: Vec<PathBuf> = (1..=3).map(adapter_file).collect();
+        let ids: Vec<u32> = ["a", "b", "c"]
+            .iter()
+            .zip(&paths)
+            .map(|(name, p)| reg.register(name, p, 1.0).unwrap().id)
+            .collect();
+        assert_eq!(reg.resident(), 2, "three registered, two resident");
+
+        // `a` was dropped: it comes back from its file with the digest it was registered with.
+        let a = reg.weights(ids[0]).expect("a read again");
+        assert_eq!(a.digest, reg.by_id(ids[0]).unwrap().digest);
+        assert_eq!(reg.resident(), 2);
+        // Now `b` is the least recently used; `c` and `a` are served from memory.
+        let c1 = reg.weights(ids[2]).unwrap();
+        let c2 = reg.weights(ids[2]).unwrap();
+        assert!(
+            Arc::ptr_eq(&c1, &c2),
+            "a resident adapter is not read again"
+        );
+
+        // `b`'s file changes on disk while `b` is out of memory: refused, naming the adapter.
+        LoraSpec::llama(LAYERS, HIDDEN, FFN, 2, 1, HIDDEN / 2, 99)
+            .write_gguf(&paths[1])
+            .unwrap();
+        let err = reg.weights(ids[1]).unwrap_err();
+        assert!(
+            err.contains("`b`") && err.contains("changed on disk"),
+            "{err}"
+        );
+        for p in &paths {
+            std::fs::remove_file(p).ok();
+        }
+    }
+}
