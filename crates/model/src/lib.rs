@@ -17,4 +17,4 @@ pub mod quant;
 pub use arch::{Batch, Model, ModelConfig, ModelError, Scratch, SeqInput};
 pub use backend::cpu::{BackendError, Compute, Isa};
 pub use backend::pool::ThreadPool;
-pub use kv::KvCache;
+pub use kv::{KvCache, KvDtype, KV_BLOCK, NO_BLOCK};

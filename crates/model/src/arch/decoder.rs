@@ -255,6 +255,11 @@ impl Decoder {
         &self.file
     }
 
+    /// Positions a windowed layer sees.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
     /// Layers with a sliding window (for tests and diagnostics).
     pub fn local_layers(&self) -> Vec<usize> {
         (0..self.layers.len())
@@ -276,6 +281,15 @@ impl Decoder {
         let f = &*self.file;
         let k = cx.kernels();
         let places = batch.validate(c, kv)?;
+        if let Some(w) = kv.window() {
+            let ok = w.window >= self.window
+                && (0..self.layers.len()).all(|l| w.layers[l] == self.layers[l].local);
+            if !ok {
+                return Err(ModelError::Batch(
+                    "the KV cache's window pool does not match the model's windowed layers".into(),
+                ));
+            }
+        }
         let t = places.len();
         let (d, hd, ffn) = (c.hidden, c.head_dim, c.ffn);
         let (qd, kvd) = (c.n_heads * hd, c.n_kv_heads * hd);
@@ -354,10 +368,16 @@ impl Decoder {
                 let (cs, sn) = (&cos[ti * h2..(ti + 1) * h2], &sin[ti * h2..(ti + 1) * h2]);
                 rope(&mut s.q[ti * qd..(ti + 1) * qd], hd, cs, sn);
                 rope(&mut s.k[ti * kvd..(ti + 1) * kvd], hd, cs, sn);
-                let slot = kv.slot(p.block_table, p.pos).expect("validated");
+                let table = if kv.in_window_pool(l) {
+                    p.window_table
+                } else {
+                    p.block_table
+                };
+                let block = table[p.pos / kv.block_size] as usize;
                 kv.write(
                     l,
-                    slot,
+                    block,
+                    p.pos % kv.block_size,
                     &s.k[ti * kvd..(ti + 1) * kvd],
                     &s.v[ti * kvd..(ti + 1) * kvd],
                 );
