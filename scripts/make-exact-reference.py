@@ -4,9 +4,9 @@ dequantized GGUF weights, teacher-forced on llama.cpp's reference prompts (no in
 quantization, no f16 rounding). Writes, per prompt and step, the top-8 (id, logprob) pairs.
 
 Why: llama.cpp's own int8 arithmetic deviates from exact math by up to ~0.4 nats on this small
-model, so an exact reference pins down the model's math while ../shared/reference pins down
+model, so an exact reference pins down the model's math while the llama.cpp fixtures pin down
 agreement with llama.cpp. Needs `pip install numpy gguf`. Usage:
-    scripts/make-exact-reference.py MODEL.gguf ../shared/reference/smollm2-135m-instruct-q4_1/greedy.jsonl OUT.jsonl
+    scripts/make-exact-reference.py MODEL.gguf crates/model/tests/fixtures/smollm2-135m-instruct-q4_1/greedy.jsonl OUT.jsonl
     scripts/make-exact-reference.py gemma-3-270m-q4_k_m.gguf crates/model/tests/fixtures/gemma3-270m-q4_k_m/greedy.jsonl OUT.jsonl
 """
 import json

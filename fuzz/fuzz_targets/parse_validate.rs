@@ -1,12 +1,13 @@
 //! Request parsing + validation (`validate::parse_request` then `validate::validate`) on
 //! arbitrary bytes, with the real default-model tokenizer. Never a panic; and what validation
-//! accepts satisfies what the engine relies on (its `submit` re-checks would otherwise turn a
-//! validated request into an error).
+//! accepts satisfies what the engine relies on (its `submit` re-checks, or its KV cache check
+//! after queueing, would otherwise turn a validated request into an error).
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
 
 use axum::http::{HeaderMap, HeaderValue};
+use cordial_engine::KvCapacity;
 use cordial_grammar::{GrammarCompiler, GrammarLimits};
 use cordial_model::fetch::ensure_default_model;
 use cordial_model::gguf::GgufFile;
@@ -16,6 +17,11 @@ use libfuzzer_sys::fuzz_target;
 
 const MAX_CONTEXT: usize = 256;
 const HIDDEN: usize = 8;
+/// 512 tokens: one sequence of the whole context fits, not many.
+const KV: KvCapacity = KvCapacity {
+    block_size: 16,
+    blocks: 32,
+};
 
 fn tokenizer() -> &'static Tokenizer {
     static TOK: OnceLock<Tokenizer> = OnceLock::new();
@@ -59,6 +65,7 @@ fuzz_target!(|data: &[u8]| {
             vocab_size: vocab,
             max_context: MAX_CONTEXT,
             hidden_size: HIDDEN,
+            kv: KV,
         },
         eos_tokens: tok.eog_tokens(),
         encode: &encode,
@@ -85,6 +92,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(p.top_p.is_finite() && p.top_p > 0.0 && p.top_p <= 1.0);
         assert!(p.repetition_penalty.is_finite() && p.repetition_penalty > 0.0);
         assert!(p.max_new_tokens + r.prompt.len() <= MAX_CONTEXT || p.forced_tokens.is_empty());
+        let seqs = r.beam.map_or(r.seeds.len(), |b| b.num_beams);
+        assert!(
+            KV.blocks_needed(r.prompt.len(), p.max_new_tokens, seqs, MAX_CONTEXT) <= KV.blocks,
+            "a request the KV cache cannot hold accepted"
+        );
         for (i, e) in &r.prompt_embeddings {
             assert!(*i < r.prompt.len() && e.len() == HIDDEN);
         }

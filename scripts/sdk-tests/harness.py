@@ -8,6 +8,7 @@ The runner prints one `PASS name` / `FAIL name: why` line per check, then a last
 import json
 import os
 import sys
+import time
 import traceback
 import urllib.error
 import urllib.request
@@ -32,6 +33,25 @@ def raw_post(body):
             return resp.status, json.load(resp)
     except urllib.error.HTTPError as e:
         return e.code, json.load(e)
+
+
+def requests_counted(route, status):
+    """`cordial_requests_total` for `route` and `status`, all teams together."""
+    with urllib.request.urlopen(BASE_URL + "/metrics", timeout=TIMEOUT_S) as resp:
+        text = resp.read().decode()
+    labels = (f'route="{route}"', f'status="{status}"')
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("cordial_requests_total{") and all(l in line for l in labels))
+
+
+def counted_once_more(route, status, before):
+    """Waits (2 s at most) for one more request to be counted, then checks there was only one."""
+    deadline = time.monotonic() + 2
+    while requests_counted(route, status) < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # a retry would be counted by now (the SDKs back off for about that long)
+    now = requests_counted(route, status)
+    assert now == before + 1, f"{now - before} requests answered {status}, expected 1"
 
 
 def reference_error(body):

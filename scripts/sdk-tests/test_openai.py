@@ -7,7 +7,8 @@ import sys
 import openai
 from openai import OpenAI
 
-from harness import BASE_URL, MAX_TOKENS, MODEL, PROMPT, TIMEOUT_S, reference_error, run
+from harness import (BASE_URL, MAX_TOKENS, MODEL, PROMPT, TIMEOUT_S, counted_once_more, reference_error,
+                     requests_counted, run)
 
 client = OpenAI(base_url=BASE_URL + "/v1", api_key="flp_local", max_retries=0, timeout=TIMEOUT_S)
 GREEDY = {"model": MODEL, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0}
@@ -183,7 +184,25 @@ def chat_errors_are_400():
             raise AssertionError(f"no BadRequestError for {kwargs}")
 
 
+def a_timed_out_request_is_not_retried():
+    # The SDK retries 429s (twice by default) unless the answer says `x-should-retry: false`.
+    retrying = OpenAI(base_url=BASE_URL + "/v1", api_key="flp_local", max_retries=2, timeout=TIMEOUT_S)
+    before = requests_counted("/v1/completions", 429)
+    try:
+        retrying.completions.create(**{**GREEDY, "max_tokens": 64},
+                                    extra_body={"timeout_microseconds": 1, "ignore_eos": True})
+    except openai.RateLimitError as e:
+        assert e.status_code == 429, e.status_code
+        assert e.body["type"] == "rate_limit_error", e.body
+        assert e.body["param"] == "timeout_microseconds", e.body
+        assert e.response.headers["x-should-retry"] == "false", e.response.headers
+    else:
+        raise AssertionError("no RateLimitError")
+    counted_once_more("/v1/completions", 429, before)
+
+
 if __name__ == "__main__":
     sys.exit(run([non_stream_completion, stream_equals_non_stream, seeds_are_returned, invalid_top_p_is_an_api_error,
                   completion_logprobs, echo_scores_the_prompt, logit_bias_bans_a_token,
-                  chat_non_stream_and_stream, chat_n_seed_stop_and_logprobs, chat_errors_are_400]))
+                  chat_non_stream_and_stream, chat_n_seed_stop_and_logprobs, chat_errors_are_400,
+                  a_timed_out_request_is_not_retried]))

@@ -187,6 +187,59 @@ pub struct TokenExtra {
     pub logits: Option<Vec<f32>>,
 }
 
+/// The KV cache's size, so that callers can check a request fits before submitting it (the
+/// engine fails one that cannot with [`EngineError::TooLarge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvCapacity {
+    /// Tokens per block.
+    pub block_size: usize,
+    pub blocks: usize,
+}
+
+impl KvCapacity {
+    /// Tokens the whole cache holds.
+    pub fn tokens(&self) -> usize {
+        self.block_size.saturating_mul(self.blocks)
+    }
+
+    /// Blocks a request holds at most when it runs alone to its full length: the prompt's full
+    /// blocks once (its choices share them), plus each choice's own blocks. A sequence never
+    /// holds more than `max_context - 1` tokens (the last one sampled is never written).
+    pub fn blocks_needed(
+        &self,
+        prompt_len: usize,
+        max_new_tokens: usize,
+        choices: usize,
+        max_context: usize,
+    ) -> usize {
+        let bs = self.block_size.max(1);
+        let kv_tokens = prompt_len
+            .saturating_add(max_new_tokens.max(1) - 1)
+            .min(max_context.saturating_sub(1))
+            .max(prompt_len);
+        let shared = prompt_len / bs;
+        let own = kv_tokens.div_ceil(bs) - shared;
+        shared.saturating_add(choices.saturating_mul(own))
+    }
+
+    /// The most new tokens per choice for which [`KvCapacity::blocks_needed`] stays within the
+    /// cache (ignoring the context limit); 0 when not even one fits.
+    pub fn max_new_tokens(&self, prompt_len: usize, choices: usize) -> usize {
+        let bs = self.block_size.max(1);
+        let shared = prompt_len / bs;
+        let Some(left) = self.blocks.checked_sub(shared) else {
+            return 0;
+        };
+        // Each choice may hold `own` blocks: its tokens end at `(shared + own) * bs`.
+        let own = left / choices.max(1);
+        let cached = (shared + own) * bs;
+        if cached < prompt_len {
+            return 0;
+        }
+        cached - prompt_len + 1
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EngineError {
     #[error("the model failed: {0}")]
@@ -229,6 +282,14 @@ pub struct EngineConfig {
     /// needed) and reused by later prompts that start with the same tokens, which then skip
     /// computing them. The output is the same either way.
     pub enable_prefix_caching: bool,
+    /// The seed of the prefix cache's block hashes (vLLM's `PYTHONHASHSEED`; see
+    /// [`crate::block_hash`]): replicas with the same seed name equal blocks alike.
+    pub prefix_hash_seed: String,
+    /// Where the prefix cache's changes go (`KvEventBatch`es, one per engine step that changed
+    /// it), or `None` (the default): no events are recorded. The engine never waits on it: a
+    /// batch that does not fit is dropped and counted (`EngineStats::kv_event_batches_dropped`);
+    /// its sequence number is skipped, so consumers see the gap.
+    pub kv_events: Option<KvEventSender>,
 }
 
 impl Default for EngineConfig {
@@ -238,8 +299,44 @@ impl Default for EngineConfig {
             max_waiting: 256,
             max_prefill_tokens: 512,
             enable_prefix_caching: true,
+            prefix_hash_seed: crate::block_hash::DEFAULT_HASH_SEED.to_owned(),
+            kv_events: None,
         }
     }
+}
+
+/// The sending side of the KV-event channel (bounded; the engine only `try_send`s).
+pub type KvEventSender = tokio::sync::mpsc::Sender<KvEventBatch>;
+
+/// A change to the prefix cache, as vLLM's KV events describe it. Hashes are the blocks'
+/// external hashes ([`crate::block_hash::external`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvEvent {
+    /// Full prompt blocks were computed and cached: a run of consecutive blocks of one prompt,
+    /// `parent_block_hash` being the block before the first (none for a prompt's first block).
+    BlockStored {
+        block_hashes: Vec<u64>,
+        parent_block_hash: Option<u64>,
+        /// The blocks' tokens, `block_size` per hash.
+        token_ids: Vec<TokenId>,
+        block_size: usize,
+        /// Always `None` today; an adapter's id when LoRA adapters salt the hashes.
+        lora_id: Option<u64>,
+    },
+    /// Cached blocks were evicted (their memory reused).
+    BlockRemoved { block_hashes: Vec<u64> },
+    /// Every cached block was forgotten (the engine reset its cache after a failed step).
+    AllBlocksCleared,
+}
+
+/// The prefix-cache changes of one engine step, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvEventBatch {
+    /// 0, 1, 2, ... per engine start, one per batch made (a dropped batch leaves a gap).
+    pub seq: u64,
+    /// Seconds since the Unix epoch when the batch was made.
+    pub ts: f64,
+    pub events: Vec<KvEvent>,
 }
 
 /// A snapshot of engine state (for tests, `/health`, metrics).
@@ -272,4 +369,35 @@ pub struct EngineStats {
     /// Of `prefix_cache_queries_tokens`, the tokens whose KV was reused instead of computed
     /// (whole blocks; never a prompt's last token). Hit rate = hits / queries.
     pub prefix_cache_hit_tokens: u64,
+    /// KV-event batches dropped because the channel to the publisher was full.
+    pub kv_event_batches_dropped: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KvCapacity;
+
+    /// `max_new_tokens` is exactly the largest length `blocks_needed` lets in.
+    #[test]
+    fn kv_capacity_fit_is_the_largest_that_fits() {
+        for block_size in 1..=5 {
+            for blocks in 0..=12 {
+                let kv = KvCapacity { block_size, blocks };
+                for prompt in 1..=40 {
+                    for choices in 1..=4 {
+                        let fits = |m| kv.blocks_needed(prompt, m, choices, usize::MAX) <= blocks;
+                        let fit = kv.max_new_tokens(prompt, choices);
+                        let case =
+                            format!("bs {block_size} blocks {blocks} p {prompt} c {choices}");
+                        if fit == 0 {
+                            assert!(!fits(1), "{case}");
+                        } else {
+                            assert!(fits(fit), "{case}: {fit}");
+                            assert!(!fits(fit + 1), "{case}: {fit} + 1");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

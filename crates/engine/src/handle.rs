@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::api::{EngineConfig, EngineError, EngineRequest, EngineStats, Event, SubmitError};
+use crate::api::{
+    EngineConfig, EngineError, EngineRequest, EngineStats, Event, KvCapacity, SubmitError,
+};
 use crate::core::{Command, EngineCore, ModelShape};
 use crate::model::ModelExecutor;
 use crate::sample::Sampler;
@@ -28,6 +30,7 @@ struct Inner {
     shared: Arc<Shared>,
     shape: ModelShape,
     max_waiting: usize,
+    prefix_caching: bool,
     next_id: AtomicU64,
 }
 
@@ -65,6 +68,7 @@ impl EngineHandle {
             shared: Arc::clone(&shared),
             shape,
             max_waiting: config.max_waiting,
+            prefix_caching: config.enable_prefix_caching,
             next_id: AtomicU64::new(0),
         };
         if shape.block_size == 0 {
@@ -120,6 +124,19 @@ impl EngineHandle {
             events: receiver,
             ended: false,
         })
+    }
+
+    /// The KV cache's size, fixed at start.
+    pub fn kv_capacity(&self) -> KvCapacity {
+        KvCapacity {
+            block_size: self.inner.shape.block_size,
+            blocks: self.inner.shared.total_blocks,
+        }
+    }
+
+    /// Whether automatic prefix caching is on (`EngineConfig::enable_prefix_caching`).
+    pub fn prefix_caching(&self) -> bool {
+        self.inner.prefix_caching
     }
 
     /// A snapshot of the engine's state.

@@ -13,6 +13,7 @@
 //! groups of `n` choices), `sample` (the ordered logits-processor pipeline).
 
 pub mod api;
+pub mod block_hash;
 pub mod constraint;
 mod core;
 pub mod handle;

@@ -25,6 +25,7 @@ pub(crate) struct Shared {
     pub(crate) preemptions: AtomicU64,
     pub(crate) prefix_queries: AtomicU64,
     pub(crate) prefix_hits: AtomicU64,
+    pub(crate) kv_events_dropped: AtomicU64,
     /// The engine thread is alive.
     pub(crate) running: AtomicBool,
     /// `shutdown` has not been called.
@@ -52,6 +53,7 @@ impl Shared {
             preemptions: AtomicU64::new(0),
             prefix_queries: AtomicU64::new(0),
             prefix_hits: AtomicU64::new(0),
+            kv_events_dropped: AtomicU64::new(0),
             running: AtomicBool::new(false),
             accepting: AtomicBool::new(true),
         }
@@ -104,6 +106,7 @@ impl Shared {
             preemptions: self.preemptions.load(Ordering::Acquire),
             prefix_cache_queries_tokens: self.prefix_queries.load(Ordering::Acquire),
             prefix_cache_hit_tokens: self.prefix_hits.load(Ordering::Acquire),
+            kv_event_batches_dropped: self.kv_events_dropped.load(Ordering::Acquire),
         }
     }
 }

@@ -121,6 +121,28 @@ async fn a_request_that_can_never_fit_is_too_large() {
 }
 
 #[tokio::test]
+async fn kv_capacity_tells_what_fits_before_submitting() {
+    // 4 blocks of 4 tokens; what `max_new_tokens` allows runs, one more is too large.
+    let e = Engine::start(model(4, false), EngineConfig::default());
+    let kv = e.handle.kv_capacity();
+    assert_eq!((kv.block_size, kv.blocks, kv.tokens()), (4, 4, 16));
+    for (len, seeds) in [(10, vec![1]), (5, vec![1, 2]), (9, vec![1, 2])] {
+        let fit = kv.max_new_tokens(len, seeds.len());
+        let out = e.run(sampled(prompt(len, 5, 64), fit, seeds.clone())).await;
+        assert!(out.is_finished(), "{len} {seeds:?} {fit}: {:?}", out.end);
+        let out = e
+            .run(sampled(prompt(len, 5, 64), fit + 1, seeds.clone()))
+            .await;
+        assert!(
+            matches!(out.end, Event::Error(EngineError::TooLarge { .. })),
+            "{len} {seeds:?} {}",
+            fit + 1
+        );
+    }
+    e.wait_all_free().await;
+}
+
+#[tokio::test]
 async fn n_choices_prefill_the_prompt_once_and_share_its_blocks() {
     let e = Engine::start(model(64, true), EngineConfig::default());
     let p = prompt(10, 3, 64); // 2 full blocks + 2 tokens

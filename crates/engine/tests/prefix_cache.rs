@@ -258,3 +258,110 @@ async fn a_cached_block_is_only_reused_after_its_own_prefix() {
     assert_eq!(hits(&e).1 - h, 4);
     e.wait_all_free().await;
 }
+
+/// Every KV event batch received so far, in order.
+fn drain(
+    rx: &mut tokio::sync::mpsc::Receiver<cordial_engine::KvEventBatch>,
+) -> Vec<cordial_engine::KvEventBatch> {
+    let mut out = Vec::new();
+    while let Ok(b) = rx.try_recv() {
+        out.push(b);
+    }
+    out
+}
+
+#[tokio::test]
+async fn kv_events_name_stored_and_evicted_blocks_by_their_vllm_hashes() {
+    use cordial_engine::block_hash::{chain, external, root_hash};
+    use cordial_engine::KvEvent;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let config = EngineConfig {
+        prefix_hash_seed: "42".into(),
+        kv_events: Some(tx),
+        ..caching(true)
+    };
+    // 4 blocks of 4 tokens: a 9-token prompt (2 full blocks) plus 3 decode tokens needs 3.
+    let e = Engine::start(model(4, false), config);
+    let a = prompt(9, 1, 64);
+    e.run(greedy(a.clone(), 3)).await;
+    e.wait_all_free().await;
+    let root = root_hash("42");
+    let hashes = chain(&a, 4, &root);
+    let want: Vec<u64> = hashes.iter().map(external).collect();
+    let batches = drain(&mut rx);
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    assert_eq!(batches[0].seq, 0);
+    assert!(batches[0].ts > 1.6e9);
+    assert_eq!(
+        batches[0].events,
+        [KvEvent::BlockStored {
+            block_hashes: want.clone(),
+            parent_block_hash: None,
+            token_ids: a[..8].to_vec(),
+            block_size: 4,
+            lora_id: None,
+        }]
+    );
+    // The same prompt again: a hit, nothing new is stored.
+    e.run(greedy(a.clone(), 3)).await;
+    e.wait_all_free().await;
+    assert!(drain(&mut rx).is_empty());
+    // A longer prompt sharing a's first block: its second and third blocks are stored as one
+    // run whose parent is a's first block.
+    let mut b = a[..4].to_vec();
+    b.extend(prompt(9, 7, 64));
+    e.run(greedy(b.clone(), 1)).await;
+    e.wait_all_free().await;
+    let b_hashes = chain(&b, 4, &root);
+    let events: Vec<KvEvent> = drain(&mut rx).into_iter().flat_map(|x| x.events).collect();
+    let stored: Vec<&KvEvent> = events
+        .iter()
+        .filter(|e| matches!(e, KvEvent::BlockStored { .. }))
+        .collect();
+    assert_eq!(
+        stored,
+        [&KvEvent::BlockStored {
+            block_hashes: b_hashes[1..3].iter().map(external).collect(),
+            parent_block_hash: Some(want[0]),
+            token_ids: b[4..12].to_vec(),
+            block_size: 4,
+            lora_id: None,
+        }]
+    );
+    // b needs all 4 blocks (13 tokens) while 2 of a's are cached-free and b reuses one: a's
+    // second block is evicted, and named by its hash.
+    let removed: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            KvEvent::BlockRemoved { block_hashes } => Some(block_hashes.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(removed, [want[1]], "{events:?}");
+    assert_eq!(e.handle.stats().kv_event_batches_dropped, 0);
+}
+
+#[tokio::test]
+async fn a_full_kv_event_channel_drops_and_counts_and_leaves_a_gap() {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let config = EngineConfig {
+        kv_events: Some(tx),
+        ..caching(true)
+    };
+    let e = Engine::start(model(64, false), config);
+    for salt in 1..=3 {
+        e.run(greedy(prompt(9, salt, 64), 1)).await;
+        e.wait_all_free().await;
+    }
+    let got = drain(&mut rx);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].seq, 0);
+    assert_eq!(e.handle.stats().kv_event_batches_dropped, 2);
+    e.run(greedy(prompt(9, 4, 64), 1)).await;
+    assert_eq!(
+        drain(&mut rx)[0].seq,
+        3,
+        "dropped batches leave their numbers unused"
+    );
+}

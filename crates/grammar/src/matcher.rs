@@ -1,10 +1,13 @@
 //! A compiled grammar as the engine sees it: a factory of per-choice constraints, each an
 //! llguidance `Matcher`.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use cordial_engine::{ConstraintFactory, OutputConstraint, TokenId, TokenMask};
+use llguidance::toktrie::TokEnv;
 use llguidance::Matcher;
+
+use crate::keys::{KeyTracker, QuoteTokens};
 
 /// A compiled grammar, shared by every request with the same spec (the cache holds it). Each
 /// choice starts from a deep copy of the template, which already carries the lexer state built
@@ -14,13 +17,24 @@ pub struct Grammar {
     /// The trie's EOS id: its bit is cleared from masks (the engine gates the request's own
     /// end-of-generation tokens).
     eos: TokenId,
+    /// The vocabulary (token bytes, for the key tracker).
+    env: TokEnv,
+    /// JSON grammars: the tokens that can close a key (keys never repeat in an object).
+    keys: Option<Arc<QuoteTokens>>,
 }
 
 impl Grammar {
-    pub(crate) fn new(template: Matcher, eos: TokenId) -> Grammar {
+    pub(crate) fn new(
+        template: Matcher,
+        eos: TokenId,
+        env: TokEnv,
+        keys: Option<Arc<QuoteTokens>>,
+    ) -> Grammar {
         Grammar {
             template: Mutex::new(template),
             eos,
+            env,
+            keys,
         }
     }
 }
@@ -45,6 +59,11 @@ impl ConstraintFactory for Grammar {
         Box::new(GrammarConstraint {
             matcher: template.deep_clone(),
             eos: self.eos,
+            env: self.env.clone(),
+            keys: self
+                .keys
+                .as_ref()
+                .map(|q| (KeyTracker::default(), q.clone())),
         })
     }
 }
@@ -53,6 +72,8 @@ impl ConstraintFactory for Grammar {
 pub struct GrammarConstraint {
     matcher: Matcher,
     eos: TokenId,
+    env: TokEnv,
+    keys: Option<(KeyTracker, Arc<QuoteTokens>)>,
 }
 
 impl OutputConstraint for GrammarConstraint {
@@ -68,11 +89,21 @@ impl OutputConstraint for GrammarConstraint {
             *w &= !(1 << (eos % 32));
         }
         mask.end_allowed = self.matcher.is_accepting().map_err(|e| e.to_string())?;
+        if let Some((tracker, quotes)) = &self.keys {
+            tracker.filter(mask, quotes);
+        }
         Ok(())
     }
 
     fn consume(&mut self, token: TokenId) -> Result<(), String> {
-        self.matcher.consume_token(token).map_err(|e| e.to_string())
+        self.matcher
+            .consume_token(token)
+            .map_err(|e| e.to_string())?;
+        if let Some((tracker, _)) = &mut self.keys {
+            // A repeat here means the grammar left no other way (see `KeyTracker::filter`).
+            let _ = tracker.feed(self.env.tok_trie().token(token));
+        }
+        Ok(())
     }
 
     fn is_complete(&self) -> bool {
@@ -83,6 +114,8 @@ impl OutputConstraint for GrammarConstraint {
         Box::new(GrammarConstraint {
             matcher: self.matcher.deep_clone(),
             eos: self.eos,
+            env: self.env.clone(),
+            keys: self.keys.clone(),
         })
     }
 }

@@ -133,17 +133,17 @@ pub fn model(path: &Path, opts: &ModelBench, out: &mut dyn Write) -> anyhow::Res
         .collect();
     writeln!(
         out,
-        "model {} ({}, {} threads, kernels={}{}, KV {}), loaded in {load_ms:.0} ms",
+        "model {} ({}, {} threads, KV {}, kernels={}{}), loaded in {load_ms:.0} ms",
         path.display(),
         c.arch,
         r.pool.threads(),
+        opts.kv_dtype,
         opts.compute.isa,
         if opts.compute.pack().is_some() {
             " repacked"
         } else {
             ""
         },
-        opts.kv_dtype,
     )?;
     if opts.prefill > 0 {
         let mut best = f64::MAX;
@@ -165,11 +165,13 @@ pub fn model(path: &Path, opts: &ModelBench, out: &mut dyn Write) -> anyhow::Res
         for i in 0..opts.decode {
             r.step(&[(0, &tokens[16 + i..17 + i], 16 + i)])?;
         }
+        let rate = opts.decode as f64 / t.elapsed().as_secs_f64();
+        let mb = r.model.weight_bytes_per_step() as f64 / 1e6;
         writeln!(
             out,
-            "decode {}: {:.1} tok/s",
+            "decode {}: {rate:.1} tok/s ({mb:.0} MB of weights per step: {:.1} GB/s)",
             opts.decode,
-            opts.decode as f64 / t.elapsed().as_secs_f64()
+            rate * mb / 1e3
         )?;
     }
     if opts.depth > 0 {
@@ -238,16 +240,20 @@ pub fn kernels(rows: usize, out: &mut dyn Write) -> anyhow::Result<()> {
         GgmlType::Q5_0,
     ] {
         let wq = quantize_row(ty, &w);
+        // Every level's repacked kernel; the GGUF-layout kernels once each (the VNNI levels
+        // run AVX2's), the scalar one only on small matrices (it is ~50x slower).
         let mut variants: Vec<Compute> = Vec::new();
         for isa in Isa::all_available() {
             let cx = Compute::new(isa);
             if cx.pack().is_some() {
                 variants.push(cx);
             }
-            variants.push(Compute {
-                repack: false,
-                ..cx
-            });
+            if isa <= Isa::Avx2 && (isa > Isa::Scalar || rows <= 4096) {
+                variants.push(Compute {
+                    repack: false,
+                    ..cx
+                });
+            }
         }
         for cx in variants {
             let packed = cx

@@ -1,10 +1,10 @@
-//! Golden tests of the forward pass, teacher-forced (method: ../shared/reference/README.md).
+//! Golden tests of the forward pass, teacher-forced (method: tests/fixtures/README.md).
 //!
 //! Two references, because one cannot pin down both things at once on this model:
 //! - exact math: a float64 numpy forward pass over the dequantized weights (fixture made by
 //!   scripts/make-exact-reference.py). Our f32-activation reference mode must match it tightly:
 //!   this proves the model's math (norms, rope, attention, MLP, tied output).
-//! - llama.cpp (../shared/reference). Both llama.cpp and our serving path quantize activations
+//! - llama.cpp (tests/fixtures/smollm2-135m-instruct-q4_1). Both llama.cpp and our serving path quantize activations
 //!   to int8 per matmul; on this 135M model that noise alone moves top-8 log-probabilities by
 //!   0.1–0.4 nats (llama.cpp's own output differs from exact math by up to ~0.4 nats, measured
 //!   below from the fixtures alone). So two int8 implementations cannot agree to 0.05 nats

@@ -1,6 +1,6 @@
 //! Teacher-forced golden test of gemma3 on a real model, Gemma 3 270M Q4_K_M (fetched from
 //! PyPI), against llama.cpp's llama-server on the same file (`tests/fixtures/gemma3-270m-q4_k_m`,
-//! made by ../shared/bench/make-reference.py; method in ../shared/reference/README.md).
+//! made with llama-server; method in tests/fixtures/README.md).
 //!
 //! Two references, as in `golden.rs` for SmolLM2:
 //! - exact math: a float64 numpy forward pass of the gemma3 graph over the dequantized weights

@@ -1,4 +1,5 @@
-//! API keys (`Authorization: Bearer <key>`) and teams (`X-Friendli-Team`), contract decision 3.
+//! API keys (`Authorization: Bearer <key>`; missing or unknown: 401) and teams
+//! (`X-Friendli-Team`; a key bound to another team: 403).
 //!
 //! Rule: with no key configured the server is open. With keys, every path needs a valid key
 //! except the operational ones in [`OPEN_PATHS`] (`/health` for load balancers, `/metrics` for

@@ -1,5 +1,6 @@
 //! The ONE place where errors become HTTP statuses and `{"error":{message,type,param,code}}`
-//! bodies (contract decision 3 and §6), before the response starts or as a mid-stream event.
+//! bodies (the status table of docs/api.md), before the response starts or as a mid-stream
+//! event.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -30,7 +31,8 @@ impl ValidationError {
     }
 }
 
-/// Which convention a request follows (§8-b): decides 400 vs 422 for validation errors.
+/// Which convention a request follows (`validate::parse::detect_flavor`): decides 400 vs 422
+/// for validation errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
     Friendli,
@@ -72,6 +74,10 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// `x-should-retry`: honoured by the `openai` and `friendli` SDKs, which otherwise retry every
+/// 429 (`friendli` for up to an hour).
+pub const SHOULD_RETRY: &str = "x-should-retry";
+
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_OVERLOADED: u32 = 1;
 const RETRY_AFTER_LOADING: u32 = 5;
@@ -95,6 +101,12 @@ impl ApiError {
         }
     }
 
+    /// False for answers a retry cannot change although their status invites one: a request
+    /// that ran out of its time limit (429) would run out of it again.
+    fn worth_retrying(&self) -> bool {
+        !matches!(self, ApiError::Timeout)
+    }
+
     fn retry_after(&self) -> Option<u32> {
         match self {
             ApiError::NotReady => Some(RETRY_AFTER_LOADING),
@@ -114,6 +126,7 @@ impl ApiError {
         let kind = match self {
             ApiError::Unauthorized(_) => "authentication_error",
             ApiError::Forbidden(_) => "permission_error",
+            _ if self.status() == StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
             _ if self.status().is_server_error() => "server_error",
             _ => "invalid_request_error",
         };
@@ -175,6 +188,10 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if !self.worth_retrying() {
+            resp.headers_mut()
+                .insert(SHOULD_RETRY, HeaderValue::from_static("false"));
+        }
         resp
     }
 }
@@ -213,7 +230,13 @@ mod tests {
         assert_eq!(e.status(), 429);
         let d = e.detail();
         assert_eq!(d.param.as_deref(), Some("timeout_microseconds"));
-        assert_eq!(d.kind, "invalid_request_error");
+        assert_eq!(d.kind, "rate_limit_error");
+        let resp = e.into_response();
+        assert_eq!(resp.headers()[SHOULD_RETRY], "false");
+        assert!(!ApiError::NotReady
+            .into_response()
+            .headers()
+            .contains_key(SHOULD_RETRY));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! JSON serialization with every non-ASCII character escaped as `\uXXXX` (UTF-16, surrogate
 //! pairs above U+FFFF). SSE lines must not contain U+0085, U+2028 or U+2029: friendli-client
-//! splits lines on them (contract §5.3); escaping all non-ASCII is the simple, safe rule.
+//! splits lines on them (httpx's `iter_lines`); escaping all non-ASCII is the simple, safe rule.
 
 use std::io;
 

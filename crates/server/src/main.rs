@@ -2,19 +2,18 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use cordial_engine::{EngineConfig, EngineHandle};
-use cordial_grammar::{GrammarCompiler, GrammarLimits};
+use cordial_engine::{EngineConfig, KvEventSender};
 use cordial_model::fetch::{default_model_path, ensure_default_model};
 use cordial_model::{Compute, Isa, KvDtype};
 use cordial_server::auth::ApiKeys;
+use cordial_server::kv_events::{self, Layout, Publisher};
 use cordial_server::runner::{self, RunnerOptions};
 use cordial_server::serve::{serve as serve_http, ServeOptions};
-use cordial_server::{router, AppState, ServerOptions, Serving};
+use cordial_server::{router, startup, AppState, ServerOptions, Serving};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -43,7 +42,7 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve a GGUF model over HTTP.
+    /// Serve a model (a GGUF file or a Hugging Face folder) over HTTP.
     Serve(Box<ServeArgs>),
     /// Print a known model's path, fetching it first when missing.
     FetchModel(FetchArgs),
@@ -92,12 +91,14 @@ struct FetchArgs {
 
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// GGUF model file, or Hugging Face folder (config.json, tokenizer.json, *.safetensors in
+    /// GGUF file or Hugging Face folder (config.json, tokenizer.json, *.safetensors in
     /// f32/f16/bf16) [default: the default model, fetched when missing].
-    #[arg(long, env = "CORDIAL_MODEL")]
+    #[arg(short = 'm', long, env = "CORDIAL_MODEL")]
     model: Option<PathBuf>,
+    /// Address to listen on (0.0.0.0: every interface; set an API key then).
     #[arg(long, env = "CORDIAL_HOST", default_value = "127.0.0.1")]
     host: String,
+    /// Port to listen on.
     #[arg(long, env = "CORDIAL_PORT", default_value_t = 8000)]
     port: u16,
     /// Name clients use in `model` (repeatable; the first is primary) [default: the file stem].
@@ -110,19 +111,28 @@ struct ServeArgs {
     /// Compute threads (0 = number of cores).
     #[arg(long, env = "CORDIAL_THREADS", default_value_t = 0)]
     threads: usize,
-    /// Cap on prompt + output tokens [default: the model's context length].
+    /// Cap on prompt + output tokens [default: the model's context length]. The KV cache caps
+    /// it too (--kv-cache-tokens).
     #[arg(long, env = "CORDIAL_MAX_MODEL_LEN")]
     max_model_len: Option<usize>,
     /// Most sequences decoded together in one step.
     #[arg(long, env = "CORDIAL_MAX_NUM_SEQS", default_value_t = 64)]
     max_num_seqs: usize,
-    /// Total KV cache capacity, in tokens.
+    /// Total KV cache capacity, in tokens (also the longest sequence served).
     #[arg(long, env = "CORDIAL_KV_CACHE_TOKENS", default_value_t = 32768)]
     kv_cache_tokens: usize,
     /// How the KV cache stores K and V: `auto` (= f16), `f16`, or `q8_0` (int8 blocks of 32
     /// with an f16 scale, as llama.cpp's `-ctk q8_0 -ctv q8_0`: about half the bytes).
     #[arg(long, env = "CORDIAL_KV_CACHE_DTYPE", default_value = "auto", value_parser = parse_kv_dtype)]
     kv_cache_dtype: KvDtype,
+    /// Chat template for /v1/chat/completions instead of the model's own: a file, or the
+    /// template itself (Jinja, as in the model's `tokenizer.chat_template`).
+    #[arg(long, env = "CORDIAL_CHAT_TEMPLATE", value_name = "FILE|STRING")]
+    chat_template: Option<String>,
+    /// Origins that browsers may call the API from (CORS; comma-separated or repeated; `*` =
+    /// any) [default: none, CORS off].
+    #[arg(long, env = "CORDIAL_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
     /// Most requests waiting for admission; more get 503 with Retry-After.
     #[arg(long, env = "CORDIAL_MAX_WAITING", default_value_t = 256)]
     max_waiting: usize,
@@ -150,6 +160,34 @@ struct ServeArgs {
     /// Seconds in-flight requests may take after SIGTERM/SIGINT before they are cancelled.
     #[arg(long, env = "CORDIAL_SHUTDOWN_GRACE", default_value_t = 30.0)]
     shutdown_grace: f64,
+    /// Publish the prefix cache's changes (vLLM's KV events: BlockStored, BlockRemoved,
+    /// AllBlocksCleared) on a ZeroMQ PUB socket bound here, e.g. `tcp://*:5557` [default: off].
+    #[arg(
+        long,
+        env = "CORDIAL_KV_EVENTS_ENDPOINT",
+        value_name = "tcp://HOST:PORT"
+    )]
+    kv_events_endpoint: Option<String>,
+    /// Topic of the KV events [default: kv@<hostname>@<first served name>].
+    #[arg(long, env = "CORDIAL_KV_EVENTS_TOPIC")]
+    kv_events_topic: Option<String>,
+    /// Encoding of the KV events: `array` (vLLM < 0.28's tagged arrays, llm-d's indexer) or
+    /// `map` (vLLM >= 0.28's tagged maps, vllm-router).
+    #[arg(
+        long,
+        env = "CORDIAL_KV_EVENTS_LAYOUT",
+        value_enum,
+        default_value = "array"
+    )]
+    kv_events_layout: Layout,
+    /// Seed of the prefix cache's block hashes (vLLM's `sha256_cbor` chain; the seed plays
+    /// vLLM's PYTHONHASHSEED): replicas started with the same seed name equal blocks alike.
+    #[arg(
+        long,
+        env = "CORDIAL_PREFIX_CACHING_HASH_SEED",
+        default_value = cordial_engine::block_hash::DEFAULT_HASH_SEED
+    )]
+    prefix_caching_hash_seed: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -175,7 +213,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", cordial_model::fetch::ensure_model(&m)?.display());
             Ok(())
         }
-        Command::Serve(args) => serve(*args),
+        Command::Serve(args) => serve(*args, cli.log_format == LogFormat::Json),
         Command::Bench(a) => bench(a),
     }
 }
@@ -219,7 +257,7 @@ fn served_names(args: &ServeArgs, path: &Path) -> Vec<String> {
     vec![stem.unwrap_or_else(|| "model".to_owned())]
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
+fn serve(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
     let path = match &args.model {
         Some(p) => p.clone(),
         None => default_model_path()?,
@@ -231,11 +269,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let keys = api_keys(&args)?;
     // The kernel level and weight layout: read once, here, from CORDIAL_ISA / CORDIAL_REPACK.
     let compute = Compute::from_env()?;
+    let allowed_origins: Vec<String> = args
+        .allowed_origins
+        .iter()
+        .map(|o| o.trim().to_owned())
+        .filter(|o| !o.is_empty())
+        .collect();
+    cordial_server::routes::cors(&allowed_origins)
+        .map_err(|e| anyhow::anyhow!("--allowed-origins: {e}"))?;
     let options = ServerOptions {
         default_timeout: Some(seconds("--default-timeout", args.default_timeout)?)
             .filter(|d| !d.is_zero()),
         body_read_timeout: positive("--body-read-timeout", args.body_read_timeout)?,
         api_keys: keys.clone(),
+        allowed_origins: allowed_origins.clone(),
     };
     let serve_opts = ServeOptions {
         header_read_timeout: positive("--header-read-timeout", args.header_read_timeout)?,
@@ -245,7 +292,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "settings: model={} served_model_names={:?} host={} port={} threads={} max_model_len={:?} \
          max_num_seqs={} kv_cache_tokens={} kv_cache_dtype={} max_waiting={} max_prefill_tokens={} \
          api_keys={} \
-         default_timeout_s={} header_read_timeout_s={} body_read_timeout_s={} shutdown_grace_s={}",
+         default_timeout_s={} header_read_timeout_s={} body_read_timeout_s={} shutdown_grace_s={} \
+         chat_template={} allowed_origins={:?}",
         path.display(),
         names,
         args.host,
@@ -262,6 +310,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.header_read_timeout,
         args.body_read_timeout,
         args.shutdown_grace,
+        if args.chat_template.is_some() {
+            "custom"
+        } else {
+            "the model's"
+        },
+        allowed_origins,
     );
     if keys.is_empty() && !addr.ip().is_loopback() {
         tracing::warn!(
@@ -281,7 +335,26 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!("listening on http://{}", listener.local_addr()?);
-        spawn_loader(state.clone(), args, path, compute);
+        let kv_events = match &args.kv_events_endpoint {
+            Some(endpoint) => {
+                let topic = args
+                    .kv_events_topic
+                    .clone()
+                    .unwrap_or_else(|| kv_events::default_topic(&state.served_names()[0]));
+                let publisher =
+                    Publisher::bind(endpoint, topic.clone(), args.kv_events_layout).await?;
+                tracing::info!(
+                    "KV events on {} (topic {topic}, {:?} layout)",
+                    publisher.endpoint,
+                    args.kv_events_layout
+                );
+                let (sender, receiver) = tokio::sync::mpsc::channel(kv_events::CHANNEL_CAPACITY);
+                tokio::spawn(publisher.run(receiver));
+                Some(sender)
+            }
+            None => None,
+        };
+        spawn_loader(state.clone(), args, path, json_logs, compute, kv_events);
         let shutdown_state = state.clone();
         let cancel = move || {
             if let Some(s) = shutdown_state.serving() {
@@ -321,12 +394,12 @@ fn api_keys(args: &ServeArgs) -> anyhow::Result<ApiKeys> {
     Ok(ApiKeys::new(keys))
 }
 
-/// A duration flag in seconds, between 0 and 1e9.
 /// `--kv-cache-dtype`: `auto`, `f16` or `q8_0`.
 fn parse_kv_dtype(s: &str) -> Result<KvDtype, String> {
     KvDtype::parse(s).ok_or_else(|| format!("`{s}` is not one of auto, f16, q8_0"))
 }
 
+/// A duration flag in seconds, between 0 and 1e9.
 fn seconds(flag: &str, secs: f64) -> anyhow::Result<Duration> {
     if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         anyhow::bail!("{flag} must be a number of seconds between 0 and 1e9, got {secs}");
@@ -345,11 +418,18 @@ fn positive(flag: &str, secs: f64) -> anyhow::Result<Duration> {
 
 /// Loads the model on its own thread; the server answers `/health` 503 meanwhile. A failure to
 /// load (an error or a panic) ends the process.
-fn spawn_loader(state: AppState, args: ServeArgs, path: PathBuf, compute: Compute) {
+fn spawn_loader(
+    state: AppState,
+    args: ServeArgs,
+    path: PathBuf,
+    json_logs: bool,
+    compute: Compute,
+    kv_events: Option<KvEventSender>,
+) {
     std::thread::spawn(move || {
-        let loaded =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(&args, path, compute)))
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("the model loader panicked")));
+        let load = || load(&args, path, json_logs, compute, kv_events);
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(load))
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the model loader panicked")));
         finish_loading(state, loaded)
     });
 }
@@ -372,12 +452,23 @@ fn finish_loading(state: AppState, loaded: anyhow::Result<Serving>) {
     }
 }
 
-fn load(args: &ServeArgs, path: PathBuf, compute: Compute) -> anyhow::Result<Serving> {
+fn load(
+    args: &ServeArgs,
+    path: PathBuf,
+    json_logs: bool,
+    compute: Compute,
+    kv_events: Option<KvEventSender>,
+) -> anyhow::Result<Serving> {
     let path = if args.model.is_none() {
-        ensure_default_model()?
+        startup::fetch_default_model(json_logs)?
     } else {
         path
     };
+    let template = args
+        .chat_template
+        .as_deref()
+        .map(startup::chat_template_source)
+        .transpose()?;
     let opts = RunnerOptions {
         threads: args.threads,
         kv_cache_tokens: args.kv_cache_tokens,
@@ -409,30 +500,11 @@ fn load(args: &ServeArgs, path: PathBuf, compute: Compute) -> anyhow::Result<Ser
         max_num_seqs: args.max_num_seqs,
         max_waiting: args.max_waiting,
         max_prefill_tokens: args.max_prefill_tokens,
+        prefix_hash_seed: args.prefix_caching_hash_seed.clone(),
+        kv_events,
         ..EngineConfig::default()
     };
-    let engine = EngineHandle::spawn(loaded.executor, config);
-    let started = std::time::Instant::now();
-    let grammar = GrammarCompiler::new(
-        loaded.tokenizer.clone(),
-        loaded.vocab_size,
-        GrammarLimits::default(),
-    )
-    .context("building the grammar vocabulary")?;
-    tracing::info!(took = ?started.elapsed(), "structured output ready");
-    let chat = cordial_server::state::chat_template(&loaded.tokenizer);
-    if let Err(e) = &chat {
-        tracing::warn!("chat completions unavailable: {e}");
-    }
-    Ok(Serving {
-        chat,
-        engine,
-        tokenizer: loaded.tokenizer,
-        max_context: loaded.max_context,
-        vocab_size: loaded.vocab_size,
-        hidden_size: loaded.hidden_size,
-        grammar: Some(Arc::new(grammar)),
-    })
+    startup::serving(loaded, config, template.as_deref())
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM, naming it in the log.
@@ -467,4 +539,67 @@ async fn shutdown_signal() {
         name = term => name,
     };
     tracing::info!("{name} received");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_has_a_help_line() {
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        let builtin = |id: &str| id == "help" || id == "version";
+        for arg in cli
+            .get_arguments()
+            .filter(|a| !builtin(a.get_id().as_str()))
+        {
+            assert!(arg.get_help().is_some(), "--{}", arg.get_id());
+        }
+        for sub in cli.get_subcommands() {
+            assert!(sub.get_about().is_some(), "{}", sub.get_name());
+            for arg in sub
+                .get_arguments()
+                .filter(|a| !builtin(a.get_id().as_str()))
+            {
+                assert!(
+                    arg.get_help().is_some(),
+                    "{} {}",
+                    sub.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+        let serve = cli.find_subcommand("serve").unwrap();
+        let about = serve.get_about().unwrap().to_string();
+        assert!(
+            about.contains("GGUF file or a Hugging Face folder"),
+            "{about}"
+        );
+    }
+
+    #[test]
+    fn serve_flags_as_users_bring_them() {
+        let cli = Cli::try_parse_from([
+            "cordial",
+            "serve",
+            "-m",
+            "model.gguf",
+            "--chat-template",
+            "t.jinja",
+            "--allowed-origins",
+            "https://a.example,https://b.example",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.model, Some(PathBuf::from("model.gguf")));
+        assert_eq!(args.chat_template.as_deref(), Some("t.jinja"));
+        assert_eq!(
+            args.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+    }
 }

@@ -1,4 +1,5 @@
-//! Prometheus metrics (`GET /metrics`, text format 0.0.4), every name prefixed `cordial_`.
+//! Prometheus metrics (`GET /metrics`, text format 0.0.4): the `cordial_*` series here; vLLM's
+//! `vllm:*` series follow them (`vllm_metrics.rs`).
 //!
 //! Counters and histograms are updated by the request middleware (`observe.rs`); engine gauges
 //! (queue depth, running sequences, KV blocks, prefix-cache hits) are read from
@@ -19,7 +20,9 @@ const LATENCY_BUCKETS: [f64; 16] = [
 
 /// A cumulative histogram with fixed buckets; lock-free.
 pub struct Histogram {
-    counts: [AtomicU64; LATENCY_BUCKETS.len()],
+    /// Upper bounds (seconds), increasing.
+    buckets: &'static [f64],
+    counts: Box<[AtomicU64]>,
     count: AtomicU64,
     /// Sum in microseconds.
     sum_us: AtomicU64,
@@ -27,8 +30,14 @@ pub struct Histogram {
 
 impl Histogram {
     fn new() -> Histogram {
+        Histogram::with_buckets(&LATENCY_BUCKETS)
+    }
+
+    /// A histogram over these upper bounds (seconds, increasing).
+    pub fn with_buckets(buckets: &'static [f64]) -> Histogram {
         Histogram {
-            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            buckets,
+            counts: buckets.iter().map(|_| AtomicU64::new(0)).collect(),
             count: AtomicU64::new(0),
             sum_us: AtomicU64::new(0),
         }
@@ -36,7 +45,7 @@ impl Histogram {
 
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| secs <= b) {
+        if let Some(i) = self.buckets.iter().position(|&b| secs <= b) {
             self.counts[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
@@ -50,15 +59,32 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_samples(out, name, "");
+    }
+
+    /// The `_bucket`, `_sum` and `_count` lines; `labels` (`a="x",b="y"`) go first in each.
+    pub(crate) fn render_samples(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;
-        for (bound, c) in LATENCY_BUCKETS.iter().zip(&self.counts) {
+        for (bound, c) in self.buckets.iter().zip(self.counts.iter()) {
             cumulative += c.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+            );
         }
         let count = self.count();
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
         let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{braces} {sum}\n{name}_count{braces} {count}"
+        );
     }
 }
 
@@ -81,6 +107,8 @@ pub struct Metrics {
     completion_tokens: AtomicU64,
     panics: AtomicU64,
     disconnected: AtomicU64,
+    /// The metrics under vLLM's names (`vllm_metrics.rs`).
+    pub vllm: crate::vllm_metrics::VllmMetrics,
 }
 
 impl Default for Metrics {
@@ -95,24 +123,19 @@ impl Default for Metrics {
             completion_tokens: AtomicU64::new(0),
             panics: AtomicU64::new(0),
             disconnected: AtomicU64::new(0),
+            vllm: crate::vllm_metrics::VllmMetrics::default(),
         }
     }
 }
 
-/// The label value of a route: known paths by name, everything else `other` (bounded labels).
+/// The label value of a route: the API's paths by name, everything else `other` (bounded
+/// labels).
 pub fn route_label(path: &str) -> &'static str {
-    match path {
-        "/v1/completions" => "/v1/completions",
-        "/serverless/v1/completions" => "/serverless/v1/completions",
-        "/dedicated/v1/completions" => "/dedicated/v1/completions",
-        "/v1/tokenize" => "/v1/tokenize",
-        "/v1/detokenize" => "/v1/detokenize",
-        "/v1/models" => "/v1/models",
-        "/health" => "/health",
-        "/metrics" => "/metrics",
-        "/openapi.json" => "/openapi.json",
-        _ => "other",
-    }
+    crate::routes::PATHS
+        .iter()
+        .find(|p| **p == path)
+        .copied()
+        .unwrap_or("other")
 }
 
 impl Metrics {
@@ -131,6 +154,14 @@ impl Metrics {
         };
         let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         *map.entry(key).or_insert(0) += 1;
+    }
+
+    /// Prompt and generated tokens of finished completions so far.
+    pub fn tokens(&self) -> (u64, u64) {
+        (
+            self.prompt_tokens.load(Ordering::Relaxed),
+            self.completion_tokens.load(Ordering::Relaxed),
+        )
     }
 
     pub fn add_tokens(&self, prompt: usize, completion: usize) {
@@ -302,6 +333,12 @@ fn render_engine(out: &mut String, s: &EngineStats) {
         "Prompt tokens served from the prefix cache.",
         s.prefix_cache_hit_tokens,
     );
+    counter(
+        out,
+        "cordial_kv_events_dropped_total",
+        "KV-event batches dropped because the publisher's queue was full (--kv-events-endpoint).",
+        s.kv_event_batches_dropped,
+    );
     let rate = if s.prefix_cache_queries_tokens == 0 {
         0.0
     } else {
@@ -376,7 +413,7 @@ fn counter(out: &mut String, name: &str, help: &str, v: u64) {
 }
 
 /// A label value: backslash, quote and newline escaped.
-fn escape_label(s: &str) -> String {
+pub(crate) fn escape_label(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

@@ -20,6 +20,7 @@ use crate::metrics::route_label;
 use crate::state::AppState;
 use crate::stream::Output;
 use crate::util::random_u64;
+use crate::vllm_metrics::Finished;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -186,16 +187,21 @@ impl http_body::Body for RecordedBody {
 /// Turns a panic while producing a completion's outputs (detokenization, stop phrases, logprob
 /// rendering) into a final `Failed(Internal)`: a 500 before the first byte, an error event
 /// after it, instead of a dropped connection. The request's engine streams are dropped with
-/// the panicked stream, which aborts them.
+/// the panicked stream, which aborts them. `on_panic` runs once when it happens.
 pub fn guard_panics(
     outs: impl Stream<Item = Output> + Send + 'static,
+    on_panic: impl FnOnce() + Send + 'static,
 ) -> impl Stream<Item = Output> + Send + 'static {
     let mut failed = false;
+    let mut on_panic = Some(on_panic);
     std::panic::AssertUnwindSafe(outs)
         .catch_unwind()
-        .map(|r| {
+        .map(move |r| {
             r.unwrap_or_else(|_| {
                 tracing::error!("a completion panicked while producing its output");
+                if let Some(f) = on_panic.take() {
+                    f();
+                }
                 Output::Failed(crate::error::ApiError::Internal(
                     "the request failed unexpectedly; the server goes on".into(),
                 ))
@@ -208,13 +214,21 @@ pub fn guard_panics(
         })
 }
 
-/// Watches a completion's outputs: time to first token, inter-token gaps (per choice), and
-/// the token counts of the usage.
+/// Watches a completion's outputs: time to first token, inter-token gaps (per choice), the
+/// token counts of the usage, and vLLM's per-choice series (first token, end and why: a choice
+/// not ended when the stream ends or is dropped counts as `error` after a failure, else
+/// `abort`). `choices`: how many choices the request generates.
 pub fn tap(
     outs: impl Stream<Item = Output> + Send + 'static,
     record: Option<Arc<RequestRecord>>,
+    choices: usize,
 ) -> impl Stream<Item = Output> + Send + 'static {
     let mut last: Vec<Option<Instant>> = Vec::new();
+    let mut ends = record.as_ref().map(|r| ChoiceEnds {
+        record: Arc::clone(r),
+        ended: vec![false; choices],
+        failed: false,
+    });
     outs.inspect(move |out| {
         let Some(record) = &record else { return };
         let metrics = record.state.metrics();
@@ -229,17 +243,60 @@ pub fn tap(
                 if last.len() <= *index {
                     last.resize(index + 1, None);
                 }
-                if let Some(prev) = last[*index].replace(now) {
-                    metrics.inter_token.observe(now - prev);
+                match last[*index].replace(now) {
+                    Some(prev) => metrics.inter_token.observe(now - prev),
+                    None => metrics.vllm.first_token(now - record.start),
+                }
+            }
+            Output::ChoiceDone { index, reason } => {
+                if let Some(ends) = &mut ends {
+                    ends.end(*index, Finished::from(*reason));
                 }
             }
             Output::Done { usage, .. } => {
                 metrics.add_tokens(usage.prompt_tokens, usage.completion_tokens);
                 record.lock().usage = Some((usage.prompt_tokens, usage.completion_tokens));
             }
-            Output::Echo { .. } | Output::ChoiceDone { .. } | Output::Failed(_) => {}
+            Output::Failed(_) => {
+                if let Some(ends) = &mut ends {
+                    ends.failed = true;
+                }
+            }
+            Output::Echo { .. } => {}
         }
     })
+}
+
+/// Which choices of a request ended; the rest are counted when the output stream goes.
+struct ChoiceEnds {
+    record: Arc<RequestRecord>,
+    ended: Vec<bool>,
+    failed: bool,
+}
+
+impl ChoiceEnds {
+    fn end(&mut self, index: usize, why: Finished) {
+        if let Some(ended) = self.ended.get_mut(index).filter(|e| !**e) {
+            *ended = true;
+            let metrics = self.record.state.metrics();
+            metrics
+                .vllm
+                .choice_finished(why, self.record.start.elapsed());
+        }
+    }
+}
+
+impl Drop for ChoiceEnds {
+    fn drop(&mut self) {
+        let why = if self.failed {
+            Finished::Error
+        } else {
+            Finished::Abort
+        };
+        for i in 0..self.ended.len() {
+            self.end(i, why);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -255,8 +312,14 @@ mod tests {
                 reason: crate::protocol::FinishReasonWire::Stop,
             }
         });
-        let got: Vec<Output> = futures::executor::block_on(guard_panics(outs).collect());
+        let panics = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&panics);
+        let guarded = guard_panics(outs, move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        let got: Vec<Output> = futures::executor::block_on(guarded.collect());
         assert_eq!(got.len(), 3);
+        assert_eq!(panics.load(Ordering::Relaxed), 1);
         assert!(matches!(
             got[2],
             Output::Failed(crate::error::ApiError::Internal(_))

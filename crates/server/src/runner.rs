@@ -18,9 +18,10 @@ pub const BLOCK_SIZE: usize = cordial_model::KV_BLOCK;
 pub struct RunnerOptions {
     /// Compute threads (0 = number of cores).
     pub threads: usize,
-    /// Total KV cache capacity in tokens.
+    /// Total KV cache capacity in tokens (rounded up to whole blocks).
     pub kv_cache_tokens: usize,
-    /// Cap on the context length (None = the model's).
+    /// Cap on the context length (None = the model's). The KV cache caps it too: a sequence
+    /// never outgrows the cache.
     pub max_model_len: Option<usize>,
     /// Kernel level and weight layout.
     pub compute: Compute,
@@ -83,12 +84,38 @@ impl std::fmt::Display for KvSummary {
     }
 }
 
+/// What bounds the length of a sequence (prompt + output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextLimits {
+    /// The model's context length (its metadata).
+    pub model: usize,
+    /// `--max-model-len`.
+    pub flag: Option<usize>,
+    /// What the whole KV cache holds (`--kv-cache-tokens`, rounded up to whole blocks).
+    pub kv_tokens: usize,
+}
+
+impl ContextLimits {
+    /// The longest sequence served: the least of the three.
+    pub fn effective(&self) -> usize {
+        self.model
+            .min(self.flag.unwrap_or(usize::MAX))
+            .min(self.kv_tokens)
+    }
+
+    /// True when the KV cache, not the model or the flag, sets the effective length.
+    pub fn kv_bound(&self) -> bool {
+        self.kv_tokens < self.model.min(self.flag.unwrap_or(usize::MAX))
+    }
+}
+
 /// A loaded model, ready to hand to the engine.
 pub struct LoadedModel {
     pub executor: Box<dyn ModelExecutor>,
     pub tokenizer: Arc<Tokenizer>,
-    /// Longest prompt + output.
+    /// Longest prompt + output: `limits.effective()`.
     pub max_context: usize,
+    pub limits: ContextLimits,
     pub vocab_size: usize,
     /// Width of an input embedding (for `embedding_to_replace`).
     pub hidden_size: usize,
@@ -118,13 +145,19 @@ pub fn load(path: &Path, opts: &RunnerOptions) -> anyhow::Result<LoadedModel> {
             cfg.vocab
         );
     }
-    let max_context = opts
-        .max_model_len
-        .map_or(cfg.context, |m| m.min(cfg.context));
-    if max_context == 0 {
+    if opts.max_model_len == Some(0) {
         bail!("--max-model-len must be at least 1");
     }
     let num_blocks = opts.kv_cache_tokens.div_ceil(BLOCK_SIZE).max(1);
+    let limits = ContextLimits {
+        model: cfg.context,
+        flag: opts.max_model_len,
+        kv_tokens: num_blocks * BLOCK_SIZE,
+    };
+    let max_context = limits.effective();
+    if max_context == 0 {
+        bail!("the model's context length is 0");
+    }
     // Sliding-window layers get a pool of their own holding each sequence's window (and a
     // prefill chunk): at most the main pool's size, which never runs short of it.
     let window = model.window();
@@ -164,6 +197,7 @@ pub fn load(path: &Path, opts: &RunnerOptions) -> anyhow::Result<LoadedModel> {
         executor: Box::new(executor),
         tokenizer: Arc::new(tokenizer),
         max_context,
+        limits,
         vocab_size: cfg.vocab,
         hidden_size: cfg.hidden,
         architecture: cfg.arch.clone(),

@@ -23,6 +23,8 @@ pub struct ServerOptions {
     pub default_timeout: Option<Duration>,
     /// A request body must arrive whole within this time (else 408).
     pub body_read_timeout: Duration,
+    /// Origins browsers may call the API from (CORS); `*` = any; empty = CORS off.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerOptions {
@@ -31,6 +33,7 @@ impl Default for ServerOptions {
             api_keys: ApiKeys::default(),
             default_timeout: None,
             body_read_timeout: Duration::from_secs(30),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -51,10 +54,15 @@ pub struct Serving {
     pub chat: Result<Arc<ChatTemplate>, String>,
 }
 
-/// The chat template of a tokenizer's model, compiled (see [`Serving::chat`]).
-pub fn chat_template(tokenizer: &Tokenizer) -> Result<Arc<ChatTemplate>, String> {
-    let source = tokenizer.chat_template().ok_or(
-        "this model has no chat template (`tokenizer.chat_template`); use /v1/completions",
+/// The chat template, compiled (see [`Serving::chat`]): `custom` (`--chat-template`) when
+/// given, else the tokenizer's model's own.
+pub fn chat_template(
+    tokenizer: &Tokenizer,
+    custom: Option<&str>,
+) -> Result<Arc<ChatTemplate>, String> {
+    let source = custom.or(tokenizer.chat_template()).ok_or(
+        "this model has no chat template (`tokenizer.chat_template`); use /v1/completions, \
+         or start the server with --chat-template",
     )?;
     let bos = tokenizer.bos_text().unwrap_or("");
     let eos = tokenizer.eos_text().unwrap_or("");
@@ -73,6 +81,7 @@ impl Serving {
                 vocab_size: self.vocab_size.min(self.tokenizer.vocab_size()),
                 max_context: self.max_context,
                 hidden_size: self.hidden_size,
+                kv: self.engine.kv_capacity(),
             },
             eos_tokens: self.tokenizer.eog_tokens(),
             encode: &encode,

@@ -133,7 +133,7 @@ async fn errors_mixed_batches_choices_streams_and_length() {
         // Compile errors: 422 naming response_format with the reason; the server goes on.
         for (format, needle) in [
             (json!({"type": "json_object", "schema": "{not json"}), "not valid JSON"),
-            (json!({"type": "json_object", "schema": "{\"type\":\"object\",\"if\":{}}"}), "if"),
+            (json!({"type": "json_object", "schema": "{\"type\":\"array\",\"uniqueItems\":true}"}), "uniqueItems"),
             (json!({"type": "json_schema", "json_schema": {"schema": {"type": "strnig"}}}), "strnig"),
             (json!({"type": "regex", "schema": "(unclosed"}), "regex"),
             (json!({"type": "regex", "schema": "a(?=b)"}), "regex"),
@@ -229,6 +229,50 @@ async fn errors_mixed_batches_choices_streams_and_length() {
         let text = v["choices"][0]["text"].as_str().unwrap();
         assert!(regex::Regex::new("^[0-9]{3}-[0-9]{4}$").unwrap().is_match(text), "{text}");
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_close_by_default_and_open_ones_never_repeat_a_key() {
+    within(async {
+        let srv = Server::spawn(&["--threads", "2"]).ready().await;
+        // A nested object that says nothing of additionalProperties: closed, so the model
+        // cannot keep inventing keys; the answer finishes well within 128 tokens.
+        let schema = json!({"type": "object", "properties": {
+            "user": {"type": "object", "properties": {
+                "name": {"type": "string", "maxLength": 20},
+                "age": {"type": "integer", "minimum": 0, "maximum": 120}}},
+            "active": {"type": "boolean"}}});
+        let v = srv
+            .complete(&json!({"prompt": "A user record as JSON: ", "max_tokens": 128,
+                "temperature": 0, "response_format": {"type": "json_schema",
+                "json_schema": {"name": "record", "schema": schema}}}))
+            .await;
+        let choice = &v["choices"][0];
+        let text = choice["text"].as_str().unwrap();
+        assert_eq!(choice["finish_reason"], "stop", "{text}");
+        let closed = json!({"type": "object", "additionalProperties": false, "properties": {
+            "user": {"type": "object", "additionalProperties": false,
+                "properties": {"name": {}, "age": {}}}, "active": {}}});
+        valid(&json!({"kind": "json", "schema": closed}), text).unwrap();
+        valid(&json!({"kind": "json", "schema": schema}), text).unwrap();
+
+        // An explicitly open map: any keys, but never the same one twice.
+        let map = json!({"type": "object",
+            "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 9}});
+        let v = srv
+            .complete(&json!({"prompt": "Scores as JSON: ", "max_tokens": 96, "temperature": 0,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "m", "schema": map}}}))
+            .await;
+        let text = v["choices"][0]["text"].as_str().unwrap();
+        let keys: Vec<&str> = regex::Regex::new(r#""((?:[^"\\]|\\.)*)": "#)
+            .unwrap()
+            .captures_iter(text)
+            .map(|c| c.get(1).unwrap().as_str())
+            .collect();
+        let distinct: std::collections::HashSet<&&str> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len(), "a key repeated: {text}");
     })
     .await;
 }

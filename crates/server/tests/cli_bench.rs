@@ -82,3 +82,68 @@ fn bad_bench_settings_are_errors_naming_them() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+/// `CORDIAL_ISA` forces a kernel level, named as the start-up line prints it; an unknown or
+/// unavailable one is an error naming the variable before anything is loaded.
+#[test]
+fn cordial_isa_forces_the_kernel_level_or_names_the_problem() {
+    let quick = [
+        "bench",
+        "--prefill-tokens",
+        "8",
+        "--decode-tokens",
+        "2",
+        "--batch",
+        "1",
+    ];
+    let run = |isa: &str, repack: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(quick)
+            .env("CORDIAL_ISA", isa)
+            .env_remove("RUST_BACKTRACE");
+        match repack {
+            Some(v) => cmd.env("CORDIAL_REPACK", v),
+            None => cmd.env_remove("CORDIAL_REPACK"),
+        };
+        cmd.output().expect("runs")
+    };
+    let available = cordial_model::Isa::all_available();
+    for isa in cordial_model::Isa::ALL {
+        let out = run(isa.name(), None);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        if available.contains(&isa) {
+            assert!(out.status.success(), "{isa}: {stderr}");
+            let repacked = if isa == cordial_model::Isa::Scalar {
+                ")"
+            } else {
+                " repacked)"
+            };
+            let want = format!("kernels={isa}{repacked}");
+            assert!(stdout.contains(&want), "{isa}: no `{want}` in {stdout}");
+        } else {
+            assert!(!out.status.success(), "{isa} is not on this CPU");
+            assert!(
+                stderr.contains(&format!("CORDIAL_ISA={}", isa.name()))
+                    && stderr.contains("does not support"),
+                "{stderr}"
+            );
+        }
+    }
+    let out = run("sse9", None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an unknown level must not run");
+    assert!(
+        stderr.contains("CORDIAL_ISA=sse9") && stderr.contains("unknown kernel level"),
+        "{stderr}"
+    );
+    let best = cordial_model::Isa::best_available();
+    let out = run(best.name(), Some("0"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("kernels={best})")),
+        "CORDIAL_REPACK=0 keeps the GGUF layout: {stdout}"
+    );
+}

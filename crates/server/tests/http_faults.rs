@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use cordial_server::protocol::KNOWN_FIELDS;
+use cordial_server::protocol::CompletionRequest;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -79,7 +79,7 @@ async fn every_field_with_every_wrong_type_is_a_4xx_naming_it() {
             json!(9_223_372_036_854_775_807_i64),
         ];
         let mut counts = std::collections::BTreeMap::<u16, u32>::new();
-        for field in KNOWN_FIELDS {
+        for field in CompletionRequest::FIELDS.iter().map(|f| &f.name) {
             for value in &wrong {
                 let mut body = json!({"prompt": "Hi", "max_tokens": 2});
                 body[*field] = value.clone();
@@ -106,7 +106,9 @@ async fn every_field_with_every_wrong_type_is_a_4xx_naming_it() {
             }
         }
         eprintln!("statuses: {counts:?}");
-        assert!(counts.get(&422).copied().unwrap_or(0) > KNOWN_FIELDS.len() as u32 * 5);
+        assert!(
+            counts.get(&422).copied().unwrap_or(0) > CompletionRequest::FIELDS.len() as u32 * 5
+        );
         srv.wait_idle().await;
     })
     .await

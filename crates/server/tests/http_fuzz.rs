@@ -1,4 +1,4 @@
-//! Property test: random JSON bodies, mixing the contract's field names with random values of
+//! Property test: random JSON bodies, mixing the request's field names with random values of
 //! random types, sent through the real router (fake model, real tokenizer) never get a 5xx, a
 //! dropped connection (a panicking handler) or a `server_error` event in a stream, and leave
 //! the server healthy.
@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::*;
-use cordial_server::protocol::KNOWN_FIELDS;
+use cordial_server::protocol::{ChatFields, CompletionRequest};
 use cordial_testkit::fake_model::FakeModelConfig;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -69,7 +69,7 @@ impl Json {
 
 fn number() -> impl Strategy<Value = String> {
     prop_oneof![
-        // Small values, where most ranges of the contract have their edges.
+        // Small values, where most ranges have their edges.
         3 => (-3i64..70).prop_map(|i| i.to_string()),
         2 => (-3.0f64..3.0).prop_map(|f| format!("{f}")),
         1 => any::<i64>().prop_map(|i| i.to_string()),
@@ -113,10 +113,15 @@ fn value() -> impl Strategy<Value = Json> {
     })
 }
 
-/// Mostly a field name of the contract, sometimes anything.
+/// Mostly a field name of the request, sometimes anything.
+/// Every key of the completions request.
+fn fields() -> Vec<&'static str> {
+    CompletionRequest::field_names().collect()
+}
+
 fn key() -> impl Strategy<Value = String> {
     prop_oneof![
-        4 => prop::sample::select(KNOWN_FIELDS).prop_map(str::to_owned),
+        4 => prop::sample::select(fields()).prop_map(str::to_owned),
         1 => prop::sample::select(vec!["include_usage", "type", "schema", "continuous_usage_stats"])
             .prop_map(str::to_owned),
         1 => "[a-z_]{1,10}",
@@ -258,8 +263,8 @@ fn random_bodies_never_get_a_5xx_or_a_panic() {
 /// Chat keys and message keys, mixed with the completions fields.
 fn chat_key() -> impl Strategy<Value = String> {
     prop_oneof![
-        3 => prop::sample::select(cordial_server::protocol::CHAT_KEYS).prop_map(str::to_owned),
-        2 => prop::sample::select(KNOWN_FIELDS).prop_map(str::to_owned),
+        3 => prop::sample::select(ChatFields::field_names().collect::<Vec<_>>()).prop_map(str::to_owned),
+        2 => prop::sample::select(fields()).prop_map(str::to_owned),
         1 => prop::sample::select(vec!["role", "content", "type", "text", "tools", "tool_calls"])
             .prop_map(str::to_owned),
     ]

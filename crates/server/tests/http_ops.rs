@@ -1,6 +1,6 @@
-//! Operations: API keys and teams on every route, `/metrics`, `X-Request-Id`, tokenize and
-//! detokenize, panic isolation, the default timeout, body and header read timeouts, graceful
-//! shutdown, and blocks freed within one step of a disconnect.
+//! Operations: API keys and teams on every route, CORS, `/metrics`, `X-Request-Id`, tokenize
+//! and detokenize, panic isolation, the default timeout, body and header read timeouts,
+//! graceful shutdown, and blocks freed within one step of a disconnect.
 
 mod common;
 
@@ -34,6 +34,17 @@ fn protected_routes() -> Vec<(&'static str, &'static str, Value)> {
         ("POST", "/v1/completions", c.clone()),
         ("POST", "/serverless/v1/completions", c.clone()),
         ("POST", "/dedicated/v1/completions", c),
+        (
+            "POST",
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
+        ),
+        ("POST", "/v1/completions/render", json!({"prompt": "Hi"})),
+        (
+            "POST",
+            "/v1/chat/completions/render",
+            json!({"messages": [{"role": "user", "content": "Hi"}]}),
+        ),
         ("POST", "/v1/tokenize", json!({"prompt": "Hi"})),
         ("POST", "/v1/detokenize", json!({"tokens": [1, 2]})),
         ("GET", "/v1/models", Value::Null),
@@ -84,6 +95,13 @@ async fn every_api_route_needs_a_key_and_teams_bind_keys() {
             assert_eq!(status, 403, "{path}: {v}");
             assert_eq!(v["error"]["type"], "permission_error", "{v}");
         }
+        // Every path of the API is here or open.
+        let mut covered: Vec<&str> = protected_routes().iter().map(|r| r.1).collect();
+        covered.extend(cordial_server::auth::OPEN_PATHS);
+        covered.sort_unstable();
+        let mut paths = cordial_server::routes::PATHS.to_vec();
+        paths.sort_unstable();
+        assert_eq!(covered, paths);
         // The documented open paths: health and metrics answer without a key.
         for path in ["/health", "/metrics"] {
             assert_eq!(call(&srv, "GET", path, &Value::Null, &[]).await.0, 200, "{path}");
@@ -104,28 +122,70 @@ async fn every_api_route_needs_a_key_and_teams_bind_keys() {
     .await
 }
 
-/// The value of an unlabelled metric.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-        .parse()
-        .unwrap()
-}
-
-async fn scrape(srv: &TestServer) -> String {
-    let resp = srv
-        .client
-        .get(format!("{}/metrics", srv.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain"));
-    resp.text().await.unwrap()
+/// `--allowed-origins`: preflights are answered before the key check, answers carry the CORS
+/// headers for allowed origins only; without the option there are none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_only_for_allowed_origins() {
+    within(async {
+        let app = "https://app.example";
+        let options = ServerOptions {
+            allowed_origins: vec![app.to_owned()],
+            ..keyed()
+        };
+        let srv = start_full(fake_config(), EngineConfig::default(), options).await;
+        let preflight = |origin: &str| {
+            srv.client
+                .request(
+                    reqwest::Method::OPTIONS,
+                    format!("{}/v1/chat/completions", srv.base),
+                )
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .header(
+                    "access-control-request-headers",
+                    "authorization,content-type",
+                )
+                .send()
+        };
+        let resp = preflight(app).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let h = resp.headers();
+        assert_eq!(h["access-control-allow-origin"], app);
+        let allowed = h["access-control-allow-headers"].to_str().unwrap();
+        assert!(
+            allowed.contains("authorization") && allowed.contains("content-type"),
+            "{allowed}"
+        );
+        let resp = preflight("https://evil.example").await.unwrap();
+        assert!(!resp.headers().contains_key("access-control-allow-origin"));
+        let resp = srv
+            .client
+            .post(format!("{}/v1/completions", srv.base))
+            .header("origin", app)
+            .bearer_auth("k-any")
+            .json(&json!({"prompt": "Hi", "max_tokens": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["access-control-allow-origin"], app);
+        let exposed = resp.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap();
+        assert!(exposed.contains("x-request-id"), "{exposed}");
+        // Off by default.
+        let plain = start_full(fake_config(), EngineConfig::default(), keyed()).await;
+        let resp = plain
+            .client
+            .get(format!("{}/health", plain.base))
+            .header("origin", app)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(!resp.headers().contains_key("access-control-allow-origin"));
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -294,9 +294,9 @@ impl Tokenizer {
             .unwrap_or(attr::UNDEFINED)
     }
 
-    /// The end-of-generation set (decision 16 of the API contract), ascending: what llama.cpp
-    /// computes: `eos_token_id`, `eot_token_id`, `eom_token_id`, the fill-in-the-middle
-    /// pad/repo/file-separator tokens, and the tokens spelled like an end of turn
+    /// The end-of-generation set (where generation stops; a request's `eos_token` replaces it),
+    /// ascending: what llama.cpp computes: `eos_token_id`, `eot_token_id`, `eom_token_id`, the
+    /// fill-in-the-middle pad/repo/file-separator tokens, and the tokens spelled like an end of turn
     /// (`<|endoftext|>`, `<|im_end|>`, `<end_of_turn>`, `<|eot_id|>`, ...).
     pub fn eog_tokens(&self) -> &[TokenId] {
         &self.eog

@@ -1,5 +1,5 @@
 //! Golden tests on the default model (SmolLM2-135M-Instruct Q4_1) against llama.cpp's output in
-//! /work/shared/reference (see its README).
+//! crates/model/tests/fixtures/smollm2-135m-instruct-q4_1 (see the README beside it).
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -20,7 +20,7 @@ fn tokenizer() -> &'static Tokenizer {
 
 fn reference(file: &str) -> Vec<Value> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/reference/smollm2-135m-instruct-q4_1")
+        .join("../model/tests/fixtures/smollm2-135m-instruct-q4_1")
         .join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let lines: Vec<Value> = text

@@ -1,6 +1,6 @@
 //! Gemma's SentencePiece tokenizer (`tokenizer.ggml.model = llama`, byte fallback) on the real
 //! Gemma 3 270M file against llama.cpp (fixtures in
-//! crates/model/tests/fixtures/gemma3-270m-q4_k_m, made by ../shared/bench/make-reference.py).
+//! crates/model/tests/fixtures/gemma3-270m-q4_k_m; see the README beside it).
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -20,7 +20,9 @@ use std::sync::Arc;
 
 pub(crate) use command::Command;
 
-use crate::api::{EngineConfig, EngineError, EngineRequest, Event, FinishReason};
+use crate::api::{
+    EngineConfig, EngineError, EngineRequest, Event, FinishReason, KvEventBatch, KvEventSender,
+};
 use crate::kv::BlockAllocator;
 use crate::model::ModelExecutor;
 use crate::sample::Sampler;
@@ -58,6 +60,10 @@ pub(crate) struct EngineCore {
     steps: u64,
     commands: Receiver<Command>,
     shared: Arc<Shared>,
+    /// Where the prefix cache's changes go (`EngineConfig::kv_events`).
+    kv_events: Option<KvEventSender>,
+    /// The sequence number of the next KV-event batch.
+    kv_seq: u64,
 }
 
 impl EngineCore {
@@ -74,11 +80,15 @@ impl EngineCore {
             max_prefill_tokens: config.max_prefill_tokens.max(1),
             block_size: shape.block_size,
         });
-        let blocks = BlockAllocator::with_window(
+        let mut blocks = BlockAllocator::with_window(
             model.num_blocks(),
             config.enable_prefix_caching,
             model.window_pool(),
-        );
+        )
+        .with_hash_seed(&config.prefix_hash_seed);
+        if config.kv_events.is_some() {
+            blocks = blocks.recording_events();
+        }
         EngineCore {
             model,
             shape,
@@ -89,6 +99,8 @@ impl EngineCore {
             steps: 0,
             commands,
             shared,
+            kv_events: config.kv_events.clone(),
+            kv_seq: 0,
         }
     }
 
@@ -101,6 +113,8 @@ impl EngineCore {
             if !self.scheduler.is_idle() {
                 self.step_isolated();
             }
+            // Events first: stats that show a step's effects come after its events.
+            self.send_kv_events();
             self.publish();
         }
         self.shut_down();
@@ -237,6 +251,32 @@ impl EngineCore {
         s.steps.store(self.steps, Ordering::Release);
     }
 
+    /// Sends the prefix cache's changes since the last call as one batch, without waiting: a
+    /// batch that does not fit in the channel is dropped and counted (its number is skipped).
+    fn send_kv_events(&mut self) {
+        let Some(sender) = &self.kv_events else {
+            return;
+        };
+        let events = self.blocks.take_events();
+        if events.is_empty() {
+            return;
+        }
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let batch = KvEventBatch {
+            seq: self.kv_seq,
+            ts,
+            events,
+        };
+        self.kv_seq += 1;
+        if sender.try_send(batch).is_err() {
+            self.shared
+                .kv_events_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Ends every request with `ShuttingDown`, including those still in the channel.
     fn shut_down(&mut self) {
         self.shared.accepting.store(false, Ordering::Release);
@@ -249,6 +289,7 @@ impl EngineCore {
             }
         }
         self.shared.waiting.store(0, Ordering::Release);
+        self.send_kv_events();
         self.publish();
     }
 }

@@ -2,6 +2,9 @@
 //! cache ([`PrefixIndex`]) of its full prompt blocks that can be reused.
 
 use super::prefix::{BlockKey, PrefixIndex};
+use crate::api::KvEvent;
+use crate::block_hash::{self, BlockHash};
+use crate::model::TokenId;
 
 /// Index of a KV block in one pool of the model's cache.
 pub(crate) type BlockId = u32;
@@ -22,6 +25,11 @@ pub(crate) struct BlockPool {
     free: Vec<BlockId>,
     prefix: PrefixIndex,
     prefix_caching: bool,
+    /// The hash of the seed: the parent of every prompt's first block.
+    root: BlockHash,
+    seed: String,
+    /// Prefix-cache changes since the last [`Self::take_events`], when recording.
+    events: Option<Vec<KvEvent>>,
 }
 
 impl BlockPool {
@@ -42,12 +50,67 @@ impl BlockPool {
             prefix: PrefixIndex::new(free.len()),
             free,
             prefix_caching,
+            root: block_hash::root_hash(block_hash::DEFAULT_HASH_SEED),
+            seed: block_hash::DEFAULT_HASH_SEED.to_owned(),
+            events: None,
         }
     }
 
-    /// The same allocator state as a fresh one (every block free, nothing cached).
+    /// Block hashes chained from `seed`'s hash (see [`crate::block_hash`]).
+    pub(crate) fn with_hash_seed(mut self, seed: &str) -> BlockPool {
+        self.root = block_hash::root_hash(seed);
+        self.seed = seed.to_owned();
+        self
+    }
+
+    /// Records the prefix cache's changes as [`KvEvent`]s (see [`Self::take_events`]).
+    pub(crate) fn recording_events(mut self) -> BlockPool {
+        self.events = Some(Vec::new());
+        self
+    }
+
+    /// The same allocator state as a fresh one (every block free, nothing cached); when
+    /// recording, its first event is `AllBlocksCleared`.
     pub(crate) fn fresh(&self) -> BlockPool {
-        BlockPool::with_prefix_caching(self.total(), self.prefix_caching)
+        let mut fresh = BlockPool::with_prefix_caching(self.total(), self.prefix_caching)
+            .with_hash_seed(&self.seed);
+        if self.events.is_some() {
+            fresh.events = Some(vec![KvEvent::AllBlocksCleared]);
+        }
+        fresh
+    }
+
+    /// The parent hash of every prompt's first block.
+    pub(crate) fn root_hash(&self) -> &BlockHash {
+        &self.root
+    }
+
+    /// The events recorded since the last call (none when not recording).
+    pub(crate) fn take_events(&mut self) -> Vec<KvEvent> {
+        self.events.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Records that the consecutive prompt blocks `hashes` (holding `tokens`) were registered,
+    /// after the block hashed `parent`.
+    pub(crate) fn record_stored(
+        &mut self,
+        hashes: &[BlockHash],
+        parent: Option<&BlockHash>,
+        tokens: &[TokenId],
+        block_size: usize,
+    ) {
+        if let Some(events) = &mut self.events {
+            if hashes.is_empty() {
+                return;
+            }
+            events.push(KvEvent::BlockStored {
+                block_hashes: hashes.iter().map(block_hash::external).collect(),
+                parent_block_hash: parent.map(block_hash::external),
+                token_ids: tokens.to_vec(),
+                block_size,
+                lora_id: None,
+            });
+        }
     }
 
     pub(crate) fn total(&self) -> usize {
@@ -73,7 +136,15 @@ impl BlockPool {
     pub(crate) fn allocate(&mut self) -> Option<BlockId> {
         let block = match self.free.pop() {
             Some(block) => block,
-            None => self.prefix.evict_oldest()?,
+            None => {
+                let (block, key) = self.prefix.evict_oldest()?;
+                if let Some(events) = &mut self.events {
+                    events.push(KvEvent::BlockRemoved {
+                        block_hashes: vec![block_hash::external(key.hash())],
+                    });
+                }
+                block
+            }
         };
         debug_assert_eq!(self.ref_counts[block as usize], 0);
         self.ref_counts[block as usize] = 1;
@@ -190,9 +261,10 @@ mod tests {
     }
 
     fn keys(prompt: &[u32], bs: usize) -> Vec<BlockKey> {
-        let chain = chain_hashes(prompt, bs);
+        let root = block_hash::root_hash(block_hash::DEFAULT_HASH_SEED);
+        let chain = chain_hashes(prompt, bs, &root);
         (0..chain.len())
-            .map(|i| BlockKey::of_block(prompt, bs, &chain, i))
+            .map(|i| BlockKey::of_block(&chain, i))
             .collect()
     }
 
@@ -201,8 +273,8 @@ mod tests {
         let mut alloc = BlockPool::new(3);
         let k = keys(&[1, 2, 3, 4, 5, 6, 7, 8], 4);
         let (a, b) = (alloc.allocate().unwrap(), alloc.allocate().unwrap());
-        assert!(alloc.register(a, k[0].clone()));
-        assert!(!alloc.register(b, k[0].clone()), "a key names one block");
+        assert!(alloc.register(a, k[0]));
+        assert!(!alloc.register(b, k[0]), "a key names one block");
         alloc.release(a);
         alloc.release(b);
         assert_eq!((alloc.num_free(), alloc.num_cached_free()), (3, 1));
@@ -229,7 +301,7 @@ mod tests {
         let k = keys(&(1..=12).collect::<Vec<_>>(), 4);
         let blocks: Vec<_> = (0..3).map(|_| alloc.allocate().unwrap()).collect();
         for (i, &b) in blocks.iter().enumerate() {
-            assert!(alloc.register(b, k[i].clone()));
+            assert!(alloc.register(b, k[i]));
         }
         for &i in &[2, 0, 1] {
             alloc.release(blocks[i]);
@@ -250,7 +322,7 @@ mod tests {
         let mut alloc = BlockPool::with_prefix_caching(2, false);
         let k = keys(&[1, 2, 3, 4], 4);
         let a = alloc.allocate().unwrap();
-        assert!(!alloc.register(a, k[0].clone()));
+        assert!(!alloc.register(a, k[0]));
         alloc.release(a);
         assert_eq!((alloc.lookup(&k[0]), alloc.num_cached_free()), (None, 0));
         assert!(!alloc.fresh().prefix_caching());

@@ -8,8 +8,10 @@
 //!   positions its window still sees), with copy-on-write of shared blocks.
 //! - [`BlockNeed`]: how many free blocks a set of writes will take, counted before allocating so a
 //!   group is either scheduled whole or not at all.
-//! - `prefix` ([`BlockKey`], [`chain_hashes`]): full prompt blocks named by a hash chain, so a new
-//!   prompt that starts like an earlier one reuses its blocks instead of recomputing them.
+//! - `prefix` ([`BlockKey`], [`chain_hashes`]): full prompt blocks named by a hash chain (vLLM's
+//!   `sha256_cbor`, [`crate::block_hash`]), so a new prompt that starts like an earlier one
+//!   reuses its blocks instead of recomputing them. When asked, the allocator records the
+//!   changes (stored, evicted, cleared) as [`crate::KvEvent`]s.
 
 mod allocator;
 mod pools;
@@ -18,4 +20,4 @@ mod table;
 
 pub(crate) use pools::{BlockAllocator, BlockCopies, Need};
 pub(crate) use prefix::{chain_hashes, BlockKey};
-pub(crate) use table::{blocks_for, BlockNeed, BlockTable, NO_BLOCK};
+pub(crate) use table::{BlockNeed, BlockTable, NO_BLOCK};

@@ -4,9 +4,15 @@
 //! apart (`ModelExecutor::window_pool`), the other layers'. The window pool then holds the
 //! windowed layers' K/V, and a sequence keeps window blocks only for the positions its next
 //! token still sees (the last `window` positions): [`super::BlockTable`] releases the older
-//! ones. Each pool has its own free list, reference counts and prefix cache.
+//! ones. Each pool has its own free list, reference counts and prefix cache; both name a
+//! prompt block by the same chain hash. KV events describe the main pool only: a block the
+//! gateway hears of is a main-pool block, and a hit also needs the window blocks the first
+//! computed token reads (`seq/prefix.rs`), which may have been evicted apart from it.
 
 use super::allocator::BlockPool;
+use crate::api::KvEvent;
+use crate::block_hash::BlockHash;
+use crate::model::TokenId;
 
 /// The window pool and the window it serves.
 #[derive(Debug)]
@@ -70,6 +76,46 @@ impl BlockAllocator {
                 window: window.max(1),
             }),
         }
+    }
+
+    /// Block hashes chained from `seed`'s hash, in both pools (see [`crate::block_hash`]).
+    pub(crate) fn with_hash_seed(mut self, seed: &str) -> BlockAllocator {
+        self.main = self.main.with_hash_seed(seed);
+        if let Some(w) = self.window.take() {
+            self.window = Some(WindowBlocks {
+                pool: w.pool.with_hash_seed(seed),
+                window: w.window,
+            });
+        }
+        self
+    }
+
+    /// Records the main pool's prefix-cache changes as [`KvEvent`]s.
+    pub(crate) fn recording_events(mut self) -> BlockAllocator {
+        self.main = self.main.recording_events();
+        self
+    }
+
+    /// The parent hash of every prompt's first block.
+    pub(crate) fn root_hash(&self) -> &BlockHash {
+        self.main.root_hash()
+    }
+
+    /// The main pool's events recorded since the last call.
+    pub(crate) fn take_events(&mut self) -> Vec<KvEvent> {
+        self.main.take_events()
+    }
+
+    /// Records that main-pool prompt blocks `hashes` were registered (see
+    /// [`BlockPool::record_stored`]).
+    pub(crate) fn record_stored(
+        &mut self,
+        hashes: &[BlockHash],
+        parent: Option<&BlockHash>,
+        tokens: &[TokenId],
+        block_size: usize,
+    ) {
+        self.main.record_stored(hashes, parent, tokens, block_size);
     }
 
     /// The same pools, every block free, nothing cached.

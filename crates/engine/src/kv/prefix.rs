@@ -1,62 +1,51 @@
 //! Prefix caching: which KV blocks hold which full prompt blocks, and the LRU of those that no
 //! sequence uses any more (kept until their memory is needed).
 //!
-//! A full block of a prompt is named by a hash chain: [`BlockKey`] = the chain hash of the block
-//! before it (none for the first block) + this block's token ids. Two prompts share block `i`'s
-//! key exactly when their first `(i + 1) * block_size` tokens are equal, so a block found under a
-//! key holds exactly the K/V that computing those tokens would write.
+//! A full block of a prompt is named by a hash chain ([`crate::block_hash`]: vLLM's
+//! `sha256_cbor`): block `i`'s hash covers the hash of block `i - 1` (the seed's root hash for
+//! block 0) and this block's token ids, so two prompts share block `i`'s key exactly when their
+//! first `(i + 1) * block_size` tokens are equal, and a block found under a key holds exactly
+//! the K/V that computing those tokens would write. The hashes mean the same in every process
+//! started with the same seed, which is what lets the KV events name blocks to other machines.
 //!
-//! The key holds the token ids and nothing else, because a request is a plain token prompt: K/V
-//! at a position depend only on the tokens up to it. If [`crate::EngineRequest`] ever carries
-//! anything else that changes K/V for a position (embedding replacements, adapters, a different
-//! RoPE scaling, ...), that must go into the key, or such blocks must not be registered nor
-//! looked up at all.
+//! The key covers the token ids and nothing else, because a request is a plain token prompt:
+//! K/V at a position depend only on the tokens up to it. If [`crate::EngineRequest`] ever
+//! carries anything else that changes K/V for a position (embedding replacements, adapters, a
+//! different RoPE scaling, ...), that must go into the hash (vLLM's `extra_keys`, see
+//! [`crate::block_hash::hash_block_with`]; an adapter is `(lora_name,)`), or such blocks must
+//! not be registered nor looked up at all.
 //!
-//! Equal keys are compared in full (parent hash and every token), so only a 64-bit collision of
-//! the parent chain could match a wrong block.
+//! Keys are the full 32-byte SHA-256 hashes (as in vLLM); a collision is not a practical
+//! concern.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
 
 use super::allocator::BlockId;
+use crate::block_hash::{self, BlockHash};
 use crate::model::TokenId;
 
-/// The identity of a full prompt block's contents (see the module docs).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct BlockKey {
-    parent: Option<u64>,
-    tokens: Box<[TokenId]>,
-}
+/// The identity of a full prompt block's contents (see the module docs): its chain hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct BlockKey(BlockHash);
 
 impl BlockKey {
-    /// The key of block `i` of `prompt`, given the chain hashes of the blocks before it.
-    /// `chain` must hold at least `i` hashes (from [`chain_hashes`]) and the block must be full.
-    pub(crate) fn of_block(prompt: &[TokenId], block_size: usize, chain: &[u64], i: usize) -> Self {
-        BlockKey {
-            parent: i.checked_sub(1).map(|p| chain[p]),
-            tokens: prompt[i * block_size..(i + 1) * block_size].into(),
-        }
+    /// The key of block `i`, given the chain hashes of the prompt's full blocks.
+    pub(crate) fn of_block(chain: &[BlockHash], i: usize) -> Self {
+        BlockKey(chain[i])
     }
 
-    /// The chain hash of this block: what the next block's key names as its parent.
-    /// `DefaultHasher::new()` has fixed keys, so this is stable within the process.
-    fn chain_hash(&self) -> u64 {
-        let mut h = DefaultHasher::new();
-        self.hash(&mut h);
-        h.finish()
+    pub(crate) fn hash(&self) -> &BlockHash {
+        &self.0
     }
 }
 
-/// The chain hashes of every full block of `prompt`, in order.
-pub(crate) fn chain_hashes(prompt: &[TokenId], block_size: usize) -> Vec<u64> {
-    let full = prompt.len() / block_size.max(1);
-    let mut chain = Vec::with_capacity(full);
-    for i in 0..full {
-        let hash = BlockKey::of_block(prompt, block_size, &chain, i).chain_hash();
-        chain.push(hash);
-    }
-    chain
+/// The chain hashes of every full block of `prompt`, in order, from `root` (the seed's hash).
+pub(crate) fn chain_hashes(
+    prompt: &[TokenId],
+    block_size: usize,
+    root: &BlockHash,
+) -> Vec<BlockHash> {
+    block_hash::chain(prompt, block_size, root)
 }
 
 /// The cached blocks: key ↔ block for every registered block (in use or not), and the LRU of
@@ -98,7 +87,7 @@ impl PrefixIndex {
         if self.by_key.contains_key(&key) || self.is_registered(block) {
             return false;
         }
-        self.by_key.insert(key.clone(), block);
+        self.by_key.insert(key, block);
         self.key_of[block as usize] = Some(key);
         true
     }
@@ -119,13 +108,13 @@ impl PrefixIndex {
     }
 
     /// Takes the least recently used parked block and forgets its key: its memory is reused.
-    pub(crate) fn evict_oldest(&mut self) -> Option<BlockId> {
+    /// Returns the block and the key it held.
+    pub(crate) fn evict_oldest(&mut self) -> Option<(BlockId, BlockKey)> {
         let (_, block) = self.lru.pop_first()?;
         self.parked_at[block as usize] = None;
-        if let Some(key) = self.key_of[block as usize].take() {
-            self.by_key.remove(&key);
-        }
-        Some(block)
+        let key = self.key_of[block as usize].take()?;
+        self.by_key.remove(&key);
+        Some((block, key))
     }
 
     /// Registered blocks nobody uses (free, but still holding a cached prefix block).
@@ -147,24 +136,21 @@ mod tests {
     const BS: usize = 4;
 
     fn key(prompt: &[TokenId], i: usize) -> BlockKey {
-        BlockKey::of_block(prompt, BS, &chain_hashes(prompt, BS), i)
+        let root = block_hash::root_hash(block_hash::DEFAULT_HASH_SEED);
+        BlockKey::of_block(&chain_hashes(prompt, BS, &root), i)
     }
 
     #[test]
-    fn chain_hashes_cover_full_blocks_only_and_depend_on_every_earlier_token() {
+    fn keys_depend_on_every_earlier_token() {
         let a: Vec<TokenId> = (1..=10).collect();
-        assert_eq!(chain_hashes(&a, BS).len(), 2);
-        assert!(chain_hashes(&a[..3], BS).is_empty());
-        // Same second block, different first block: block 1's keys and hashes differ.
+        // Same second block, different first block: block 1's keys differ.
         let mut b = a.clone();
         b[0] = 99;
         assert_eq!(a[4..8], b[4..8]);
         assert_ne!(key(&a, 1), key(&b, 1));
-        assert_ne!(chain_hashes(&a, BS)[1], chain_hashes(&b, BS)[1]);
         // A different suffix after the full blocks changes nothing.
         let mut c = a.clone();
         c[9] = 42;
-        assert_eq!(chain_hashes(&a, BS), chain_hashes(&c, BS));
         assert_eq!(key(&a, 1), key(&c, 1));
         // Same tokens at another block index are another key (the parent differs).
         let d: Vec<TokenId> = [5, 6, 7, 8, 5, 6, 7, 8].to_vec();
@@ -200,11 +186,11 @@ mod tests {
         idx.unpark(0);
         assert_eq!(idx.num_parked(), 2);
         idx.park(0);
-        assert_eq!(idx.evict_oldest(), Some(1));
+        assert_eq!(idx.evict_oldest(), Some((1, key(&p, 1))));
         assert_eq!(idx.lookup(&key(&p, 1)), None);
         assert!(!idx.is_registered(1));
-        assert_eq!(idx.evict_oldest(), Some(2));
-        assert_eq!(idx.evict_oldest(), Some(0));
+        assert_eq!(idx.evict_oldest().map(|e| e.0), Some(2));
+        assert_eq!(idx.evict_oldest().map(|e| e.0), Some(0));
         assert_eq!(idx.evict_oldest(), None);
         assert_eq!(idx.num_registered(), 0);
         // An evicted block can be registered under a new key.

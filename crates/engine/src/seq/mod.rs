@@ -20,7 +20,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::api::{EngineError, EngineRequest, Event, FinishReason, SamplingParams};
 use crate::constraint::{OutputConstraint, TokenMask};
-use crate::kv::{blocks_for, BlockAllocator, BlockTable};
+use crate::kv::{BlockAllocator, BlockTable};
 use crate::model::TokenId;
 use crate::sample::{Rng, Sampled};
 use accept::{accept, finish};
@@ -72,7 +72,7 @@ pub(crate) struct SequenceGroup {
     pub(crate) prompt_computed: usize,
     pub(crate) forked: bool,
     /// Chain hashes of the prompt's full blocks (prefix caching), computed on first use.
-    block_hashes: Vec<u64>,
+    block_hashes: Vec<crate::block_hash::BlockHash>,
     /// Prompt tokens reused from the prefix cache at the last admission (not computed).
     pub(crate) cached_tokens: usize,
     /// When the request times out (`EngineError::Timeout`).
@@ -222,18 +222,20 @@ impl SequenceGroup {
         self.done = true;
     }
 
-    /// Blocks a request of this shape holds at most when it runs alone to its full length: the
-    /// prompt's full blocks once, plus each choice's own blocks. More than the cache has means
-    /// it can never run (`EngineError::TooLarge`).
+    /// Blocks a request of this shape holds at most when it runs alone to its full length
+    /// ([`KvCapacity::blocks_needed`]). More than the cache has means it can never run
+    /// (`EngineError::TooLarge`).
     pub(crate) fn max_blocks(&self, block_size: usize, max_context: usize) -> usize {
-        let p = self.prompt.len();
-        let kv_tokens = p
-            .saturating_add(self.params.max_new_tokens.max(1) - 1)
-            .min(max_context.saturating_sub(1))
-            .max(p);
-        let shared = p / block_size;
-        let own = blocks_for(kv_tokens, block_size) - shared;
-        shared.saturating_add(self.choices.len().saturating_mul(own))
+        let kv = crate::api::KvCapacity {
+            block_size,
+            blocks: 0,
+        };
+        kv.blocks_needed(
+            self.prompt.len(),
+            self.params.max_new_tokens,
+            self.choices.len(),
+            max_context,
+        )
     }
 
     /// Window-pool blocks a request of this shape holds at most when it runs alone (window

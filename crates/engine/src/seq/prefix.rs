@@ -15,9 +15,9 @@ use crate::kv::{chain_hashes, BlockAllocator, BlockKey, NO_BLOCK};
 
 impl SequenceGroup {
     /// Computes the chain hashes of the prompt's full blocks, once.
-    fn ensure_chain(&mut self, block_size: usize) {
+    fn ensure_chain(&mut self, block_size: usize, alloc: &BlockAllocator) {
         if self.block_hashes.is_empty() && self.prompt.len() >= block_size {
-            self.block_hashes = chain_hashes(&self.prompt, block_size);
+            self.block_hashes = chain_hashes(&self.prompt, block_size, alloc.root_hash());
         }
     }
 
@@ -40,9 +40,9 @@ impl SequenceGroup {
         {
             return 0;
         }
-        self.ensure_chain(block_size);
+        self.ensure_chain(block_size, alloc);
         let reusable = self.prompt.len().saturating_sub(1) / block_size;
-        let key = |i: usize| BlockKey::of_block(&self.prompt, block_size, &self.block_hashes, i);
+        let key = |i: usize| BlockKey::of_block(&self.block_hashes, i);
         // The cached run of main blocks the prompt starts with; with a window pool, only as
         // far as the window blocks the next token reads (from its window start on) are
         // cached too.
@@ -88,7 +88,9 @@ impl SequenceGroup {
     }
 
     /// After a forward wrote prompt positions `start..end` (before the fork): registers the
-    /// prompt blocks that this made full, so later prompts can reuse them.
+    /// prompt blocks that this made full, so later prompts can reuse them. Each run of
+    /// consecutive blocks newly registered is recorded as one `BlockStored` event (a block
+    /// whose contents another block already caches is not registered, and ends a run).
     pub(crate) fn register_prompt_blocks(
         &mut self,
         alloc: &mut BlockAllocator,
@@ -98,18 +100,39 @@ impl SequenceGroup {
         if !alloc.prefix_caching() || block_size == 0 || !self.prompt_embeddings.is_empty() {
             return;
         }
-        self.ensure_chain(block_size);
-        for i in start / block_size..end / block_size {
+        self.ensure_chain(block_size, alloc);
+        let blocks = start / block_size..end / block_size;
+        let mut run_start = blocks.start;
+        for i in blocks.clone() {
             let block = self.prompt_blocks.ids()[i];
-            let key = BlockKey::of_block(&self.prompt, block_size, &self.block_hashes, i);
+            let key = BlockKey::of_block(&self.block_hashes, i);
             let window = self.prompt_blocks.window_ids().get(i).copied();
             if let (Some(w), Some(wb)) = (alloc.window_mut(), window) {
                 if wb != NO_BLOCK {
-                    w.pool.register(wb, key.clone());
+                    w.pool.register(wb, key);
                 }
             }
-            alloc.main_mut().register(block, key);
+            if !alloc.main_mut().register(block, key) {
+                self.record_run(alloc, block_size, run_start..i);
+                run_start = i + 1;
+            }
         }
+        self.record_run(alloc, block_size, run_start..blocks.end);
+    }
+
+    /// Records prompt blocks `run` (all registered now) as one `BlockStored`.
+    fn record_run(
+        &self,
+        alloc: &mut BlockAllocator,
+        block_size: usize,
+        run: std::ops::Range<usize>,
+    ) {
+        if run.is_empty() {
+            return;
+        }
+        let parent = run.start.checked_sub(1).map(|p| &self.block_hashes[p]);
+        let tokens = &self.prompt[run.start * block_size..run.end * block_size];
+        alloc.record_stored(&self.block_hashes[run], parent, tokens, block_size);
     }
 }
 

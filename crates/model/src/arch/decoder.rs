@@ -14,8 +14,7 @@ use crate::backend::attention::{attention, AttnShape};
 use crate::backend::cpu::Compute;
 use crate::backend::matmul::{matmul, Acts};
 use crate::backend::ops::{
-    add_rows, gelu_mul, rmsnorm, rmsnorm_inplace, rope_neox, rope_norm, rope_table_factors,
-    rope_table_scaled,
+    add_rows, rmsnorm, rmsnorm_inplace, rope_neox, rope_norm, rope_table_factors, rope_table_scaled,
 };
 use crate::backend::pool::ThreadPool;
 use crate::gguf::{GgufError, GgufFile};
@@ -52,6 +51,19 @@ struct Layer {
 }
 
 impl Layer {
+    fn weights(&self) -> Vec<&Weight> {
+        let mut ws: Vec<&Weight> = vec![&self.wo, &self.w_down];
+        match &self.qkv {
+            Qkv::Split { wq, wk, wv } => ws.extend([wq, wk, wv]),
+            Qkv::Fused(w) => ws.push(w),
+        }
+        match &self.gate_up {
+            GateUp::Split { gate, up } => ws.extend([gate, up]),
+            GateUp::Fused(w) => ws.push(w),
+        }
+        ws
+    }
+
     fn weights_mut(&mut self) -> Vec<&mut Weight> {
         let mut ws: Vec<&mut Weight> = vec![&mut self.wo, &mut self.w_down];
         match &mut self.qkv {
@@ -260,6 +272,17 @@ impl Decoder {
         self.window
     }
 
+    /// Weight bytes one decode step reads (layer matrices and the output head).
+    pub fn weight_bytes_per_step(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .flat_map(|l| l.weights())
+            .map(|w| w.bytes())
+            .sum();
+        layers + self.output.bytes()
+    }
+
     /// Layers with a sliding window (for tests and diagnostics).
     pub fn local_layers(&self) -> Vec<usize> {
         (0..self.layers.len())
@@ -327,7 +350,7 @@ impl Decoder {
                 &mut s.xn[..t * d],
             );
             {
-                let x = Acts::quantized(cx, &s.xn[..t * d], &mut s.xq, t);
+                let x = Acts::quantized(pool, cx, &s.xn[..t * d], &mut s.xq, t);
                 match &layer.qkv {
                     Qkv::Split { wq, wk, wv } => {
                         let mut jobs = [
@@ -402,7 +425,7 @@ impl Decoder {
                 &mut s.attn_scratch,
             );
             {
-                let x = Acts::quantized(cx, &s.attn[..t * qd], &mut s.xq, t);
+                let x = Acts::quantized(pool, cx, &s.attn[..t * qd], &mut s.xq, t);
                 matmul(pool, cx, &x, &mut [layer.wo.job(f, &mut s.xn[..t * d])]);
             }
             if let Some(w) = &layer.post_attn_norm {
@@ -411,7 +434,7 @@ impl Decoder {
             add_rows(&mut s.x[..t * d], &s.xn[..t * d]);
             rmsnorm(k, &s.x[..t * d], &layer.ffn_norm, c.eps, &mut s.xn[..t * d]);
             {
-                let x = Acts::quantized(cx, &s.xn[..t * d], &mut s.xq, t);
+                let x = Acts::quantized(pool, cx, &s.xn[..t * d], &mut s.xq, t);
                 match &layer.gate_up {
                     GateUp::Split { gate, up } => {
                         let mut jobs = [
@@ -434,10 +457,10 @@ impl Decoder {
             }
             match self.spec.activation {
                 Activation::Silu => k.silu_mul(&mut s.gate[..t * ffn], &s.up[..t * ffn]),
-                Activation::GeluTanh => gelu_mul(&mut s.gate[..t * ffn], &s.up[..t * ffn]),
+                Activation::GeluTanh => k.gelu_mul(&mut s.gate[..t * ffn], &s.up[..t * ffn]),
             }
             {
-                let x = Acts::quantized(cx, &s.gate[..t * ffn], &mut s.xq, t);
+                let x = Acts::quantized(pool, cx, &s.gate[..t * ffn], &mut s.xq, t);
                 matmul(pool, cx, &x, &mut [layer.w_down.job(f, &mut s.xn[..t * d])]);
             }
             if let Some(w) = &layer.post_ffn_norm {

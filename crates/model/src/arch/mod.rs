@@ -155,6 +155,10 @@ impl Weight {
         let rb = self.row_bytes();
         &self.data(f)[r * rb..(r + 1) * rb]
     }
+    /// Bytes a pass over the matrix reads: the repacked form's, or the file's.
+    pub fn bytes(&self) -> usize {
+        self.packed.as_ref().map_or(self.size, |p| p.bytes())
+    }
     pub fn job<'a>(&'a self, f: &'a GgufFile, out: &'a mut [f32]) -> MatJob<'a> {
         MatJob {
             w: self.data(f),
@@ -396,7 +400,7 @@ pub(crate) fn output_logits(
         return;
     }
     logits.resize(rows * output.rows, 0.0);
-    let x = Acts::quantized(cx, &s.xn[..rows * d], &mut s.xq, rows);
+    let x = Acts::quantized(pool, cx, &s.xn[..rows * d], &mut s.xq, rows);
     matmul(pool, cx, &x, &mut [output.job(f, logits)]);
     if cap > 0.0 {
         softcap(logits, cap);
@@ -489,6 +493,12 @@ impl Model {
             num_blocks,
             window,
         )?)
+    }
+
+    /// Weight bytes one decode step reads: every layer matrix and the output head (not the
+    /// embedding table, of which a step reads one row per token).
+    pub fn weight_bytes_per_step(&self) -> usize {
+        self.decoder.weight_bytes_per_step()
     }
 
     /// One forward step over the batch; appends a logits row per sequence that wants one.

@@ -17,12 +17,20 @@ const T_TILE: usize = 16;
 /// Fewest weight rows handed to one task (a multiple of every repacked group size).
 const MIN_ROWS_PER_TASK: usize = 16;
 
+/// Weight rows of a compute-bound task: several groups, so each tile of activation rows is
+/// reused from L1/L2 across them (the kernels loop activation tiles outside, groups inside).
+const ROWS_PER_COMPUTE_TASK: usize = 64;
+
 /// Rows per task: small batches are memory-bound, so each thread gets a few long contiguous
-/// runs of weights (good for the prefetcher); large batches are compute-bound, so tasks are
-/// small for balance.
+/// runs of weights (good for the prefetcher); large batches are compute-bound, so tasks are a
+/// few groups, small enough for balance.
 fn rows_per_task(rows: usize, t: usize, threads: usize) -> usize {
     if t > 8 {
-        return MIN_ROWS_PER_TASK;
+        return if rows >= ROWS_PER_COMPUTE_TASK * 8 * threads {
+            ROWS_PER_COMPUTE_TASK
+        } else {
+            MIN_ROWS_PER_TASK
+        };
     }
     let per = rows.div_ceil(threads * 4);
     per.div_ceil(MIN_ROWS_PER_TASK).max(1) * MIN_ROWS_PER_TASK
@@ -65,11 +73,66 @@ pub fn quantize_acts(k: &dyn Kernels, x: &[f32], rows: usize, q: &mut QuantizedA
     }
 }
 
+/// Activation rows quantized per pool task when there are many (each row alone, so the
+/// result does not depend on how rows are split).
+const QUANTIZE_ROWS_PER_TASK: usize = 8;
+
+/// [`quantize_acts`] spread over the pool when there are enough rows to pay for a region.
+pub fn quantize_acts_on(
+    pool: &ThreadPool,
+    k: &dyn Kernels,
+    x: &[f32],
+    rows: usize,
+    q: &mut QuantizedActs,
+) {
+    if rows < 2 * QUANTIZE_ROWS_PER_TASK || pool.threads() == 1 {
+        return quantize_acts(k, x, rows, q);
+    }
+    let cols = x.len() / rows;
+    q.prepare(rows, cols);
+    let nb = cols / quant::QK;
+    let (qs, d, s, sums) = (
+        SyncPtr(q.qs.as_mut_ptr()),
+        SyncPtr(q.d.as_mut_ptr()),
+        SyncPtr(q.s.as_mut_ptr()),
+        SyncPtr(q.sums.as_mut_ptr()),
+    );
+    let task = |task: usize, _thread: usize| {
+        let r0 = task * QUANTIZE_ROWS_PER_TASK;
+        let n = QUANTIZE_ROWS_PER_TASK.min(rows - r0);
+        // SAFETY: tasks cover disjoint row ranges of buffers sized by `prepare` for `rows`.
+        let (qs, d, s, sums) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(qs.get().add(r0 * cols), n * cols),
+                std::slice::from_raw_parts_mut(d.get().add(r0 * nb), n * nb),
+                std::slice::from_raw_parts_mut(s.get().add(r0 * nb), n * nb),
+                std::slice::from_raw_parts_mut(sums.get().add(2 * r0 * nb), 2 * n * nb),
+            )
+        };
+        for r in 0..n {
+            k.quantize_row(
+                &x[(r0 + r) * cols..(r0 + r + 1) * cols],
+                &mut qs[r * cols..(r + 1) * cols],
+                &mut d[r * nb..(r + 1) * nb],
+                &mut s[r * nb..(r + 1) * nb],
+                &mut sums[2 * r * nb..2 * (r + 1) * nb],
+            );
+        }
+    };
+    pool.run(rows.div_ceil(QUANTIZE_ROWS_PER_TASK), &task);
+}
+
 impl<'a> Acts<'a> {
     /// `t` rows of `f` as a matmul input, quantized into the reused buffer `q` (once for all
     /// the matrices that read this input).
-    pub fn quantized(cx: Compute, f: &'a [f32], q: &'a mut QuantizedActs, t: usize) -> Acts<'a> {
-        quantize_acts(cx.kernels(), f, t, q);
+    pub fn quantized(
+        pool: &ThreadPool,
+        cx: Compute,
+        f: &'a [f32],
+        q: &'a mut QuantizedActs,
+        t: usize,
+    ) -> Acts<'a> {
+        quantize_acts_on(pool, cx.kernels(), f, t, q);
         Acts { f, q, t }
     }
 }

@@ -98,17 +98,6 @@ pub fn rope_table_scaled(
     }
 }
 
-/// g = gelu(g) * u, GELU in its tanh approximation (what gemma's `gelu_pytorch_tanh` and
-/// ggml's `gelu` compute).
-pub fn gelu_mul(g: &mut [f32], u: &[f32]) {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    for (a, b) in g.iter_mut().zip(u) {
-        let x = *a;
-        let t = (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh();
-        *a = 0.5 * x * (1.0 + t) * b;
-    }
-}
-
 /// x = cap · tanh(x / cap) (logit soft-capping).
 pub fn softcap(x: &mut [f32], cap: f32) {
     for v in x {
@@ -160,11 +149,14 @@ mod tests {
         // Pairs (0, 2) and (1, 3).
         assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[2] - 1f32.sin()).abs() < 1e-6);
         assert!((x[1] + 0.1f32.sin()).abs() < 1e-6 && (x[3] - 0.1f32.cos()).abs() < 1e-6);
-        let mut g = [0.0, 1.0, -3.0];
-        gelu_mul(&mut g, &[1.0, 2.0, 1.0]);
-        assert_eq!(g[0], 0.0);
-        assert!((g[1] - 2.0 * 0.841_192).abs() < 1e-5, "{}", g[1]);
-        assert!((g[2] + 0.003_637_4).abs() < 1e-5, "{}", g[2]);
+        for isa in Isa::all_available() {
+            let mut g = [0.0, 1.0, -3.0, 30.0, -30.0];
+            isa.kernels().gelu_mul(&mut g, &[1.0, 2.0, 1.0, 1.0, 1.0]);
+            assert_eq!(g[0], 0.0);
+            assert!((g[1] - 2.0 * 0.841_192).abs() < 1e-5, "{isa} {}", g[1]);
+            assert!((g[2] + 0.003_637_4).abs() < 1e-5, "{isa} {}", g[2]);
+            assert!(g[3] == 30.0 && g[4].abs() < 1e-6, "{isa} saturation {g:?}");
+        }
         let mut v = [0.0, 100.0, -1.0];
         softcap(&mut v, 30.0);
         assert!(v[0] == 0.0 && v[1] < 30.0 && v[1] > 29.9 && (v[2] + 0.999_63).abs() < 1e-4);

@@ -1,6 +1,6 @@
 //! The Q5_0, Q5_1 and K-quant (Q4_K, Q5_K, Q6_K) block layouts, decoded one 32-element
 //! activation block at a time: the reference definition of these formats, shared by the scalar
-//! kernels and the dequantizer, and the layout the AVX2 kernels are tested against.
+//! kernels and the dequantizer, and the layout the vector kernels are tested against.
 //!
 //! Layouts (ggml's, little-endian):
 //! - Q5_0 (22 bytes / 32): `d` f16, `qh` u32 (5th bits), `qs[16]` nibbles (low nibbles are

@@ -5,10 +5,12 @@
 //! file's bytes per weight (f16 scales, 6-bit K-quant scales, no offset where the format has
 //! none), so a decode step streams no more than the file holds.
 //!
-//! A group of `R` rows is `[header][body of block 0][body of block 1]…`, padded to 64 bytes.
-//! The header holds the f16 scales of every block, `R` per block: `d` (then `m` for Q4_1 and
-//! Q5_1, `dmin` for Q4_K and Q5_K). Bodies are multiples of 64 bytes when `R = 16` (32 when
-//! `R = 8`), so vector loads stay aligned.
+//! A group of `R` rows is a run of units `[scales][bodies]` (see [`Layout`]), padded to 64
+//! bytes: the f16 scales (`R` per block: `d`, then `m` for Q4_1 and Q5_1, `dmin` for Q4_K and
+//! Q5_K) sit right before the quants they scale, so a pass over a group is one forward stream
+//! (a separate scale stream halved single-row streaming speed). Bodies are multiples of 64 bytes
+//! when `R = 16` (32 when `R = 8`) and scales fill whole lines, so vector loads stay aligned
+//! (but for Q6_K's 16-row units, which start 32 bytes off every other super-block).
 //!
 //! Quants come in *lines*: `4R` bytes holding four consecutive elements of each row. A
 //! 32-element block has eight, `W[0..8]`: `W[2j]` holds elements `4j..4j+4` and `W[2j+1]`
@@ -32,7 +34,7 @@
 //!   bits of `m` of sub-blocks `2i` (low nibble) and `2i+1` (high), then 8 × nibbles.
 //!   Q5_K: the same with 8 × (1-bit plane, nibbles).
 //! - Q6_K (per super-block): `scales[16][R]` (i8, one per 16 elements), then 8 × (2-bit plane,
-//!   nibbles); the header holds `d`.
+//!   nibbles); its unit's scales are `d`.
 //!
 //! Values are exactly the GGUF ones; [`Packed::dequantize_row`] decodes a row back (tests).
 
@@ -100,17 +102,25 @@ impl Form {
 }
 
 /// Byte offsets of one group's parts, for `R` rows and `cols` columns.
+///
+/// A group is a run of *units*, each `[scales][bodies]`: a unit of the 32-element forms holds
+/// `32 / R` blocks (so its `d` array is one 64-byte line: 2 blocks of 16 rows, or 4 of 8),
+/// then their `m` line where the form has one; a unit of the K forms is one super-block with its
+/// `d` (and `dmin`). Scales sit right before the quants they scale, so a pass over the group is
+/// one forward stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     /// Rows per group.
     pub r: usize,
     /// 32-element blocks per row.
     pub nb: usize,
-    /// Bytes of the scale header (before padding) and where the bodies start.
-    pub header: usize,
-    pub bodies: usize,
-    /// Bytes of one block body (32-element forms) or super-block body (K forms).
+    /// Blocks (32-element forms) or super-blocks (K forms) per unit.
+    pub per_unit: usize,
+    /// Bytes of a unit's scales (`d`, then `m`/`dmin`), of one block or super-block body, and
+    /// of a unit.
+    pub scales: usize,
     pub body: usize,
+    pub unit: usize,
     /// Bytes of a group, padded to 64.
     pub group: usize,
 }
@@ -118,8 +128,13 @@ pub struct Layout {
 impl Layout {
     pub fn new(form: Form, r: usize, cols: usize) -> Layout {
         let nb = cols / QK;
-        let units = if form.is_k() { cols / QK_K } else { nb };
-        let header = 2 * r * units * if form.has_min() { 2 } else { 1 };
+        let (per_unit, units) = if form.is_k() {
+            (1, cols / QK_K)
+        } else {
+            let k = (32 / r).max(1);
+            (k, nb.div_ceil(k))
+        };
+        let scales = 2 * r * per_unit * if form.has_min() { 2 } else { 1 };
         let quants = |bits: usize| match bits {
             4 => 16 * r,
             5 => 20 * r,
@@ -133,30 +148,57 @@ impl Layout {
             Form::K5 => 12 * r + 8 * quants(5),
             Form::K6 => 16 * r + 8 * quants(6),
         };
-        let bodies = header.next_multiple_of(64);
+        let unit = scales + per_unit * body;
         Layout {
             r,
             nb,
-            header,
-            bodies,
+            per_unit,
+            scales,
             body,
-            group: (bodies + units * body).next_multiple_of(64),
+            unit,
+            group: (units * unit).next_multiple_of(64),
         }
     }
-    /// Offset of the second header array (`m` / `dmin`).
-    pub fn mins(&self) -> usize {
-        self.header / 2
+    /// Offset of the `R` f16 scales `d` of block (K forms: super-block) `u`.
+    pub fn d_at(&self, u: usize) -> usize {
+        (u / self.per_unit) * self.unit + (u % self.per_unit) * 2 * self.r
     }
-    /// Offset of the body of block (or super-block) `u`.
+    /// Offset of the `R` f16 offsets `m` (Q4_1, Q5_1) or `dmin` (Q4_K, Q5_K) of `u`.
+    pub fn m_at(&self, u: usize) -> usize {
+        self.d_at(u) + self.scales / 2
+    }
+    /// Offset of the quants of `u`.
     pub fn body_at(&self, u: usize) -> usize {
-        self.bodies + u * self.body
+        (u / self.per_unit) * self.unit + self.scales + (u % self.per_unit) * self.body
     }
 }
 
-/// 64-byte aligned storage.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line64([u8; 64]);
+/// Anonymous memory for a repacked matrix: 2 MiB-aligned and advised as transparent huge
+/// pages on Linux, so a decode step streams the weights without a TLB miss (and a prefetcher
+/// restart) every 4 KiB. Untouched pages of the over-allocation stay unresident.
+struct Storage {
+    map: memmap2::MmapMut,
+    off: usize,
+    len: usize,
+}
+
+const HUGE: usize = 2 << 20;
+
+impl Storage {
+    fn zeroed(len: usize) -> Storage {
+        let map = memmap2::MmapMut::map_anon(len + HUGE).expect("anonymous memory for weights");
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        let off = (map.as_ptr() as usize).next_multiple_of(HUGE) - map.as_ptr() as usize;
+        Storage { map, off, len }
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.map[self.off..self.off + self.len]
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.map[self.off..self.off + self.len]
+    }
+}
 
 /// A repacked weight matrix.
 pub struct Packed {
@@ -167,7 +209,7 @@ pub struct Packed {
     pub rows: usize,
     pub cols: usize,
     pub layout: Layout,
-    data: Vec<Line64>,
+    data: Storage,
 }
 
 impl std::fmt::Debug for Packed {
@@ -178,12 +220,6 @@ impl std::fmt::Debug for Packed {
             self.ty, self.rows, self.cols, self.spec.rows
         )
     }
-}
-
-/// One GGUF 32-element block as integers: quants (unsigned as stored, or signed for Q8_0),
-/// and the parameters of the block's scale.
-struct Block {
-    q: [i32; QK],
 }
 
 /// Writes the four bytes `v` at row `k`'s place of `line`.
@@ -245,8 +281,9 @@ fn f16_le(b: &[u8]) -> f16 {
     f16::from_le_bytes([b[0], b[1]])
 }
 
-/// Block `b` of a GGUF row of a 32-element type: (d, m, unsigned quants); Q8_0 signed.
-fn block32(ty: GgmlType, row: &[u8], b: usize) -> (f16, f16, Block) {
+/// Block `b` of a GGUF row of a 32-element type: (d, m, quants as stored: unsigned, Q8_0
+/// signed).
+fn block32(ty: GgmlType, row: &[u8], b: usize) -> (f16, f16, [i32; QK]) {
     let bb = ty.block_bytes();
     let blk = &row[b * bb..(b + 1) * bb];
     let d = f16_le(blk);
@@ -284,7 +321,7 @@ fn block32(ty: GgmlType, row: &[u8], b: usize) -> (f16, f16, Block) {
             }
         }
     };
-    (d, m, Block { q })
+    (d, m, q)
 }
 
 impl Packed {
@@ -306,11 +343,8 @@ impl Packed {
         let row_bytes = cols / ty.block_elems() * ty.block_bytes();
         assert!(src.len() >= rows * row_bytes, "source too short");
         let groups = rows.div_ceil(r);
-        let mut data = vec![Line64([0; 64]); groups * lay.group / 64];
-        // SAFETY: Line64 is 64 plain bytes; the slice covers exactly the vector's memory.
-        let bytes = unsafe {
-            std::slice::from_raw_parts_mut(data.as_mut_ptr() as *mut u8, data.len() * 64)
-        };
+        let mut data = Storage::zeroed(groups * lay.group);
+        let bytes = data.bytes_mut();
         for row in 0..rows {
             let (g, k) = (row / r, row % r);
             let gdst = &mut bytes[g * lay.group..(g + 1) * lay.group];
@@ -336,16 +370,12 @@ impl Packed {
     #[inline]
     pub fn group(&self, g: usize) -> &[u8] {
         let gb = self.layout.group;
-        // SAFETY: Line64 is 64 plain bytes; the range lies inside the vector.
-        let all = unsafe {
-            std::slice::from_raw_parts(self.data.as_ptr() as *const u8, self.data.len() * 64)
-        };
-        &all[g * gb..(g + 1) * gb]
+        &self.data.bytes()[g * gb..(g + 1) * gb]
     }
 
     /// Bytes held (what a pass over the matrix reads).
     pub fn bytes(&self) -> usize {
-        self.data.len() * 64
+        self.data.len
     }
 
     /// Row `row` decoded back to floats, as [`super::dequantize_row`] decodes the GGUF row.
@@ -399,7 +429,7 @@ impl Packed {
             let o = &mut out[b * QK..(b + 1) * QK];
             match self.form {
                 Form::Q4 { min } | Form::Q5 { min } => {
-                    let d = h(2 * r * b + 2 * k);
+                    let d = h(lay.d_at(b) + 2 * k);
                     let off = if matches!(self.form, Form::Q4 { .. }) {
                         8
                     } else {
@@ -407,21 +437,21 @@ impl Packed {
                     };
                     for i in 0..QK {
                         o[i] = if min {
-                            d * q[i] as f32 + h(lay.mins() + 2 * r * b + 2 * k)
+                            d * q[i] as f32 + h(lay.m_at(b) + 2 * k)
                         } else {
                             d * (q[i] - off) as f32
                         };
                     }
                 }
                 Form::Q8 => {
-                    let d = h(2 * r * b + 2 * k);
+                    let d = h(lay.d_at(b) + 2 * k);
                     for i in 0..QK {
                         o[i] = d * q[i] as f32;
                     }
                 }
                 Form::K4 | Form::K5 => {
-                    let d = h(2 * r * u + 2 * k);
-                    let dmin = h(lay.mins() + 2 * r * u + 2 * k);
+                    let d = h(lay.d_at(u) + 2 * k);
+                    let dmin = h(lay.m_at(u) + 2 * k);
                     let a = body[s * r + k] as i32;
                     let c = body[8 * r + (s / 2) * r + k] as i32;
                     let sc = a & 63;
@@ -431,7 +461,7 @@ impl Packed {
                     }
                 }
                 Form::K6 => {
-                    let d = h(2 * r * u + 2 * k);
+                    let d = h(lay.d_at(u) + 2 * k);
                     for i in 0..QK {
                         let sc = body[(2 * s + i / 16) * r + k] as i8 as f32;
                         o[i] = d * sc * (q[i] - 32) as f32;
@@ -454,26 +484,27 @@ fn pack_row(
 ) {
     let r = lay.r;
     for b in 0..lay.nb {
-        let (d, m, blk) = block32(ty, src, b);
-        put_f16(g, 2 * r * b + 2 * k, d);
+        let (d, m, q) = block32(ty, src, b);
+        put_f16(g, lay.d_at(b) + 2 * k, d);
         if form.has_min() {
-            put_f16(g, lay.mins() + 2 * r * b + 2 * k, m);
+            put_f16(g, lay.m_at(b) + 2 * k, m);
         }
-        let body = &mut g[lay.body_at(b)..lay.body_at(b + 1)];
+        let at = lay.body_at(b);
+        let body = &mut g[at..at + lay.body];
         match form {
-            Form::Q4 { .. } => put_nibbles(body, r, k, &blk.q),
+            Form::Q4 { .. } => put_nibbles(body, r, k, &q),
             Form::Q5 { .. } => {
-                put_bit_plane(body, k, &blk.q);
-                put_nibbles(&mut body[4 * r..], r, k, &blk.q);
+                put_bit_plane(body, k, &q);
+                put_nibbles(&mut body[4 * r..], r, k, &q);
             }
             _ => {
                 for l in 0..8 {
                     let v: [u8; 4] = std::array::from_fn(|c| {
-                        let q = blk.q[line_elem(l, c)];
+                        let v = q[line_elem(l, c)];
                         if spec.unsigned_q8 {
-                            (q + 128) as u8
+                            (v + 128) as u8
                         } else {
-                            q as i8 as u8
+                            v as i8 as u8
                         }
                     });
                     put4(&mut body[l * 4 * r..], k, v);
@@ -504,7 +535,7 @@ fn pack_k_row(form: Form, lay: &Layout, src: &[u8], k: usize, g: &mut [u8]) {
             }
         }
         if form == Form::K6 {
-            put_f16(g, 2 * r * u + 2 * k, f16_le(&blk[208..]));
+            put_f16(g, lay.d_at(u) + 2 * k, f16_le(&blk[208..]));
             for i in 0..16 {
                 g[body_at + i * r + k] = blk[192 + i];
             }
@@ -515,8 +546,8 @@ fn pack_k_row(form: Form, lay: &Layout, src: &[u8], k: usize, g: &mut [u8]) {
             }
             continue;
         }
-        put_f16(g, 2 * r * u + 2 * k, f16_le(blk));
-        put_f16(g, lay.mins() + 2 * r * u + 2 * k, f16_le(&blk[2..]));
+        put_f16(g, lay.d_at(u) + 2 * k, f16_le(blk));
+        put_f16(g, lay.m_at(u) + 2 * k, f16_le(&blk[2..]));
         for s in 0..8 {
             let (sc, m) = blocks::scale_min_k4(s, &blk[4..16]);
             g[body_at + s * r + k] = sc | (m >> 4) << 6;

@@ -13,8 +13,7 @@ use cordial_model::{Batch, Compute, KvCache, KvDtype, Model, Scratch, SeqInput, 
 pub const BLOCK: usize = 16;
 
 pub fn reference_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/reference/smollm2-135m-instruct-q4_1")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2-135m-instruct-q4_1")
 }
 
 pub fn load_default() -> Model {
@@ -29,7 +28,7 @@ pub fn load_gemma3() -> Model {
     Model::load(Arc::new(GgufFile::open(path).expect("open"))).expect("load")
 }
 
-/// llama.cpp reference data for Gemma 3 270M (made by ../shared/bench/make-reference.py).
+/// llama.cpp reference data for Gemma 3 270M (see tests/fixtures/README.md).
 pub fn gemma3_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma3-270m-q4_k_m")
 }

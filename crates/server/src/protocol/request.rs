@@ -1,81 +1,130 @@
-//! The completions request: every field of the user's document (Friendli `POST /v1/completions`)
-//! plus the contract's §3 extras and the OpenAI/vLLM fields clients send.
+//! The completions request: every field of FriendliAI's `POST /v1/completions`, the keys the
+//! Friendli SDKs add, and the OpenAI/vLLM fields clients send. Field names are written once
+//! (`fields.rs`): the tagged list of keys comes with the struct.
 //!
-//! Every field is optional: JSON `null` deserializes to `None`, exactly like a missing key (R1).
-//! Unknown keys are ignored (R4). Integers stay `i64` here so that range checks (negative ids,
+//! Every field is optional: JSON `null` deserializes to `None`, exactly like a missing key.
+//! Unknown keys are ignored. Integers stay `i64` here so that range checks (negative ids,
 //! `max_tokens: 0`) are validation errors with clear messages rather than type errors.
 
 use serde::Deserialize;
 use serde_json::Value;
 
-// Every field is an `Option`: a missing key is `None` without `#[serde(default)]` (which
-// would make the schema derive serialize a default request).
-#[derive(Debug, Default, Clone, Deserialize, utoipa::ToSchema)]
-pub struct CompletionRequest {
-    // --- input and routing ---
-    pub model: Option<String>,
-    pub prompt: Option<Prompt>,
-    pub tokens: Option<TokenInput>,
-    // --- streaming ---
-    pub stream: Option<bool>,
-    pub stream_options: Option<StreamOptions>,
-    // --- length ---
-    pub timeout_microseconds: Option<i64>,
-    pub max_tokens: Option<i64>,
-    pub max_total_tokens: Option<i64>,
-    pub min_tokens: Option<i64>,
-    pub min_total_tokens: Option<i64>,
-    // --- choices and beam search ---
-    pub n: Option<i64>,
-    pub num_beams: Option<i64>,
-    pub length_penalty: Option<f64>,
-    pub early_stopping: Option<bool>,
-    pub beam_search_type: Option<String>,
-    pub beam_compat_pre_normalization: Option<bool>,
-    pub beam_compat_no_post_normalization: Option<bool>,
-    // --- penalties ---
-    pub no_repeat_ngram: Option<i64>,
-    pub encoder_no_repeat_ngram: Option<i64>,
-    pub repetition_penalty: Option<f64>,
-    pub encoder_repetition_penalty: Option<f64>,
-    pub frequency_penalty: Option<f64>,
-    pub presence_penalty: Option<f64>,
-    // --- sampling ---
-    pub temperature: Option<f64>,
-    pub top_k: Option<i64>,
-    pub top_p: Option<f64>,
-    pub min_p: Option<f64>,
-    pub xtc_threshold: Option<f64>,
-    pub xtc_probability: Option<f64>,
-    pub seed: Option<Seed>,
-    pub logit_bias: Option<LogitBias>,
-    /// vLLM / llama.cpp extension: EOS is an ordinary token.
-    pub ignore_eos: Option<bool>,
-    // --- stopping ---
-    pub stop: Option<Stop>,
-    pub stop_tokens: Option<Vec<TokenSequence>>,
-    pub eos_token: Option<Vec<i64>>,
-    pub bad_words: Option<Vec<String>>,
-    pub bad_word_tokens: Option<Vec<TokenSequence>>,
-    // --- outputs ---
-    pub include_output_logits: Option<bool>,
-    pub include_output_logprobs: Option<bool>,
-    pub forced_output_tokens: Option<TokenInput>,
-    pub response_format: Option<ResponseFormat>,
-    /// OpenAI: number of most likely tokens to report per position.
-    pub logprobs: Option<i64>,
-    pub echo: Option<bool>,
-    pub best_of: Option<i64>,
-    pub suffix: Option<String>,
-    /// OpenAI: ignored by the server (accepted with any JSON value).
-    pub user: Option<Value>,
-    // --- embedding replacement ---
-    pub token_index_to_replace: Option<Vec<i64>>,
-    pub embedding_to_replace: Option<Vec<f64>>,
-    // --- friendli-client keys (gRPC-era) ---
-    pub soft_prompts: Option<Vec<Value>>,
-    pub position_ids: Option<Vec<i64>>,
-    pub generation_offset: Option<i64>,
+use super::fields::wire_fields;
+
+// Every field is an `Option`: a missing key is `None` without `#[serde(default)]` (which would
+// make the schema derive serialize a default request). Value ranges that the rules enforce on
+// one field alone are `schema` attributes, so `/openapi.json` states them (a unit test in
+// `routes/openapi.rs` checks each against the rules).
+wire_fields! {
+    /// A completions request: exactly one of `prompt` and `tokens`; `null` means absent.
+    #[derive(Debug, Default, Clone, Deserialize, utoipa::ToSchema)]
+    pub struct CompletionRequest {
+        // --- input and routing ---
+        pub model: Option<String>,
+        [NotChat]
+        pub prompt: Option<Prompt>,
+        [NotChat]
+        pub tokens: Option<TokenInput>,
+        // --- streaming ---
+        pub stream: Option<bool>,
+        [OpenAi]
+        pub stream_options: Option<StreamOptions>,
+        // --- length ---
+        #[schema(exclusive_minimum = 0)]
+        [Legacy]
+        pub timeout_microseconds: Option<i64>,
+        #[schema(minimum = 1)]
+        pub max_tokens: Option<i64>,
+        #[schema(minimum = 1)]
+        pub max_total_tokens: Option<i64>,
+        #[schema(minimum = 0)]
+        pub min_tokens: Option<i64>,
+        #[schema(minimum = 0)]
+        pub min_total_tokens: Option<i64>,
+        // --- choices and beam search ---
+        #[schema(minimum = 1, maximum = 128)]
+        pub n: Option<i64>,
+        #[schema(minimum = 1, maximum = 31)]
+        [Legacy]
+        pub num_beams: Option<i64>,
+        [Legacy]
+        pub length_penalty: Option<f64>,
+        [Legacy]
+        pub early_stopping: Option<bool>,
+        [Legacy]
+        pub beam_search_type: Option<String>,
+        [Legacy]
+        pub beam_compat_pre_normalization: Option<bool>,
+        [Legacy]
+        pub beam_compat_no_post_normalization: Option<bool>,
+        // --- penalties ---
+        #[schema(minimum = 1)]
+        pub no_repeat_ngram: Option<i64>,
+        pub encoder_no_repeat_ngram: Option<i64>,
+        #[schema(minimum = 1.0)]
+        pub repetition_penalty: Option<f64>,
+        pub encoder_repetition_penalty: Option<f64>,
+        #[schema(minimum = -2.0, maximum = 2.0)]
+        pub frequency_penalty: Option<f64>,
+        #[schema(minimum = -2.0, maximum = 2.0)]
+        pub presence_penalty: Option<f64>,
+        // --- sampling ---
+        #[schema(minimum = 0.0)]
+        pub temperature: Option<f64>,
+        #[schema(minimum = 0)]
+        pub top_k: Option<i64>,
+        #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
+        pub top_p: Option<f64>,
+        #[schema(minimum = 0.0, maximum = 1.0)]
+        pub min_p: Option<f64>,
+        pub xtc_threshold: Option<f64>,
+        pub xtc_probability: Option<f64>,
+        pub seed: Option<Seed>,
+        [OpenAi]
+        pub logit_bias: Option<LogitBias>,
+        /// vLLM / llama.cpp extension: EOS is an ordinary token.
+        pub ignore_eos: Option<bool>,
+        // --- stopping ---
+        pub stop: Option<Stop>,
+        pub stop_tokens: Option<Vec<TokenSequence>>,
+        pub eos_token: Option<Vec<i64>>,
+        pub bad_words: Option<Vec<String>>,
+        pub bad_word_tokens: Option<Vec<TokenSequence>>,
+        // --- outputs ---
+        [Legacy, NotChat]
+        pub include_output_logits: Option<bool>,
+        [Legacy, NotChat]
+        pub include_output_logprobs: Option<bool>,
+        [NotChat]
+        pub forced_output_tokens: Option<TokenInput>,
+        pub response_format: Option<ResponseFormat>,
+        /// OpenAI: number of most likely tokens to report per position.
+        #[schema(minimum = 0, maximum = 20)]
+        [OpenAi]
+        pub logprobs: Option<i64>,
+        [OpenAi, NotChat]
+        pub echo: Option<bool>,
+        #[schema(minimum = 1, maximum = 128)]
+        [OpenAi, NotChat]
+        pub best_of: Option<i64>,
+        [OpenAi, NotChat]
+        pub suffix: Option<String>,
+        /// OpenAI: ignored by the server (accepted with any JSON value).
+        [OpenAi]
+        pub user: Option<Value>,
+        // --- embedding replacement ---
+        [NotChat]
+        pub token_index_to_replace: Option<Vec<i64>>,
+        [NotChat]
+        pub embedding_to_replace: Option<Vec<f64>>,
+        // --- friendli-client keys (gRPC-era) ---
+        [Legacy]
+        pub soft_prompts: Option<Vec<Value>>,
+        [Legacy]
+        pub position_ids: Option<Vec<i64>>,
+        [Legacy]
+        pub generation_offset: Option<i64>,
+    }
 }
 
 /// `prompt`: a string, a batch of strings (OpenAI, current Friendli SDK), or OpenAI's token
@@ -144,61 +193,6 @@ pub struct ResponseFormat {
     pub schema: Option<String>,
     pub json_schema: Option<Value>,
 }
-
-/// Names of every key the server knows (used to tell known fields from ignored ones).
-pub const KNOWN_FIELDS: &[&str] = &[
-    "model",
-    "prompt",
-    "tokens",
-    "stream",
-    "stream_options",
-    "timeout_microseconds",
-    "max_tokens",
-    "max_total_tokens",
-    "min_tokens",
-    "min_total_tokens",
-    "n",
-    "num_beams",
-    "length_penalty",
-    "early_stopping",
-    "beam_search_type",
-    "beam_compat_pre_normalization",
-    "beam_compat_no_post_normalization",
-    "no_repeat_ngram",
-    "encoder_no_repeat_ngram",
-    "repetition_penalty",
-    "encoder_repetition_penalty",
-    "frequency_penalty",
-    "presence_penalty",
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-    "xtc_threshold",
-    "xtc_probability",
-    "seed",
-    "logit_bias",
-    "ignore_eos",
-    "stop",
-    "stop_tokens",
-    "eos_token",
-    "bad_words",
-    "bad_word_tokens",
-    "include_output_logits",
-    "include_output_logprobs",
-    "forced_output_tokens",
-    "response_format",
-    "logprobs",
-    "echo",
-    "best_of",
-    "suffix",
-    "user",
-    "token_index_to_replace",
-    "embedding_to_replace",
-    "soft_prompts",
-    "position_ids",
-    "generation_offset",
-];
 
 fn int_list(v: &Value) -> Option<Vec<i64>> {
     v.as_array()?.iter().map(Value::as_i64).collect()

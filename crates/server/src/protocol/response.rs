@@ -1,4 +1,5 @@
-//! Non-streamed response (the contract's §4.2 superset), the error body and `/v1/models`.
+//! Non-streamed response (one body every client accepts: OpenAI's fields plus Friendli's `seed`
+//! and `tokens` per choice), the error body and `/v1/models`.
 
 use serde::Serialize;
 
@@ -42,7 +43,8 @@ pub struct CompletionChoice {
     pub logits: Option<Vec<Vec<f32>>>,
 }
 
-/// `choices[i].logprobs` (decision 11), for a whole choice or for one streamed token.
+/// `choices[i].logprobs`, for a whole choice or for one streamed token: its shape follows the
+/// field that asked (`include_output_logprobs`: floats; `logprobs: k`: OpenAI's object).
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum LogprobsWire {

@@ -1,10 +1,11 @@
-//! Stream events of both dialects (contract §5). Each is sent as one `data: <json>` SSE event.
+//! Stream events of both dialects (legacy Friendli events, current OpenAI-shaped chunks; see
+//! docs/api.md). Each is sent as one `data: <json>` SSE event.
 
 use serde::Serialize;
 
 use super::response::{ErrorDetail, FinishReasonWire, LogprobsWire, Usage};
 
-/// Legacy dialect (§5.1): one per generated token.
+/// Legacy dialect: one per generated token.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LegacyTokenSampled<'a> {
     /// Always `"token_sampled"`.
@@ -53,7 +54,7 @@ pub struct LegacyError<'a> {
     pub error: &'a ErrorDetail,
 }
 
-/// Current dialect (§5.2): an OpenAI `text_completion` chunk with Friendli's `token`.
+/// Current dialect: an OpenAI `text_completion` chunk with Friendli's `token`.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CompletionChunk<'a> {
     pub id: &'a str,

@@ -1,4 +1,5 @@
-//! `POST /v1/tokenize` and `POST /v1/detokenize` (contract decision 20).
+//! `POST /v1/tokenize` (`{"model"?, "prompt"}` → `{"tokens"}`, tokenized as a completion's
+//! prompt) and `POST /v1/detokenize` (`{"model"?, "tokens"}` → `{"text"}`).
 
 use serde::{Deserialize, Serialize};
 
@@ -26,4 +27,18 @@ pub struct DetokenizeRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DetokenizeResponse {
     pub text: String,
+}
+
+/// One rendered prompt (`POST /v1/completions/render`: one per input, in order;
+/// `POST /v1/chat/completions/render`: the conversation), as vLLM's render endpoints name it:
+/// the token ids a completion of the same body would be given.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct RenderedPrompt {
+    /// `cmpl-…` or `chatcmpl-…` (no request is made).
+    pub request_id: String,
+    pub model: String,
+    pub token_ids: Vec<u32>,
+    /// Chat only: the conversation as the chat template rendered it (before tokenization).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
 }

@@ -1,114 +1,146 @@
-//! `POST /v1/chat/completions`: messages rendered with the model's chat template, then the
-//! completions path (validation, engine, detokenization) with chat-shaped answers: one
-//! `chat.completion` body, or `chat.completion.chunk` events. Generation ends at the model's
-//! end-of-turn token (`<|im_end|>` and the rest of its end-of-generation set).
+//! `POST /v1/chat/completions`: the chat wire shape of the generation pipeline
+//! (`generate.rs`). Messages are rendered with the model's chat template (or `--chat-template`)
+//! and read as a completions request; the answer is one `chat.completion` body or
+//! `chat.completion.chunk` events. Generation ends at the model's end-of-turn token
+//! (`<|im_end|>` and the rest of its end-of-generation set).
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::completions::{
-    body_error, generation, mentions_format, sse_stream, submit_all, INLINE_BODY_BYTES,
-};
-use crate::error::{ApiError, Flavor};
-use crate::protocol::{ChatChoice, ChatCompletionResponse, ChatMessageOut};
+use super::generate::{SseWriter, WireShape};
+use crate::error::{ApiError, Flavor, ValidationError};
+use crate::protocol::{ChatChoice, ChatCompletionResponse, ChatMessageOut, RenderedPrompt, Usage};
 use crate::state::AppState;
-use crate::stream::{chat_logprobs, collect, outputs, ChatStream, StreamMeta};
-use crate::util::{random_u64, unix_now};
-use crate::validate::{chat_request, parse_chat_body, validate, ResponseMode, ValidRequest};
+use crate::stream::{chat_logprobs, ChatStream, ChoiceResult, StreamMeta};
+use crate::util::random_u64;
+use crate::validate::{
+    chat_request, parse_chat_body, validate, LogprobMode, ResponseMode, ValidRequest,
+};
 
-pub async fn chat_completions(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    match handle(&state, body).await {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(),
+/// The chat wire shape.
+#[derive(Debug, Clone, Copy)]
+pub struct Chat;
+
+/// Chat `top_logprobs` when the request asked for `logprobs` (chat requests carry it as the
+/// completions `logprobs: k`).
+fn top_logprobs(valid: &ValidRequest) -> Option<usize> {
+    match valid.logprobs {
+        LogprobMode::Top(k) => Some(k),
+        LogprobMode::None | LogprobMode::Floats => None,
     }
 }
 
-async fn handle(
-    state: &AppState,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body = body.map_err(body_error)?;
-    let (valid, top) = if body.len() <= INLINE_BODY_BYTES && !mentions_format(&body) {
-        check(state, &body)?
-    } else {
-        let state2 = state.clone();
-        tokio::task::spawn_blocking(move || check(&state2, &body))
-            .await
-            .map_err(|e| ApiError::Internal(format!("validation failed: {e}")))??
-    };
-    let serving = state.serving().ok_or(ApiError::NotReady)?;
-    let streams = submit_all(&serving.engine, &valid)?;
-    let choices = valid.requests.len() * valid.n;
-    let outs = outputs(streams, generation(serving, &valid));
-    let meta = StreamMeta {
-        id: format!(
+impl Chat {
+    /// Chat fields, template, then the completions rules; also the rendered conversation.
+    fn validate_rendered(
+        &self,
+        state: &AppState,
+        body: &[u8],
+    ) -> Result<(ValidRequest, String), ApiError> {
+        let chat = parse_chat_body(body, state.served_names())?;
+        let serving = state.serving().ok_or(ApiError::NotReady)?;
+        let template = serving.chat.as_ref().map_err(|e| {
+            ApiError::Invalid(ValidationError::new("messages", e.clone()), Flavor::OpenAi)
+        })?;
+        let tok = &serving.tokenizer;
+        // The template's text is what gets tokenized: keep it for the render endpoint.
+        let rendered = std::cell::RefCell::new(String::new());
+        let encode = |text: &str, bos: bool| {
+            text.clone_into(&mut rendered.borrow_mut());
+            tok.encode(text, bos)
+        };
+        let parsed = chat_request(chat, template, &encode, tok.bos_text())?;
+        let valid = serving
+            .with_model_info(|info| validate(parsed, info, random_u64))
+            .map_err(prompt_is_messages)?;
+        Ok((valid, rendered.into_inner()))
+    }
+}
+
+impl WireShape for Chat {
+    /// Chat fields, template, then the completions rules.
+    fn validate(
+        &self,
+        state: &AppState,
+        _: &HeaderMap,
+        body: &[u8],
+    ) -> Result<ValidRequest, ApiError> {
+        self.validate_rendered(state, body).map(|(valid, _)| valid)
+    }
+
+    /// `POST /v1/chat/completions/render`: the conversation's token ids and text.
+    fn render(&self, state: &AppState, _: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
+        let (valid, text) = self.validate_rendered(state, body)?;
+        let token_ids = valid
+            .requests
+            .first()
+            .map(|r| r.prompt.clone())
+            .unwrap_or_default();
+        Ok(Json(RenderedPrompt {
+            request_id: self.response_id(),
+            model: valid.model,
+            token_ids,
+            prompt: Some(text),
+        })
+        .into_response())
+    }
+
+    fn response_id(&self) -> String {
+        format!(
             "chatcmpl-{:032x}",
             u128::from(random_u64()) << 64 | u128::from(random_u64())
-        ),
-        created: unix_now(),
-        model: valid.model,
-    };
-    match valid.mode {
-        ResponseMode::Current { include_usage } => {
-            let chat = ChatStream {
-                meta,
-                include_usage,
-                choices,
-                logprobs: top,
-            };
-            sse_stream(outs, chat.preamble(), move |out| chat.render(out)).await
-        }
-        ResponseMode::Json | ResponseMode::Legacy => {
-            let (results, usage) = collect(outs).await?;
-            let choices = results
-                .into_iter()
-                .map(|c| ChatChoice {
-                    index: c.index,
-                    logprobs: top.and_then(|k| chat_logprobs(c.logprobs.as_ref(), k)),
-                    message: ChatMessageOut {
-                        role: "assistant",
-                        content: c.text,
-                    },
-                    finish_reason: c.finish_reason,
-                })
-                .collect();
-            Ok(Json(ChatCompletionResponse {
-                id: meta.id,
-                object: "chat.completion",
-                created: meta.created,
-                model: meta.model,
-                choices,
-                usage,
+        )
+    }
+
+    fn body(
+        &self,
+        valid: &ValidRequest,
+        meta: StreamMeta,
+        choices: Vec<ChoiceResult>,
+        usage: Usage,
+    ) -> Response {
+        let top = top_logprobs(valid);
+        let choices = choices
+            .into_iter()
+            .map(|c| ChatChoice {
+                index: c.index,
+                logprobs: top.and_then(|k| chat_logprobs(c.logprobs.as_ref(), k)),
+                message: ChatMessageOut {
+                    role: "assistant",
+                    content: c.text,
+                },
+                finish_reason: c.finish_reason,
             })
-            .into_response())
+            .collect();
+        Json(ChatCompletionResponse {
+            id: meta.id,
+            object: "chat.completion",
+            created: meta.created,
+            model: meta.model,
+            choices,
+            usage,
+        })
+        .into_response()
+    }
+
+    fn writer(&self, valid: &ValidRequest, meta: StreamMeta) -> SseWriter {
+        let chat = ChatStream {
+            meta,
+            include_usage: matches!(
+                valid.mode,
+                ResponseMode::Current {
+                    include_usage: true
+                }
+            ),
+            choices: valid.requests.len() * valid.n,
+            logprobs: top_logprobs(valid),
+        };
+        SseWriter {
+            preamble: chat.preamble(),
+            render: Box::new(move |out| chat.render(out)),
         }
     }
-}
-
-/// Every check before any work starts: chat fields, template, then the completions rules.
-fn check(state: &AppState, body: &[u8]) -> Result<(ValidRequest, Option<usize>), ApiError> {
-    let chat = parse_chat_body(body, state.served_names())?;
-    let serving = state.serving().ok_or(ApiError::NotReady)?;
-    let template = serving.chat.as_ref().map_err(|e| {
-        ApiError::Invalid(
-            crate::error::ValidationError::new("messages", e.clone()),
-            Flavor::OpenAi,
-        )
-    })?;
-    let tok = &serving.tokenizer;
-    let encode = |text: &str, bos: bool| tok.encode(text, bos);
-    let parsed = chat_request(chat, template, &encode, tok.bos_text(), serving.max_context)?;
-    let top = parsed.logprobs;
-    let valid = serving
-        .with_model_info(|info| validate(parsed.parsed, info, random_u64))
-        .map_err(prompt_is_messages)?;
-    Ok((valid, top))
 }
 
 /// Errors about the completions `prompt` concern the chat `messages` it was rendered from.

@@ -1,6 +1,7 @@
 //! `GET /openapi.json`: an OpenAPI 3.1 document of every route, built once from the wire types
-//! (`protocol/`, `utoipa::ToSchema`). The request enums that serde reads through `TryFrom<Value>`
-//! get their `oneOf` schemas here.
+//! (`protocol/`, `utoipa::ToSchema`, value ranges included). The request enums that serde reads
+//! through `TryFrom<Value>` get their `oneOf` schemas here; the chat request is the completions
+//! request less its `NotChat` fields, plus `ChatFields`.
 
 use std::borrow::Cow;
 
@@ -19,10 +20,10 @@ use utoipa::{PartialSchema, ToSchema};
 
 use crate::auth::OPEN_PATHS;
 use crate::protocol::{
-    ChunkError, CompletionChunk, CompletionRequest, CompletionResponse, DetokenizeRequest,
-    DetokenizeResponse, ErrorBody, HealthBody, LegacyComplete, LegacyError, LegacyTokenSampled,
-    LogitBias, ModelList, Prompt, Seed, Stop, TokenInput, TokenizeRequest, TokenizeResponse,
-    TopLogprobs,
+    ChatChunk, ChatCompletionResponse, ChatFields, ChunkError, CompletionChunk, CompletionRequest,
+    CompletionResponse, DetokenizeRequest, DetokenizeResponse, ErrorBody, HealthBody,
+    LegacyComplete, LegacyError, LegacyTokenSampled, LogitBias, ModelList, Prompt, RenderedPrompt,
+    Seed, Stop, Tag, TokenInput, TokenizeRequest, TokenizeResponse, TopLogprobs,
 };
 use crate::state::AppState;
 
@@ -145,40 +146,98 @@ fn error(description: &str) -> utoipa::openapi::Response {
         .build()
 }
 
-fn completion_operation(path: &str) -> utoipa::openapi::path::Operation {
+/// A generation route: `request` in, `response` (JSON) or `events` (SSE) out.
+fn generation_operation(
+    id: &str,
+    summary: &str,
+    request: RefOr<Schema>,
+    response: RefOr<Schema>,
+    events: &[Cow<'static, str>],
+    events_description: &str,
+) -> utoipa::openapi::path::Operation {
     let body = RequestBodyBuilder::new()
         .required(Some(utoipa::openapi::Required::True))
-        .content("application/json", json_content::<CompletionRequest>())
+        .content(
+            "application/json",
+            ContentBuilder::new().schema(Some(request)).build(),
+        )
         .build();
-    let mut events = OneOfBuilder::new().description(Some(
-        "Server-sent events, one JSON object per `data:` line: CompletionChunk ... (ChunkError), \
-         then `[DONE]` (current dialect); or LegacyTokenSampled ... LegacyComplete | LegacyError \
-         (legacy dialect, chosen by a legacy key or `X-Stream-Format: legacy`).",
-    ));
-    for name in [
-        CompletionChunk::name(),
-        ChunkError::name(),
-        LegacyTokenSampled::name(),
-        LegacyComplete::name(),
-        LegacyError::name(),
-    ] {
-        events = events.item(Ref::from_schema_name(name));
+    let mut one_of = OneOfBuilder::new().description(Some(events_description));
+    for name in events {
+        one_of = one_of.item(Ref::from_schema_name(name.clone()));
     }
-    let events = RefOr::T(Schema::OneOf(events.build()));
     let ok = ResponseBuilder::new()
-        .description("The completion (JSON), or its stream when `stream` is true.")
-        .content("application/json", json_content::<CompletionResponse>())
+        .description("The answer (JSON), or its stream when `stream` is true.")
+        .content(
+            "application/json",
+            ContentBuilder::new().schema(Some(response)).build(),
+        )
         .content(
             "text/event-stream",
-            ContentBuilder::new().schema(Some(events)).build(),
+            ContentBuilder::new()
+                .schema(Some(RefOr::T(Schema::OneOf(one_of.build()))))
+                .build(),
         )
         .build();
     OperationBuilder::new()
-        .operation_id(Some(format!("complete{}", path.replace('/', "_"))))
-        .summary(Some("Text completion (Friendli and OpenAI dialects)"))
+        .operation_id(Some(id))
+        .summary(Some(summary))
         .request_body(Some(body))
         .responses(with_errors(ok, true))
         .build()
+}
+
+fn completion_operation(path: &str) -> utoipa::openapi::path::Operation {
+    generation_operation(
+        &format!("complete{}", path.replace('/', "_")),
+        "Text completion (Friendli and OpenAI dialects)",
+        reference::<CompletionRequest>(),
+        reference::<CompletionResponse>(),
+        &[
+            CompletionChunk::name(),
+            ChunkError::name(),
+            LegacyTokenSampled::name(),
+            LegacyComplete::name(),
+            LegacyError::name(),
+        ],
+        "Server-sent events, one JSON object per `data:` line: CompletionChunk ... (ChunkError), \
+         then `[DONE]` (current dialect); or LegacyTokenSampled ... LegacyComplete | LegacyError \
+         (legacy dialect, chosen by a legacy key or `X-Stream-Format: legacy`).",
+    )
+}
+
+fn chat_operation() -> utoipa::openapi::path::Operation {
+    generation_operation(
+        "chat_completions",
+        "Chat completion (OpenAI dialect): messages rendered with the model's chat template",
+        RefOr::Ref(Ref::from_schema_name(CHAT_REQUEST)),
+        reference::<ChatCompletionResponse>(),
+        &[ChatChunk::name(), ChunkError::name()],
+        "Server-sent events, one JSON object per `data:` line: a ChatChunk with the role per \
+         choice, ChatChunks with content deltas, a finish ChatChunk per choice, a usage ChatChunk \
+         with `stream_options.include_usage` (or a ChunkError), then `[DONE]`.",
+    )
+}
+
+/// The chat request's schema name.
+const CHAT_REQUEST: &str = "ChatCompletionRequest";
+
+/// The completions request's fields that mean something in a chat (all but those tagged
+/// `NotChat`), then `ChatFields` (whose `logprobs` replaces the completions one).
+fn chat_request_schema() -> RefOr<Schema> {
+    let (RefOr::T(Schema::Object(mut request)), RefOr::T(Schema::Object(chat))) =
+        (CompletionRequest::schema(), ChatFields::schema())
+    else {
+        unreachable!("both derive object schemas")
+    };
+    for key in CompletionRequest::tagged(Tag::NotChat) {
+        request.properties.remove(key);
+    }
+    request.properties.extend(chat.properties);
+    request.required = vec!["messages".to_owned()];
+    request.description =
+        Some("A chat request: `messages`, the chat fields and the completions sampling and control fields.".into());
+    RefOr::T(Schema::Object(request))
 }
 
 /// The answers every API route may give besides 200.
@@ -229,6 +288,41 @@ fn json_post<Req: ToSchema, Resp: ToSchema>(
         .build()
 }
 
+/// A render endpoint: the generation route's body, `RenderedPrompt` (or a list of them) back.
+fn render_operation(
+    id: &str,
+    summary: &str,
+    request: RefOr<Schema>,
+    list: bool,
+) -> utoipa::openapi::path::Operation {
+    let body = RequestBodyBuilder::new()
+        .required(Some(utoipa::openapi::Required::True))
+        .content(
+            "application/json",
+            ContentBuilder::new().schema(Some(request)).build(),
+        )
+        .build();
+    let one = reference::<RenderedPrompt>();
+    let schema = if list {
+        RefOr::T(Schema::Array(utoipa::openapi::schema::Array::new(one)))
+    } else {
+        one
+    };
+    let ok = ResponseBuilder::new()
+        .description(summary)
+        .content(
+            "application/json",
+            ContentBuilder::new().schema(Some(schema)).build(),
+        )
+        .build();
+    OperationBuilder::new()
+        .operation_id(Some(id))
+        .summary(Some(summary))
+        .request_body(Some(body))
+        .responses(with_errors(ok, true))
+        .build()
+}
+
 fn get_op(
     id: &str,
     summary: &str,
@@ -254,17 +348,43 @@ fn text_response(description: &str, content_type: &str) -> utoipa::openapi::Resp
 /// The whole document.
 pub fn document() -> OpenApi {
     let mut paths = PathsBuilder::new();
-    for path in [
-        "/v1/completions",
-        "/serverless/v1/completions",
-        "/dedicated/v1/completions",
-    ] {
+    for path in super::COMPLETIONS_PATHS {
         paths = paths.path(
             path,
             PathItem::new(HttpMethod::Post, completion_operation(path)),
         );
     }
     paths = paths
+        .path(
+            super::CHAT_PATH,
+            PathItem::new(HttpMethod::Post, chat_operation()),
+        )
+        .path(
+            super::COMPLETIONS_RENDER_PATH,
+            PathItem::new(
+                HttpMethod::Post,
+                render_operation(
+                    "render_completions",
+                    "The token ids each input's completion would be given (vLLM's render), \
+                     validated as a completion: one entry per input.",
+                    reference::<CompletionRequest>(),
+                    true,
+                ),
+            ),
+        )
+        .path(
+            super::CHAT_RENDER_PATH,
+            PathItem::new(
+                HttpMethod::Post,
+                render_operation(
+                    "render_chat_completions",
+                    "The rendered conversation and its token ids (vLLM's render), validated as \
+                     a chat completion.",
+                    RefOr::Ref(Ref::from_schema_name(CHAT_REQUEST)),
+                    false,
+                ),
+            ),
+        )
         .path(
             "/v1/tokenize",
             PathItem::new(
@@ -343,6 +463,7 @@ pub fn document() -> OpenApi {
     with_refs::<TokenizeResponse>(&mut schemas);
     with_refs::<DetokenizeRequest>(&mut schemas);
     with_refs::<DetokenizeResponse>(&mut schemas);
+    with_refs::<RenderedPrompt>(&mut schemas);
     with_refs::<ModelList>(&mut schemas);
     with_refs::<HealthBody>(&mut schemas);
     with_refs::<CompletionChunk>(&mut schemas);
@@ -350,6 +471,9 @@ pub fn document() -> OpenApi {
     with_refs::<LegacyTokenSampled>(&mut schemas);
     with_refs::<LegacyComplete>(&mut schemas);
     with_refs::<LegacyError>(&mut schemas);
+    with_refs::<ChatCompletionResponse>(&mut schemas);
+    with_refs::<ChatChunk>(&mut schemas);
+    schemas.push((CHAT_REQUEST.to_owned(), chat_request_schema()));
     let components = ComponentsBuilder::new()
         .schemas_from_iter(schemas)
         .security_scheme(
@@ -383,34 +507,18 @@ pub fn document() -> OpenApi {
     doc
 }
 
-/// Single-field value ranges that `validate/rules.rs` enforces, as JSON-schema bounds:
-/// (field, minimum, maximum, whether the minimum is exclusive). A unit test checks each bound
-/// against the rules, so the two cannot drift apart.
-const RANGES: &[(&str, Option<f64>, Option<f64>, bool)] = &[
-    ("max_tokens", Some(1.0), None, false),
-    ("max_total_tokens", Some(1.0), None, false),
-    ("min_tokens", Some(0.0), None, false),
-    ("min_total_tokens", Some(0.0), None, false),
-    ("timeout_microseconds", Some(0.0), None, true),
-    ("n", Some(1.0), Some(crate::validate::MAX_N as f64), false),
-    ("temperature", Some(0.0), None, false),
-    ("top_k", Some(0.0), None, false),
-    ("top_p", Some(0.0), Some(1.0), true),
-    ("min_p", Some(0.0), Some(1.0), false),
-    ("frequency_penalty", Some(-2.0), Some(2.0), false),
-    ("presence_penalty", Some(-2.0), Some(2.0), false),
-    ("repetition_penalty", Some(1.0), None, false),
-    ("no_repeat_ngram", Some(1.0), None, false),
-    ("logprobs", Some(0.0), Some(20.0), false),
-];
-
 /// The document for a server: `model` lists the served names (any other is 404); exactly one
-/// of `prompt` and `tokens`; the value ranges of [`RANGES`].
+/// of `prompt` and `tokens`.
 pub fn served_document(served: &[String]) -> serde_json::Value {
     let mut doc = serde_json::to_value(document()).unwrap_or_default();
     let mut names: Vec<serde_json::Value> = served.iter().map(|n| n.as_str().into()).collect();
     names.push(serde_json::Value::Null);
-    for schema in ["CompletionRequest", "TokenizeRequest", "DetokenizeRequest"] {
+    for schema in [
+        "CompletionRequest",
+        CHAT_REQUEST,
+        "TokenizeRequest",
+        "DetokenizeRequest",
+    ] {
         if let Some(model) = doc
             .pointer_mut(&format!("/components/schemas/{schema}/properties/model"))
             .and_then(serde_json::Value::as_object_mut)
@@ -436,111 +544,7 @@ pub fn served_document(served: &[String]) -> serde_json::Value {
         let one_of = vec![branch("prompt", "Prompt"), branch("tokens", "TokenInput")];
         req.insert("oneOf".into(), one_of.into());
     }
-    add_chat(&mut doc);
-    for (field, min, max, exclusive) in RANGES {
-        let path = format!("/components/schemas/CompletionRequest/properties/{field}");
-        let Some(prop) = doc
-            .pointer_mut(&path)
-            .and_then(serde_json::Value::as_object_mut)
-        else {
-            continue;
-        };
-        if let Some(min) = min {
-            let key = if *exclusive {
-                "exclusiveMinimum"
-            } else {
-                "minimum"
-            };
-            prop.insert(key.into(), (*min).into());
-        }
-        if let Some(max) = max {
-            prop.insert("maximum".into(), (*max).into());
-        }
-    }
     doc
-}
-
-/// `POST /v1/chat/completions`: its request is the completions request without the
-/// completions-only keys, with `messages` and the chat fields; described here from the
-/// completions schema so the two cannot drift apart.
-fn add_chat(doc: &mut serde_json::Value) {
-    use crate::protocol::chat::NOT_CHAT_KEYS;
-    use serde_json::json;
-    let Some(mut props) = doc
-        .pointer("/components/schemas/CompletionRequest/properties")
-        .and_then(serde_json::Value::as_object)
-        .cloned()
-    else {
-        return;
-    };
-    for key in NOT_CHAT_KEYS {
-        props.remove(*key);
-    }
-    let text = json!({"type": "string"});
-    props.insert("messages".into(), json!({
-        "type": "array", "minItems": 1,
-        "description": "The conversation, rendered with the model's chat template.",
-        "items": {"type": "object", "required": ["role"], "properties": {
-            "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
-            "content": {"oneOf": [text, {"type": "array", "items": {"type": "object", "properties": {
-                "type": {"const": "text"}, "text": {"type": "string"}}}}, {"type": "null"}]},
-            "name": {"type": "string"}}}}));
-    props.insert("logprobs".into(), json!({"type": ["boolean", "null"]}));
-    props.insert(
-        "top_logprobs".into(),
-        json!({"type": ["integer", "null"], "minimum": 0, "maximum": 20}),
-    );
-    props.insert(
-        "max_completion_tokens".into(),
-        json!({"type": ["integer", "null"], "minimum": 1}),
-    );
-    props.insert(
-        "add_generation_prompt".into(),
-        json!({"type": ["boolean", "null"]}),
-    );
-    props.insert(
-        "chat_template_kwargs".into(),
-        json!({"type": ["object", "null"]}),
-    );
-    let request = json!({"type": "object", "required": ["messages"], "properties": props});
-    let choice = json!({"type": "object", "properties": {
-        "index": {"type": "integer"},
-        "message": {"type": "object", "properties": {"role": {"const": "assistant"}, "content": {"type": "string"}}},
-        "logprobs": {"type": ["object", "null"]},
-        "finish_reason": {"type": ["string", "null"]}}});
-    let response = json!({"type": "object", "properties": {
-        "id": {"type": "string"}, "object": {"const": "chat.completion"},
-        "created": {"type": "integer"}, "model": {"type": "string"},
-        "choices": {"type": "array", "items": choice},
-        "usage": {"$ref": "#/components/schemas/Usage"}}});
-    if let Some(schemas) = doc
-        .pointer_mut("/components/schemas")
-        .and_then(serde_json::Value::as_object_mut)
-    {
-        schemas.insert("ChatCompletionRequest".into(), request);
-        schemas.insert("ChatCompletionResponse".into(), response);
-    }
-    let op = json!({"post": {
-        "operationId": "chat_completions",
-        "summary": "Chat completion (OpenAI dialect); `stream: true` gives chat.completion.chunk events then [DONE].",
-        "security": [{"bearer": []}],
-        "requestBody": {"required": true, "content": {"application/json": {
-            "schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}},
-        "responses": {
-            "200": {"description": "The completion, or its stream", "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionResponse"}},
-                "text/event-stream": {"schema": {"type": "string"}}}},
-            "400": {"description": "Invalid request", "content": {"application/json": {
-                "schema": {"$ref": "#/components/schemas/ErrorBody"}}}},
-            "401": {"description": "Missing or wrong API key"},
-            "404": {"description": "Unknown model"},
-            "503": {"description": "Loading, overloaded or shutting down"}}}});
-    if let Some(paths) = doc
-        .pointer_mut("/paths")
-        .and_then(serde_json::Value::as_object_mut)
-    {
-        paths.insert("/v1/chat/completions".into(), op);
-    }
 }
 
 pub async fn openapi(State(state): State<AppState>) -> Response {
@@ -553,9 +557,9 @@ pub async fn openapi(State(state): State<AppState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::KNOWN_FIELDS;
 
-    /// Each bound of `RANGES` is exactly where the rules start refusing.
+    /// Each bound stated in the schema (the `schema` attributes on `CompletionRequest`) is
+    /// exactly where the rules start refusing.
     #[test]
     fn documented_ranges_match_the_rules() {
         use crate::validate::{check_rules, Limits};
@@ -563,85 +567,79 @@ mod tests {
             vocab_size: 1000,
             max_context: 256,
             hidden_size: 8,
+            kv: cordial_engine::KvCapacity {
+                block_size: 16,
+                blocks: 1024,
+            },
         };
-        const FLOATS: [&str; 6] = [
-            "temperature",
-            "top_p",
-            "min_p",
-            "frequency_penalty",
-            "presence_penalty",
-            "repetition_penalty",
-        ];
-        let check = |field: &str, v: f64| {
-            let value = if FLOATS.contains(&field) {
-                serde_json::json!(v)
-            } else {
-                serde_json::json!(v as i64)
-            };
-            let body = serde_json::json!({"prompt": "x", field: value});
-            let req: crate::protocol::CompletionRequest = serde_json::from_value(body).unwrap();
-            check_rules(&req, &limits).map_err(|e| e.param)
-        };
-        let step = |field: &str| if FLOATS.contains(&field) { 0.01 } else { 1.0 };
-        for (field, min, max, exclusive) in RANGES {
-            let d = step(field);
-            if let Some(min) = min {
-                let inside = if *exclusive { min + d } else { *min };
-                let outside = if *exclusive { *min } else { min - d };
-                assert!(check(field, inside).is_ok(), "{field}={inside}");
-                assert_eq!(
-                    check(field, outside),
-                    Err(Some(field.to_string())),
-                    "{field}={outside}"
-                );
-            }
-            if let Some(max) = max {
-                assert!(check(field, *max).is_ok(), "{field}={max}");
-                assert_eq!(
-                    check(field, max + d),
-                    Err(Some(field.to_string())),
-                    "{field}={}",
-                    max + d
-                );
-            }
-        }
         let doc = served_document(&["m".to_owned()]);
+        let props = doc["components"]["schemas"]["CompletionRequest"]["properties"]
+            .as_object()
+            .unwrap();
+        let mut bounded = 0;
+        for (field, prop) in props {
+            let float = prop["type"].to_string().contains("number");
+            let check = |v: f64| {
+                let value = if float {
+                    serde_json::json!(v)
+                } else {
+                    serde_json::json!(v as i64)
+                };
+                let body = serde_json::json!({"prompt": "x", field.as_str(): value});
+                let req: CompletionRequest = serde_json::from_value(body).unwrap();
+                check_rules(&req, &limits).map_err(|e| e.param)
+            };
+            let d = if float { 0.01 } else { 1.0 };
+            let refused = Err(Some(field.clone()));
+            let bound = |key: &str| prop.get(key).and_then(serde_json::Value::as_f64);
+            if let Some(min) = bound("minimum") {
+                assert!(check(min).is_ok(), "{field}={min}");
+                assert_eq!(check(min - d), refused, "{field}={}", min - d);
+            }
+            if let Some(min) = bound("exclusiveMinimum") {
+                assert!(check(min + d).is_ok(), "{field}={}", min + d);
+                assert_eq!(check(min), refused, "{field}={min}");
+            }
+            if let Some(max) = bound("maximum") {
+                assert!(check(max).is_ok(), "{field}={max}");
+                assert_eq!(check(max + d), refused, "{field}={}", max + d);
+            }
+            bounded += usize::from(
+                ["minimum", "exclusiveMinimum", "maximum"]
+                    .iter()
+                    .any(|k| prop.get(*k).is_some()),
+            );
+        }
+        assert!(bounded >= 16, "only {bounded} bounded fields");
+        let n = &props["n"];
+        assert_eq!(n["maximum"], crate::validate::MAX_N as f64);
         let one_of = &doc["components"]["schemas"]["CompletionRequest"]["oneOf"];
         assert_eq!(one_of[0]["required"], serde_json::json!(["prompt"]));
         assert_eq!(one_of[1]["required"], serde_json::json!(["tokens"]));
-        let n = &doc["components"]["schemas"]["CompletionRequest"]["properties"]["n"];
-        assert_eq!(n["minimum"], 1.0);
-        assert_eq!(n["maximum"], crate::validate::MAX_N as f64);
     }
 
     #[test]
     fn every_request_field_and_route_is_described() {
         let doc = serde_json::to_value(document()).unwrap();
-        std::fs::write(
-            "/tmp/openapi8.json",
-            serde_json::to_string_pretty(&doc).unwrap(),
-        )
-        .unwrap();
-        let props = &doc["components"]["schemas"]["CompletionRequest"]["properties"];
-        for field in KNOWN_FIELDS {
-            assert!(
-                props.get(*field).is_some(),
-                "{field} missing from the schema"
-            );
-        }
-        for path in [
-            "/v1/completions",
-            "/serverless/v1/completions",
-            "/dedicated/v1/completions",
-            "/v1/tokenize",
-            "/v1/detokenize",
-            "/v1/models",
-            "/health",
-            "/metrics",
-            "/openapi.json",
-        ] {
-            assert!(doc["paths"].get(path).is_some(), "{path}");
-        }
+        // The field list written with the struct is exactly what serde and the schema see.
+        let props = doc["components"]["schemas"]["CompletionRequest"]["properties"]
+            .as_object()
+            .unwrap();
+        let mut described: Vec<&str> = props.keys().map(String::as_str).collect();
+        let mut fields: Vec<&str> = CompletionRequest::field_names().collect();
+        described.sort_unstable();
+        fields.sort_unstable();
+        assert_eq!(described, fields);
+        let mut paths: Vec<&str> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        paths.sort_unstable();
+        let mut served = super::super::PATHS.to_vec();
+        served.sort_unstable();
+        assert_eq!(paths, served);
         // Every reference resolves.
         let text = doc.to_string();
         for r in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
@@ -651,20 +649,55 @@ mod tests {
                 "dangling {name}"
             );
         }
+        let prompt = &doc["components"]["schemas"]["Prompt"]["oneOf"];
+        assert_eq!(prompt.as_array().map(Vec::len), Some(4), "{prompt}");
         let served = served_document(&["a".to_owned(), "b".to_owned()]);
-        let chat = &served["components"]["schemas"]["ChatCompletionRequest"];
-        assert!(
-            chat["properties"]["messages"].is_object() && chat["properties"]["prompt"].is_null()
-        );
-        assert!(served["paths"]["/v1/chat/completions"]["post"].is_object());
-        assert!(served["components"]["schemas"]["Usage"].is_object());
         let model = &served["components"]["schemas"]["TokenizeRequest"]["properties"]["model"];
         assert_eq!(
             model["enum"],
             serde_json::json!(["a", "b", null]),
             "{model}"
         );
-        let prompt = &doc["components"]["schemas"]["Prompt"]["oneOf"];
-        assert_eq!(prompt.as_array().map(Vec::len), Some(4), "{prompt}");
+    }
+
+    /// The chat request, response and chunks are described from their types.
+    #[test]
+    fn chat_is_described_from_its_types() {
+        let doc = served_document(&["m".to_owned()]);
+        let schemas = &doc["components"]["schemas"];
+        let chat = &schemas[CHAT_REQUEST]["properties"];
+        for key in ChatFields::field_names() {
+            assert!(chat.get(key).is_some(), "{key}");
+        }
+        for key in CompletionRequest::tagged(Tag::NotChat) {
+            assert!(chat.get(key).is_none(), "{key}");
+        }
+        assert!(chat["temperature"].is_object() && chat["seed"].is_object());
+        assert_eq!(
+            chat["logprobs"]["type"],
+            serde_json::json!(["boolean", "null"])
+        );
+        assert_eq!(chat["top_logprobs"]["maximum"], 20);
+        assert_eq!(chat["model"]["enum"], serde_json::json!(["m", null]));
+        let roles = &chat["messages"]["items"]["properties"]["role"]["enum"];
+        assert_eq!(roles, &serde_json::json!(crate::protocol::ROLES));
+        let op = &doc["paths"]["/v1/chat/completions"]["post"];
+        let ok = &op["responses"]["200"]["content"];
+        assert_eq!(
+            ok["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ChatCompletionResponse"
+        );
+        let events = ok["text/event-stream"]["schema"]["oneOf"].to_string();
+        assert!(
+            events.contains("ChatChunk") && events.contains("ChunkError"),
+            "{events}"
+        );
+        let choice = &schemas["ChatChoice"]["properties"];
+        assert!(
+            choice["message"].is_object() && choice["finish_reason"].is_object(),
+            "{choice}"
+        );
+        assert!(schemas["ChatDelta"]["properties"]["content"].is_object());
+        assert_eq!(op["security"], serde_json::json!([{"bearer": []}]));
     }
 }

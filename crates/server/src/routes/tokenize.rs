@@ -1,4 +1,4 @@
-//! `POST /v1/tokenize` and `POST /v1/detokenize` (decision 20): same errors as completions
+//! `POST /v1/tokenize` and `POST /v1/detokenize`: same errors as completions
 //! (400 unparsable or not an object, 404 unknown model, 422 naming the field, 503 loading).
 
 use axum::body::Bytes;

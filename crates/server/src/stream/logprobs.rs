@@ -1,4 +1,5 @@
-//! Log-probabilities in the response (decision 11): per token as streamed, and per choice as
+//! Log-probabilities in the response (of the raw logits, before penalties, temperature or
+//! filters): per token as streamed, and per choice as
 //! the concatenation of its tokens'.
 
 use cordial_engine::TokenExtra;

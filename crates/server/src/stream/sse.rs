@@ -1,4 +1,5 @@
-//! The two SSE dialects (contract §5): outputs → `data: <one-line JSON>\n\n` events.
+//! The two SSE dialects (legacy: `token_sampled` … `complete`, no `[DONE]`; current: OpenAI
+//! chunks with `token`, then `[DONE]`): outputs → `data: <one-line JSON>\n\n` events.
 
 use super::generation::{ChoiceResult, Output};
 use crate::json::sse_event;

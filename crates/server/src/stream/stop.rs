@@ -1,4 +1,4 @@
-//! Stop phrases (decision 9): matched in a choice's text across token boundaries, cut from the
+//! Stop phrases: matched in a choice's text across token boundaries, cut from the
 //! text; streamed text is held back only while it may be the start of a phrase.
 //!
 //! The matcher works on [`Delta`]s (one per token, in order). A delta is released whole once no

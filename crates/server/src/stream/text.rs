@@ -1,5 +1,5 @@
 //! Per-choice detokenization: token ids → text deltas, UTF-8 safe, control tokens skipped
-//! (decision 17) but kept in `tokens`, then stop phrases ([`StopMatcher`]).
+//! (as vLLM's `skip_special_tokens`) but kept in `tokens`, then stop phrases ([`StopMatcher`]).
 //!
 //! A token whose bytes end inside a UTF-8 sequence is held back (with its text so far) until
 //! the next token of its choice or the choice's end; at the end, the dangling bytes become

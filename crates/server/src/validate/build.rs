@@ -1,6 +1,6 @@
 //! Phase 2 of validation: a typed request that passed the rules → engine requests. Tokenizes the
-//! input, checks token ids and the context length (C13), resolves defaults (decisions 10, 14, 18)
-//! and seeds. One engine request per input (prompt batch row); its choices are that row's `n`.
+//! input, checks token ids, the context length and the KV cache, resolves the default length and
+//! the seeds. One engine request per input (prompt batch row); its choices are that row's `n`.
 
 use cordial_engine::{BeamKind, BeamParams, EngineRequest, SamplingParams, TokenId};
 use cordial_grammar::GrammarCompiler;
@@ -10,13 +10,13 @@ use super::rules::{Limits, MAX_N};
 use crate::error::{Flavor, ValidationError};
 use crate::protocol::{CompletionRequest, Prompt, Seed, TokenInput};
 
-/// OpenAI's default `max_tokens` (decision 18).
+/// OpenAI's default `max_tokens`.
 pub const OPENAI_DEFAULT_MAX_TOKENS: usize = 16;
 
 /// What validation needs from the loaded model.
 pub struct ModelInfo<'a> {
     pub limits: Limits,
-    /// The model's end-of-generation set (decision 16).
+    /// The model's end-of-generation set (what llama.cpp treats as end of generation).
     pub eos_tokens: &'a [TokenId],
     /// Text → ids, special tokens parsed; with `true`, BOS added as the model wants (prompts),
     /// with `false` never (phrases such as `bad_words`).
@@ -55,7 +55,8 @@ fn checked_ids(
         .collect()
 }
 
-/// The token rows of the request (C1 already holds: exactly one of prompt/tokens).
+/// The token rows of the request (the rules already made sure exactly one of `prompt` and
+/// `tokens` is there).
 pub(crate) fn inputs(
     req: &CompletionRequest,
     model: &ModelInfo,
@@ -129,13 +130,83 @@ fn context_error(param: &str, msg: String) -> ValidationError {
     err(param, msg).with_code("context_length_exceeded")
 }
 
-/// How many tokens to generate after a prompt of `prompt_len` tokens (C13, decisions 14, 18).
+/// Which `max_tokens` a request that sets no length gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LengthDefault {
+    /// OpenAI completions: 16 tokens.
+    OpenAi,
+    /// Friendli completions and chat: the rest of the context.
+    Context,
+}
+
+impl LengthDefault {
+    pub fn of(flavor: Flavor) -> LengthDefault {
+        match flavor {
+            Flavor::OpenAi => LengthDefault::OpenAi,
+            Flavor::Friendli => LengthDefault::Context,
+        }
+    }
+}
+
+/// The field that sets how many choices a request generates.
+pub(crate) fn choices_param(req: &CompletionRequest) -> &'static str {
+    if req.num_beams.is_some() {
+        "num_beams"
+    } else if req.best_of.unwrap_or(1) > req.n.unwrap_or(1) {
+        "best_of"
+    } else {
+        "n"
+    }
+}
+
+/// Sequences a request runs at once: its beams, or its choices.
+pub(crate) fn sequences(req: &CompletionRequest) -> usize {
+    req.num_beams
+        .map_or_else(|| engine_choices(req), |b| b.max(1) as usize)
+}
+
+/// The error for `max_new` tokens per choice that the KV cache cannot hold with `req`'s
+/// choices (`param`: the field that asked for them).
+pub(crate) fn kv_error(
+    req: &CompletionRequest,
+    param: &str,
+    prompt_len: usize,
+    max_new: usize,
+    limits: &Limits,
+) -> ValidationError {
+    let (kv, seqs) = (limits.kv, sequences(req));
+    let needed = kv.blocks_needed(prompt_len, max_new, seqs, limits.max_context);
+    let fit = kv.max_new_tokens(prompt_len, seqs);
+    let asks = if seqs > 1 {
+        format!(
+            "{seqs} sequences (`{}`) of up to {max_new} new tokens",
+            choices_param(req)
+        )
+    } else {
+        format!("up to {max_new} new tokens")
+    };
+    context_error(
+        param,
+        format!(
+            "the KV cache holds {} tokens ({} blocks of {}); the {prompt_len}-token input with {asks} needs {needed} blocks; at most {fit} new tokens fit: lower `max_tokens` or `{}`",
+            kv.tokens(),
+            kv.blocks,
+            kv.block_size,
+            choices_param(req)
+        ),
+    )
+}
+
+/// How many tokens to generate after a prompt of `prompt_len` tokens: within the context
+/// (prompt + output) and within the KV cache with all the request's choices. Without a length
+/// the default applies (16 for OpenAI completions, else the rest of the context), lowered to
+/// what the KV cache holds; an explicit length that does not fit is an error naming it.
 pub(crate) fn max_new_tokens(
     req: &CompletionRequest,
     prompt_len: usize,
     input_param: &str,
     limits: &Limits,
-    flavor: Flavor,
+    default: LengthDefault,
 ) -> Result<usize, ValidationError> {
     let ctx = limits.max_context;
     if prompt_len >= ctx {
@@ -144,6 +215,14 @@ pub(crate) fn max_new_tokens(
             format!("the input has {prompt_len} tokens; this model's maximum context length is {ctx} tokens, prompt and output together"),
         ));
     }
+    let fit = limits.kv.max_new_tokens(prompt_len, sequences(req));
+    let fitting = |param: &str, m: usize| {
+        if m > fit {
+            Err(kv_error(req, param, prompt_len, m, limits))
+        } else {
+            Ok(m)
+        }
+    };
     if let Some(m) = req.max_tokens {
         let m = m as usize;
         if prompt_len + m > ctx {
@@ -152,7 +231,7 @@ pub(crate) fn max_new_tokens(
                 format!("this model's maximum context length is {ctx} tokens; the input has {prompt_len} tokens and `max_tokens` asks for {m} more"),
             ));
         }
-        return Ok(m);
+        return fitting("max_tokens", m);
     }
     if let Some(t) = req.max_total_tokens {
         let t = t as usize;
@@ -168,15 +247,20 @@ pub(crate) fn max_new_tokens(
                 format!("`max_total_tokens` ({t}) must exceed the input's {prompt_len} tokens"),
             ));
         }
-        return Ok(t - prompt_len);
+        return fitting("max_total_tokens", t - prompt_len);
     }
-    Ok(match flavor {
-        Flavor::OpenAi => OPENAI_DEFAULT_MAX_TOKENS.min(ctx - prompt_len),
-        Flavor::Friendli => ctx - prompt_len,
-    })
+    let wanted = match default {
+        LengthDefault::OpenAi => OPENAI_DEFAULT_MAX_TOKENS.min(ctx - prompt_len),
+        LengthDefault::Context => ctx - prompt_len,
+    };
+    if fit == 0 {
+        return Err(kv_error(req, choices_param(req), prompt_len, 1, limits));
+    }
+    Ok(wanted.min(fit))
 }
 
-/// One seed per choice (decision 10): a single seed `s` gives `s + j` to choice `j`.
+/// One seed per choice: a single seed `s` gives `s + j` (mod 2^64) to choice `j`; a list gives
+/// one per choice; none: a random base.
 pub(crate) fn choice_seeds(
     seed: Option<&Seed>,
     n: usize,
@@ -191,7 +275,7 @@ pub(crate) fn choice_seeds(
     (0..n as u64).map(|j| base.wrapping_add(j)).collect()
 }
 
-/// Beam search settings when `num_beams` is present (decision 7: 1 included).
+/// Beam search settings when `num_beams` is present (`num_beams: 1` included).
 fn beam_params(req: &CompletionRequest) -> Option<BeamParams> {
     let num_beams = req.num_beams? as usize;
     let kind = match req.beam_search_type.as_deref() {
@@ -214,7 +298,7 @@ pub(crate) fn engine_requests(
     req: &CompletionRequest,
     inputs: Inputs,
     model: &ModelInfo,
-    flavor: Flavor,
+    default: LengthDefault,
     random: impl FnOnce() -> u64,
 ) -> Result<Vec<EngineRequest>, ValidationError> {
     let n = engine_choices(req);
@@ -234,7 +318,7 @@ pub(crate) fn engine_requests(
                 &forced,
                 inputs.param,
                 &model.limits,
-                flavor,
+                default,
             )?;
             let params = SamplingParams {
                 max_new_tokens: max_new,

@@ -10,14 +10,12 @@
 
 use serde_json::{Map, Value};
 
+use super::build::LengthDefault;
 use super::parse::{check_model, decode_fields, Dialect, ParsedRequest};
 use super::rules::MAX_LOGPROBS;
 use crate::chat::ChatTemplate;
 use crate::error::{ApiError, Flavor, ValidationError};
-use crate::protocol::{ChatFields, CHAT_KEYS, CHAT_UNSUPPORTED, NOT_CHAT_KEYS};
-
-/// Roles a message may have.
-pub const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool"];
+use crate::protocol::{ChatFields, CompletionRequest, Tag, CHAT_UNSUPPORTED, ROLES};
 
 /// A chat body after phase 1.
 #[derive(Debug, Clone)]
@@ -28,14 +26,6 @@ pub struct ChatBody {
     pub fields: ChatFields,
     /// Everything else: read as a completions request in phase 2.
     pub rest: Map<String, Value>,
-}
-
-/// A chat request ready for `validate`, with what its response reports.
-#[derive(Debug, Clone)]
-pub struct ParsedChat {
-    pub parsed: ParsedRequest,
-    /// `Some(k)` when `logprobs: true` (k = `top_logprobs`).
-    pub logprobs: Option<usize>,
 }
 
 fn invalid(param: &str, message: impl Into<String>) -> ApiError {
@@ -124,9 +114,8 @@ pub fn parse_chat_body(body: &[u8], served: &[String]) -> Result<ChatBody, ApiEr
         ));
     };
     let model = check_model(&obj, served, Flavor::OpenAi)?;
-    if let Some(k) = NOT_CHAT_KEYS
-        .iter()
-        .find(|k| obj.get(**k).is_some_and(is_set))
+    if let Some(k) =
+        CompletionRequest::tagged(Tag::NotChat).find(|k| obj.get(*k).is_some_and(is_set))
     {
         return Err(invalid(k, format!("`{k}` is not a chat completions field")));
     }
@@ -137,13 +126,13 @@ pub fn parse_chat_body(body: &[u8], served: &[String]) -> Result<ChatBody, ApiEr
         return Err(invalid(k, format!("`{k}` is not supported by this server")));
     }
     let mut chat = Map::new();
-    for k in CHAT_KEYS
-        .iter()
-        .chain(CHAT_UNSUPPORTED)
-        .chain(NOT_CHAT_KEYS)
-    {
-        if let Some(v) = obj.remove(*k) {
-            chat.insert((*k).to_owned(), v);
+    let not_chat = CompletionRequest::tagged(Tag::NotChat);
+    let keys = ChatFields::field_names()
+        .chain(CHAT_UNSUPPORTED.iter().copied())
+        .chain(not_chat);
+    for k in keys {
+        if let Some(v) = obj.remove(k) {
+            chat.insert(k.to_owned(), v);
         }
     }
     let fields = decode_chat_fields(chat)?;
@@ -171,14 +160,13 @@ fn decode_chat_fields(chat: Map<String, Value>) -> Result<ChatFields, ApiError> 
 }
 
 /// Phase 2 (see the module docs): `encode(text, add_bos)` is the model's tokenizer, `bos` its
-/// BOS text (a template that writes it gets no second one), `max_context` its context.
+/// BOS text (a template that writes it gets no second one).
 pub fn chat_request(
     body: ChatBody,
     template: &ChatTemplate,
     encode: &dyn Fn(&str, bool) -> Vec<u32>,
     bos: Option<&str>,
-    max_context: usize,
-) -> Result<ParsedChat, ApiError> {
+) -> Result<ParsedRequest, ApiError> {
     let ChatBody {
         model,
         messages,
@@ -211,22 +199,16 @@ pub fn chat_request(
         }
         _ => {}
     }
-    // Chat default: up to the context (OpenAI's and vLLM's), not the completions default of 16.
-    let unset = |k: &str| rest.get(k).is_none_or(Value::is_null);
-    if unset("max_tokens") && unset("max_total_tokens") && ids.len() < max_context {
-        rest.insert("max_tokens".into(), (max_context - ids.len()).into());
-    }
     rest.insert("prompt".into(), ids.into());
     rest.insert("logprobs".into(), logprobs.map_or(Value::Null, Value::from));
     let req = decode_fields(rest, Flavor::OpenAi)?;
-    Ok(ParsedChat {
-        parsed: ParsedRequest {
-            req,
-            flavor: Flavor::OpenAi,
-            dialect: Dialect::Current,
-            model,
-        },
-        logprobs,
+    Ok(ParsedRequest {
+        req,
+        flavor: Flavor::OpenAi,
+        dialect: Dialect::Current,
+        // OpenAI's and vLLM's chat default: up to the context, not the completions' 16.
+        length_default: LengthDefault::Context,
+        model,
     })
 }
 
@@ -274,9 +256,9 @@ mod tests {
         v
     }
 
-    fn run(body: Value) -> Result<ParsedChat, ApiError> {
+    fn run(body: Value) -> Result<ParsedRequest, ApiError> {
         let b = parse_chat_body(body.to_string().as_bytes(), &served())?;
-        chat_request(b, &template(), &encode, Some("<s>"), 64)
+        chat_request(b, &template(), &encode, Some("<s>"))
     }
 
     fn param(e: ApiError) -> (u16, Option<String>) {
@@ -288,27 +270,24 @@ mod tests {
         let p = run(json!({"messages": [{"role": "user", "content": "hi"}]})).unwrap();
         let rendered = "<user>hi<assistant>";
         assert_eq!(
-            p.parsed.req.prompt,
+            p.req.prompt,
             Some(crate::protocol::Prompt::Tokens(
                 encode(rendered, true).into_iter().map(i64::from).collect()
             ))
         );
-        assert_eq!(
-            p.parsed.req.max_tokens,
-            Some(64 - 1 - rendered.len() as i64)
-        );
-        assert_eq!(p.parsed.flavor, Flavor::OpenAi);
-        assert_eq!(p.logprobs, None);
+        assert_eq!(p.req.max_tokens, None);
+        assert_eq!(p.length_default, LengthDefault::Context);
+        assert_eq!(p.flavor, Flavor::OpenAi);
+        assert_eq!(p.req.logprobs, None);
         let p = run(
             json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
             {"type": "text", "text": "b"}]}], "add_generation_prompt": false,
             "max_completion_tokens": 3, "logprobs": true, "top_logprobs": 2}),
         )
         .unwrap();
-        assert_eq!(p.parsed.req.max_tokens, Some(3));
-        assert_eq!(p.parsed.req.logprobs, Some(2));
-        assert_eq!(p.logprobs, Some(2));
-        let Some(crate::protocol::Prompt::Tokens(ids)) = p.parsed.req.prompt else {
+        assert_eq!(p.req.max_tokens, Some(3));
+        assert_eq!(p.req.logprobs, Some(2));
+        let Some(crate::protocol::Prompt::Tokens(ids)) = p.req.prompt else {
             panic!()
         };
         assert_eq!(ids.len(), 1 + "<user>a\nb".len());
@@ -389,8 +368,8 @@ mod tests {
             &served(),
         )
         .unwrap();
-        let p = chat_request(b, &t, &encode, Some("<s>"), 64).unwrap();
-        let Some(crate::protocol::Prompt::Tokens(ids)) = p.parsed.req.prompt else {
+        let p = chat_request(b, &t, &encode, Some("<s>")).unwrap();
+        let Some(crate::protocol::Prompt::Tokens(ids)) = p.req.prompt else {
             panic!()
         };
         assert_eq!(ids.len(), "<s>x".len(), "no BOS id added");

@@ -1,20 +1,20 @@
 //! Phase 3, decoding controls: the request's sampling, stopping, banning and reporting fields
-//! → the engine's `SamplingParams`, and the lengths of each input (C13, decisions 9, 11, 12, 16).
+//! → the engine's `SamplingParams`, and the lengths of each input.
 
 use std::time::{Duration, Instant};
 
 use cordial_engine::{SamplingParams, TokenId};
 
-use super::build::{max_new_tokens, ModelInfo};
+use super::build::{kv_error, max_new_tokens, sequences, LengthDefault, ModelInfo};
 use super::rules::Limits;
-use crate::error::{Flavor, ValidationError};
+use crate::error::ValidationError;
 use crate::protocol::{CompletionRequest, TokenInput};
 
 /// Most raw logits (rows × vocabulary, over all choices) one request may ask for with
 /// `include_output_logits`: 2^22 floats, about 40 MB of JSON. Above it: 422.
 pub const MAX_OUTPUT_LOGITS: usize = 1 << 22;
 
-/// What `choices[i].logprobs` holds (decision 11).
+/// What `choices[i].logprobs` holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogprobMode {
     /// `null`.
@@ -151,9 +151,9 @@ pub(crate) fn lengths(
     forced: &[TokenId],
     input_param: &str,
     limits: &Limits,
-    flavor: Flavor,
+    default: LengthDefault,
 ) -> Result<(usize, usize), ValidationError> {
-    let max_new = max_new_tokens(req, prompt_len, input_param, limits, flavor)?;
+    let max_new = max_new_tokens(req, prompt_len, input_param, limits, default)?;
     if !forced.is_empty() {
         let limited = req.max_tokens.is_some() || req.max_total_tokens.is_some();
         if forced.len() > max_new && (limited || prompt_len + forced.len() > limits.max_context) {
@@ -162,6 +162,10 @@ pub(crate) fn lengths(
                 forced.len()
             );
             return Err(ValidationError::new("forced_output_tokens", msg));
+        }
+        if limits.kv.max_new_tokens(prompt_len, sequences(req)) < forced.len() {
+            let param = "forced_output_tokens";
+            return Err(kv_error(req, param, prompt_len, forced.len(), limits));
         }
         return Ok((forced.len(), 0));
     }

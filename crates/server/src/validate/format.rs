@@ -1,10 +1,13 @@
-//! `response_format` (decision 15) → a grammar constraint for the engine.
+//! `response_format` (`text`, `json_object` with or without a schema, `json_schema`, `regex`)
+//! → a grammar constraint for the engine.
 //!
 //! `text`: none. `json_object`: `schema` is a JSON Schema as a string, or absent for any JSON
 //! object. `json_schema` (OpenAI): `json_schema.schema` is the schema itself. `regex`: `schema`
 //! is the pattern; the whole output matches it. Compiling happens here, at validation time (the
-//! route runs such requests off the async workers); any compile error is a 422 naming
-//! `response_format` with the grammar engine's reason.
+//! route runs such requests off the async workers; the compile itself runs on a thread of the
+//! grammar crate, and the request waits at most its time limit); any compile error is a 422
+//! naming `response_format` with the reason, which names the schema keyword (and where it is)
+//! when one cannot be enforced. What JSON Schema is accepted, and how: `docs/structured-output.md`.
 
 use cordial_engine::SharedConstraint;
 use cordial_grammar::{GrammarCompiler, GrammarSpec};

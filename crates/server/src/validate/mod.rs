@@ -14,11 +14,11 @@ mod tests;
 #[cfg(test)]
 mod tests_controls;
 
-pub use build::{ModelInfo, OPENAI_DEFAULT_MAX_TOKENS};
-pub use chat::{chat_request, parse_chat_body, ChatBody, ParsedChat};
+pub use build::{LengthDefault, ModelInfo, OPENAI_DEFAULT_MAX_TOKENS};
+pub use chat::{chat_request, parse_chat_body, ChatBody};
 pub use controls::{LogprobMode, MAX_OUTPUT_LOGITS};
-pub use parse::{parse_request, Dialect, ParsedRequest, LEGACY_KEYS, STREAM_FORMAT_HEADER};
-pub use rules::{Limits, IMPLEMENTED, MAX_LOGPROBS, MAX_N};
+pub use parse::{parse_request, Dialect, ParsedRequest, STREAM_FORMAT_HEADER};
+pub use rules::{Limits, MAX_LOGPROBS, MAX_N};
 
 use cordial_engine::EngineRequest;
 
@@ -50,7 +50,7 @@ pub struct ValidRequest {
     pub keep: usize,
     /// One per input (prompt batch row), in order.
     pub requests: Vec<EngineRequest>,
-    /// Stop phrases, matched in each choice's text by the server (decision 9).
+    /// Stop phrases, matched in each choice's text by the server and cut from it.
     pub stop: Vec<String>,
     /// What `choices[i].logprobs` reports.
     pub logprobs: LogprobMode,
@@ -89,12 +89,14 @@ pub fn validate(
         req,
         flavor,
         dialect,
+        length_default,
         model: name,
     } = parsed;
     let invalid = |v| ApiError::Invalid(v, flavor);
     check_rules(&req, &model.limits).map_err(invalid)?;
     let inputs = build::inputs(&req, model).map_err(invalid)?;
-    let requests = build::engine_requests(&req, inputs, model, flavor, random).map_err(invalid)?;
+    let requests =
+        build::engine_requests(&req, inputs, model, length_default, random).map_err(invalid)?;
     let mode = match (req.stream.unwrap_or(false), dialect) {
         (false, _) => ResponseMode::Json,
         (true, Dialect::Legacy) => ResponseMode::Legacy,

@@ -1,5 +1,6 @@
-//! Phase 1 of validation: body bytes → typed wire request, with the request's flavor (§8-b),
-//! stream dialect (§8-a) and served model name decided from the raw JSON object.
+//! Phase 1 of validation: body bytes → typed wire request, with the request's flavor (400 or
+//! 422 for validation errors), stream dialect (legacy or current) and served model name decided
+//! from the raw JSON object.
 //!
 //! The body is parsed into a `serde_json::Value` first (never with axum's `Json` extractor), so
 //! that malformed JSON is a 400 and a field of the wrong type is a 422/400 naming that field.
@@ -7,10 +8,11 @@
 use axum::http::HeaderMap;
 use serde_json::{Map, Value};
 
+use super::build::LengthDefault;
 use crate::error::{ApiError, Flavor, ValidationError};
-use crate::protocol::CompletionRequest;
+use crate::protocol::{CompletionRequest, Tag};
 
-/// The streaming dialect of a request (contract §5, §8-a).
+/// The streaming dialect of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     /// `token_sampled` … `complete`, no `[DONE]`.
@@ -25,38 +27,13 @@ pub struct ParsedRequest {
     pub req: CompletionRequest,
     pub flavor: Flavor,
     pub dialect: Dialect,
+    /// The `max_tokens` of a request that sets no length.
+    pub length_default: LengthDefault,
     /// The name to report in responses: the one requested, or the primary served name.
     pub model: String,
 }
 
-/// Keys whose presence, even as `null`, marks a legacy Friendli client (§8-a).
-pub const LEGACY_KEYS: &[&str] = &[
-    "num_beams",
-    "beam_search_type",
-    "early_stopping",
-    "length_penalty",
-    "beam_compat_pre_normalization",
-    "beam_compat_no_post_normalization",
-    "include_output_logprobs",
-    "include_output_logits",
-    "timeout_microseconds",
-    "soft_prompts",
-    "position_ids",
-    "generation_offset",
-];
-
-/// Keys that, when non-null, mark an OpenAI-flavoured request (§8-b).
-pub const OPENAI_KEYS: &[&str] = &[
-    "echo",
-    "best_of",
-    "suffix",
-    "logit_bias",
-    "user",
-    "logprobs",
-    "stream_options",
-];
-
-/// The header that overrides dialect detection (decision 19).
+/// The header that overrides dialect detection (`legacy` or `current`).
 pub const STREAM_FORMAT_HEADER: &str = "x-stream-format";
 
 /// Parses and types a request body. `served` lists the accepted model names, primary first.
@@ -80,12 +57,13 @@ pub fn parse_request(
         req,
         flavor,
         dialect,
+        length_default: LengthDefault::of(flavor),
         model,
     })
 }
 
-/// §8-b: `User-Agent: OpenAI/…`, a non-null OpenAI-only key, `prompt` as an array, or `stop` as
-/// a bare string.
+/// OpenAI-flavoured (validation errors are 400): `User-Agent: OpenAI/…`, a non-null key tagged
+/// `OpenAi`, `prompt` as an array, or `stop` as a bare string. Otherwise Friendli (422).
 pub fn detect_flavor(obj: &Map<String, Value>, headers: &HeaderMap) -> Flavor {
     let ua = headers
         .get("user-agent")
@@ -93,7 +71,7 @@ pub fn detect_flavor(obj: &Map<String, Value>, headers: &HeaderMap) -> Flavor {
         .unwrap_or("");
     let non_null = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
     let openai = ua.starts_with("OpenAI/")
-        || OPENAI_KEYS.iter().any(|k| non_null(k))
+        || CompletionRequest::tagged(Tag::OpenAi).any(non_null)
         || obj.get("prompt").is_some_and(Value::is_array)
         || obj.get("stop").is_some_and(Value::is_string);
     if openai {
@@ -103,7 +81,8 @@ pub fn detect_flavor(obj: &Map<String, Value>, headers: &HeaderMap) -> Flavor {
     }
 }
 
-/// §8-a with decision 19: the `X-Stream-Format` header wins, then the legacy keys.
+/// The `X-Stream-Format` header wins; then any key tagged `Legacy`, even `null`, means legacy;
+/// otherwise current.
 pub fn detect_dialect(
     obj: &Map<String, Value>,
     headers: &HeaderMap,
@@ -122,7 +101,7 @@ pub fn detect_dialect(
             )),
         };
     }
-    if LEGACY_KEYS.iter().any(|k| obj.contains_key(*k)) {
+    if CompletionRequest::tagged(Tag::Legacy).any(|k| obj.contains_key(k)) {
         Ok(Dialect::Legacy)
     } else {
         Ok(Dialect::Current)
@@ -299,7 +278,7 @@ mod tests {
     fn dialect_detection() {
         let dialect = |body: &str| parse(body).unwrap().dialect;
         assert_eq!(dialect(r#"{"prompt":"x","stream":true}"#), Dialect::Current);
-        for key in LEGACY_KEYS {
+        for key in CompletionRequest::tagged(Tag::Legacy) {
             let body = format!(r#"{{"prompt":"x","stream":true,"{key}":null}}"#);
             assert_eq!(dialect(&body), Dialect::Legacy, "{key}");
         }

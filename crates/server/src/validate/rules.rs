@@ -2,11 +2,12 @@
 //! Rows run in order and the first failure is the answer. Adding a field = adding rows here.
 //!
 //! Two tables:
-//! - `RULES`: ranges and invalid combinations of the contract (§2.1 C1–C18, decisions 7, 8, 11),
-//!   including those of fields the engine does not implement yet, so that they stay when it does.
+//! - `RULES`: ranges and invalid combinations (docs/api.md lists them), including those of
+//!   fields the engine does not implement yet, so that they stay when it does. A field sent at
+//!   its default/no-op value never causes a conflict.
 //! - `UNSUPPORTED`: fields the server knows but cannot honour yet. Each is rejected when SET
-//!   (non-null and not at its default/no-op value, rule R2) — never silently ignored. Implementing
-//!   a field = deleting its row and mapping it in `build.rs`.
+//!   (non-null and not at its default/no-op value) — never silently ignored. Implementing a field
+//!   = deleting its row and mapping it in `build.rs`.
 
 use crate::protocol::{CompletionRequest, ResponseFormat, Seed, Stop, TokenInput};
 
@@ -14,7 +15,11 @@ use crate::protocol::{CompletionRequest, ResponseFormat, Seed, Stop, TokenInput}
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub vocab_size: usize,
+    /// The longest prompt + output served: the model's context, `--max-model-len` and the KV
+    /// cache's size, whichever is least.
     pub max_context: usize,
+    /// The KV cache: a request must fit it whole (prompt once, plus each choice's output).
+    pub kv: cordial_engine::KvCapacity,
     /// Width of an input embedding (`embedding_to_replace` holds one per replaced index).
     pub hidden_size: usize,
 }
@@ -48,7 +53,7 @@ fn beam(r: &CompletionRequest) -> bool {
     r.num_beams.is_some()
 }
 
-/// Beam search with the DETERMINISTIC type (the default), which forbids sampling arguments (C8).
+/// Beam search with the DETERMINISTIC type (the default), which forbids sampling arguments.
 fn deterministic_beam(r: &CompletionRequest) -> bool {
     beam(r)
         && r.beam_search_type
@@ -169,12 +174,13 @@ pub(crate) fn token_input_ids(t: &TokenInput) -> Vec<i64> {
 
 #[rustfmt::skip]
 pub const RULES: &[Rule] = &[
-    // C1: exactly one input.
+    // Exactly one input.
     Rule { param: "prompt", check: |r, _| fail(r.prompt.is_none() && r.tokens.is_none(),
         || "either `prompt` or `tokens` is required".into()) },
     Rule { param: "tokens", check: |r, _| fail(r.prompt.is_some() && r.tokens.is_some(),
         || "only one of `prompt` and `tokens` is allowed".into()) },
-    // Beam search (decision 7, C2, C5–C8, C10, C17).
+    // Beam search: `num_beams` present (1 included) means beam search; a valid
+    // `beam_search_type` without it is ignored, an unknown one is refused.
     Rule { param: "num_beams", check: |r, _| fail(r.num_beams.is_some_and(|b| !(1..=31).contains(&b)),
         || "`num_beams` must be between 1 and 31".into()) },
     Rule { param: "beam_search_type", check: |r, _| {
@@ -213,7 +219,7 @@ pub const RULES: &[Rule] = &[
     Rule { param: "beam_compat_no_post_normalization", check: |r, _| fail(
         r.beam_compat_no_post_normalization == Some(true) && r.beam_compat_pre_normalization != Some(true),
         || "`beam_compat_no_post_normalization` requires `beam_compat_pre_normalization: true`".into()) },
-    // Lengths (C3, C4, C13).
+    // Lengths.
     Rule { param: "max_tokens", check: |r, _| fail(r.max_tokens.is_some_and(|m| m < 0)
         || (r.max_tokens == Some(0) && r.echo != Some(true)),
         || "`max_tokens` must be at least 1 (0 is allowed only with `echo: true`)".into()) },
@@ -236,7 +242,7 @@ pub const RULES: &[Rule] = &[
         || "`min_tokens` is not supported together with `response_format`".into()) },
     Rule { param: "timeout_microseconds", check: |r, _| fail(r.timeout_microseconds.is_some_and(|t| t <= 0),
         || "`timeout_microseconds` must be positive".into()) },
-    // Choices and seeds (C14).
+    // Choices and seeds.
     Rule { param: "n", check: |r, _| fail(r.n.is_some_and(|n| !(1..=MAX_N).contains(&n)),
         || format!("`n` must be between 1 and {MAX_N}")) },
     Rule { param: "seed", check: |r, _| seed_len_error(r) },
@@ -249,7 +255,7 @@ pub const RULES: &[Rule] = &[
     Rule { param: "seed", check: |r, _| fail(matches!(r.seed, Some(Seed::Many(ref v)) if v.len() > 1)
         && r.best_of.is_some_and(|b| b > r.n.unwrap_or(1)),
         || "a list of seeds cannot be combined with `best_of` > n; give one seed".into()) },
-    // Sampling ranges (C12).
+    // Sampling ranges.
     Rule { param: "temperature", check: |r, _| fail(r.temperature.is_some_and(|t| t < 0.0),
         || "`temperature` must be at least 0 (0 = greedy)".into()) },
     Rule { param: "top_k", check: |r, l| fail(r.top_k.is_some_and(|k| k < 0 || k as u64 > l.vocab_size as u64),
@@ -269,12 +275,12 @@ pub const RULES: &[Rule] = &[
         || "`repetition_penalty` must be at least 1.0 (1.0 = no penalty)".into()) },
     Rule { param: "no_repeat_ngram", check: |r, _| fail(r.no_repeat_ngram.is_some_and(|n| n < 1),
         || "`no_repeat_ngram` must be at least 1 (1 = off)".into()) },
-    // Encoder-decoder-only fields on a decoder-only model (C9, decision 8).
+    // Encoder-decoder-only fields on a decoder-only model.
     Rule { param: "encoder_no_repeat_ngram", check: |r, _| fail(r.encoder_no_repeat_ngram.is_some_and(|n| n != 1),
         || "`encoder_no_repeat_ngram` is for encoder-decoder models; this model is decoder-only".into()) },
     Rule { param: "encoder_repetition_penalty", check: |r, _| fail(r.encoder_repetition_penalty.is_some_and(|p| p != 1.0),
         || "`encoder_repetition_penalty` is for encoder-decoder models; this model is decoder-only".into()) },
-    // Token ids (C12) and other shapes.
+    // Token ids and other shapes.
     Rule { param: "stop_tokens", check: |r, l| id_message("stop_tokens",
         bad_ids(r.stop_tokens.iter().flatten().flat_map(|s| &s.tokens), l), l) },
     Rule { param: "bad_word_tokens", check: |r, l| id_message("bad_word_tokens",
@@ -302,7 +308,7 @@ pub const RULES: &[Rule] = &[
         || format!("`logprobs` must be between 0 and {MAX_LOGPROBS}")) },
     Rule { param: "logprobs", check: |r, _| fail(r.logprobs.is_some() && r.include_output_logprobs == Some(true),
         || "`logprobs` and `include_output_logprobs` cannot be used together".into()) },
-    // Stopping and banning (decisions 9, 16).
+    // Stopping and banning.
     Rule { param: "stop", check: |r, _| fail(stop_phrases(r).iter().any(|s| s.is_empty()),
         || "`stop` phrases must not be empty".into()) },
     Rule { param: "stop", check: |r, _| fail(stop_phrases(r).len() > MAX_STOP,
@@ -374,60 +380,6 @@ pub const UNSUPPORTED: &[Unsupported] = &[
     Unsupported { param: "generation_offset", is_set: |r| r.generation_offset.is_some(), message: None },
     Unsupported { param: "stream_options.continuous_usage_stats", is_set: |r| r.stream_options.as_ref()
         .is_some_and(|o| o.continuous_usage_stats == Some(true)), message: None },
-];
-
-/// Fields the server implements (mapped in `build.rs`) or deliberately ignores (`user`).
-pub const IMPLEMENTED: &[&str] = &[
-    "model",
-    "prompt",
-    "tokens",
-    "stream",
-    "stream_options",
-    "max_tokens",
-    "max_total_tokens",
-    "n",
-    "temperature",
-    "top_k",
-    "top_p",
-    "seed",
-    "ignore_eos",
-    "user",
-    "token_index_to_replace",
-    "embedding_to_replace",
-    // Beam search (mapped in `build.rs`; the tuning fields are ignored without `num_beams`).
-    "num_beams",
-    "length_penalty",
-    "early_stopping",
-    "beam_search_type",
-    "beam_compat_pre_normalization",
-    "beam_compat_no_post_normalization",
-    // Decoding controls (mapped in `controls.rs`).
-    "timeout_microseconds",
-    "min_tokens",
-    "min_total_tokens",
-    "no_repeat_ngram",
-    "repetition_penalty",
-    "frequency_penalty",
-    "presence_penalty",
-    "min_p",
-    "stop",
-    "stop_tokens",
-    "eos_token",
-    "bad_words",
-    "bad_word_tokens",
-    "include_output_logits",
-    "include_output_logprobs",
-    "logprobs",
-    "forced_output_tokens",
-    // Structured output (`format.rs`, compiled by cordial-grammar).
-    "response_format",
-    // OpenAI completions fields.
-    "echo",
-    "logit_bias",
-    "best_of",
-    // Meaningful only on encoder-decoder models; RULES reject non-default values.
-    "encoder_no_repeat_ngram",
-    "encoder_repetition_penalty",
 ];
 
 /// `token_index_to_replace`: non-negative and distinct (the upper bound, the input's length, is

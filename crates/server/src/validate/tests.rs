@@ -1,16 +1,21 @@
-//! Table-driven tests over the contract's §10 cases (T01–T27, E01–E24, A01–A04) with the
-//! placeholders of decision 21 replaced (served names `my-model` and `m`, ids inside the
-//! vocabulary), plus rule R1/R2 bodies and the unsupported-field table.
+//! Table-driven tests over example requests (T01–T27 valid, E01–E24 invalid, A01–A04 that
+//! must be accepted), with the served names `my-model` and `m`, ids inside the vocabulary and
+//! hidden-size vectors; bodies where `null` must mean absent and defaults must never conflict;
+//! and the unsupported-field table.
 
 use axum::http::HeaderMap;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::protocol::KNOWN_FIELDS;
 
 const VOCAB: usize = 1000;
 const CONTEXT: usize = 256;
 const EOS: &[u32] = &[2];
+/// A KV cache that never limits these cases (the KV limits have their own test).
+const ROOMY_KV: cordial_engine::KvCapacity = cordial_engine::KvCapacity {
+    block_size: 16,
+    blocks: 1 << 16,
+};
 
 /// A toy tokenizer: one token per byte.
 pub(super) fn encode(text: &str) -> Vec<u32> {
@@ -28,6 +33,7 @@ fn model() -> ModelInfo<'static> {
             vocab_size: VOCAB,
             max_context: CONTEXT,
             hidden_size: 2,
+            kv: ROOMY_KV,
         },
         eos_tokens: EOS,
         encode: &encode_bos,
@@ -36,10 +42,91 @@ fn model() -> ModelInfo<'static> {
 }
 
 pub(super) fn run(body: &Value) -> Result<ValidRequest, ApiError> {
+    run_on(body, &model())
+}
+
+fn run_on(body: &Value, model: &ModelInfo) -> Result<ValidRequest, ApiError> {
     let served = vec!["my-model".to_owned(), "m".to_owned()];
     let bytes = serde_json::to_vec(body).unwrap();
     let parsed = parse_request(&bytes, &HeaderMap::new(), &served)?;
-    validate(parsed, &model(), || 777)
+    validate(parsed, model, || 777)
+}
+
+/// Lengths stay within the KV cache with all of a request's sequences: defaults are lowered to
+/// what fits, explicit lengths that do not fit are refused naming the field and the limit.
+#[test]
+fn lengths_fit_the_kv_cache() {
+    let mut small = model();
+    // 4 blocks of 16 = 64 tokens, below the 256-token context.
+    small.limits.kv = cordial_engine::KvCapacity {
+        block_size: 16,
+        blocks: 4,
+    };
+    let max_new = |body: Value| -> Vec<usize> {
+        let v = run_on(&body, &small).unwrap_or_else(|e| panic!("{body}: {e}"));
+        v.requests.iter().map(|r| r.params.max_new_tokens).collect()
+    };
+    let hello = "hello"; // 5 tokens: no full block to share
+    assert_eq!(
+        max_new(json!({"prompt": hello})),
+        [60],
+        "5 + 60 - 1 = 64 cached"
+    );
+    assert_eq!(
+        max_new(json!({"prompt": hello, "n": 2})),
+        [28],
+        "2 blocks each"
+    );
+    assert_eq!(
+        max_new(json!({"prompt": [hello], "n": 2})),
+        [16],
+        "OpenAI's 16"
+    );
+    assert_eq!(max_new(json!({"prompt": hello, "max_tokens": 60})), [60]);
+    let refused = |body: Value, status: u16, param: &str| {
+        let e = run_on(&body, &small).expect_err(&body.to_string());
+        assert_eq!(e.status(), status, "{body}: {e}");
+        let d = e.detail();
+        assert_eq!(d.param.as_deref(), Some(param), "{body}: {e}");
+        assert_eq!(d.code, Some("context_length_exceeded"));
+        assert!(
+            d.message.contains("KV cache holds 64 tokens"),
+            "{}",
+            d.message
+        );
+    };
+    refused(
+        json!({"prompt": hello, "max_tokens": 61}),
+        422,
+        "max_tokens",
+    );
+    refused(
+        json!({"prompt": [hello], "n": 2, "max_tokens": 29}),
+        400,
+        "max_tokens",
+    );
+    refused(
+        json!({"prompt": hello, "max_total_tokens": 70}),
+        422,
+        "max_total_tokens",
+    );
+    refused(
+        json!({"prompt": hello, "num_beams": 4, "max_tokens": 20}),
+        422,
+        "max_tokens",
+    );
+    refused(
+        json!({"prompt": hello, "forced_output_tokens": vec![5; 61]}),
+        422,
+        "forced_output_tokens",
+    );
+    // A 20-token prompt shares one block; 5 choices get no block each.
+    refused(json!({"prompt": "a".repeat(20), "n": 5}), 422, "n");
+    refused(
+        json!({"prompt": ["a".repeat(20)], "best_of": 5}),
+        400,
+        "best_of",
+    );
 }
 
 #[derive(Debug)]
@@ -52,7 +139,7 @@ use Expect::{Err as E, Ok as OK};
 
 type Case = (&'static str, Value, Expect);
 
-/// The contract's T-cases (valid requests), as answered now: fields the engine does not
+/// The T-cases (valid requests), as answered now: fields the engine does not
 /// implement yet are 422 naming the field.
 #[rustfmt::skip]
 fn t_cases() -> Vec<Case> {
@@ -100,7 +187,7 @@ fn t_cases() -> Vec<Case> {
             {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}}), E(422, "response_format")),
         ("T25", json!({"model": "my-model", "prompt": "Phone:", "max_tokens": 16,
             "response_format": {"type": "regex", "schema": "[0-9]{3}-[0-9]{4}"}}), E(422, "response_format")),
-        // Hidden size 2 here: two indices take four floats (decision 21: sizes are the model's).
+        // Hidden size 2 here: two indices take four floats (sizes are the model's).
         ("T26", json!({"model": "my-model", "prompt": "A B C", "max_tokens": 4, "token_index_to_replace": [0, 2],
             "embedding_to_replace": [0.0, 0.1, 0.2, 0.3]}), OK),
         ("T26-size", json!({"model": "my-model", "prompt": "A B C", "max_tokens": 4, "token_index_to_replace": [0, 2],
@@ -118,7 +205,7 @@ fn t_cases() -> Vec<Case> {
     ]
 }
 
-/// The contract's E-cases (invalid) and A-cases (must be accepted).
+/// The E-cases (invalid) and A-cases (must be accepted).
 #[rustfmt::skip]
 fn e_and_a_cases() -> Vec<Case> {
     vec![
@@ -159,7 +246,7 @@ fn e_and_a_cases() -> Vec<Case> {
     ]
 }
 
-/// Limits, shapes and rule R2 beyond the contract's list.
+/// Limits, shapes, and fields sent at their defaults (never a conflict), beyond the examples.
 #[rustfmt::skip]
 fn extra_cases() -> Vec<Case> {
     vec![
@@ -234,7 +321,7 @@ fn t03_body() -> Value {
 }
 
 #[test]
-fn contract_cases() {
+fn example_cases() {
     let mut failures = Vec::new();
     for (name, body, expect) in [t_cases(), e_and_a_cases(), extra_cases()]
         .into_iter()
@@ -348,16 +435,81 @@ fn every_unsupported_row_rejects_only_when_set() {
     }
 }
 
-/// Every field of the wire request is either implemented, or has an UNSUPPORTED row.
+/// A value for `schema` other than its default: in range, a list of one, an object of all
+/// its properties; unbounded integers are 3 (not the toy model's EOS id, 2).
+fn sample(schema: &Value, schemas: &Value) -> Value {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        return sample(&schemas[r.rsplit('/').next().unwrap()], schemas);
+    }
+    if let Some(alts) = schema.get("oneOf").and_then(Value::as_array) {
+        let alt = alts.iter().find(|a| a["type"] != "null").unwrap();
+        return sample(alt, schemas);
+    }
+    let ty = match &schema["type"] {
+        Value::Array(types) => types.iter().find(|t| *t != "null").cloned(),
+        other => Some(other.clone()),
+    };
+    let bound = |k: &str| schema.get(k).and_then(Value::as_f64);
+    let low = bound("minimum").or(bound("exclusiveMinimum"));
+    match ty.as_ref().and_then(Value::as_str) {
+        Some("integer") => json!(low.map_or(3, |m| m as i64 + 2)),
+        Some("number") => match (low, bound("maximum")) {
+            (Some(lo), Some(hi)) => json!(lo + (hi - lo) / 4.0),
+            (Some(lo), None) => json!(lo + 0.5),
+            _ => json!(2.0),
+        },
+        Some("boolean") => json!(true),
+        Some("string") => json!("x"),
+        Some("array") => json!([sample(&schema["items"], schemas)]),
+        Some("object") => match schema["properties"].as_object() {
+            Some(props) => props
+                .iter()
+                .map(|(k, p)| (k.clone(), sample(p, schemas)))
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
+            None => json!({"1": sample(&schema["additionalProperties"], schemas)}),
+        },
+        _ => json!(3),
+    }
+}
+
+/// No field is silently ignored: set to a value other than its default (made from its
+/// schema), every field of the wire request changes the validated request or is refused, in a
+/// plain request or in a beam search (the beam tuning fields are ignored without `num_beams`).
+/// `prompt` is the baseline's own input; `user` (OpenAI's end-user id) is ignored by design.
 #[test]
-fn every_known_field_is_implemented_or_rejected() {
-    for field in KNOWN_FIELDS {
-        let implemented = rules::IMPLEMENTED.contains(field);
-        let rejected = rules::UNSUPPORTED.iter().any(|r| r.param == *field);
-        assert!(
-            implemented ^ rejected,
-            "{field}: implemented={implemented} rejected={rejected}"
-        );
+fn every_field_changes_the_request_or_is_refused() {
+    let doc = serde_json::to_value(crate::routes::openapi_document()).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let props = &schemas["CompletionRequest"]["properties"];
+    let bases = [
+        json!({"prompt": "x"}),
+        json!({"prompt": "x", "num_beams": 2}),
+    ];
+    for field in crate::protocol::CompletionRequest::field_names() {
+        if field == "prompt" || field == "user" {
+            continue;
+        }
+        let value = sample(&props[field], schemas);
+        let effective = bases.iter().any(|base| {
+            let mut body = base.clone();
+            body[field] = value.clone();
+            match run(&body) {
+                Ok(v) => format!("{v:?}") != format!("{:?}", run(base).unwrap()),
+                Err(_) => true,
+            }
+        });
+        assert!(effective, "`{field}`: {value} changed nothing");
+    }
+}
+
+/// Every row of the unsupported table names a field of the wire request (or one inside it).
+#[test]
+fn unsupported_rows_name_request_fields() {
+    let fields: Vec<&str> = crate::protocol::CompletionRequest::field_names().collect();
+    for row in rules::UNSUPPORTED {
+        let root = row.param.split('.').next().unwrap();
+        assert!(fields.contains(&root), "{}", row.param);
     }
 }
 

@@ -1,5 +1,5 @@
-//! Validation of the decoding controls: the §2.1 cases they touch, in both status flavours
-//! (422 Friendli, 400 OpenAI-flavoured via `user`), and how they map to `SamplingParams`.
+//! Validation of the decoding controls: the invalid combinations they touch, in both status
+//! flavours (422 Friendli, 400 OpenAI-flavoured via `user`), and how they map to `SamplingParams`.
 
 use serde_json::{json, Value};
 

@@ -49,17 +49,18 @@ impl Server {
 
     /// `spawn` with extra environment variables.
     pub fn spawn_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut args = vec!["--kv-cache-tokens", "16384"];
+        args.extend(extra);
+        Server::spawn_args(&args, env)
+    }
+
+    /// `cordial serve --port <free port>` with exactly `args` (no default KV size).
+    pub fn spawn_args(args: &[&str], env: &[(&str, &str)]) -> Server {
         let port = free_port();
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cordial-{port}.log"));
         let child = Command::new(BIN)
-            .args([
-                "serve",
-                "--port",
-                &port.to_string(),
-                "--kv-cache-tokens",
-                "16384",
-            ])
-            .args(extra)
+            .args(["serve", "--port", &port.to_string()])
+            .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap())
@@ -74,6 +75,26 @@ impl Server {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit by itself (failing after `timeout`).
+    pub async fn exited(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "still running:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every log line as JSON (the server ran with `--log-format json`).
+    pub fn json_log(&self) -> Vec<Value> {
+        self.log()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
     }
 
     /// Waits for `/health` 200; fails at once if the process exits.

@@ -100,7 +100,7 @@ pub async fn start_full(
     let state = AppState::with_options(vec![NAME.to_owned(), ALIAS.to_owned()], options);
     let tokenizer = tokenizer();
     let serving = Serving {
-        chat: cordial_server::state::chat_template(&tokenizer),
+        chat: cordial_server::state::chat_template(&tokenizer, None),
         engine: engine.clone(),
         tokenizer,
         max_context: config.max_context,
@@ -200,4 +200,28 @@ pub fn ids(v: &Value) -> Vec<TokenId> {
         .iter()
         .map(|t| t.as_u64().unwrap() as TokenId)
         .collect()
+}
+
+/// The value of an unlabelled metric.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .parse()
+        .unwrap()
+}
+
+/// `GET /metrics` of a server at `base`.
+pub async fn scrape_at(client: &reqwest::Client, base: &str) -> String {
+    let resp = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    resp.text().await.unwrap()
+}
+
+pub async fn scrape(srv: &TestServer) -> String {
+    scrape_at(&srv.client, &srv.base).await
 }

@@ -243,6 +243,14 @@ impl OutTile {
     pub fn cols(&self) -> Range<usize> {
         self.cols.clone()
     }
+    /// Where `n` results of row `t` from column `c` go, when all of them lie inside the tile
+    /// (a kernel then stores them directly); `None` when the tile ends before `c + n`.
+    #[inline]
+    pub fn dst(&self, t: usize, c: usize, n: usize) -> Option<*mut f32> {
+        assert!(t < self.rows && c >= self.cols.start);
+        // SAFETY: in bounds (row t < rows, c + n <= cols.end <= ld), as `new` promised.
+        (c + n <= self.cols.end).then(|| unsafe { self.ptr.add(t * self.ld + c) })
+    }
     /// Stores `v` at row `t`, columns `c..c + v.len()` (clipped to the tile's columns: the
     /// padding rows of a weight group are dropped).
     #[inline]
@@ -295,6 +303,10 @@ pub trait Kernels: Send + Sync {
 
     /// `g = silu(g) · u`.
     fn silu_mul(&self, g: &mut [f32], u: &[f32]);
+
+    /// `g = gelu(g) · u`, GELU in its tanh approximation (what gemma's `gelu_pytorch_tanh`
+    /// and ggml's `gelu` compute).
+    fn gelu_mul(&self, g: &mut [f32], u: &[f32]);
 
     /// Softmax in place (at least one finite entry).
     fn softmax(&self, x: &mut [f32]);

@@ -68,6 +68,15 @@ impl Kernels for Scalar {
         }
     }
 
+    fn gelu_mul(&self, g: &mut [f32], u: &[f32]) {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        for (a, b) in g.iter_mut().zip(u) {
+            let x = *a;
+            let t = (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh();
+            *a = 0.5 * x * (1.0 + t) * b;
+        }
+    }
+
     fn softmax(&self, x: &mut [f32]) {
         let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;

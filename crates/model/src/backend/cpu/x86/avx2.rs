@@ -26,12 +26,42 @@ unsafe fn f16_at(b: &[u8], i: usize) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
+/// Quantizes a row of activations in blocks of 32 (see [`quantize_block_q8`]).
+///
+/// # Safety
+/// CPU must support AVX2/FMA/F16C; `x.len()` is a multiple of 32; `qs` as long as `x`, `d`
+/// and `s` one entry per block, `sums` two.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_row(
+    x: &[f32],
+    qs: &mut [i8],
+    d: &mut [f32],
+    s: &mut [f32],
+    sums: &mut [i16],
+) {
+    let nb = x.len() / QK;
+    assert!(qs.len() >= nb * QK && d.len() >= nb && s.len() >= nb && sums.len() >= 2 * nb);
+    for b in 0..nb {
+        let (db, sb, [lo, hi]) =
+            quantize_block_q8(&x[b * QK..(b + 1) * QK], &mut qs[b * QK..(b + 1) * QK]);
+        (d[b], s[b], sums[2 * b], sums[2 * b + 1]) = (db, sb, lo, hi);
+    }
+}
+
+/// `v` rounded to f16 and back (round to nearest even, as `half::f16::from_f32`).
+#[inline(always)]
+unsafe fn round_f16(v: f32) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(
+        _mm_set_ss(v),
+    )))
+}
+
 /// Quantizes 32 floats to int8 with one scale: returns `(d, s)` as
 /// [`crate::quant::scalar::quantize_block_q8`] does, and the integer sums of the two halves.
 ///
 /// # Safety
-/// CPU must support AVX2/FMA; `x` has ≥ 32 elements, `q` ≥ 32.
-#[target_feature(enable = "avx2,fma")]
+/// CPU must support AVX2/FMA/F16C; `x` has ≥ 32 elements, `q` ≥ 32.
+#[inline(always)]
 pub unsafe fn quantize_block_q8(x: &[f32], q: &mut [i8]) -> (f32, f32, [i16; 2]) {
     let p = x.as_ptr();
     let v = [
@@ -72,8 +102,12 @@ pub unsafe fn quantize_block_q8(x: &[f32], q: &mut [i8]) -> (f32, f32, [i16; 2])
     let c = _mm256_packs_epi16(a, b);
     let c = _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, c);
-    let (d, s) = crate::quant::scalar::round_scales(d, sum);
-    (d, s, [lo as i16, hi as i16])
+    // As `scalar::round_scales`: d and d·Σq stored as f16, like llama.cpp's Q8_1.
+    (
+        round_f16(d),
+        round_f16(d * sum as f32),
+        [lo as i16, hi as i16],
+    )
 }
 
 /// 32 nibbles of 16 bytes as 32 unsigned bytes (low nibbles first, then high).

@@ -64,19 +64,12 @@ unsafe fn map8(x: &mut [f32], pad: f32, mut f: impl FnMut(__m256, usize) -> __m2
     }
 }
 
-/// `g = silu(g) · u = g / (1 + e^-g) · u`.
-///
-/// # Safety
-/// CPU must support AVX2/FMA; `u.len() >= g.len()`.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
+/// `g[i] = f(g[i]) · u[i]`, eight lanes at a time (tails padded with 0, as in [`map8`]).
+#[inline(always)]
+unsafe fn map8_times(g: &mut [f32], u: &[f32], mut f: impl FnMut(__m256) -> __m256) {
     assert!(u.len() >= g.len());
-    let one = _mm256_set1_ps(1.0);
-    let sign = _mm256_set1_ps(-0.0);
     let n = g.len();
-    map8(g, 0.0, |v, i| {
-        let e = exp8(_mm256_xor_ps(v, sign));
-        let s = _mm256_div_ps(v, _mm256_add_ps(one, e));
+    map8(g, 0.0, |x, i| {
         let uv = if i + 8 <= n {
             _mm256_loadu_ps(u.as_ptr().add(i))
         } else {
@@ -84,7 +77,43 @@ pub unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
             t[..n - i].copy_from_slice(&u[i..n]);
             _mm256_loadu_ps(t.as_ptr())
         };
-        _mm256_mul_ps(s, uv)
+        _mm256_mul_ps(f(x), uv)
+    });
+}
+
+/// `g = silu(g) · u = g / (1 + e^-g) · u`.
+///
+/// # Safety
+/// CPU must support AVX2/FMA; `u.len() >= g.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
+    let one = _mm256_set1_ps(1.0);
+    let sign = _mm256_set1_ps(-0.0);
+    map8_times(g, u, |v| {
+        let e = exp8(_mm256_xor_ps(v, sign));
+        _mm256_div_ps(v, _mm256_add_ps(one, e))
+    });
+}
+
+/// `g = gelu(g) · u` with GELU's tanh form, `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`,
+/// `tanh(z) = 1 − 2 / (e^{2z} + 1)` (exact at both ends: `e^{2z}` is `+inf` or 0 there).
+///
+/// # Safety
+/// CPU must support AVX2/FMA; `u.len() >= g.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn gelu_mul(g: &mut [f32], u: &[f32]) {
+    let (one, two, half) = (
+        _mm256_set1_ps(1.0),
+        _mm256_set1_ps(2.0),
+        _mm256_set1_ps(0.5),
+    );
+    let (c, k) = (_mm256_set1_ps(0.797_884_6), _mm256_set1_ps(0.044715));
+    map8_times(g, u, |x| {
+        let x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+        let z = _mm256_mul_ps(c, _mm256_fmadd_ps(k, x3, x));
+        let e = exp8(_mm256_mul_ps(two, z));
+        let t = _mm256_sub_ps(one, _mm256_div_ps(two, _mm256_add_ps(e, one)));
+        _mm256_mul_ps(_mm256_mul_ps(half, x), _mm256_add_ps(one, t))
     });
 }
 
@@ -201,6 +230,19 @@ mod tests {
             let mut a = g.clone();
             // SAFETY: AVX2 checked above.
             unsafe { silu_mul(&mut a, &u) };
+            let mut ge = g.clone();
+            // SAFETY: as above.
+            unsafe { gelu_mul(&mut ge, &u) };
+            for i in 0..n {
+                let x = g[i];
+                let t = (0.797_884_6f32 * (x + 0.044715 * x * x * x)).tanh();
+                let want = 0.5 * x * (1.0 + t) * u[i];
+                assert!(
+                    (ge[i] - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "gelu {n} {i}: {} vs {want}",
+                    ge[i]
+                );
+            }
             for i in 0..n {
                 let want = g[i] / (1.0 + (-g[i]).exp()) * u[i];
                 assert!(

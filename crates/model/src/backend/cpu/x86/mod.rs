@@ -15,7 +15,7 @@ use std::ops::Range;
 
 use super::{Isa, Kernels, KvBlock, OutTile};
 use crate::quant::repack::{PackSpec, Packed};
-use crate::quant::{ActRow, GgmlType, QuantizedActs, QK};
+use crate::quant::{ActRow, GgmlType, QuantizedActs};
 
 /// Whether this CPU runs `isa`.
 pub fn available(isa: Isa) -> bool {
@@ -97,13 +97,8 @@ impl Kernels for X86 {
         s: &mut [f32],
         sums: &mut [i16],
     ) {
-        for b in 0..x.len() / QK {
-            // SAFETY: see the module docs.
-            let (db, sb, [lo, hi]) = unsafe {
-                avx2::quantize_block_q8(&x[b * QK..(b + 1) * QK], &mut qs[b * QK..(b + 1) * QK])
-            };
-            (d[b], s[b], sums[2 * b], sums[2 * b + 1]) = (db, sb, lo, hi);
-        }
+        // SAFETY: see the module docs.
+        unsafe { avx2::quantize_row(x, qs, d, s, sums) }
     }
 
     fn dot_rows(&self, ty: GgmlType, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
@@ -147,6 +142,11 @@ impl Kernels for X86 {
     fn silu_mul(&self, g: &mut [f32], u: &[f32]) {
         // SAFETY: see the module docs.
         unsafe { avx2_ops::silu_mul(g, u) }
+    }
+
+    fn gelu_mul(&self, g: &mut [f32], u: &[f32]) {
+        // SAFETY: see the module docs.
+        unsafe { avx2_ops::gelu_mul(g, u) }
     }
 
     fn softmax(&self, x: &mut [f32]) {

@@ -30,6 +30,18 @@ const K6: u8 = 7;
 /// Activation rows per tile kept in L1 while a task's weight groups pass over it.
 const T_TILE: usize = 16;
 
+/// How far ahead (bytes) the kernel prefetches the group it streams.
+const PREFETCH: usize = 2048;
+
+/// Prefetches the `len` bytes `PREFETCH` past `p` into L1.
+#[inline(always)]
+unsafe fn prefetch(p: *const u8, len: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for off in (0..len).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + off) as *const i8);
+    }
+}
+
 /// One quantized activation row.
 #[derive(Clone, Copy)]
 struct Act {
@@ -164,7 +176,10 @@ unsafe fn group32<S: Simd, const F: u8, const N: usize>(
     };
     for b in 0..lay.nb {
         let body = g.add(lay.body_at(b));
-        let dv = S::load_f16(g.add(2 * r * b));
+        if N > 1 {
+            prefetch(body, lay.body);
+        }
+        let dv = S::load_f16(g.add(lay.d_at(b)));
         let l = match F {
             Q5_0 | Q5_1 => Lines {
                 at: body.add(4 * r),
@@ -177,7 +192,7 @@ unsafe fn group32<S: Simd, const F: u8, const N: usize>(
         };
         let (lo, hi) = block_sums::<S, F, N>(&l, acts, b);
         let mv = if F == Q4_1 || F == Q5_1 {
-            S::load_f16(g.add(lay.mins() + 2 * r * b))
+            S::load_f16(g.add(lay.m_at(b)))
         } else {
             S::fzero()
         };
@@ -207,11 +222,14 @@ unsafe fn group_k<S: Simd, const F: u8, const N: usize>(
     let mut acc = [S::fzero(); N];
     for u in 0..lay.nb / 8 {
         let body = g.add(lay.body_at(u));
-        let d = S::load_f16(g.add(2 * r * u));
+        if N > 1 {
+            prefetch(body, lay.body);
+        }
+        let d = S::load_f16(g.add(lay.d_at(u)));
         let neg_dmin = if F == K6 {
             S::fzero()
         } else {
-            S::mul(S::load_f16(g.add(lay.mins() + 2 * r * u)), S::splat(-1.0))
+            S::mul(S::load_f16(g.add(lay.m_at(u))), S::splat(-1.0))
         };
         for s in 0..8 {
             let b = 8 * u + s;
@@ -267,30 +285,43 @@ unsafe fn group_k<S: Simd, const F: u8, const N: usize>(
     acc
 }
 
-/// Group `g` times activation rows `t..t + N`, stored into `out`.
+/// Group `g` times the activation rows `acts` (rows `t..t + N`), stored into `out`.
 #[inline(always)]
 unsafe fn group_into<S: Simd, const F: u8, const N: usize>(
     w: &Packed,
-    x: &QuantizedActs,
+    acts: &[Act; N],
     g: usize,
     t: usize,
     out: &OutTile,
 ) {
-    let acts: [Act; N] = std::array::from_fn(|i| Act::of(x, t + i));
     let gp = w.group(g).as_ptr();
     let acc = if F >= K4 {
-        group_k::<S, F, N>(gp, &w.layout, &acts)
+        group_k::<S, F, N>(gp, &w.layout, acts)
     } else {
-        group32::<S, F, N>(gp, &w.layout, &acts)
+        group32::<S, F, N>(gp, &w.layout, acts)
     };
-    let mut buf = [0.0f32; 16];
     for (i, v) in acc.iter().enumerate() {
-        S::store(*v, buf.as_mut_ptr());
-        out.store(t + i, g * S::R, &buf[..S::R]);
+        match out.dst(t + i, g * S::R, S::R) {
+            Some(p) => S::store(*v, p),
+            None => {
+                // The matrix's last group: its padding rows are dropped.
+                let mut buf = [0.0f32; 16];
+                S::store(*v, buf.as_mut_ptr());
+                out.store(t + i, g * S::R, &buf[..S::R]);
+            }
+        }
     }
 }
 
+/// `N` activation rows from `tile[at..]`.
+#[inline(always)]
+fn pick<const N: usize>(tile: &[Act; T_TILE], at: usize) -> &[Act; N] {
+    tile[at..at + N].try_into().expect("N rows of the tile")
+}
+
 /// Rows `rows` of `w` times every activation row, `NMAX` activation rows per kernel call.
+/// Activation tiles are the outer loop and the task's groups the inner one, so a tile stays in
+/// L1 across the groups.
 #[inline(always)]
 unsafe fn tiles<S: Simd, const F: u8, const NMAX: usize>(
     w: &Packed,
@@ -301,20 +332,21 @@ unsafe fn tiles<S: Simd, const F: u8, const NMAX: usize>(
     let r = S::R;
     for t0 in (0..x.rows).step_by(T_TILE) {
         let t1 = (t0 + T_TILE).min(x.rows);
+        let tile: [Act; T_TILE] = std::array::from_fn(|i| Act::of(x, (t0 + i).min(t1 - 1)));
         for g in rows.start / r..rows.end.div_ceil(r) {
             let mut t = t0;
             while t + NMAX <= t1 {
-                group_into::<S, F, NMAX>(w, x, g, t, out);
+                group_into::<S, F, NMAX>(w, pick(&tile, t - t0), g, t, out);
                 t += NMAX;
             }
             if NMAX > 4 {
                 while t + 4 <= t1 {
-                    group_into::<S, F, 4>(w, x, g, t, out);
+                    group_into::<S, F, 4>(w, pick(&tile, t - t0), g, t, out);
                     t += 4;
                 }
             }
             while t < t1 {
-                group_into::<S, F, 1>(w, x, g, t, out);
+                group_into::<S, F, 1>(w, pick(&tile, t - t0), g, t, out);
                 t += 1;
             }
         }
