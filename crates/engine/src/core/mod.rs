@@ -161,7 +161,11 @@ impl EngineCore {
             self.blocks.total(),
         );
         if let Some(w) = self.blocks.window() {
-            let window = group.max_window_blocks(bs, w.window, self.scheduler.max_prefill_tokens());
+            // A sequence's window entries are a subset of its main entries, shared and copied
+            // alike, so the window pool never holds more than the main pool would.
+            let window = group
+                .max_window_blocks(bs, w.window, self.scheduler.max_prefill_tokens())
+                .min(needed);
             if needed <= total && window > w.pool.total() {
                 (needed, total) = (window, w.pool.total());
             }

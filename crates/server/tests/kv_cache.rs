@@ -1,0 +1,144 @@
+//! The q8_0 KV cache and Gemma 3's window pool under the engine, on the real models: forks
+//! (`n` choices, beams), preemption and the prefix cache give exactly the tokens each request
+//! gets alone on an engine with room to spare and no prefix cache. Sequences run past Gemma 3's
+//! 512-position window, so its windowed layers release blocks while the global ones keep all.
+
+use cordial_engine::{
+    BeamKind, BeamParams, EngineConfig, EngineHandle, EngineRequest, Event, SamplingParams, TokenId,
+};
+use cordial_model::fetch::{ensure_default_model, ensure_model, GEMMA3_270M};
+use cordial_model::{Compute, KvDtype};
+use cordial_server::runner::{self, RunnerOptions};
+
+/// A prompt of `len` ids spread over the vocabulary (no special tokens in the low ids).
+fn prompt(len: usize, salt: u32) -> Vec<TokenId> {
+    (0..len as u32)
+        .map(|i| 300 + (i * 7919 + salt * 104_729) % 20_000)
+        .collect()
+}
+
+fn request(prompt: Vec<TokenId>, max_new_tokens: usize, seeds: Vec<u64>) -> EngineRequest {
+    EngineRequest {
+        prompt,
+        params: SamplingParams {
+            temperature: 0.9,
+            max_new_tokens,
+            ..Default::default()
+        },
+        seeds,
+        deadline: None,
+        prompt_embeddings: Vec::new(),
+        constraint: None,
+        beam: None,
+    }
+}
+
+fn beams(prompt: Vec<TokenId>, max_new_tokens: usize) -> EngineRequest {
+    let mut r = request(prompt, max_new_tokens, vec![5]);
+    r.beam = Some(BeamParams {
+        num_beams: 3,
+        kind: BeamKind::Deterministic,
+        length_penalty: 1.0,
+        early_stopping: false,
+        pre_normalization: false,
+        no_post_normalization: false,
+    });
+    r
+}
+
+/// The engine over `model` with a q8_0 cache of `kv_tokens` tokens.
+fn engine(model: &std::path::Path, kv_tokens: usize, prefix_caching: bool) -> EngineHandle {
+    let opts = RunnerOptions {
+        threads: 2,
+        kv_cache_tokens: kv_tokens,
+        kv_cache_dtype: KvDtype::Q8_0,
+        max_num_seqs: 8,
+        max_prefill_tokens: 256,
+        ..RunnerOptions::new(Compute::best())
+    };
+    let loaded = runner::load(model, &opts).expect("load");
+    assert_eq!(loaded.kv.dtype, KvDtype::Q8_0);
+    let config = EngineConfig {
+        max_num_seqs: 8,
+        max_prefill_tokens: 256,
+        enable_prefix_caching: prefix_caching,
+        ..EngineConfig::default()
+    };
+    EngineHandle::spawn(loaded.executor, config)
+}
+
+/// Every choice's tokens.
+async fn run(h: &EngineHandle, req: EngineRequest) -> Vec<Vec<TokenId>> {
+    let n = if req.beam.is_some() {
+        1
+    } else {
+        req.seeds.len()
+    };
+    let mut stream = h.submit(req).expect("submit");
+    let mut out = vec![Vec::new(); n];
+    while let Some(ev) = stream.recv().await {
+        match ev {
+            Event::Token { choice, token, .. } => out[choice].push(token),
+            Event::Finished { .. } => return out,
+            Event::Error(e) => panic!("request failed: {e:?}"),
+            _ => {}
+        }
+    }
+    panic!("the stream ended without Finished");
+}
+
+async fn forks_preemption_and_prefix_hits(model: std::path::PathBuf, windowed: bool) {
+    // Two requests of 4 choices and a beam search: prompts past the window, 100 new tokens.
+    let reqs = vec![
+        request(prompt(530, 1), 100, vec![1, 2, 3, 4]),
+        request(prompt(520, 2), 100, vec![7, 8, 9, 10]),
+        beams(prompt(500, 3), 40),
+    ];
+    let roomy = engine(&model, 16_384, false);
+    let mut want = Vec::new();
+    for r in &reqs {
+        want.push(run(&roomy, r.clone()).await);
+    }
+    let s = roomy.stats();
+    assert_eq!(s.preemptions, 0);
+    assert_eq!(s.total_window_blocks > 0, windowed, "{s:?}");
+    if windowed {
+        // The window pool is sized by windows (8 sequences' and a chunk), not by the context.
+        assert!(s.total_window_blocks < s.total_blocks / 3, "{s:?}");
+        assert!(s.kv_window_bytes_per_token > 0 && s.kv_bytes_per_token > 0);
+    }
+    roomy.shutdown();
+
+    // 112 main blocks: each request fits alone (4 choices: 34 prompt blocks + 4 × 7), the
+    // three together do not, so the newest are preempted and recomputed.
+    let tight = engine(&model, 112 * 16, true);
+    // A prompt run twice: the second time its cached blocks (in both pools) are reused.
+    assert_eq!(run(&tight, reqs[0].clone()).await, want[0]);
+    assert_eq!(tight.stats().prefix_cache_hit_tokens, 0);
+    assert_eq!(run(&tight, reqs[0].clone()).await, want[0]);
+    let s = tight.stats();
+    assert!(s.prefix_cache_hit_tokens >= 512, "{s:?}");
+    let hits = s.prefix_cache_hit_tokens;
+    let handles: Vec<_> = reqs.iter().map(|r| run(&tight, r.clone())).collect();
+    let got = futures::future::join_all(handles).await;
+    assert_eq!(got, want);
+    let s = tight.stats();
+    assert!(s.preemptions > 0, "the cache must run short: {s:?}");
+    // A preempted group's recompute starts from its cached prompt blocks.
+    assert!(s.prefix_cache_hit_tokens > hits, "{s:?}");
+    assert_eq!(s.free_blocks, s.total_blocks);
+    assert_eq!(s.free_window_blocks, s.total_window_blocks);
+    tight.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q8_0_kv_on_the_default_model_forks_preempts_and_reuses_prefixes() {
+    let model = ensure_default_model().expect("default model");
+    forks_preemption_and_prefix_hits(model, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q8_0_kv_with_gemma3_window_pool_forks_preempts_and_reuses_prefixes() {
+    let model = ensure_model(&GEMMA3_270M).expect("gemma3 model");
+    forks_preemption_and_prefix_hits(model, true).await;
+}
