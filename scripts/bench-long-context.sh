@@ -11,11 +11,12 @@
 #   gemma3:  Gemma 3 270M Q4_K_M at -c 32768: a 16,384-token prompt; cordial f16 (and its
 #            KV memory from /metrics while the request runs), llama-server -fa off / on.
 #
-# Environment: CORDIAL (binary, default target/release/cordial), LLAMA_SERVER (default: the
-# peer install of ../shared/bench/peer-llamacpp.sh), THREADS (2), OUT (a results file,
-# default a fresh temp file), MAX_TOKENS (64). Prints the memory bandwidth (membw 1 10 2 when
-# /tmp/membw exists), the load, and one JSON line per measurement. Loopback only; servers
-# are stopped by their PID.
+# Environment: CORDIAL (binary, default target/release/cordial), LLAMA_SERVER (llama.cpp's
+# llama-server; default: the one on PATH), THREADS (2), OUT (a results file, default a fresh
+# temp file), MAX_TOKENS (64), MEMBW (a read-bandwidth probe run as `$MEMBW 1 10 2`, default
+# /tmp/membw when it exists), CHRT (a prefix for every server, e.g. "chrt -f 50" on a shared
+# machine). Prints the CPU, the bandwidth, the load, and one JSON line per measurement.
+# Loopback only; servers are stopped by their PID.
 set -euo pipefail
 
 WHICH="${1:?usage: $0 smollm2|gemma3 [ROUNDS]}"
@@ -59,18 +60,24 @@ case "$WHICH" in
     ;;
   *) echo "unknown model $WHICH" >&2; exit 2 ;;
 esac
-LLAMA_SERVER="${LLAMA_SERVER:-$(INSTALL_ONLY=1 "$ROOT/../shared/bench/peer-llamacpp.sh" "$MODEL" | tail -1)}"
+LLAMA_SERVER="${LLAMA_SERVER:-$(command -v llama-server || true)}"
+if [ ! -x "$LLAMA_SERVER" ]; then
+  echo "set LLAMA_SERVER to llama.cpp's llama-server binary" >&2
+  exit 2
+fi
+MEMBW="${MEMBW:-/tmp/membw}"
+CHRT="${CHRT:-}"
 
 {
   echo "# $(date -u +%FT%TZ) $WHICH, commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo ?)"
   echo "# cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2) ($(nproc) vCPUs), flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|fma|f16c|avx512f|avx512_vnni|avx_vnni|avx512_bf16)$' | tr '\n' ' ')"
-  if [ -x /tmp/membw ]; then echo "# membw 1 10 2: $(/tmp/membw 1 10 2 2>&1 | tail -3 | tr '\n' ' ')"; fi
+  if [ -x "$MEMBW" ]; then echo "# membw 1 10 2: $($MEMBW 1 10 2 2>&1 | tail -3 | tr '\n' ' ')"; fi
 } | tee -a "$OUT"
 
 # cordial LABEL PROMPT_TOKENS EXTRA_FLAGS...
 run_cordial() {
   local label="$1" ptok="$2"; shift 2
-  "$CORDIAL" serve --model "$MODEL" --port "$PORT" --threads "$THREADS" --max-num-seqs 1 \
+  $CHRT "$CORDIAL" serve --model "$MODEL" --port "$PORT" --threads "$THREADS" --max-num-seqs 1 \
     --max-model-len "$CTX" --kv-cache-tokens "$CTX" "$@" >"/tmp/bench-lc-cordial.log" 2>&1 &
   SPID=$!
   wait_ready
@@ -82,7 +89,7 @@ run_cordial() {
 # llama LABEL PROMPT_TOKENS EXTRA_FLAGS...
 run_llama() {
   local label="$1" ptok="$2"; shift 2
-  "$LLAMA_SERVER" -m "$MODEL" --port "$PORT" -t "$THREADS" -c "$CTX" -np 1 "$@" \
+  $CHRT "$LLAMA_SERVER" -m "$MODEL" --port "$PORT" -t "$THREADS" -c "$CTX" -np 1 "$@" \
     >"/tmp/bench-lc-llama.log" 2>&1 &
   SPID=$!
   wait_ready
