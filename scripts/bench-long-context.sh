@@ -15,8 +15,12 @@
 # llama-server; default: the one on PATH), THREADS (2), OUT (a results file, default a fresh
 # temp file), MAX_TOKENS (64), MEMBW (a read-bandwidth probe run as `$MEMBW 1 10 2`, default
 # /tmp/membw when it exists), CHRT (a prefix for every server, e.g. "chrt -f 50" on a shared
-# machine). Prints the CPU, the bandwidth, the load, and one JSON line per measurement.
-# Loopback only; servers are stopped by their PID.
+# machine; then only the prefill rates hold: under it both servers' streamed chunks arrived
+# together at the end, apparently because at one FIFO priority the compute threads keep the
+# HTTP threads off the 2 cores, so the client's decode rate is meaningless; measure decode at
+# depth with `cordial bench --depth N` and `llama-bench -d N`), SHORT (0 skips smollm2's
+# short-context runs). Prints the CPU, the bandwidth, the load, and one JSON line per
+# measurement. Loopback only; servers are stopped by their PID.
 set -euo pipefail
 
 WHICH="${1:?usage: $0 smollm2|gemma3 [ROUNDS]}"
@@ -130,9 +134,11 @@ for round in $(seq 1 "$ROUNDS"); do
     run_cordial "cordial q8_0" "$LONG" --kv-cache-dtype q8_0
     run_llama "llama-server -fa on" "$LONG" -fa on
     run_llama "llama-server -fa on q8_0" "$LONG" -fa on -ctk q8_0 -ctv q8_0
-    run_cordial "cordial f16 short" 32 --kv-cache-dtype f16
-    run_llama "llama-server -fa on short" 32 -fa on
-    run_llama "llama-server -fa off short" 32 -fa off
+    if [ "${SHORT:-1}" != 0 ]; then
+      run_cordial "cordial f16 short" 32 --kv-cache-dtype f16
+      run_llama "llama-server -fa on short" 32 -fa on
+      run_llama "llama-server -fa off short" 32 -fa off
+    fi
   else
     run_cordial "cordial f16" "$LONG" --kv-cache-dtype f16
     run_llama "llama-server -fa off" "$LONG" -fa off
