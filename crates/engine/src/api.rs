@@ -374,6 +374,16 @@ pub struct EngineStats {
     pub free_blocks: usize,
     /// Free blocks that still hold a cached full prompt block (prefix caching).
     pub cached_free_blocks: usize,
+    /// Blocks of the window pool (the sliding-window layers' K/V, for models that keep them
+    /// apart; 0 otherwise) and how many of them are free.
+    pub total_window_blocks: usize,
+    pub free_window_blocks: usize,
+    /// Positions per block.
+    pub block_size: usize,
+    /// KV bytes per position in the main pool (every layer, or the layers without a window)
+    /// and in the window pool; 0 when the model does not say.
+    pub kv_bytes_per_token: usize,
+    pub kv_window_bytes_per_token: usize,
     pub running_seqs: usize,
     pub waiting_requests: usize,
     pub steps: u64,

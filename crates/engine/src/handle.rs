@@ -56,7 +56,13 @@ impl EngineHandle {
         sampler: Sampler,
     ) -> EngineHandle {
         let shape = ModelShape::of(model.as_ref());
-        let shared = Arc::new(Shared::new(model.num_blocks()));
+        let window_blocks = model.window_pool().map_or(0, |(_, blocks)| blocks);
+        let shared = Arc::new(Shared::new(
+            model.num_blocks(),
+            window_blocks,
+            model.block_size(),
+            model.kv_bytes_per_token(),
+        ));
         let (commands, receiver) = std::sync::mpsc::channel();
         let inner = Inner {
             commands,

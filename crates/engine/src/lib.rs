@@ -27,4 +27,4 @@ mod shared;
 pub use api::*;
 pub use constraint::{ConstraintFactory, OutputConstraint, SharedConstraint, TokenMask};
 pub use handle::{EngineHandle, RequestControl, RequestStream};
-pub use model::{ModelError, ModelExecutor, SeqStep, TokenId};
+pub use model::{ModelError, ModelExecutor, SeqStep, TokenId, NO_BLOCK};

@@ -14,6 +14,11 @@ pub struct SeqStep<'a> {
     /// KV blocks holding positions `0..start_pos + tokens.len()`, in order; block `i` holds
     /// positions `i*block_size .. (i+1)*block_size`. The model writes the new tokens' K/V there.
     pub block_table: &'a [u32],
+    /// With a window pool ([`ModelExecutor::window_pool`]): the window-pool blocks, by the same
+    /// block index, for the windowed layers. It covers the blocks from the first token's
+    /// window start (`start_pos + 1 - window`) to the last token; earlier entries are
+    /// [`NO_BLOCK`] (released). Empty without a window pool.
+    pub window_table: &'a [u32],
     /// Whether to return the logits row of the last token of `tokens`.
     pub want_logits: bool,
     /// Return a logits row for EVERY token of `tokens` (prompt log-probabilities); when set,
@@ -36,6 +41,9 @@ impl SeqStep<'_> {
         }
     }
 }
+
+/// A window table entry for a block the window has passed (released; never read).
+pub const NO_BLOCK: u32 = u32::MAX;
 
 /// Errors a model step can report (the engine fails the step's requests, and goes on).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -60,4 +68,18 @@ pub trait ModelExecutor: Send {
     fn forward(&mut self, seqs: &[SeqStep<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError>;
     /// Copies the K/V bytes of block `src` into block `dst` (copy-on-write of a shared block).
     fn copy_block(&mut self, src: u32, dst: u32);
+    /// A second pool for the layers with a sliding window, when the model keeps them apart:
+    /// `(window, blocks)` — those layers see the last `window` positions and store their K/V
+    /// in `blocks` blocks of their own, named by [`SeqStep::window_table`]; `block_table`
+    /// names the other layers' blocks. `None` (the default): one pool for every layer.
+    fn window_pool(&self) -> Option<(usize, usize)> {
+        None
+    }
+    /// Copies window-pool block `src` into `dst` (copy-on-write).
+    fn copy_window_block(&mut self, _src: u32, _dst: u32) {}
+    /// KV bytes per position in the main pool and in the window pool (for metrics; 0 =
+    /// unknown).
+    fn kv_bytes_per_token(&self) -> (usize, usize) {
+        (0, 0)
+    }
 }

@@ -12,6 +12,12 @@ use crate::api::EngineStats;
 pub(crate) struct Shared {
     pub(crate) total_blocks: usize,
     pub(crate) free_blocks: AtomicUsize,
+    /// The window pool's blocks (0 without one), and its free ones.
+    pub(crate) total_window_blocks: usize,
+    pub(crate) free_window_blocks: AtomicUsize,
+    pub(crate) block_size: usize,
+    /// KV bytes per position in the main and the window pool (0 = unknown).
+    pub(crate) bytes_per_token: (usize, usize),
     pub(crate) cached_free_blocks: AtomicUsize,
     pub(crate) running_seqs: AtomicUsize,
     /// Requests submitted (or preempted) and not yet admitted. `submit` increments it, so
@@ -31,10 +37,19 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(total_blocks: usize) -> Shared {
+    pub(crate) fn new(
+        total_blocks: usize,
+        total_window_blocks: usize,
+        block_size: usize,
+        bytes_per_token: (usize, usize),
+    ) -> Shared {
         Shared {
             total_blocks,
             free_blocks: AtomicUsize::new(total_blocks),
+            total_window_blocks,
+            free_window_blocks: AtomicUsize::new(total_window_blocks),
+            block_size,
+            bytes_per_token,
             cached_free_blocks: AtomicUsize::new(0),
             running_seqs: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
@@ -96,6 +111,11 @@ impl Shared {
             waiting_loras,
             total_blocks: self.total_blocks,
             free_blocks: self.free_blocks.load(Ordering::Acquire),
+            total_window_blocks: self.total_window_blocks,
+            free_window_blocks: self.free_window_blocks.load(Ordering::Acquire),
+            block_size: self.block_size,
+            kv_bytes_per_token: self.bytes_per_token.0,
+            kv_window_bytes_per_token: self.bytes_per_token.1,
             cached_free_blocks: self.cached_free_blocks.load(Ordering::Acquire),
             running_seqs: self.running_seqs.load(Ordering::Acquire),
             waiting_requests: self.waiting.load(Ordering::Acquire),

@@ -361,6 +361,8 @@ async fn a_full_kv_event_channel_drops_and_counts_and_leaves_a_gap() {
     assert_eq!(got[0].seq, 0);
     assert_eq!(e.handle.stats().kv_event_batches_dropped, 2);
     e.run(greedy(prompt(9, 4, 64), 1)).await;
+    // The step's events are sent before its stats are published.
+    e.wait_all_free().await;
     assert_eq!(
         drain(&mut rx)[0].seq,
         3,

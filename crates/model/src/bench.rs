@@ -11,7 +11,7 @@ use std::time::Instant;
 use crate::backend::matmul::{matmul, quantize_acts, Acts, MatJob};
 use crate::gguf::GgufFile;
 use crate::quant::{repack::Packed, scalar::quantize_row, GgmlType, QuantizedActs};
-use crate::{Batch, Compute, Isa, KvCache, Model, Scratch, SeqInput, ThreadPool};
+use crate::{Batch, Compute, Isa, KvCache, KvDtype, Model, Scratch, SeqInput, ThreadPool};
 
 /// Tokens per KV block.
 const BS: usize = 16;
@@ -27,6 +27,11 @@ pub struct ModelBench {
     pub decode: usize,
     /// Sequences decoded together (64 steps); 1 skips it.
     pub batch: usize,
+    /// Long context: prompt tokens prefilled in chunks of 512 (as the server does), then
+    /// 32 tokens decoded at that depth; 0 skips it.
+    pub depth: usize,
+    /// How the KV cache stores K and V.
+    pub kv_dtype: KvDtype,
     /// Kernel level and layout.
     pub compute: Compute,
 }
@@ -38,6 +43,8 @@ impl Default for ModelBench {
             prefill: 512,
             decode: 128,
             batch: 16,
+            depth: 0,
+            kv_dtype: KvDtype::F16,
             compute: Compute::best(),
         }
     }
@@ -61,6 +68,7 @@ impl Runner {
                 tokens,
                 start_pos,
                 block_table: &self.tables[s],
+                window_table: &[],
                 want_logits: true,
                 all_logits: false,
                 replace: &[],
@@ -89,25 +97,26 @@ pub fn model(path: &Path, opts: &ModelBench, out: &mut dyn Write) -> anyhow::Res
     };
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;
     let c = model.config().clone();
-    // Room for the longest sequence: the prefill, or 16 + the decode (or batch) tokens.
-    let longest = opts.prefill.max(16 + opts.decode.max(64));
+    // Room for the longest sequence: the prefill, the long context, or 16 + the decode (or
+    // batch) tokens; the batch's other sequences need only the short room.
+    let short = 16 + opts.decode.max(64);
+    let longest = opts.prefill.max(short).max(opts.depth + 32);
     anyhow::ensure!(
         longest <= c.context,
         "{longest} positions do not fit the model's context of {}",
         c.context
     );
-    let blocks_per_seq = longest.div_ceil(BS);
-    let kv = KvCache::new(
-        c.n_layers,
-        c.n_kv_heads * c.head_dim,
-        BS,
-        blocks_per_seq * opts.batch,
-    );
+    let first = longest.div_ceil(BS);
+    let others = short.div_ceil(BS);
+    let kv = model.kv_cache(opts.kv_dtype, first + others * (opts.batch - 1), None)?;
     let tables = (0..opts.batch)
         .map(|s| {
-            (0..blocks_per_seq)
-                .map(|b| (s * blocks_per_seq + b) as u32)
-                .collect()
+            let (start, len) = if s == 0 {
+                (0, first)
+            } else {
+                (first + (s - 1) * others, others)
+            };
+            (start..start + len).map(|b| b as u32).collect()
         })
         .collect();
     let mut r = Runner {
@@ -125,10 +134,11 @@ pub fn model(path: &Path, opts: &ModelBench, out: &mut dyn Write) -> anyhow::Res
         .collect();
     writeln!(
         out,
-        "model {} ({}, {} threads, kernels={}{}), loaded in {load_ms:.0} ms",
+        "model {} ({}, {} threads, KV {}, kernels={}{}), loaded in {load_ms:.0} ms",
         path.display(),
         c.arch,
         r.pool.threads(),
+        opts.kv_dtype,
         opts.compute.isa,
         if opts.compute.pack().is_some() {
             " repacked"
@@ -163,6 +173,26 @@ pub fn model(path: &Path, opts: &ModelBench, out: &mut dyn Write) -> anyhow::Res
             "decode {}: {rate:.1} tok/s ({mb:.0} MB of weights per step: {:.1} GB/s)",
             opts.decode,
             rate * mb / 1e3
+        )?;
+    }
+    if opts.depth > 0 {
+        let t = Instant::now();
+        for start in (0..opts.depth).step_by(512) {
+            let end = (start + 512).min(opts.depth);
+            r.step(&[(0, &tokens[start..end], start)])?;
+        }
+        let prefill = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for i in 0..32 {
+            let p = opts.depth + i;
+            r.step(&[(0, &tokens[p..p + 1], p)])?;
+        }
+        writeln!(
+            out,
+            "depth {}: prefill {:.1} tok/s (chunks of 512), decode {:.1} tok/s (32 tokens)",
+            opts.depth,
+            opts.depth as f64 / prefill,
+            32.0 / t.elapsed().as_secs_f64()
         )?;
     }
     if opts.batch > 1 {

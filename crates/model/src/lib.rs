@@ -19,5 +19,5 @@ pub use arch::{Batch, Model, ModelConfig, ModelError, Scratch, SeqInput};
 pub use backend::cpu::{BackendError, Compute, Isa};
 pub use backend::lora::LoraUse;
 pub use backend::pool::ThreadPool;
-pub use kv::KvCache;
+pub use kv::{KvCache, KvDtype, KV_BLOCK, NO_BLOCK};
 pub use lora::{LoraAdapter, LoraBase, LoraError};

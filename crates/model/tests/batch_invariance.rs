@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use cordial_model::{Compute, Isa};
+use cordial_model::{Compute, Isa, KvDtype};
 
 fn prompts() -> Vec<Vec<u32>> {
     greedy_cases()
@@ -16,11 +16,19 @@ fn prompts() -> Vec<Vec<u32>> {
 
 #[test]
 fn logits_do_not_depend_on_the_batch() {
-    for isa in Isa::all_available() {
+    for kv in [KvDtype::F16, KvDtype::Q8_0] {
+        for isa in Isa::all_available() {
+            batch_invariance(isa, kv);
+        }
+    }
+}
+
+fn batch_invariance(isa: Isa, kv: KvDtype) {
+    {
         let p = prompts();
         let next: Vec<u32> = vec![198, 28, 30, 216];
         // Alone: each prompt, then one decode token, each sequence in its own steps.
-        let mut alone = Harness::new(load_default(), Compute::new(isa), 4, 64);
+        let mut alone = Harness::with_kv(load_default(), Compute::new(isa), 4, 64, kv);
         let mut prefill = Vec::new();
         let mut decode = Vec::new();
         for s in 0..4 {
@@ -28,12 +36,12 @@ fn logits_do_not_depend_on_the_batch() {
             decode.push(alone.step(&[(s, &next[s..s + 1], p[s].len())]).remove(0));
         }
         // Batched: three prefills together; then two decodes with a prefill in the same step.
-        let mut batched = Harness::new(load_default(), Compute::new(isa), 4, 64);
+        let mut batched = Harness::with_kv(load_default(), Compute::new(isa), 4, 64, kv);
         let rows = batched.step(&[(0, &p[0], 0), (1, &p[1], 0), (2, &p[2], 0)]);
         for s in 0..3 {
             assert!(
                 rows[s] == prefill[s],
-                "{isa:?}: prefill of sequence {s} changed in a batch"
+                "{isa:?} {kv}: prefill of sequence {s} changed in a batch"
             );
         }
         let rows = batched.step(&[
@@ -43,15 +51,15 @@ fn logits_do_not_depend_on_the_batch() {
         ]);
         assert!(
             rows[0] == decode[0],
-            "{isa:?}: decode of sequence 0 changed in a batch"
+            "{isa:?} {kv}: decode of sequence 0 changed in a batch"
         );
         assert!(
             rows[1] == prefill[3],
-            "{isa:?}: prefill of sequence 3 changed next to decodes"
+            "{isa:?} {kv}: prefill of sequence 3 changed next to decodes"
         );
         assert!(
             rows[2] == decode[1],
-            "{isa:?}: decode of sequence 1 changed in a batch"
+            "{isa:?} {kv}: decode of sequence 1 changed in a batch"
         );
     }
 }
@@ -97,6 +105,7 @@ fn bad_batches_are_errors_not_panics() {
             tokens: &tokens,
             start_pos: pos,
             block_table: &table,
+            window_table: &[],
             want_logits: true,
             all_logits: false,
             replace: &[],
@@ -122,18 +131,19 @@ fn blocked_prefill_attention_is_the_same_for_every_chunking() {
     // way whichever block of queries it falls in).
     let p: Vec<u32> = prompts().concat().into_iter().cycle().take(83).collect();
     let n = p.len();
-    for isa in Isa::all_available() {
-        let mut h = Harness::new(load_default(), Compute::new(isa), 3, 96);
+    let levels = Isa::all_available().into_iter();
+    for (isa, kv) in levels.flat_map(|i| [(i, KvDtype::F16), (i, KvDtype::Q8_0)]) {
+        let mut h = Harness::with_kv(load_default(), Compute::new(isa), 3, 96, kv);
         let whole = h.step(&[(0, &p, 0)]).remove(0);
         h.step(&[(1, &p[..37], 0)]);
         h.step(&[(1, &p[37..50], 37)]);
         let chunked = h.step(&[(1, &p[50..], 50)]).remove(0);
-        assert!(chunked == whole, "{isa:?}: chunked prefill differs");
+        assert!(chunked == whole, "{isa:?} {kv}: chunked prefill differs");
         h.step(&[(2, &p[..n - 1], 0)]);
         let decoded = h.step(&[(2, &p[n - 1..], n - 1)]).remove(0);
         assert!(
             decoded == whole,
-            "{isa:?}: decode of the last token differs"
+            "{isa:?} {kv}: decode of the last token differs"
         );
     }
 }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use cordial_engine::{EngineConfig, KvEventSender};
 use cordial_model::fetch::{default_model_path, ensure_default_model};
-use cordial_model::{Compute, Isa};
+use cordial_model::{Compute, Isa, KvDtype};
 use cordial_server::auth::ApiKeys;
 use cordial_server::kv_events::{self, Layout, Publisher};
 use cordial_server::lora::LoraSettings;
@@ -69,6 +69,13 @@ struct BenchArgs {
     /// Sequences decoded together for 64 steps (1 skips it).
     #[arg(long, default_value_t = 16)]
     batch: usize,
+    /// Long context: prefill this many tokens in chunks of 512, then decode 32 at that depth
+    /// (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    depth: usize,
+    /// How the KV cache stores K and V (`auto`, `f16`, `q8_0`).
+    #[arg(long, default_value = "auto", value_parser = parse_kv_dtype)]
+    kv_cache_dtype: KvDtype,
     /// Also measure the kernels: one thread, a ROWS × 2048 matrix of each quantized type, on
     /// every kernel level of this CPU.
     #[arg(long, value_name = "ROWS", num_args = 0..=1, default_missing_value = "1536")]
@@ -115,6 +122,10 @@ struct ServeArgs {
     /// Total KV cache capacity, in tokens (also the longest sequence served).
     #[arg(long, env = "CORDIAL_KV_CACHE_TOKENS", default_value_t = 32768)]
     kv_cache_tokens: usize,
+    /// How the KV cache stores K and V: `auto` (= f16), `f16`, or `q8_0` (int8 blocks of 32
+    /// with an f16 scale, as llama.cpp's `-ctk q8_0 -ctv q8_0`: about half the bytes).
+    #[arg(long, env = "CORDIAL_KV_CACHE_DTYPE", default_value = "auto", value_parser = parse_kv_dtype)]
+    kv_cache_dtype: KvDtype,
     /// Chat template for /v1/chat/completions instead of the model's own: a file, or the
     /// template itself (Jinja, as in the model's `tokenizer.chat_template`).
     #[arg(long, env = "CORDIAL_CHAT_TEMPLATE", value_name = "FILE|STRING")]
@@ -400,6 +411,8 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         prefill: a.prefill_tokens,
         decode: a.decode_tokens,
         batch: a.batch,
+        depth: a.depth,
+        kv_dtype: a.kv_cache_dtype,
         compute: Compute::from_env()?,
     };
     let mut out = std::io::stdout();
@@ -461,7 +474,8 @@ fn serve(args: ServeArgs, json_logs: bool, order: &AdapterOrder) -> anyhow::Resu
     };
     tracing::info!(
         "settings: model={} served_model_names={:?} host={} port={} threads={} max_model_len={:?} \
-         max_num_seqs={} kv_cache_tokens={} max_waiting={} max_prefill_tokens={} api_keys={} \
+         max_num_seqs={} kv_cache_tokens={} kv_cache_dtype={} max_waiting={} max_prefill_tokens={} \
+         api_keys={} \
          default_timeout_s={} header_read_timeout_s={} body_read_timeout_s={} shutdown_grace_s={} \
          chat_template={} allowed_origins={:?}",
         path.display(),
@@ -472,6 +486,7 @@ fn serve(args: ServeArgs, json_logs: bool, order: &AdapterOrder) -> anyhow::Resu
         args.max_model_len,
         args.max_num_seqs,
         args.kv_cache_tokens,
+        args.kv_cache_dtype,
         args.max_waiting,
         args.max_prefill_tokens,
         keys.len(),
@@ -581,6 +596,11 @@ fn api_keys(args: &ServeArgs) -> anyhow::Result<ApiKeys> {
     Ok(ApiKeys::new(keys))
 }
 
+/// `--kv-cache-dtype`: `auto`, `f16` or `q8_0`.
+fn parse_kv_dtype(s: &str) -> Result<KvDtype, String> {
+    KvDtype::parse(s).ok_or_else(|| format!("`{s}` is not one of auto, f16, q8_0"))
+}
+
 /// A duration flag in seconds, between 0 and 1e9.
 fn seconds(flag: &str, secs: f64) -> anyhow::Result<Duration> {
     if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
@@ -661,6 +681,9 @@ fn load(args: &ServeArgs, path: PathBuf, setup: LoadSetup) -> anyhow::Result<Ser
         lora: lora
             .as_ref()
             .map(|(s, names, _)| (s.clone(), names.clone())),
+        kv_cache_dtype: args.kv_cache_dtype,
+        max_num_seqs: args.max_num_seqs,
+        max_prefill_tokens: args.max_prefill_tokens,
     };
     let loaded =
         runner::load(&path, &opts).with_context(|| format!("loading {}", path.display()))?;

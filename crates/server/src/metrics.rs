@@ -308,6 +308,7 @@ fn render_engine(out: &mut String, s: &EngineStats) {
         "Free KV blocks still holding a cached prompt block.",
         s.cached_free_blocks as f64,
     );
+    render_kv_bytes(out, s);
     counter(
         out,
         "cordial_engine_steps_total",
@@ -349,6 +350,55 @@ fn render_engine(out: &mut String, s: &EngineStats) {
         "Hit tokens / queried tokens, since start.",
         rate,
     );
+}
+
+/// KV memory: bytes per token (per pool), bytes held by sequences and allocated, and the
+/// window pool's blocks when the model keeps its sliding-window layers apart.
+fn render_kv_bytes(out: &mut String, s: &EngineStats) {
+    gauge(
+        out,
+        "cordial_kv_bytes_per_token",
+        "KV-cache bytes per token (K and V of every layer, or of the layers without a sliding \
+         window when they have a pool of their own).",
+        s.kv_bytes_per_token as f64,
+    );
+    let block = (s.block_size * s.kv_bytes_per_token) as f64;
+    let window_block = (s.block_size * s.kv_window_bytes_per_token) as f64;
+    let used = s.total_blocks.saturating_sub(s.free_blocks) as f64 * block
+        + s.total_window_blocks.saturating_sub(s.free_window_blocks) as f64 * window_block;
+    gauge(
+        out,
+        "cordial_kv_bytes_used",
+        "KV-cache bytes in blocks held by sequences (both pools).",
+        used,
+    );
+    gauge(
+        out,
+        "cordial_kv_bytes_total",
+        "KV-cache bytes allocated (both pools).",
+        s.total_blocks as f64 * block + s.total_window_blocks as f64 * window_block,
+    );
+    if s.total_window_blocks > 0 {
+        gauge(
+            out,
+            "cordial_kv_window_bytes_per_token",
+            "KV-cache bytes per token of the sliding-window layers, kept only for the positions \
+             their window sees.",
+            s.kv_window_bytes_per_token as f64,
+        );
+        gauge(
+            out,
+            "cordial_kv_window_blocks_total",
+            "Blocks of the sliding-window layers' pool.",
+            s.total_window_blocks as f64,
+        );
+        gauge(
+            out,
+            "cordial_kv_window_blocks_free",
+            "Free blocks of the sliding-window layers' pool.",
+            s.free_window_blocks as f64,
+        );
+    }
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
@@ -398,6 +448,11 @@ mod tests {
             free_blocks: 7,
             prefix_cache_queries_tokens: 4,
             prefix_cache_hit_tokens: 1,
+            block_size: 16,
+            kv_bytes_per_token: 100,
+            total_window_blocks: 4,
+            free_window_blocks: 3,
+            kv_window_bytes_per_token: 10,
             ..EngineStats::default()
         };
         let out = m.render(Some(&stats));
@@ -406,6 +461,10 @@ mod tests {
         ));
         assert!(out.contains("cordial_kv_blocks_used 3\n"));
         assert!(out.contains("cordial_prefix_cache_hit_rate 0.25\n"));
+        assert!(out.contains("cordial_kv_bytes_per_token 100\n"));
+        assert!(out.contains("cordial_kv_bytes_used 4960\n"), "{out}");
+        assert!(out.contains("cordial_kv_bytes_total 16640\n"));
+        assert!(out.contains("cordial_kv_window_blocks_free 3\n"));
         assert!(out.contains("cordial_requests_in_flight 0\n"));
         for line in out.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("cordial_"), "{line}");

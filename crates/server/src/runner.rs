@@ -10,14 +10,14 @@ use anyhow::{bail, Context};
 use cordial_engine::{ModelError, ModelExecutor, SeqStep};
 use cordial_model::gguf::GgufFile;
 use cordial_model::{
-    Batch, Compute, KvCache, LoraAdapter, LoraUse, Model, Scratch, SeqInput, ThreadPool,
+    Batch, Compute, KvCache, KvDtype, LoraAdapter, LoraUse, Model, Scratch, SeqInput, ThreadPool,
 };
 use cordial_tokenizer::Tokenizer;
 
 use crate::lora::{LoraRegistry, LoraSettings};
 
 /// Tokens per KV block.
-pub const BLOCK_SIZE: usize = 16;
+pub const BLOCK_SIZE: usize = cordial_model::KV_BLOCK;
 
 /// How to load the model.
 #[derive(Debug, Clone)]
@@ -33,6 +33,64 @@ pub struct RunnerOptions {
     pub compute: Compute,
     /// LoRA serving (`--enable-lora`): its settings and the base model's served names.
     pub lora: Option<(LoraSettings, Vec<String>)>,
+    /// How K and V are stored (`--kv-cache-dtype`).
+    pub kv_cache_dtype: KvDtype,
+    /// Most sequences decoded together and prompt tokens per step: they size the window pool
+    /// of a model with sliding-window layers (each sequence keeps only its window there).
+    pub max_num_seqs: usize,
+    pub max_prefill_tokens: usize,
+}
+
+impl RunnerOptions {
+    /// Defaults for a model at `compute` (the server's flags' defaults).
+    pub fn new(compute: Compute) -> RunnerOptions {
+        RunnerOptions {
+            threads: 0,
+            kv_cache_tokens: 32768,
+            max_model_len: None,
+            compute,
+            kv_cache_dtype: KvDtype::F16,
+            max_num_seqs: 64,
+            max_prefill_tokens: 512,
+            lora: None,
+        }
+    }
+}
+
+/// What the KV cache holds, for the start-up log.
+#[derive(Debug, Clone)]
+pub struct KvSummary {
+    pub dtype: KvDtype,
+    /// Bytes per position in the main pool, its layers and its positions.
+    pub bytes_per_token: usize,
+    pub layers: usize,
+    pub tokens: usize,
+    /// The window pool: window, bytes per position, layers, positions.
+    pub window: Option<(usize, usize, usize, usize)>,
+}
+
+impl std::fmt::Display for KvSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: usize| b as f64 / (1 << 20) as f64;
+        write!(
+            f,
+            "KV cache {}: {} B/token over {} layers, {} tokens = {:.1} MiB",
+            self.dtype,
+            self.bytes_per_token,
+            self.layers,
+            self.tokens,
+            mib(self.bytes_per_token * self.tokens)
+        )?;
+        if let Some((window, bytes, layers, tokens)) = self.window {
+            write!(
+                f,
+                "; sliding-window layers ({layers}, window {window}) keep only their window: \
+                 {bytes} B/token, {tokens} tokens = {:.1} MiB",
+                mib(bytes * tokens)
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// What bounds the length of a sequence (prompt + output).
@@ -75,6 +133,7 @@ pub struct LoadedModel {
     /// The adapters this model serves (empty at load; registered by the caller), when LoRA
     /// serving is on.
     pub lora: Option<Arc<LoraRegistry>>,
+    pub kv: KvSummary,
 }
 
 /// Loads a GGUF model file, or a Hugging Face folder (`config.json`, `tokenizer.json`,
@@ -111,12 +170,34 @@ pub fn load(path: &Path, opts: &RunnerOptions) -> anyhow::Result<LoadedModel> {
     if max_context == 0 {
         bail!("the model's context length is 0");
     }
-    let kv = KvCache::new(
-        cfg.n_layers,
-        cfg.n_kv_heads * cfg.head_dim,
-        BLOCK_SIZE,
-        num_blocks,
-    );
+    // Sliding-window layers get a pool of their own holding each sequence's window (and a
+    // prefill chunk): at most the main pool's size, which never runs short of it.
+    let window = model.window();
+    let window_blocks = (window > 0).then(|| {
+        let per_seq = window.saturating_sub(1).div_ceil(BLOCK_SIZE) + 3;
+        let chunk = opts.max_prefill_tokens.div_ceil(BLOCK_SIZE) + 1;
+        (opts.max_num_seqs.max(1) * per_seq + chunk).min(num_blocks)
+    });
+    let kv = model
+        .kv_cache(opts.kv_cache_dtype, num_blocks, window_blocks)
+        .context("making the KV cache")?;
+    let per_layer = kv.layer_bytes_per_token();
+    let windowed = model.local_layers().len();
+    let summary = KvSummary {
+        dtype: opts.kv_cache_dtype,
+        bytes_per_token: kv.main_block_bytes() / BLOCK_SIZE,
+        layers: cfg.n_layers - if kv.window().is_some() { windowed } else { 0 },
+        tokens: num_blocks * BLOCK_SIZE,
+        window: kv.window().map(|w| {
+            (
+                w.window,
+                per_layer * windowed,
+                windowed,
+                w.num_blocks * BLOCK_SIZE,
+            )
+        }),
+    };
+    tracing::info!("{summary}");
     let lora = opts.lora.clone().map(|(settings, names)| {
         Arc::new(LoraRegistry::new(
             model.lora_base().clone(),
@@ -141,6 +222,7 @@ pub fn load(path: &Path, opts: &RunnerOptions) -> anyhow::Result<LoadedModel> {
         hidden_size: cfg.hidden,
         architecture: cfg.arch.clone(),
         lora,
+        kv: summary,
     })
 }
 
@@ -219,6 +301,7 @@ impl ModelExecutor for ModelRunner {
                     tokens: s.tokens,
                     start_pos: s.start_pos,
                     block_table: s.block_table,
+                    window_table: s.window_table,
                     want_logits: s.want_logits,
                     all_logits: s.all_logits,
                     replace: s.replace,
@@ -232,5 +315,18 @@ impl ModelExecutor for ModelRunner {
     }
     fn copy_block(&mut self, src: u32, dst: u32) {
         self.kv.copy_block(src, dst);
+    }
+    fn window_pool(&self) -> Option<(usize, usize)> {
+        self.kv.window().map(|w| (w.window, w.num_blocks))
+    }
+    fn copy_window_block(&mut self, src: u32, dst: u32) {
+        self.kv.copy_window_block(src, dst);
+    }
+    fn kv_bytes_per_token(&self) -> (usize, usize) {
+        let bs = self.kv.block_size;
+        (
+            self.kv.main_block_bytes() / bs,
+            self.kv.window_block_bytes() / bs,
+        )
     }
 }

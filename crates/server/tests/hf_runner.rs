@@ -82,9 +82,7 @@ fn runner_serves_a_hugging_face_folder() {
     let opts = RunnerOptions {
         threads: 1,
         kv_cache_tokens: 256,
-        max_model_len: None,
-        compute: cordial_model::Compute::best(),
-        lora: None,
+        ..RunnerOptions::new(cordial_model::Compute::best())
     };
     let mut loaded = runner::load(&dir, &opts).expect("load HF folder");
     std::fs::remove_dir_all(&dir).ok();
@@ -108,6 +106,7 @@ fn runner_serves_a_hugging_face_folder() {
                 tokens: &seq[start..],
                 start_pos: start,
                 block_table: &table,
+                window_table: &[],
                 want_logits: true,
                 all_logits: false,
                 replace: &[],
@@ -142,9 +141,7 @@ fn a_folder_without_weights_fails_naming_it() {
     let opts = RunnerOptions {
         threads: 1,
         kv_cache_tokens: 64,
-        max_model_len: None,
-        compute: cordial_model::Compute::best(),
-        lora: None,
+        ..RunnerOptions::new(cordial_model::Compute::best())
     };
     let err = runner::load(&dir, &opts).err().expect("fails").to_string();
     std::fs::remove_dir_all(&dir).ok();

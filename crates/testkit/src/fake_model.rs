@@ -18,8 +18,15 @@
 //! one adapter and read under another (a prefix cache keyed without the adapter) fails the
 //! forward.
 //!
+//! **Window pool.** With `window: Some((w, blocks))` the fake also keeps a window pool, as a
+//! model with sliding-window layers kept apart does: every token is written to its window-pool
+//! slot too (through `window_table`), and each logits row checks that the window slots of the
+//! last `w` positions hold exactly what the main slots hold — so a window table that misses a
+//! block the window still sees, a window block released and reused too early, or a missed
+//! `copy_window_block` fails the forward.
+//!
 //! **Options** ([`FakeModelConfig`]): vocabulary size, block size, number of blocks, context
-//! length; [`FakeEos`] (EOS strongly suppressed before a history length, strongly preferred from
+//! length, window pool; [`FakeEos`] (EOS strongly suppressed before a history length, strongly preferred from
 //! it on); injected failures (`fail_at_forward`: the n-th forward call returns `Err`;
 //! `fail_on_token`: any forward feeding that token returns `Err`); and `gated`, which makes
 //! every forward wait for a permit from a [`StepGate`], so a test can hold the engine inside a
@@ -64,6 +71,8 @@ pub struct FakeModelConfig {
     pub fail_on_token: Option<TokenId>,
     /// Every forward waits for a permit from the model's [`StepGate`].
     pub gated: bool,
+    /// A window pool: `(window positions, blocks)` (see the module docs).
+    pub window: Option<(usize, usize)>,
 }
 
 impl Default for FakeModelConfig {
@@ -77,6 +86,7 @@ impl Default for FakeModelConfig {
             fail_at_forward: None,
             fail_on_token: None,
             gated: false,
+            window: None,
         }
     }
 }
@@ -188,6 +198,10 @@ pub struct FakeStats {
     pub block_copies: Vec<(u32, u32)>,
     /// The distinct LoRA adapter ids of each forward call (sorted; empty: base only).
     pub loras_per_step: Vec<Vec<u32>>,
+    /// `(src, dst)` of every `copy_window_block`.
+    pub window_block_copies: Vec<(u32, u32)>,
+    /// Most window-pool blocks named by the window tables of one forward.
+    pub max_window_blocks_in_step: usize,
 }
 
 #[derive(Debug, Default)]
@@ -279,6 +293,8 @@ pub struct FakeModel {
     /// The token written in each KV slot (`block * block_size + offset`), if any, and the
     /// history chain hash up to and including it, as seen by the write.
     slots: Vec<Option<(TokenId, u64)>>,
+    /// The same for the window pool's slots.
+    window_slots: Vec<Option<(TokenId, u64)>>,
     stats: Arc<Mutex<FakeStats>>,
     gate: StepGate,
     calls: u64,
@@ -287,9 +303,11 @@ pub struct FakeModel {
 impl FakeModel {
     pub fn new(config: FakeModelConfig) -> FakeModel {
         let slots = vec![None; config.num_blocks * config.block_size];
+        let window_slots = vec![None; config.window.map_or(0, |w| w.1) * config.block_size];
         FakeModel {
             config,
             slots,
+            window_slots,
             stats: Arc::default(),
             gate: StepGate::default(),
             calls: 0,
@@ -328,6 +346,40 @@ impl FakeModel {
         Ok(block * bs + pos % bs)
     }
 
+    /// The window-pool slot of `pos` in `table`, or why there is none.
+    fn window_slot(&self, table: &[u32], pos: usize) -> Result<usize, ModelError> {
+        let bs = self.config.block_size;
+        let blocks = self.config.window.map_or(0, |w| w.1);
+        match table.get(pos / bs) {
+            Some(&b) if (b as usize) < blocks => Ok(b as usize * bs + pos % bs),
+            Some(&b) => Err(ModelError(format!(
+                "window block {b} for position {pos} out of range"
+            ))),
+            None => Err(ModelError(format!(
+                "window table of {} blocks misses position {pos}",
+                table.len()
+            ))),
+        }
+    }
+
+    /// Checks that the window slots of the `w` positions before `end` hold what the main
+    /// slots hold.
+    fn check_window(&self, seq: &SeqStep<'_>, end: usize) -> Result<(), ModelError> {
+        let Some((w, _)) = self.config.window else {
+            return Ok(());
+        };
+        for pos in end.saturating_sub(w)..end {
+            let main = self.read(seq.block_table, pos)?;
+            let got = self.window_slots[self.window_slot(seq.window_table, pos)?];
+            if got != Some(main) {
+                return Err(ModelError(format!(
+                    "window slot of position {pos} does not hold its K/V"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// What the slot of `pos` in `table` holds: its token and history hash.
     fn read(&self, table: &[u32], pos: usize) -> Result<(TokenId, u64), ModelError> {
         self.slots[self.slot(table, pos)?]
@@ -345,6 +397,10 @@ impl FakeModel {
                 _ => self.read(seq.block_table, pos - 1)?.1,
             };
             self.slots[slot] = Some((token, chain(prev, pos, token)));
+            if self.config.window.is_some() {
+                let w = self.window_slot(seq.window_table, pos)?;
+                self.window_slots[w] = self.slots[slot];
+            }
         }
         Ok(())
     }
@@ -386,6 +442,14 @@ impl FakeModel {
         ids.sort_unstable();
         ids.dedup();
         stats.loras_per_step.push(ids);
+        let mut named: Vec<u32> = seqs
+            .iter()
+            .flat_map(|s| s.window_table.iter().copied())
+            .filter(|&b| b != cordial_engine::NO_BLOCK)
+            .collect();
+        named.sort_unstable();
+        named.dedup();
+        stats.max_window_blocks_in_step = stats.max_window_blocks_in_step.max(named.len());
     }
 }
 
@@ -429,10 +493,23 @@ impl ModelExecutor for FakeModel {
             let end = seq.start_pos + seq.tokens.len();
             let history = self.history(seq.block_table, end, seq.lora)?;
             for row_end in end + 1 - seq.rows()..=end {
+                self.check_window(seq, row_end)?;
                 logits.extend(self.config.logits_with(&history[..row_end], seq.lora));
             }
         }
         Ok(())
+    }
+
+    fn window_pool(&self) -> Option<(usize, usize)> {
+        self.config.window
+    }
+
+    fn copy_window_block(&mut self, src: u32, dst: u32) {
+        let bs = self.config.block_size;
+        let (s, d) = (src as usize * bs, dst as usize * bs);
+        self.window_slots.copy_within(s..s + bs, d);
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.window_block_copies.push((src, dst));
     }
 
     fn copy_block(&mut self, src: u32, dst: u32) {
@@ -455,6 +532,7 @@ mod tests {
             tokens,
             start_pos,
             block_table: table,
+            window_table: &[],
             want_logits: true,
             all_logits: false,
             replace: &[],

@@ -81,9 +81,12 @@ impl EngineCore {
             block_size: shape.block_size,
             max_loras: config.max_loras,
         });
-        let mut blocks =
-            BlockAllocator::with_prefix_caching(model.num_blocks(), config.enable_prefix_caching)
-                .with_hash_seed(&config.prefix_hash_seed);
+        let mut blocks = BlockAllocator::with_window(
+            model.num_blocks(),
+            config.enable_prefix_caching,
+            model.window_pool(),
+        )
+        .with_hash_seed(&config.prefix_hash_seed);
         if config.kv_events.is_some() {
             blocks = blocks.recording_events();
         }
@@ -153,8 +156,21 @@ impl EngineCore {
 
     fn add(&mut self, id: RequestId, request: EngineRequest, events: EventSender) {
         let mut group = SequenceGroup::new(id, request, events);
-        let total = self.blocks.total();
-        let needed = group.max_blocks(self.shape.block_size, self.shape.max_context);
+        let bs = self.shape.block_size;
+        let (mut needed, mut total) = (
+            group.max_blocks(bs, self.shape.max_context),
+            self.blocks.total(),
+        );
+        if let Some(w) = self.blocks.window() {
+            // A sequence's window entries are a subset of its main entries, shared and copied
+            // alike, so the window pool never holds more than the main pool would.
+            let window = group
+                .max_window_blocks(bs, w.window, self.scheduler.max_prefill_tokens())
+                .min(needed);
+            if needed <= total && window > w.pool.total() {
+                (needed, total) = (window, w.pool.total());
+            }
+        }
         if group.params.max_new_tokens == 0 && !group.params.prompt_logprobs {
             finish_without_tokens(&mut group);
         } else if needed > total {
@@ -231,6 +247,10 @@ impl EngineCore {
             .store(self.blocks.num_free(), Ordering::Release);
         s.cached_free_blocks
             .store(self.blocks.num_cached_free(), Ordering::Release);
+        if let Some(w) = self.blocks.window() {
+            s.free_window_blocks
+                .store(w.pool.num_free(), Ordering::Release);
+        }
         s.running_seqs
             .store(self.scheduler.running_seqs(), Ordering::Release);
         s.steps.store(self.steps, Ordering::Release);

@@ -31,8 +31,11 @@ impl EngineCore {
         if out.chunks.is_empty() {
             return;
         }
-        for &(src, dst) in &out.copies {
+        for &(src, dst) in &out.copies.main {
             self.model.copy_block(src, dst);
+        }
+        for &(src, dst) in &out.copies.window {
+            self.model.copy_window_block(src, dst);
         }
         let vocab = self.shape.vocab_size;
         let mut jobs = masks::take_jobs(&mut self.scheduler.running, &out.chunks, vocab);
@@ -65,6 +68,7 @@ impl EngineCore {
                     tokens: group.tokens(c.target, c.start, c.len),
                     start_pos: c.start,
                     block_table: group.table(c.target).ids(),
+                    window_table: group.table(c.target).window_ids(),
                     want_logits: c.want_logits,
                     all_logits: c.all_logits,
                     replace: &group.prompt_embeddings,
@@ -112,6 +116,13 @@ impl EngineCore {
             if c.target == Target::Prompt {
                 let range = (c.start, c.start + c.len);
                 group.register_prompt_blocks(&mut self.blocks, self.shape.block_size, range);
+            }
+            // Window blocks the next token no longer sees go back to the window pool.
+            if let Some(w) = self.blocks.window_mut() {
+                let next = c.start + c.len;
+                group
+                    .table_mut(c.target)
+                    .trim_window(next, self.shape.block_size, w);
             }
             if per_group.last().is_none_or(|g| g.group != c.group) {
                 per_group.push(GroupRows {

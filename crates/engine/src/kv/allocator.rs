@@ -1,12 +1,12 @@
-//! BlockAllocator: a free list plus a reference count per KV block, and the prefix cache
-//! ([`PrefixIndex`]) of full prompt blocks that can be reused.
+//! BlockPool: a free list plus a reference count per KV block of one pool, and the prefix
+//! cache ([`PrefixIndex`]) of its full prompt blocks that can be reused.
 
 use super::prefix::{BlockKey, PrefixIndex};
 use crate::api::KvEvent;
 use crate::block_hash::{self, BlockHash};
 use crate::model::TokenId;
 
-/// Index of a KV block in the model's cache.
+/// Index of a KV block in one pool of the model's cache.
 pub(crate) type BlockId = u32;
 
 /// Hands out KV blocks and counts their users. A block is in use exactly when its count is > 0.
@@ -20,7 +20,7 @@ pub(crate) type BlockId = u32;
 /// Plain free blocks are reused last-in first-out, so a use-after-free bug in the engine shows
 /// up as corrupted output quickly in tests rather than hiding in a rarely reused block.
 #[derive(Debug)]
-pub(crate) struct BlockAllocator {
+pub(crate) struct BlockPool {
     ref_counts: Vec<u32>,
     free: Vec<BlockId>,
     prefix: PrefixIndex,
@@ -32,20 +32,20 @@ pub(crate) struct BlockAllocator {
     events: Option<Vec<KvEvent>>,
 }
 
-impl BlockAllocator {
+impl BlockPool {
     /// An allocator over blocks `0..num_blocks`, all free, with prefix caching on.
     #[cfg(test)]
-    pub(crate) fn new(num_blocks: usize) -> BlockAllocator {
-        BlockAllocator::with_prefix_caching(num_blocks, true)
+    pub(crate) fn new(num_blocks: usize) -> BlockPool {
+        BlockPool::with_prefix_caching(num_blocks, true)
     }
 
     /// An allocator over blocks `0..num_blocks`, all free; `prefix_caching` off makes
     /// [`Self::register`] a no-op, so nothing is ever found by [`Self::lookup`].
-    pub(crate) fn with_prefix_caching(num_blocks: usize, prefix_caching: bool) -> BlockAllocator {
+    pub(crate) fn with_prefix_caching(num_blocks: usize, prefix_caching: bool) -> BlockPool {
         let top = BlockId::try_from(num_blocks).unwrap_or(BlockId::MAX);
         // Reversed so that the first allocations return 0, 1, 2, ...
         let free = (0..top).rev().collect::<Vec<_>>();
-        BlockAllocator {
+        BlockPool {
             ref_counts: vec![0; free.len()],
             prefix: PrefixIndex::new(free.len()),
             free,
@@ -57,22 +57,22 @@ impl BlockAllocator {
     }
 
     /// Block hashes chained from `seed`'s hash (see [`crate::block_hash`]).
-    pub(crate) fn with_hash_seed(mut self, seed: &str) -> BlockAllocator {
+    pub(crate) fn with_hash_seed(mut self, seed: &str) -> BlockPool {
         self.root = block_hash::root_hash(seed);
         self.seed = seed.to_owned();
         self
     }
 
     /// Records the prefix cache's changes as [`KvEvent`]s (see [`Self::take_events`]).
-    pub(crate) fn recording_events(mut self) -> BlockAllocator {
+    pub(crate) fn recording_events(mut self) -> BlockPool {
         self.events = Some(Vec::new());
         self
     }
 
     /// The same allocator state as a fresh one (every block free, nothing cached); when
     /// recording, its first event is `AllBlocksCleared`.
-    pub(crate) fn fresh(&self) -> BlockAllocator {
-        let mut fresh = BlockAllocator::with_prefix_caching(self.total(), self.prefix_caching)
+    pub(crate) fn fresh(&self) -> BlockPool {
+        let mut fresh = BlockPool::with_prefix_caching(self.total(), self.prefix_caching)
             .with_hash_seed(&self.seed);
         if self.events.is_some() {
             fresh.events = Some(vec![KvEvent::AllBlocksCleared]);
@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn allocates_every_block_once_then_runs_out() {
-        let mut alloc = BlockAllocator::new(3);
+        let mut alloc = BlockPool::new(3);
         assert_eq!((alloc.total(), alloc.num_free()), (3, 3));
         let got: Vec<_> = (0..3).map(|_| alloc.allocate().unwrap()).collect();
         assert_eq!(got, vec![0, 1, 2]);
@@ -231,7 +231,7 @@ mod tests {
 
     #[test]
     fn shared_block_is_freed_after_its_last_release() {
-        let mut alloc = BlockAllocator::new(2);
+        let mut alloc = BlockPool::new(2);
         let b = alloc.allocate().unwrap();
         alloc.share(b);
         alloc.share(b);
@@ -246,7 +246,7 @@ mod tests {
 
     #[test]
     fn freed_blocks_are_reused_last_in_first_out() {
-        let mut alloc = BlockAllocator::new(4);
+        let mut alloc = BlockPool::new(4);
         let a = alloc.allocate().unwrap();
         let b = alloc.allocate().unwrap();
         alloc.release(a);
@@ -257,7 +257,7 @@ mod tests {
 
     #[test]
     fn empty_allocator_has_nothing_to_give() {
-        let mut alloc = BlockAllocator::new(0);
+        let mut alloc = BlockPool::new(0);
         assert_eq!(alloc.allocate(), None);
         assert_eq!(alloc.total(), 0);
     }
@@ -273,7 +273,7 @@ mod tests {
 
     #[test]
     fn a_released_cached_block_stays_findable_and_counts_as_free() {
-        let mut alloc = BlockAllocator::new(3);
+        let mut alloc = BlockPool::new(3);
         let k = keys(&[1, 2, 3, 4, 5, 6, 7, 8], 4);
         let (a, b) = (alloc.allocate().unwrap(), alloc.allocate().unwrap());
         assert!(alloc.register(a, k[0]));
@@ -300,7 +300,7 @@ mod tests {
 
     #[test]
     fn eviction_takes_the_least_recently_released_cached_block() {
-        let mut alloc = BlockAllocator::new(3);
+        let mut alloc = BlockPool::new(3);
         let k = keys(&(1..=12).collect::<Vec<_>>(), 4);
         let blocks: Vec<_> = (0..3).map(|_| alloc.allocate().unwrap()).collect();
         for (i, &b) in blocks.iter().enumerate() {
@@ -322,7 +322,7 @@ mod tests {
 
     #[test]
     fn with_caching_off_nothing_is_registered() {
-        let mut alloc = BlockAllocator::with_prefix_caching(2, false);
+        let mut alloc = BlockPool::with_prefix_caching(2, false);
         let k = keys(&[1, 2, 3, 4], 4);
         let a = alloc.allocate().unwrap();
         assert!(!alloc.register(a, k[0]));

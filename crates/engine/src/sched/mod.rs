@@ -4,7 +4,8 @@
 //!
 //! 1. `schedule_running`: every running group, oldest first, gets its decodes and (under the
 //!    prefill budget) its next prefill chunk. A group is scheduled whole or not at all: its block
-//!    need is counted first ([`plan::blocks_needed`]); when blocks are short, the NEWEST running
+//!    need is counted first, per pool ([`plan::blocks_needed`]; the window pool's too, for
+//!    models that keep their sliding-window layers apart); when blocks are short, the NEWEST running
 //!    group is preempted (all its blocks freed, put back at the front of the waiting queue, to
 //!    be recomputed later) until the need fits, which may be the group itself. The oldest group
 //!    can always run, since no admitted request needs more blocks than the cache holds
@@ -12,7 +13,7 @@
 //! 2. `admit_waiting` (only when nothing was preempted this step): waiting groups join in FIFO
 //!    order while `max_num_seqs`, the prefill budget and the free blocks allow. A group is
 //!    admitted only if, after its first chunk, a reserve of one block per running sequence stays
-//!    free, so that admissions rarely force a preemption at the next decode. Before its plan is
+//!    free in each pool, so that admissions rarely force a preemption at the next decode. Before its plan is
 //!    counted, a group takes the cached blocks its prompt starts with (prefix caching), so its
 //!    first chunk starts after them and they count neither against the budget nor as new
 //!    blocks; a group that is not admitted gives them back at once. A group whose LoRA
@@ -27,7 +28,7 @@ mod plan;
 
 use std::collections::VecDeque;
 
-use crate::kv::{BlockAllocator, BlockId};
+use crate::kv::{BlockAllocator, BlockCopies, Need};
 use crate::seq::{RequestId, SequenceGroup, Target};
 use budget::TokenBudget;
 use plan::{blocks_needed, plan_group, Planned};
@@ -70,8 +71,8 @@ impl ScheduledChunk {
 pub(crate) struct SchedulerOutput {
     /// The batch; a group's chunks are adjacent.
     pub(crate) chunks: Vec<ScheduledChunk>,
-    /// `(src, dst)` block copies (copy-on-write) to make before the forward, in order.
-    pub(crate) copies: Vec<(BlockId, BlockId)>,
+    /// `(src, dst)` block copies (copy-on-write) to make before the forward, in order, per pool.
+    pub(crate) copies: BlockCopies,
     /// Groups that left the waiting queue this step.
     pub(crate) admitted: usize,
     /// Groups preempted back into the waiting queue this step.
@@ -104,6 +105,10 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
         }
+    }
+
+    pub(crate) fn max_prefill_tokens(&self) -> usize {
+        self.config.max_prefill_tokens
     }
 
     pub(crate) fn is_idle(&self) -> bool {
@@ -254,7 +259,7 @@ impl Scheduler {
             } else {
                 seqs_after
             };
-            if plan.is_empty() || alloc.num_free() < need + reserve {
+            if plan.is_empty() || !alloc.fits(need, reserve) {
                 group.detach_cached_prefix(alloc);
                 break;
             }
@@ -295,16 +300,16 @@ impl Scheduler {
         ids
     }
 
-    /// Preempts the newest running groups until `need` blocks are free. False when group `i`
-    /// itself had to be preempted.
+    /// Preempts the newest running groups until `need` blocks are free in each pool. False when
+    /// group `i` itself had to be preempted.
     fn make_room(
         &mut self,
         i: usize,
-        need: usize,
+        need: Need,
         alloc: &mut BlockAllocator,
         out: &mut SchedulerOutput,
     ) -> bool {
-        while alloc.num_free() < need {
+        while !alloc.fits(need, 0) {
             let newest = self.running.len() - 1;
             self.preempt(newest, alloc);
             out.preempted += 1;

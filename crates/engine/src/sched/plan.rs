@@ -1,7 +1,7 @@
 //! What one group asks for in a step, and how many free blocks that takes.
 
 use super::budget::TokenBudget;
-use crate::kv::{BlockAllocator, BlockNeed};
+use crate::kv::{BlockAllocator, BlockNeed, Need};
 use crate::seq::{SequenceGroup, Target};
 
 /// One write of a group in a step: `len` tokens of `target` from position `start`.
@@ -61,13 +61,13 @@ pub(crate) fn plan_group(group: &SequenceGroup, budget: &mut TokenBudget) -> Vec
     plan
 }
 
-/// Free blocks that carrying out `plan` takes (new blocks plus copy-on-write copies).
+/// Free blocks that carrying out `plan` takes (new blocks plus copy-on-write copies), per pool.
 pub(crate) fn blocks_needed(
     group: &SequenceGroup,
     plan: &[Planned],
     block_size: usize,
     alloc: &BlockAllocator,
-) -> usize {
+) -> Need {
     let mut need = BlockNeed::default();
     for p in plan {
         need.add_write(
@@ -77,5 +77,5 @@ pub(crate) fn blocks_needed(
             alloc,
         );
     }
-    need.blocks()
+    need.need()
 }

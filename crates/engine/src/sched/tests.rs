@@ -96,7 +96,7 @@ fn n_choices_share_the_prompt_then_decode_each() {
     let out = s.schedule(&mut alloc);
     assert_eq!(lens(&out), vec![(0, 1, true); 3]);
     // Two of the three holders of the half-full block copy it; the last writes in place.
-    assert_eq!(out.copies.len(), 2);
+    assert_eq!(out.copies.main.len(), 2);
     assert_eq!(alloc.num_free(), 60);
 }
 
@@ -152,13 +152,13 @@ fn the_newest_group_preempts_itself() {
     let out = s.schedule(&mut alloc);
     update(&mut s, &out, &mut alloc);
     // Steal every free block so that the only group cannot grow.
-    let stolen: Vec<_> = std::iter::from_fn(|| alloc.allocate()).collect();
+    let stolen: Vec<_> = std::iter::from_fn(|| alloc.main_mut().allocate()).collect();
     assert_eq!(stolen.len(), 3);
     let out = s.schedule(&mut alloc);
     assert_eq!((out.preempted, out.chunks.len()), (1, 0));
     assert!(s.running.is_empty());
     for b in stolen {
-        alloc.release(b);
+        alloc.main_mut().release(b);
     }
     // It comes back: the prompt is recomputed (no logits needed), then its pending token decodes.
     let out = s.schedule(&mut alloc);

@@ -244,6 +244,24 @@ impl SequenceGroup {
         )
     }
 
+    /// Window-pool blocks a request of this shape holds at most when it runs alone (window
+    /// `window`, prefill chunks of at most `max_prefill` tokens): per choice the blocks its
+    /// window and the token it writes span (the window's first block may be partial) plus a
+    /// copy-on-write copy of a shared block, plus the blocks of one chunk. More than the
+    /// window pool has means it can never run (`EngineError::TooLarge`).
+    pub(crate) fn max_window_blocks(
+        &self,
+        block_size: usize,
+        window: usize,
+        max_prefill: usize,
+    ) -> usize {
+        let per_choice = (window.saturating_sub(1)).div_ceil(block_size) + 3;
+        self.choices
+            .len()
+            .saturating_mul(per_choice)
+            .saturating_add(max_prefill.div_ceil(block_size) + 1)
+    }
+
     /// The tokens of `target` at positions `start..start + len`.
     pub(crate) fn tokens(&self, target: Target, start: usize, len: usize) -> &[TokenId] {
         match target {
@@ -484,7 +502,12 @@ mod tests {
         let mut alloc = BlockAllocator::new(8);
         let mut g = group(6, 3, 4);
         g.prompt_blocks
-            .prepare_write((0, 6), 4, &mut alloc, &mut Vec::new())
+            .prepare_write(
+                (0, 6),
+                4,
+                &mut alloc,
+                &mut crate::kv::BlockCopies::default(),
+            )
             .unwrap();
         g.mark_computed(Target::Prompt, 0, 6);
         g.fork(&mut alloc);
@@ -493,7 +516,7 @@ mod tests {
             .choices
             .iter()
             .all(|s| s.blocks.ids() == [0, 1] && s.num_computed == 6));
-        assert_eq!(alloc.ref_count(1), 3);
+        assert_eq!(alloc.main().ref_count(1), 3);
         g.reset_for_recompute(&mut alloc);
         assert_eq!(alloc.num_free(), 8);
         assert!(!g.forked && g.prompt_computed == 0);

@@ -4,9 +4,14 @@
 //! Only full blocks lying entirely before the prompt's last token are reused, so at least that
 //! token is computed (its logits are sampled) and no reused block is ever written: the prompt's
 //! remaining tokens, and later the choices' tokens, go to blocks after the reused ones.
+//!
+//! With a window pool, a prompt block is cached in both pools under the same key (its
+//! window-pool block stays cached after the sequence's window has passed it, until evicted). A
+//! hit of `k` blocks needs the main blocks `0..k` and the window blocks the first computed
+//! token reads (from its window start to `k`); the run is shortened until both are cached.
 
 use super::SequenceGroup;
-use crate::kv::{chain_hashes, BlockAllocator, BlockKey};
+use crate::kv::{chain_hashes, BlockAllocator, BlockKey, NO_BLOCK};
 
 impl SequenceGroup {
     /// Computes the chain hashes of the prompt's full blocks, once.
@@ -42,15 +47,37 @@ impl SequenceGroup {
         }
         self.ensure_chain(block_size, alloc);
         let reusable = self.prompt.len().saturating_sub(1) / block_size;
-        for i in 0..reusable {
-            let key = BlockKey::of_block(&self.block_hashes, &self.chain_seed, i);
-            let Some(block) = alloc.lookup(&key) else {
-                break;
-            };
-            alloc.acquire_cached(block);
-            self.prompt_blocks.push_acquired(block);
+        let key = |i: usize| BlockKey::of_block(&self.block_hashes, &self.chain_seed, i);
+        // The cached run of main blocks the prompt starts with; with a window pool, only as
+        // far as the window blocks the next token reads (from its window start on) are
+        // cached too.
+        let mut run = (0..reusable)
+            .take_while(|&i| alloc.main().lookup(&key(i)).is_some())
+            .count();
+        if let Some(w) = alloc.window() {
+            while run > 0 {
+                let first = w.first_block(run * block_size, block_size);
+                if (first..run).all(|i| w.pool.lookup(&key(i)).is_some()) {
+                    break;
+                }
+                run -= 1;
+            }
         }
-        let hit = self.prompt_blocks.ids().len() * block_size;
+        for i in 0..run {
+            let k = key(i);
+            let block = alloc.main().lookup(&k).expect("looked up above");
+            alloc.main_mut().acquire_cached(block);
+            let window = alloc.window_mut().map(|w| {
+                if i < w.first_block(run * block_size, block_size) {
+                    return NO_BLOCK;
+                }
+                let block = w.pool.lookup(&k).expect("looked up above");
+                w.pool.acquire_cached(block);
+                block
+            });
+            self.prompt_blocks.push_acquired(block, window);
+        }
+        let hit = run * block_size;
         self.prompt_computed = hit;
         self.cached_tokens = hit;
         hit
@@ -83,10 +110,14 @@ impl SequenceGroup {
         let mut run_start = blocks.start;
         for i in blocks.clone() {
             let block = self.prompt_blocks.ids()[i];
-            if !alloc.register(
-                block,
-                BlockKey::of_block(&self.block_hashes, &self.chain_seed, i),
-            ) {
+            let key = BlockKey::of_block(&self.block_hashes, &self.chain_seed, i);
+            let window = self.prompt_blocks.window_ids().get(i).copied();
+            if let (Some(w), Some(wb)) = (alloc.window_mut(), window) {
+                if wb != NO_BLOCK {
+                    w.pool.register(wb, key);
+                }
+            }
+            if !alloc.main_mut().register(block, key) {
                 self.record_run(alloc, block_size, run_start..i);
                 run_start = i + 1;
             }
@@ -138,7 +169,12 @@ mod tests {
     fn compute_prompt(g: &mut SequenceGroup, alloc: &mut BlockAllocator) {
         let (start, end) = (g.prompt_computed, g.prompt.len());
         g.prompt_blocks
-            .prepare_write((start, end), BS, alloc, &mut Vec::new())
+            .prepare_write(
+                (start, end),
+                BS,
+                alloc,
+                &mut crate::kv::BlockCopies::default(),
+            )
             .unwrap();
         g.mark_computed(Target::Prompt, start, end - start);
         g.register_prompt_blocks(alloc, BS, (start, end));
@@ -157,9 +193,12 @@ mod tests {
         let mut b = group(p.clone());
         assert_eq!(b.attach_cached_prefix(&mut alloc, BS), 8);
         assert_eq!(b.prompt_blocks.ids(), &a_blocks[..2]);
-        assert_eq!(alloc.ref_count(a_blocks[0]), 3); // two choices of `a`, and `b`
+        assert_eq!(alloc.main().ref_count(a_blocks[0]), 3); // two choices of `a`, and `b`
         b.detach_cached_prefix(&mut alloc);
-        assert_eq!((b.prompt_computed, alloc.ref_count(a_blocks[0])), (0, 2));
+        assert_eq!(
+            (b.prompt_computed, alloc.main().ref_count(a_blocks[0])),
+            (0, 2)
+        );
         a.release_blocks(&mut alloc);
         assert_eq!((alloc.num_free(), alloc.num_cached_free()), (16, 3));
         // A longer prompt with the same start reuses all three after `a` is gone.

@@ -79,7 +79,10 @@ impl Engine {
     /// Waits until nothing runs or waits and every block is free again.
     pub async fn wait_all_free(&self) {
         self.wait_stats("all blocks free", |s| {
-            s.free_blocks == s.total_blocks && s.running_seqs == 0 && s.waiting_requests == 0
+            s.free_blocks == s.total_blocks
+                && s.free_window_blocks == s.total_window_blocks
+                && s.running_seqs == 0
+                && s.waiting_requests == 0
         })
         .await;
     }

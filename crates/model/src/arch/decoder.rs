@@ -280,6 +280,11 @@ impl Decoder {
         &self.file
     }
 
+    /// Positions a windowed layer sees.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
     /// Weight bytes one decode step reads (layer matrices and the output head).
     pub fn weight_bytes_per_step(&self) -> usize {
         let layers: usize = self
@@ -312,6 +317,15 @@ impl Decoder {
         let f = &*self.file;
         let k = cx.kernels();
         let places = batch.validate(c, kv)?;
+        if let Some(w) = kv.window() {
+            let ok = w.window >= self.window
+                && (0..self.layers.len()).all(|l| w.layers[l] == self.layers[l].local);
+            if !ok {
+                return Err(ModelError::Batch(
+                    "the KV cache's window pool does not match the model's windowed layers".into(),
+                ));
+            }
+        }
         let t = places.len();
         let lora = self.lora_plan(batch)?;
         let (d, hd, ffn) = (c.hidden, c.head_dim, c.ffn);
@@ -405,10 +419,16 @@ impl Decoder {
                 let (cs, sn) = (&cos[ti * h2..(ti + 1) * h2], &sin[ti * h2..(ti + 1) * h2]);
                 rope(&mut s.q[ti * qd..(ti + 1) * qd], hd, cs, sn);
                 rope(&mut s.k[ti * kvd..(ti + 1) * kvd], hd, cs, sn);
-                let slot = kv.slot(p.block_table, p.pos).expect("validated");
+                let table = if kv.in_window_pool(l) {
+                    p.window_table
+                } else {
+                    p.block_table
+                };
+                let block = table[p.pos / kv.block_size] as usize;
                 kv.write(
                     l,
-                    slot,
+                    block,
+                    p.pos % kv.block_size,
                     &s.k[ti * kvd..(ti + 1) * kvd],
                     &s.v[ti * kvd..(ti + 1) * kvd],
                 );

@@ -16,7 +16,7 @@ use crate::backend::matmul::{matmul, Acts, MatJob};
 use crate::backend::ops::{rmsnorm, softcap};
 use crate::backend::pool::ThreadPool;
 use crate::gguf::{GgufError, GgufFile};
-use crate::kv::KvCache;
+use crate::kv::{KvCache, KvDtype, WindowPool};
 use crate::quant::repack::Packed;
 use crate::quant::{dequantize_row, GgmlType, QuantizedActs};
 use spec::ArchSpec;
@@ -38,6 +38,8 @@ pub enum ModelError {
     Invalid(String),
     #[error("invalid batch: {0}")]
     Batch(String),
+    #[error(transparent)]
+    Kv(#[from] crate::kv::KvError),
 }
 
 /// Hyper-parameters read from GGUF metadata.
@@ -193,6 +195,9 @@ pub struct SeqInput<'a> {
     pub tokens: &'a [u32],
     pub start_pos: usize,
     pub block_table: &'a [u32],
+    /// Window-pool blocks by position block (`crate::kv::NO_BLOCK` for blocks the window has
+    /// left), for the layers a cache with a window pool keeps there; empty otherwise.
+    pub window_table: &'a [u32],
     pub want_logits: bool,
     /// Return a logits row for every token of `tokens` (prompt scoring, teacher forcing).
     pub all_logits: bool,
@@ -214,6 +219,15 @@ impl<'a> Batch<'a> {
         c: &ModelConfig,
         kv: &KvCache,
     ) -> Result<Vec<TokenPlace<'a>>, ModelError> {
+        if kv.n_layers != c.n_layers || kv.kv_dim != c.n_kv_heads * c.head_dim {
+            return Err(ModelError::Batch(format!(
+                "the KV cache is shaped for {} layers × {} floats, the model has {} × {}",
+                kv.n_layers,
+                kv.kv_dim,
+                c.n_layers,
+                c.n_kv_heads * c.head_dim
+            )));
+        }
         let mut places = Vec::new();
         for (si, s) in self.seqs.iter().enumerate() {
             let end = s.start_pos + s.tokens.len();
@@ -234,6 +248,23 @@ impl<'a> Batch<'a> {
                     "sequence {si}: block {b} out of range"
                 )));
             }
+            if let Some(w) = kv.window() {
+                // The window table must hold every block the step's tokens see in a windowed
+                // layer: from the first token's window start to the last token.
+                let first = (s.start_pos + 1).saturating_sub(w.window) / kv.block_size;
+                let need = end.div_ceil(kv.block_size);
+                let ok = s.window_table.len() >= need
+                    && s.window_table[first.min(need)..need]
+                        .iter()
+                        .all(|&b| (b as usize) < w.num_blocks);
+                if !ok && !s.tokens.is_empty() {
+                    return Err(ModelError::Batch(format!(
+                        "sequence {si}: window block table does not cover positions {}..{end} \
+                         and their window",
+                        s.start_pos
+                    )));
+                }
+            }
             if let Some(t) = s.tokens.iter().find(|&&t| t as usize >= c.vocab) {
                 return Err(ModelError::Batch(format!(
                     "sequence {si}: token {t} outside the vocabulary of {}",
@@ -248,6 +279,7 @@ impl<'a> Batch<'a> {
             }
             places.extend((s.start_pos..end).map(|pos| TokenPlace {
                 block_table: s.block_table,
+                window_table: s.window_table,
                 pos,
             }));
         }
@@ -436,6 +468,45 @@ impl Model {
     /// What LoRA adapters for this model are checked against (architecture, matrix shapes).
     pub fn lora_base(&self) -> &crate::lora::LoraBase {
         self.decoder.lora_base()
+    }
+
+    /// Positions a sliding-window layer sees; 0 when the model has none.
+    pub fn window(&self) -> usize {
+        if self.local_layers().is_empty() {
+            0
+        } else {
+            self.decoder.window()
+        }
+    }
+
+    /// A KV cache shaped for this model: `num_blocks` blocks of `dtype` for every layer, or,
+    /// with `window_blocks` and sliding-window layers, those layers in a pool of
+    /// `window_blocks` blocks of their own (named by the sequences' window tables) and the
+    /// others in the `num_blocks` main blocks.
+    pub fn kv_cache(
+        &self,
+        dtype: KvDtype,
+        num_blocks: usize,
+        window_blocks: Option<usize>,
+    ) -> Result<KvCache, ModelError> {
+        let c = self.config();
+        let local = self.local_layers();
+        let window = match window_blocks {
+            Some(n) if !local.is_empty() => Some(WindowPool {
+                window: self.window(),
+                num_blocks: n,
+                layers: (0..c.n_layers).map(|l| local.contains(&l)).collect(),
+            }),
+            _ => None,
+        };
+        Ok(KvCache::with_window(
+            c.n_layers,
+            c.n_kv_heads,
+            c.head_dim,
+            dtype,
+            num_blocks,
+            window,
+        )?)
     }
 
     /// Weight bytes one decode step reads: every layer matrix and the output head (not the

@@ -3,7 +3,7 @@
 
 use super::scalar::quantize_row;
 use super::*;
-use crate::backend::cpu::{Compute, Isa, KvRows, OutTile};
+use crate::backend::cpu::{Compute, Isa, OutTile};
 use crate::backend::matmul::quantize_acts;
 
 /// `x` (`rows` × `cols`) quantized by `isa`'s kernel.
@@ -402,39 +402,6 @@ fn repacked_kernel_does_not_saturate_at_extreme_values() {
                         "{isa} {ty:?} {sign} row {r}: {got} vs {want}"
                     );
                 }
-            }
-        }
-    }
-}
-
-#[test]
-fn eight_key_scores_match_single_dots() {
-    let mut rng = Rng(17);
-    for isa in Isa::all_available() {
-        for hd in [8usize, 64, 128] {
-            let stride = hd * 3 + 8;
-            let keys: Vec<u16> = rng
-                .vec(8 * stride, 1.0)
-                .iter()
-                .map(|v| half::f16::from_f32(*v).to_bits())
-                .collect();
-            let q = rng.vec(hd, 1.0);
-            let mut got = [0.0f32; 8];
-            let rows = KvRows::F16 {
-                data: &keys,
-                stride,
-            };
-            isa.kernels().scores8(rows, &q, 0.5, &mut got);
-            for p in 0..8 {
-                let want: f32 = (0..hd)
-                    .map(|c| half::f16::from_bits(keys[p * stride + c]).to_f32() * q[c])
-                    .sum::<f32>()
-                    * 0.5;
-                assert!(
-                    (got[p] - want).abs() < 1e-4 * (1.0 + want.abs()),
-                    "{isa} hd {hd} row {p}: {} vs {want}",
-                    got[p]
-                );
             }
         }
     }

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cordial_model::gguf::GgufFile;
-use cordial_model::{Batch, Compute, KvCache, LoraUse, Model, Scratch, SeqInput, ThreadPool};
+use cordial_model::{
+    Batch, Compute, KvCache, KvDtype, LoraUse, Model, Scratch, SeqInput, ThreadPool,
+};
 
 pub const BLOCK: usize = 16;
 
@@ -72,19 +74,26 @@ pub struct Harness {
 impl Harness {
     /// `model` run with `cx` (loaded again for it when it was loaded for other kernels).
     pub fn new(model: Model, cx: Compute, n_seqs: usize, max_len: usize) -> Harness {
+        Self::with_kv(model, cx, n_seqs, max_len, KvDtype::F16)
+    }
+
+    /// [`Harness::new`] with the KV cache stored as `dtype`.
+    pub fn with_kv(
+        model: Model,
+        cx: Compute,
+        n_seqs: usize,
+        max_len: usize,
+        dtype: KvDtype,
+    ) -> Harness {
         let model = if model.compute() == cx {
             model
         } else {
             model.reload(cx).expect("reload for the kernels")
         };
-        let c = model.config().clone();
         let blocks_per_seq = max_len.div_ceil(BLOCK);
-        let kv = KvCache::new(
-            c.n_layers,
-            c.n_kv_heads * c.head_dim,
-            BLOCK,
-            blocks_per_seq * n_seqs,
-        );
+        let kv: KvCache = model
+            .kv_cache(dtype, blocks_per_seq * n_seqs, None)
+            .expect("KV cache");
         Harness {
             model,
             pool: ThreadPool::new(2),
@@ -131,6 +140,7 @@ impl Harness {
                 tokens: toks,
                 start_pos: *pos,
                 block_table: t,
+                window_table: &[],
                 want_logits: true,
                 all_logits: all,
                 replace: &[],

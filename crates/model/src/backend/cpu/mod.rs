@@ -191,22 +191,28 @@ impl Compute {
     }
 }
 
-/// Rows of the KV cache as an attention kernel reads them: f16 straight from the cache, or f32
-/// rows converted once for several queries (exact, so both give the same results). Row `p`
-/// starts at `p · stride`.
+/// One KV head's keys or values for one block of 16 positions, as the cache stores them
+/// (`crate::kv`). Keys are transposed, `[head_dim][16]` (the 16 positions of one dimension side
+/// by side); values are rows, `[16][head_dim]`.
 #[derive(Clone, Copy)]
-pub enum KvRows<'a> {
-    F16 { data: &'a [u16], stride: usize },
-    F32 { data: &'a [f32], stride: usize },
+pub enum KvBlock<'a> {
+    /// f16 bits.
+    F16(&'a [u16]),
+    /// q8_0: int8 elements in the layout above, and one f16 scale per 32 elements of a
+    /// position's row: for keys `d[(dim / 32) · 16 + position]`, for values
+    /// `d[position · head_dim / 32 + dim / 32]`.
+    Q8 { q: &'a [i8], d: &'a [u16] },
 }
 
-impl KvRows<'_> {
-    /// Whether `rows` rows of `width` elements lie inside the data.
-    pub fn covers(&self, rows: usize, width: usize) -> bool {
-        let fits = |stride: usize, len: usize| rows == 0 || (rows - 1) * stride + width <= len;
+impl KvBlock<'_> {
+    /// Whether the block holds `head_dim × 16` elements (and their scales).
+    pub fn fits(&self, head_dim: usize) -> bool {
+        let n = head_dim * 16;
         match *self {
-            KvRows::F16 { data, stride } => fits(stride, data.len()),
-            KvRows::F32 { data, stride } => fits(stride, data.len()),
+            KvBlock::F16(h) => h.len() >= n,
+            KvBlock::Q8 { q, d } => {
+                head_dim.is_multiple_of(32) && q.len() >= n && d.len() >= n / 32
+            }
         }
     }
 }
@@ -328,19 +334,13 @@ pub trait Kernels: Send + Sync {
     /// Softmax in place (at least one finite entry).
     fn softmax(&self, x: &mut [f32]);
 
-    /// `Σ k[i] · q[i]` for an f16 row `k`.
-    fn dot_f16(&self, k: &[u16], q: &[f32]) -> f32;
+    /// The keys of one KV block as f32, in the same `[head_dim][16]` layout, into
+    /// `dst[..head_dim · 16]`. Exact (f16 and int8 × f16 scale both fit an f32), so every level
+    /// gives the same values.
+    fn kv_keys_f32(&self, k: KvBlock<'_>, head_dim: usize, dst: &mut [f32]);
 
-    /// `out += a · v` for an f16 row `v`.
-    fn axpy_f16(&self, a: f32, v: &[u16], out: &mut [f32]);
-
-    /// `out[p] = scale · (k_p · q)` for the 8 rows `k_p` (`q.len()` a multiple of 8).
-    fn scores8(&self, k: KvRows<'_>, q: &[f32], scale: f32, out: &mut [f32]);
-
-    /// `out += Σ_p w[p] · v_p` over the rows `v_p`, `p` in `0..w.len()`; per element the
-    /// additions happen in row order (as repeated [`Kernels::axpy_f16`] calls would).
-    /// `out.len()` is 64 or 128.
-    fn weighted_rows(&self, v: KvRows<'_>, w: &[f32], out: &mut [f32]);
+    /// The values of one KV block as f32, `[16][head_dim]`, into `dst[..16 · head_dim]`. Exact.
+    fn kv_values_f32(&self, v: KvBlock<'_>, head_dim: usize, dst: &mut [f32]);
 
     /// LoRA shrink: `h[r] = a_r · x` for the `h.len()` rows `a_r` of `a` (each `x.len()`
     /// wide). Each dot product is summed in an order that depends only on `x.len()`.
@@ -351,16 +351,43 @@ pub trait Kernels: Send + Sync {
     /// fused multiply-add each where the level has them.
     fn lora_expand(&self, b: LoraRows<'_>, h: &[f32], y: &mut [f32]);
 
-    /// `rows` f16 rows of `width` (a multiple of 8) at `src[p · stride..]` into `dst`, row
-    /// after row, as f32.
-    fn f16_to_f32_rows(
+    /// Attention scores of `rows` query rows (`q`, `head_dim` floats each) against the 16 keys
+    /// of each block of `keys`: `out[r · ld + 16 · b + j] = scale · Σ_d q[r][d] · k_b[d][j]`,
+    /// with the keys as [`Kernels::kv_keys_f32`] gives them. Each score is one chain of
+    /// multiply-adds over `d` in order, whatever `rows`, the blocks and its place in them.
+    /// `buf` is scratch for converted keys.
+    #[allow(clippy::too_many_arguments)]
+    fn attn_scores(
         &self,
-        src: &[u16],
-        stride: usize,
+        keys: &[KvBlock<'_>],
+        q: &[f32],
         rows: usize,
-        width: usize,
-        dst: &mut [f32],
+        head_dim: usize,
+        scale: f32,
+        out: &mut [f32],
+        ld: usize,
+        buf: &mut Vec<f32>,
     );
+
+    /// Weighted sums of the value rows of `values` (16 per block, in order): `out[r · head_dim
+    /// + c] += Σ_j p[r · ld + j] · v_j[c]`, one multiply-add per key in key order, whatever
+    /// `rows`. `buf` is scratch for converted values.
+    #[allow(clippy::too_many_arguments)]
+    fn attn_values(
+        &self,
+        values: &[KvBlock<'_>],
+        p: &[f32],
+        ld: usize,
+        rows: usize,
+        head_dim: usize,
+        out: &mut [f32],
+        buf: &mut Vec<f32>,
+    );
+
+    /// `x[i] = e^(x[i] − max)` in place; returns `(max, Σ x[i])` with the sum taken in a fixed
+    /// order from `x[0]` (so trailing `-inf` entries, which become exact zeros, change
+    /// nothing). At least one entry is finite.
+    fn exp_sum(&self, x: &mut [f32]) -> (f32, f32);
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use half::f16;
 
-use super::{Isa, Kernels, KvRows, LoraRows, OutTile};
+use super::{Isa, Kernels, KvBlock, LoraRows, OutTile};
 use crate::quant::repack::{PackSpec, Packed};
 use crate::quant::{scalar as reference, ActRow, GgmlType, QuantizedActs, QK};
 
@@ -19,15 +19,6 @@ pub static SCALAR: Scalar = Scalar;
 pub fn half_sums(q: &[i8]) -> [i16; 2] {
     let h = |r: &[i8]| r.iter().map(|&v| v as i16).sum::<i16>();
     [h(&q[..QK / 2]), h(&q[QK / 2..QK])]
-}
-
-/// Element `i` of a KV row set as f32.
-#[inline]
-fn kv_at(rows: &KvRows<'_>, p: usize, i: usize) -> f32 {
-    match *rows {
-        KvRows::F16 { data, stride } => f16::from_bits(data[p * stride + i]).to_f32(),
-        KvRows::F32 { data, stride } => data[p * stride + i],
-    }
 }
 
 /// Element `i` of LoRA rows as f32.
@@ -108,31 +99,11 @@ impl Kernels for Scalar {
         x.iter_mut().for_each(|v| *v *= inv);
     }
 
-    fn dot_f16(&self, k: &[u16], q: &[f32]) -> f32 {
-        k.iter()
-            .zip(q)
-            .map(|(a, b)| f16::from_bits(*a).to_f32() * b)
-            .sum()
-    }
-
-    fn axpy_f16(&self, a: f32, v: &[u16], out: &mut [f32]) {
-        out.iter_mut()
-            .zip(v)
-            .for_each(|(o, x)| *o += a * f16::from_bits(*x).to_f32());
-    }
-
-    fn scores8(&self, k: KvRows<'_>, q: &[f32], scale: f32, out: &mut [f32]) {
-        assert!(k.covers(8, q.len()) && out.len() >= 8);
-        for (p, o) in out[..8].iter_mut().enumerate() {
-            *o = (0..q.len()).map(|i| kv_at(&k, p, i) * q[i]).sum::<f32>() * scale;
-        }
-    }
-
-    fn weighted_rows(&self, v: KvRows<'_>, w: &[f32], out: &mut [f32]) {
-        assert!(v.covers(w.len(), out.len()));
-        for (p, &wp) in w.iter().enumerate() {
-            for (i, o) in out.iter_mut().enumerate() {
-                *o += wp * kv_at(&v, p, i);
+    fn kv_keys_f32(&self, k: KvBlock<'_>, head_dim: usize, dst: &mut [f32]) {
+        assert!(k.fits(head_dim) && dst.len() >= head_dim * 16);
+        for d in 0..head_dim {
+            for j in 0..16 {
+                dst[d * 16 + j] = crate::kv::key_at(k, d, j);
             }
         }
     }
@@ -159,18 +130,80 @@ impl Kernels for Scalar {
         }
     }
 
-    fn f16_to_f32_rows(
-        &self,
-        src: &[u16],
-        stride: usize,
-        rows: usize,
-        width: usize,
-        dst: &mut [f32],
-    ) {
-        for p in 0..rows {
-            for i in 0..width {
-                dst[p * width + i] = f16::from_bits(src[p * stride + i]).to_f32();
+    fn kv_values_f32(&self, v: KvBlock<'_>, head_dim: usize, dst: &mut [f32]) {
+        assert!(v.fits(head_dim) && dst.len() >= head_dim * 16);
+        for j in 0..16 {
+            for d in 0..head_dim {
+                dst[j * head_dim + d] = crate::kv::value_at(v, head_dim, j, d);
             }
         }
+    }
+
+    fn attn_scores(
+        &self,
+        keys: &[KvBlock<'_>],
+        q: &[f32],
+        rows: usize,
+        head_dim: usize,
+        scale: f32,
+        out: &mut [f32],
+        ld: usize,
+        buf: &mut Vec<f32>,
+    ) {
+        assert!(q.len() >= rows * head_dim);
+        assert!(rows == 0 || out.len() >= (rows - 1) * ld + keys.len() * 16);
+        buf.resize(head_dim * 16, 0.0);
+        let kt = buf.as_mut_slice();
+        for (b, &kb) in keys.iter().enumerate() {
+            self.kv_keys_f32(kb, head_dim, kt);
+            for r in 0..rows {
+                let qr = &q[r * head_dim..(r + 1) * head_dim];
+                for j in 0..16 {
+                    let mut acc = 0.0f32;
+                    for d in 0..head_dim {
+                        acc = qr[d].mul_add(kt[d * 16 + j], acc);
+                    }
+                    out[r * ld + b * 16 + j] = acc * scale;
+                }
+            }
+        }
+    }
+
+    fn attn_values(
+        &self,
+        values: &[KvBlock<'_>],
+        p: &[f32],
+        ld: usize,
+        rows: usize,
+        head_dim: usize,
+        out: &mut [f32],
+        buf: &mut Vec<f32>,
+    ) {
+        assert!(out.len() >= rows * head_dim);
+        assert!(rows == 0 || p.len() >= (rows - 1) * ld + values.len() * 16);
+        buf.resize(head_dim * 16, 0.0);
+        let v = buf.as_mut_slice();
+        for (b, &vb) in values.iter().enumerate() {
+            self.kv_values_f32(vb, head_dim, v);
+            for r in 0..rows {
+                let o = &mut out[r * head_dim..(r + 1) * head_dim];
+                for j in 0..16 {
+                    let w = p[r * ld + b * 16 + j];
+                    for (c, x) in o.iter_mut().enumerate() {
+                        *x = w.mul_add(v[j * head_dim + c], *x);
+                    }
+                }
+            }
+        }
+    }
+
+    fn exp_sum(&self, x: &mut [f32]) -> (f32, f32) {
+        let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for v in x.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        (max, sum)
     }
 }

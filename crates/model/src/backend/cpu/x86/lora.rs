@@ -4,7 +4,30 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{hsum, KvElem};
+use super::avx2::hsum;
+
+/// A factor element type the kernels read eight at a time.
+pub trait Elem: Copy {
+    /// Eight elements at `p` as f32.
+    ///
+    /// # Safety
+    /// CPU must support AVX2/F16C; eight elements are readable at `p`.
+    unsafe fn load8(p: *const Self) -> __m256;
+}
+
+impl Elem for u16 {
+    #[inline(always)]
+    unsafe fn load8(p: *const u16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+}
 
 /// `Σ a[i]·x[i]` over `x.len()` elements: four 8-lane accumulators over blocks of 32, one
 /// over the remaining blocks of 8, then the scalar tail; the order depends only on the length.
@@ -13,7 +36,7 @@ use super::avx2::{hsum, KvElem};
 /// CPU must support AVX2/FMA/F16C; `a` points to `x.len()` readable elements.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot<E: KvElem + Into32>(a: *const E, x: &[f32]) -> f32 {
+unsafe fn dot<E: Elem + Into32>(a: *const E, x: &[f32]) -> f32 {
     let n = x.len();
     let xp = x.as_ptr();
     let mut acc = [_mm256_setzero_ps(); 4];
@@ -66,7 +89,7 @@ impl Into32 for u16 {
 /// # Safety
 /// CPU must support AVX2/FMA/F16C; `a` holds at least `h.len() · x.len()` elements.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn shrink<E: KvElem + Into32>(a: &[E], x: &[f32], h: &mut [f32]) {
+pub unsafe fn shrink<E: Elem + Into32>(a: &[E], x: &[f32], h: &mut [f32]) {
     let n = x.len();
     debug_assert!(a.len() >= h.len() * n);
     for (r, h) in h.iter_mut().enumerate() {
@@ -81,7 +104,7 @@ pub unsafe fn shrink<E: KvElem + Into32>(a: &[E], x: &[f32], h: &mut [f32]) {
 /// # Safety
 /// CPU must support AVX2/FMA/F16C; `b` holds at least `h.len() · y.len()` elements.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn expand<E: KvElem + Into32>(b: &[E], h: &[f32], y: &mut [f32]) {
+pub unsafe fn expand<E: Elem + Into32>(b: &[E], h: &[f32], y: &mut [f32]) {
     let n = y.len();
     debug_assert!(b.len() >= h.len() * n);
     let bp = b.as_ptr();

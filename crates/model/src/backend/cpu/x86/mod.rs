@@ -3,6 +3,8 @@
 //! level that [`available`] confirmed on this CPU.
 #![allow(unsafe_op_in_unsafe_fn)]
 
+mod attn;
+mod attn512;
 pub mod avx2;
 pub mod avx2_k;
 pub mod avx2_ops;
@@ -12,7 +14,7 @@ mod simd;
 
 use std::ops::Range;
 
-use super::{Isa, Kernels, KvRows, LoraRows, OutTile};
+use super::{Isa, Kernels, KvBlock, LoraRows, OutTile};
 use crate::quant::repack::{PackSpec, Packed};
 use crate::quant::{ActRow, GgmlType, QuantizedActs};
 
@@ -58,8 +60,9 @@ pub fn kernels(isa: Isa) -> &'static dyn Kernels {
     }
 }
 
-/// An x86 level. The VNNI levels differ from AVX2 only in the repacked matmul (their own
-/// layout and kernel); every other operation is the AVX2 one, which they all run.
+/// An x86 level. The VNNI levels differ from AVX2 in the repacked matmul (their own layout and
+/// kernel); AVX-512 VNNI also has its own attention primitives (`attn512.rs`); every other
+/// operation is the AVX2 one, which they all run.
 pub struct X86(Isa);
 static AVX2: X86 = X86(Isa::Avx2);
 static AVX_VNNI: X86 = X86(Isa::AvxVnni);
@@ -152,52 +155,15 @@ impl Kernels for X86 {
         unsafe { avx2_ops::softmax(x) }
     }
 
-    fn dot_f16(&self, k: &[u16], q: &[f32]) -> f32 {
-        if !q.len().is_multiple_of(8) {
-            return super::scalar::SCALAR.dot_f16(k, q);
-        }
-        assert!(k.len() >= q.len());
-        // SAFETY: see the module docs.
-        unsafe { avx2::dot_f16_f32(k, q) }
-    }
-
-    fn axpy_f16(&self, a: f32, v: &[u16], out: &mut [f32]) {
-        if !out.len().is_multiple_of(8) {
-            return super::scalar::SCALAR.axpy_f16(a, v, out);
-        }
-        assert!(v.len() >= out.len());
-        // SAFETY: see the module docs.
-        unsafe { avx2::axpy_f16(a, v, out) }
-    }
-
-    fn scores8(&self, k: KvRows<'_>, q: &[f32], scale: f32, out: &mut [f32]) {
-        assert!(k.covers(8, q.len()) && q.len().is_multiple_of(8) && out.len() >= 8);
-        // SAFETY: see the module docs; the 8 rows lie inside `k` (checked).
+    fn kv_keys_f32(&self, k: KvBlock<'_>, head_dim: usize, dst: &mut [f32]) {
+        let n = head_dim * 16;
+        assert!(k.fits(head_dim) && dst.len() >= n);
+        // SAFETY: see the module docs; sizes checked above (q8_0 implies head_dim % 32 == 0).
         unsafe {
-            let s = match k {
-                KvRows::F16 { data, stride } => avx2::dot8(data.as_ptr(), stride, q),
-                KvRows::F32 { data, stride } => avx2::dot8(data.as_ptr(), stride, q),
-            };
-            avx2::scale_store8(s, scale, out);
-        }
-    }
-
-    fn weighted_rows(&self, v: KvRows<'_>, w: &[f32], out: &mut [f32]) {
-        assert!(v.covers(w.len(), out.len()) && matches!(out.len(), 64 | 128));
-        // SAFETY: see the module docs; the rows lie inside `v` (checked).
-        unsafe {
-            match (v, out.len()) {
-                (KvRows::F16 { data, stride }, 64) => {
-                    avx2::weighted_rows::<u16, 8>(data.as_ptr(), stride, w, out)
-                }
-                (KvRows::F16 { data, stride }, _) => {
-                    avx2::weighted_rows::<u16, 16>(data.as_ptr(), stride, w, out)
-                }
-                (KvRows::F32 { data, stride }, 64) => {
-                    avx2::weighted_rows::<f32, 8>(data.as_ptr(), stride, w, out)
-                }
-                (KvRows::F32 { data, stride }, _) => {
-                    avx2::weighted_rows::<f32, 16>(data.as_ptr(), stride, w, out)
+            match k {
+                KvBlock::F16(h) => attn::f16_to_f32(h.as_ptr(), n, dst.as_mut_ptr()),
+                KvBlock::Q8 { q, d } => {
+                    attn::q8_keys_to_f32(q.as_ptr(), d.as_ptr(), head_dim, dst.as_mut_ptr())
                 }
             }
         }
@@ -225,19 +191,103 @@ impl Kernels for X86 {
         }
     }
 
-    fn f16_to_f32_rows(
+    fn kv_values_f32(&self, v: KvBlock<'_>, head_dim: usize, dst: &mut [f32]) {
+        let n = head_dim * 16;
+        assert!(v.fits(head_dim) && dst.len() >= n);
+        if !head_dim.is_multiple_of(8) {
+            return super::scalar::SCALAR.kv_values_f32(v, head_dim, dst);
+        }
+        // SAFETY: see the module docs; sizes checked above.
+        unsafe {
+            match v {
+                KvBlock::F16(h) => attn::f16_to_f32(h.as_ptr(), n, dst.as_mut_ptr()),
+                KvBlock::Q8 { q, d } => {
+                    attn::q8_values_to_f32(q.as_ptr(), d.as_ptr(), head_dim, dst.as_mut_ptr())
+                }
+            }
+        }
+    }
+
+    fn attn_scores(
         &self,
-        src: &[u16],
-        stride: usize,
+        keys: &[KvBlock<'_>],
+        q: &[f32],
         rows: usize,
-        width: usize,
-        dst: &mut [f32],
+        head_dim: usize,
+        scale: f32,
+        out: &mut [f32],
+        ld: usize,
+        buf: &mut Vec<f32>,
     ) {
-        let src_rows = KvRows::F16 { data: src, stride };
-        assert!(
-            src_rows.covers(rows, width) && width.is_multiple_of(8) && dst.len() >= rows * width
-        );
-        // SAFETY: see the module docs; the rows lie inside `src` (checked).
-        unsafe { avx2::f16_rows_to_f32(src.as_ptr(), stride, rows, width, dst) }
+        assert!(q.len() >= rows * head_dim && keys.iter().all(|k| k.fits(head_dim)));
+        assert!(rows == 0 || keys.is_empty() || out.len() >= (rows - 1) * ld + keys.len() * 16);
+        // SAFETY: see the module docs; sizes checked above.
+        unsafe {
+            if self.0 == Isa::Avx512Vnni {
+                return attn512::scores(
+                    keys,
+                    q.as_ptr(),
+                    rows,
+                    head_dim,
+                    scale,
+                    out.as_mut_ptr(),
+                    ld,
+                    buf,
+                );
+            }
+            attn::scores(
+                keys,
+                q.as_ptr(),
+                rows,
+                head_dim,
+                scale,
+                out.as_mut_ptr(),
+                ld,
+                buf,
+            )
+        }
+    }
+
+    fn attn_values(
+        &self,
+        values: &[KvBlock<'_>],
+        p: &[f32],
+        ld: usize,
+        rows: usize,
+        head_dim: usize,
+        out: &mut [f32],
+        buf: &mut Vec<f32>,
+    ) {
+        if !head_dim.is_multiple_of(8) {
+            return super::scalar::SCALAR.attn_values(values, p, ld, rows, head_dim, out, buf);
+        }
+        assert!(out.len() >= rows * head_dim && values.iter().all(|v| v.fits(head_dim)));
+        assert!(rows == 0 || values.is_empty() || p.len() >= (rows - 1) * ld + values.len() * 16);
+        // SAFETY: see the module docs; sizes checked above.
+        unsafe {
+            if self.0 == Isa::Avx512Vnni && head_dim.is_multiple_of(16) {
+                let (pp, op) = (p.as_ptr(), out.as_mut_ptr());
+                return attn512::values(values, pp, ld, rows, head_dim, op, buf);
+            }
+            attn::values(
+                values,
+                p.as_ptr(),
+                ld,
+                rows,
+                head_dim,
+                out.as_mut_ptr(),
+                buf,
+            )
+        }
+    }
+
+    fn exp_sum(&self, x: &mut [f32]) -> (f32, f32) {
+        // SAFETY: see the module docs.
+        unsafe {
+            if self.0 == Isa::Avx512Vnni {
+                return attn512::exp_sum(x);
+            }
+            attn::exp_sum(x)
+        }
     }
 }
