@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
         2 => drop(headers.insert(STREAM_FORMAT_HEADER, HeaderValue::from_static("current"))),
         _ => {}
     }
-    let served = ["m".to_owned(), "alias".to_owned()];
+    let served = vec!["m".to_owned(), "alias".to_owned()];
     let Ok(parsed) = parse_request(body, &headers, &served) else {
         return;
     };
@@ -70,6 +70,7 @@ fuzz_target!(|data: &[u8]| {
         eos_tokens: tok.eog_tokens(),
         encode: &encode,
         grammar: Some(grammar()),
+        lora: None,
     };
     let Ok(valid) = validate(parsed, &info, || 7) else {
         return;
