@@ -287,41 +287,15 @@ fn read_safetensors(
 ) -> Result<(), ModelError> {
     let bad = |why: String| invalid(format!("{}: {why}", path.display()));
     let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    if bytes.len() < 8 {
-        return Err(bad("too short for a safetensors header".into()));
-    }
-    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
-    let header = bytes
-        .get(8..8usize.saturating_add(n))
-        .ok_or_else(|| bad(format!("header of {n} bytes runs past the file")))?;
-    let header: serde_json::Map<String, Json> =
-        serde_json::from_slice(header).map_err(|e| bad(format!("header: {e}")))?;
-    let data = &bytes[8 + n..];
-    for (hf_name, info) in &header {
-        if hf_name == "__metadata__" {
-            continue;
-        }
+    let tensors = crate::safetensors::tensors(&bytes).map_err(bad)?;
+    for t in &tensors {
+        let hf_name = &t.name;
         let Some(name) = conv.name(hf_name) else {
             continue;
         };
-        let dtype = info["dtype"].as_str().unwrap_or("");
-        let shape: Vec<u64> = info["shape"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Json::as_u64).collect())
-            .unwrap_or_default();
-        let off: Vec<usize> = info["data_offsets"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Json::as_u64)
-                    .map(|v| v as usize)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let raw = match off.as_slice() {
-            [b, e] if b <= e && *e <= data.len() => &data[*b..*e],
-            _ => return Err(bad(format!("tensor `{hf_name}`: bad data_offsets {off:?}"))),
-        };
+        let dtype = t.dtype.as_str();
+        let shape: Vec<u64> = t.shape.iter().map(|&v| v as u64).collect();
+        let raw = t.data;
         let count: u64 = shape.iter().product();
         let width = match dtype {
             "F32" => 4,

@@ -14,6 +14,7 @@ pub mod hf;
 pub mod kv;
 pub mod lora;
 pub mod quant;
+pub mod safetensors;
 
 pub use arch::{Batch, Model, ModelConfig, ModelError, Scratch, SeqInput};
 pub use backend::cpu::{BackendError, Compute, Isa};

@@ -251,47 +251,17 @@ impl StTensor<'_> {
     }
 }
 
-/// The tensors of a safetensors file (header: little-endian u64 length, JSON).
+/// The tensors of a safetensors file.
 fn safetensors(bytes: &[u8]) -> Result<Vec<(String, StTensor<'_>)>, String> {
-    if bytes.len() < 8 {
-        return Err("too short for a safetensors header".into());
-    }
-    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
-    let header = bytes
-        .get(8..8usize.saturating_add(n))
-        .ok_or_else(|| format!("header of {n} bytes runs past the file"))?;
-    let header: serde_json::Map<String, Json> =
-        serde_json::from_slice(header).map_err(|e| format!("header: {e}"))?;
-    let data = &bytes[8 + n..];
-    let mut out = Vec::new();
-    for (name, info) in header {
-        if name == "__metadata__" {
-            continue;
-        }
-        let dtype = info["dtype"].as_str().unwrap_or("").to_string();
-        let shape: Vec<usize> = info["shape"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Json::as_u64)
-                    .map(|v| v as usize)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let off: Vec<usize> = info["data_offsets"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Json::as_u64)
-                    .map(|v| v as usize)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let data = match off.as_slice() {
-            [b, e] if b <= e && *e <= data.len() => &data[*b..*e],
-            _ => return Err(format!("tensor `{name}`: bad data_offsets {off:?}")),
-        };
-        out.push((name, StTensor { dtype, shape, data }));
-    }
-    Ok(out)
+    Ok(crate::safetensors::tensors(bytes)?
+        .into_iter()
+        .map(|t| {
+            let st = StTensor {
+                dtype: t.dtype,
+                shape: t.shape,
+                data: t.data,
+            };
+            (t.name, st)
+        })
+        .collect())
 }
