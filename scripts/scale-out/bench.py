@@ -95,7 +95,9 @@ class Replica:
                "--kv-cache-tokens", str(self.args.kv_cache_tokens),
                "--kv-events-endpoint", self.kv_endpoint,
                "--kv-events-layout", self.layout,
-               "--kv-events-topic", f"kv@replica{self.i}@{MODEL}"]
+               # vLLM's default topic, the empty one: vllm-router's static sources
+               # (`--kv-event-source URL=ENDPOINT`) take only frames whose topic is exactly "".
+               "--kv-events-topic", ""]
         if self.args.model:
             cmd += ["-m", self.args.model]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)

@@ -39,7 +39,7 @@ class Subscriber:
         self._stop = threading.Event()
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
-        self._sock.setsockopt(zmq.SUBSCRIBE, b"kv@")
+        self._sock.setsockopt(zmq.SUBSCRIBE, b"")  # every topic
         self._sock.setsockopt(zmq.RCVTIMEO, 100)
         self._sock.connect(endpoint)
         self._thread = threading.Thread(target=self._run, daemon=True)

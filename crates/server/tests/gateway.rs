@@ -418,6 +418,46 @@ async fn a_zeromq_subscriber_receives_stored_and_removed_blocks() {
     .await
 }
 
+/// vLLM's default topic is the empty one, and vllm-router's static event sources take only
+/// messages whose first frame is exactly empty: `--kv-events-topic ''` publishes that, in the
+/// map layout vllm-router decodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_topic_is_published_as_an_empty_first_frame() {
+    within(async {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let publisher = Publisher::bind("tcp://127.0.0.1:0", String::new(), Layout::Map)
+            .await
+            .unwrap();
+        let endpoint = publisher.endpoint.clone();
+        tokio::spawn(publisher.run(rx));
+        let mut sub = SubSocket::new();
+        sub.connect(&endpoint).await.unwrap();
+        sub.subscribe("").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let batch = |seq| cordial_engine::KvEventBatch {
+            seq,
+            ts: 1.7e9,
+            events: vec![cordial_engine::KvEvent::BlockRemoved {
+                block_hashes: vec![7],
+            }],
+        };
+        // Resend until the subscription has reached the publisher (ZeroMQ's slow joiner).
+        let mut seq = 0;
+        let (got_seq, events) = loop {
+            tx.send(batch(seq)).await.unwrap();
+            let wait = Duration::from_millis(200);
+            if let Ok(got) = tokio::time::timeout(wait, next_batch(&mut sub, "")).await {
+                break got;
+            }
+            seq += 1;
+        };
+        assert!(got_seq <= seq, "{got_seq} {seq}");
+        assert_eq!(events[0]["type"], "BlockRemoved", "{events:?}");
+        assert_eq!(events[0]["block_hashes"], json!([7]));
+    })
+    .await
+}
+
 /// The next message's sequence number and its events (decoded as JSON values).
 async fn next_batch(sub: &mut SubSocket, topic: &str) -> (u64, Vec<Value>) {
     let frames = sub.recv().await.unwrap().into_vec();
