@@ -14,6 +14,7 @@ import http.client
 import multiprocessing
 import os
 import json
+import socket
 import statistics
 import threading
 import time
@@ -58,6 +59,9 @@ def main():
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--scrapes", type=int, default=500)
     ap.add_argument("--interval", type=float, default=0.05)
+    ap.add_argument("--client", choices=["raw", "http.client"], default="raw",
+                    help="raw: one keep-alive socket, the request written and the response read by "
+                         "Content-Length (adds ~0.1 ms here); http.client: Python's client (~0.3 ms more)")
     a = ap.parse_args()
     u = urllib.parse.urlparse(a.base)
     host, port = u.hostname, u.port or 80
@@ -66,12 +70,30 @@ def main():
     load = multiprocessing.Process(target=run_load, args=(host, port, body, a.requests), daemon=True)
     load.start()
     conn = http.client.HTTPConnection(host, port, timeout=30)
+    sock = socket.create_connection((host, port), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    request = f"GET /metrics HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
 
-    def scrape():
+    def scrape_raw():
+        t0 = time.perf_counter()
+        sock.sendall(request)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += sock.recv(1 << 16)
+        head, _, body = buf.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        while len(body) < length:
+            body += sock.recv(1 << 16)
+        return time.perf_counter() - t0, body.decode()
+
+    def scrape_http():
         t0 = time.perf_counter()
         conn.request("GET", "/metrics")
         text = conn.getresponse().read().decode()
         return time.perf_counter() - t0, text
+
+    scrape = scrape_raw if a.client == "raw" else scrape_http
 
     deadline = time.time() + 120
     while running(scrape()[1]) < a.requests and time.time() < deadline:

@@ -68,6 +68,9 @@ pub trait ModelExecutor: Send {
     fn forward(&mut self, seqs: &[SeqStep<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError>;
     /// Copies the K/V bytes of block `src` into block `dst` (copy-on-write of a shared block).
     fn copy_block(&mut self, src: u32, dst: u32);
+    /// Called once on the engine thread (the thread that drives `forward`) before its first
+    /// step, e.g. to set that thread's scheduling priority as the executor's own threads.
+    fn on_engine_thread(&mut self) {}
     /// A second pool for the layers with a sliding window, when the model keeps them apart:
     /// `(window, blocks)` — those layers see the last `window` positions and store their K/V
     /// in `blocks` blocks of their own, named by [`SeqStep::window_table`]; `block_table`

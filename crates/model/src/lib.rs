@@ -19,6 +19,6 @@ pub mod safetensors;
 pub use arch::{Batch, Model, ModelConfig, ModelError, Scratch, SeqInput};
 pub use backend::cpu::{BackendError, Compute, Isa};
 pub use backend::lora::LoraUse;
-pub use backend::pool::ThreadPool;
+pub use backend::pool::{raise_thread_nice, ThreadPool};
 pub use kv::{KvCache, KvDtype, KV_BLOCK, NO_BLOCK};
 pub use lora::{LoraAdapter, LoraBase, LoraError};

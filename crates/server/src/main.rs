@@ -112,6 +112,15 @@ struct ServeArgs {
     /// Compute threads (0 = number of cores).
     #[arg(long, env = "CORDIAL_THREADS", default_value_t = 0)]
     threads: usize,
+    /// Raises the nice value of the compute threads (the engine thread and the compute pool) by
+    /// this much (0-19, Linux) over the server's own. Raised (e.g. by 10), the HTTP workers
+    /// preempt them as soon as they wake, so `/metrics`,
+    /// `/health` and streamed tokens do not wait for a core the model holds. It weighs them
+    /// against every thread of the machine (inside a container: of the container), so on a
+    /// machine shared with other busy processes the model gets less of it.
+    #[arg(long, env = "CORDIAL_COMPUTE_NICE", default_value_t = 0,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    compute_nice: i32,
     /// Cap on prompt + output tokens [default: the model's context length]. The KV cache caps
     /// it too (--kv-cache-tokens).
     #[arg(long, env = "CORDIAL_MAX_MODEL_LEN")]
@@ -473,8 +482,8 @@ fn serve(args: ServeArgs, json_logs: bool, order: &AdapterOrder) -> anyhow::Resu
         shutdown_grace: seconds("--shutdown-grace", args.shutdown_grace)?,
     };
     tracing::info!(
-        "settings: model={} served_model_names={:?} host={} port={} threads={} max_model_len={:?} \
-         max_num_seqs={} kv_cache_tokens={} kv_cache_dtype={} max_waiting={} max_prefill_tokens={} \
+        "settings: model={} served_model_names={:?} host={} port={} threads={} compute_nice={} \
+         max_model_len={:?} max_num_seqs={} kv_cache_tokens={} kv_cache_dtype={} max_waiting={} max_prefill_tokens={} \
          api_keys={} \
          default_timeout_s={} header_read_timeout_s={} body_read_timeout_s={} shutdown_grace_s={} \
          chat_template={} allowed_origins={:?}",
@@ -483,6 +492,7 @@ fn serve(args: ServeArgs, json_logs: bool, order: &AdapterOrder) -> anyhow::Resu
         args.host,
         args.port,
         args.threads,
+        args.compute_nice,
         args.max_model_len,
         args.max_num_seqs,
         args.kv_cache_tokens,
@@ -673,8 +683,13 @@ fn load(args: &ServeArgs, path: PathBuf, setup: LoadSetup) -> anyhow::Result<Ser
         .as_deref()
         .map(startup::chat_template_source)
         .transpose()?;
+    anyhow::ensure!(
+        args.compute_nice == 0 || cfg!(target_os = "linux"),
+        "--compute-nice is supported on Linux only (its nice values are per thread)"
+    );
     let opts = RunnerOptions {
         threads: args.threads,
+        compute_nice: args.compute_nice,
         kv_cache_tokens: args.kv_cache_tokens,
         max_model_len: args.max_model_len,
         compute,

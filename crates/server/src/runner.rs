@@ -39,6 +39,9 @@ pub struct RunnerOptions {
     /// of a model with sliding-window layers (each sequence keeps only its window there).
     pub max_num_seqs: usize,
     pub max_prefill_tokens: usize,
+    /// How far the compute threads' nice value (the engine thread's included) is raised over
+    /// the server's own (`--compute-nice`).
+    pub compute_nice: i32,
 }
 
 impl RunnerOptions {
@@ -53,6 +56,7 @@ impl RunnerOptions {
             max_num_seqs: 64,
             max_prefill_tokens: 512,
             lora: None,
+            compute_nice: 0,
         }
     }
 }
@@ -208,7 +212,8 @@ pub fn load(path: &Path, opts: &RunnerOptions) -> anyhow::Result<LoadedModel> {
     let executor = ModelRunner {
         model,
         kv,
-        pool: ThreadPool::new(opts.threads),
+        pool: ThreadPool::with_nice(opts.threads, opts.compute_nice),
+        compute_nice: opts.compute_nice,
         scratch: Scratch::default(),
         max_context,
         lora: lora.clone(),
@@ -232,6 +237,8 @@ struct ModelRunner {
     model: Model,
     kv: KvCache,
     pool: ThreadPool,
+    /// How far the pool's threads' nice value is raised; the engine thread's too.
+    compute_nice: i32,
     scratch: Scratch,
     max_context: usize,
     lora: Option<Arc<LoraRegistry>>,
@@ -269,6 +276,13 @@ impl ModelExecutor for ModelRunner {
     }
     fn num_blocks(&self) -> usize {
         self.kv.num_blocks
+    }
+    fn on_engine_thread(&mut self) {
+        if self.compute_nice != 0 {
+            if let Err(err) = cordial_model::raise_thread_nice(self.compute_nice) {
+                tracing::warn!(%err, "the engine thread keeps its priority");
+            }
+        }
     }
     fn forward(&mut self, seqs: &[SeqStep<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
         let adapters = self.step_adapters(seqs)?;

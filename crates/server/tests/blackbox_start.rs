@@ -138,6 +138,70 @@ async fn chat_needs_a_template_and_a_bad_one_stops_the_start() {
     .await
 }
 
+/// The nice value of each thread of process `pid`, by thread name (Linux `/proc`).
+#[cfg(target_os = "linux")]
+fn thread_nices(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap();
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+        // Fields after the parenthesized name: state is the 3rd field, nice the 19th.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let nice = rest.split(' ').nth(16).unwrap().parse().unwrap();
+        out.push((name.trim().to_owned(), nice));
+    }
+    out
+}
+
+/// `--compute-nice` lowers the engine thread and the compute pool, not the HTTP workers;
+/// a value outside 0-19 stops the start, naming the flag.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compute_nice_lowers_the_compute_threads_only() {
+    within(async {
+        let model = tiny_model("compute-nice");
+        let path = model.to_str().unwrap();
+        let srv = Server::spawn_args(
+            &["--model", path, "--threads", "2", "--compute-nice", "7"],
+            &[],
+        )
+        .ready()
+        .await;
+        let body = json!({"prompt": "Hi", "max_tokens": 2});
+        let (status, text) = srv.post(&body).await;
+        assert_eq!(status, 200, "{text}");
+        let nices = thread_nices(srv.child.id());
+        let base = nices
+            .iter()
+            .find(|(n, _)| n == "cordial")
+            .expect("main thread")
+            .1;
+        let of = |prefix: &str| -> Vec<i64> {
+            nices
+                .iter()
+                .filter(|(n, _)| n.starts_with(prefix))
+                .map(|t| t.1)
+                .collect()
+        };
+        let want = (base + 7).min(19);
+        assert_eq!(of("cordial-engine"), [want], "{nices:?}");
+        assert_eq!(of("cordial-compute"), [want], "{nices:?}");
+        let http = of("tokio-rt-worker");
+        assert!(
+            !http.is_empty() && http.iter().all(|&n| n == base),
+            "{nices:?}"
+        );
+        drop(srv);
+        let mut srv = Server::spawn_args(&["--model", path, "--compute-nice", "20"], &[]);
+        let status = srv.exited(Duration::from_secs(60)).await;
+        assert!(!status.success());
+        assert!(srv.log().contains("--compute-nice"), "{}", srv.log());
+        std::fs::remove_file(&model).unwrap();
+    })
+    .await
+}
+
 /// pip's output while the default model is fetched goes through the logger: with a `python3`
 /// that prints like pip and fails, every line of the log is still JSON, pip's lines included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -109,6 +109,7 @@ impl EngineCore {
     pub(crate) fn run(mut self) {
         let shared = Arc::clone(&self.shared);
         let _guard = RunningGuard(&shared);
+        self.model.on_engine_thread();
         tracing::info!(blocks = self.blocks.total(), "engine thread started");
         while self.take_commands().is_continue() {
             if !self.scheduler.is_idle() {

@@ -44,9 +44,56 @@ pub struct ThreadPool {
     running: Mutex<Contention>,
 }
 
+/// Raises the calling thread's nice value by `by` (up to 19; Linux keeps one per thread): a
+/// lower priority against this process's other threads (the HTTP workers) and other processes,
+/// so they preempt it at once when they wake. Raising is always allowed; elsewhere than Linux
+/// it is an error.
+pub fn raise_thread_nice(by: i32) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let nice = (thread_nice() + by.max(0)).min(19);
+        // SAFETY: plain system call; `who` 0 is the calling thread under Linux's threads.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = by;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "per-thread nice values are Linux only",
+        ))
+    }
+}
+
+/// The calling thread's nice value (Linux; 0 elsewhere).
+pub fn thread_nice() -> i32 {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system call. -1 is also a valid value, so errno is cleared first.
+        unsafe {
+            *libc::__errno_location() = 0;
+            libc::getpriority(libc::PRIO_PROCESS, 0)
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        0
+    }
+}
+
 impl ThreadPool {
     /// A pool of `threads` threads in all (the caller counts as one); 0 = available cores.
     pub fn new(threads: usize) -> ThreadPool {
+        ThreadPool::with_nice(threads, 0)
+    }
+
+    /// As [`ThreadPool::new`], its own threads' nice value raised by `nice` over the caller's
+    /// (see [`raise_thread_nice`]; the caller's thread is left as it is).
+    pub fn with_nice(threads: usize, nice: i32) -> ThreadPool {
         let threads = if threads == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -71,7 +118,14 @@ impl ThreadPool {
                 let s = shared.clone();
                 std::thread::Builder::new()
                     .name(format!("cordial-compute-{id}"))
-                    .spawn(move || worker(s, id))
+                    .spawn(move || {
+                        if nice != 0 {
+                            // Raising one's own nice value is always allowed on Linux, and the
+                            // server refuses a nonzero value elsewhere: nothing to report.
+                            let _ = raise_thread_nice(nice);
+                        }
+                        worker(s, id)
+                    })
                     .expect("spawn compute thread")
             })
             .collect();
@@ -384,5 +438,37 @@ mod tests {
             total.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(total.load(Ordering::Relaxed), 10);
+    }
+
+    /// The pool's own threads take its nice value; the caller's thread keeps its own.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn pool_threads_take_the_nice_value_and_the_caller_keeps_its_own() {
+        std::thread::spawn(|| {
+            let before = super::thread_nice();
+            let pool = ThreadPool::with_nice(2, 3);
+            let seen = Mutex::new(Vec::new());
+            pool.run(64, &|_, thread| {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                seen.lock().unwrap().push((thread, super::thread_nice()));
+            });
+            let seen = seen.into_inner().unwrap();
+            assert!(
+                seen.iter().any(|&(t, _)| t != 0),
+                "no task ran on the worker"
+            );
+            for (thread, nice) in seen {
+                let want = if thread == 0 {
+                    before
+                } else {
+                    (before + 3).min(19)
+                };
+                assert_eq!(nice, want, "thread {thread}");
+            }
+            super::raise_thread_nice(1).unwrap();
+            assert_eq!(super::thread_nice(), (before + 1).min(19));
+        })
+        .join()
+        .unwrap();
     }
 }
