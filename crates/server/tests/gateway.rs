@@ -353,13 +353,8 @@ async fn a_zeromq_subscriber_receives_stored_and_removed_blocks() {
         let publisher = Publisher::bind("tcp://127.0.0.1:0", topic.clone(), Layout::Array)
             .await
             .unwrap();
-        let endpoint = publisher.endpoint.clone();
+        let mut sub = subscriber(&publisher, "kv@").await;
         tokio::spawn(publisher.run(rx));
-        let mut sub = SubSocket::new();
-        sub.connect(&endpoint).await.unwrap();
-        sub.subscribe("kv@").await.unwrap();
-        // ZeroMQ's slow joiner: the subscription must reach the publisher first.
-        tokio::time::sleep(Duration::from_millis(300)).await;
 
         let text = "The quick brown fox jumps over the lazy dog. ".repeat(4);
         let ids = tokenizer().encode(&text, true);
@@ -428,12 +423,8 @@ async fn an_empty_topic_is_published_as_an_empty_first_frame() {
         let publisher = Publisher::bind("tcp://127.0.0.1:0", String::new(), Layout::Map)
             .await
             .unwrap();
-        let endpoint = publisher.endpoint.clone();
+        let mut sub = subscriber(&publisher, "").await;
         tokio::spawn(publisher.run(rx));
-        let mut sub = SubSocket::new();
-        sub.connect(&endpoint).await.unwrap();
-        sub.subscribe("").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
         let batch = |seq| cordial_engine::KvEventBatch {
             seq,
             ts: 1.7e9,
@@ -456,6 +447,16 @@ async fn an_empty_topic_is_published_as_an_empty_first_frame() {
         assert_eq!(events[0]["block_hashes"], json!([7]));
     })
     .await
+}
+
+/// A SUB socket on `publisher`'s endpoint for topics starting with `prefix`, given time to
+/// reach the publisher (ZeroMQ's slow joiner).
+async fn subscriber(publisher: &Publisher, prefix: &str) -> SubSocket {
+    let mut sub = SubSocket::new();
+    sub.connect(&publisher.endpoint).await.unwrap();
+    sub.subscribe(prefix).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sub
 }
 
 /// The next message's sequence number and its events (decoded as JSON values).
