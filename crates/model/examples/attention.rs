@@ -3,7 +3,7 @@
 //! with the multiply-add rate and the K/V read rate.
 //! Usage: cargo run --release -p cordial-model --example attention -- [depth] [threads] [f16|q8_0]
 //! `ATTN_SHAPE=heads,kv_heads,head_dim` changes the shape (Gemma 3 270M: 4,1,256);
-//! `ATTN_CHUNK` the key chunk; `ATTN_DECODE_ONLY=1` skips the prefill measurement.
+//! `ATTN_CHUNK` the key chunk; `ATTN_ISA` the kernel level (default: the best); `ATTN_DECODE_ONLY=1` skips the prefill measurement.
 
 use std::time::Instant;
 
@@ -51,7 +51,13 @@ fn main() -> anyhow::Result<()> {
     }
     let table: Vec<u32> = (0..blocks as u32).collect();
     let pool = ThreadPool::new(threads);
-    let kern = Isa::best_available().kernels();
+    let isa = match std::env::var("ATTN_ISA") {
+        Ok(s) => Isa::parse(&s)
+            .filter(|i| i.is_available())
+            .ok_or_else(|| anyhow::anyhow!("ATTN_ISA={s}: not a level of this CPU"))?,
+        Err(_) => Isa::best_available(),
+    };
+    let kern = isa.kernels();
     let sh = AttnShape::causal(nh, nkv, hd);
     let mut scratch = AttnScratch::default();
     scratch.prepare(pool.threads());

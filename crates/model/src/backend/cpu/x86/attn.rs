@@ -1,10 +1,12 @@
-//! AVX2 + FMA + F16C attention primitives over the paged KV cache (`crate::kv`): exact
-//! dequantization of a KV block to f32, score tiles (query rows × 16 keys), weighted value
-//! sums, and the exponentials of a score row with their sum.
+//! Attention primitives over the paged KV cache (`crate::kv`), written once over [`Simd`] and
+//! compiled per x86 level by the entry points (AVX2 here, AVX-512 in `attn512.rs`): exact
+//! dequantization of a KV block to f32, score tiles (query rows × a block's 16 keys), weighted
+//! value sums, and (per level) the exponentials of a score row with their sum.
 //!
 //! Every output element is one chain of fused multiply-adds in a fixed order (over the head's
 //! dimensions for a score, over the keys for a value sum), so a query row's results do not
-//! depend on which other rows or blocks share the call: batch invariance.
+//! depend on which other rows or blocks share the call, nor on how a level tiles them: batch
+//! invariance. A block's 16 keys fill `16 / S::R` registers (two of 8 lanes, one of 16).
 #![cfg(target_arch = "x86_64")]
 #![allow(unsafe_op_in_unsafe_fn)]
 
@@ -12,21 +14,99 @@ use std::arch::x86_64::*;
 
 use super::avx2::hsum;
 use super::avx2_ops::{exp8, hmax};
+use super::simd::{Simd, Ymm};
 use crate::backend::cpu::KvBlock;
 
-/// Query rows per score tile: 6 rows × 16 keys = 12 accumulators (+ 2 keys + 1 broadcast).
+type Avx2 = Ymm<false>;
+
+/// Query rows per value tile, and per score tile of the prefill path's remainder.
 const ROWS: usize = 6;
 
-/// Eight f16 at `p` as f32.
-#[inline(always)]
-unsafe fn cvt8(p: *const u16) -> __m256 {
-    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+/// Most blocks of a call read in place (a chunk's blocks).
+const MAX_FUSED: usize = 64;
+
+/// How a level tiles the work (registers differ: 16 of 8 lanes, 32 of 16).
+pub(super) struct Tiles {
+    /// Blocks in flight per decode score tile with one or two rows, and with three or four.
+    pub blocks_few: usize,
+    pub blocks_more: usize,
+    /// Registers per decode value strip with one or two rows, and with three or four.
+    pub value_regs_few: usize,
+    pub value_regs_more: usize,
+    /// Registers per prefill value strip.
+    pub value_regs: usize,
 }
 
-/// Eight int8 at `p` as f32.
+/// The AVX2 level's tiles: prefill scores 6 rows × 16 keys = 12 accumulators (+ 2 keys + 1
+/// broadcast), decode scores two blocks in flight for one or two rows.
+const AVX2_TILES: Tiles = Tiles {
+    blocks_few: 2,
+    blocks_more: 1,
+    value_regs_few: 4,
+    value_regs_more: 2,
+    value_regs: 2,
+};
+
+/// Registers holding one block's 16 keys.
 #[inline(always)]
-unsafe fn i8x8(p: *const i8) -> __m256 {
-    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+const fn per_block<S: Simd>() -> usize {
+    16 / S::R
+}
+
+/// One f16 as f32.
+#[inline(always)]
+unsafe fn f16_scalar(bits: u16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// `R` int8 at `p` as f32.
+#[inline(always)]
+unsafe fn i8f<S: Simd>(p: *const i8) -> S::F {
+    S::cvt(S::sext8(p as *const u8))
+}
+
+/// `R` f16 at `p` as f32.
+#[inline(always)]
+unsafe fn f16f<S: Simd>(p: *const u16) -> S::F {
+    S::load_f16(p as *const u8)
+}
+
+#[inline(always)]
+unsafe fn f16_to_f32_g<S: Simd>(src: *const u16, n: usize, dst: *mut f32) {
+    for i in (0..n).step_by(S::R) {
+        S::store(f16f::<S>(src.add(i)), dst.add(i));
+    }
+}
+
+#[inline(always)]
+unsafe fn q8_keys_to_f32_g<S: Simd>(q: *const i8, s: *const u16, hd: usize, dst: *mut f32) {
+    let h = per_block::<S>();
+    for g in 0..hd / 32 {
+        let mut sc = [S::fzero(); 2];
+        for (i, v) in sc.iter_mut().enumerate().take(h) {
+            *v = f16f::<S>(s.add(g * 16 + i * S::R));
+        }
+        for d in g * 32..(g + 1) * 32 {
+            for (i, v) in sc.iter().enumerate().take(h) {
+                let at = d * 16 + i * S::R;
+                S::store(S::mul(i8f::<S>(q.add(at)), *v), dst.add(at));
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn q8_values_to_f32_g<S: Simd>(q: *const i8, s: *const u16, hd: usize, dst: *mut f32) {
+    let groups = hd / 32;
+    for j in 0..16 {
+        for g in 0..groups {
+            let sc = S::splat(f16_scalar(s.add(j * groups + g).read_unaligned()));
+            let at = j * hd + g * 32;
+            for i in (0..32).step_by(S::R) {
+                S::store(S::mul(i8f::<S>(q.add(at + i)), sc), dst.add(at + i));
+            }
+        }
+    }
 }
 
 /// `n` f16 (a multiple of 8) at `src` into `dst` as f32.
@@ -35,9 +115,7 @@ unsafe fn i8x8(p: *const i8) -> __m256 {
 /// CPU must support AVX2/F16C; `n` elements are readable at `src` and writable at `dst`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn f16_to_f32(src: *const u16, n: usize, dst: *mut f32) {
-    for i in (0..n).step_by(8) {
-        _mm256_storeu_ps(dst.add(i), cvt8(src.add(i)));
-    }
+    f16_to_f32_g::<Avx2>(src, n, dst)
 }
 
 /// q8_0 keys of one block (`q[d·16 + j]`, scales `s[(d/32)·16 + j]`) into `dst[d·16 + j]`.
@@ -46,15 +124,7 @@ pub unsafe fn f16_to_f32(src: *const u16, n: usize, dst: *mut f32) {
 /// CPU must support AVX2/F16C; `hd·16` elements, `hd/2` scales and `hd·16` outputs fit.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q8_keys_to_f32(q: *const i8, s: *const u16, hd: usize, dst: *mut f32) {
-    for g in 0..hd / 32 {
-        let s0 = cvt8(s.add(g * 16));
-        let s1 = cvt8(s.add(g * 16 + 8));
-        for d in g * 32..(g + 1) * 32 {
-            let row = q.add(d * 16);
-            _mm256_storeu_ps(dst.add(d * 16), _mm256_mul_ps(i8x8(row), s0));
-            _mm256_storeu_ps(dst.add(d * 16 + 8), _mm256_mul_ps(i8x8(row.add(8)), s1));
-        }
-    }
+    q8_keys_to_f32_g::<Avx2>(q, s, hd, dst)
 }
 
 /// q8_0 values of one block (`q[j·hd + d]`, scales `s[j·hd/32 + d/32]`) into `dst[j·hd + d]`.
@@ -63,180 +133,286 @@ pub unsafe fn q8_keys_to_f32(q: *const i8, s: *const u16, hd: usize, dst: *mut f
 /// As [`q8_keys_to_f32`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q8_values_to_f32(q: *const i8, s: *const u16, hd: usize, dst: *mut f32) {
-    let groups = hd / 32;
-    for j in 0..16 {
-        for g in 0..groups {
-            let bits = s.add(j * groups + g).read_unaligned();
-            let sc = _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))));
-            let at = j * hd + g * 32;
-            for i in (0..32).step_by(8) {
-                _mm256_storeu_ps(dst.add(at + i), _mm256_mul_ps(i8x8(q.add(at + i)), sc));
-            }
-        }
-    }
+    q8_values_to_f32_g::<Avx2>(q, s, hd, dst)
 }
 
 /// Scores of `R` rows × 16 keys of one block (`kt`: `[hd][16]`), stored scaled at
 /// `out + r·ld`.
 #[inline(always)]
-unsafe fn scores_tile<const R: usize>(
+unsafe fn scores_tile<S: Simd, const R: usize>(
     kt: *const f32,
     q: *const f32,
     hd: usize,
-    scale: __m256,
+    scale: S::F,
     out: *mut f32,
     ld: usize,
 ) {
-    let mut a0 = [_mm256_setzero_ps(); R];
-    let mut a1 = [_mm256_setzero_ps(); R];
+    let h = per_block::<S>();
+    let mut acc = [[S::fzero(); 2]; R];
     for d in 0..hd {
-        let k0 = _mm256_loadu_ps(kt.add(d * 16));
-        let k1 = _mm256_loadu_ps(kt.add(d * 16 + 8));
-        for r in 0..R {
-            let qv = _mm256_broadcast_ss(&*q.add(r * hd + d));
-            a0[r] = _mm256_fmadd_ps(qv, k0, a0[r]);
-            a1[r] = _mm256_fmadd_ps(qv, k1, a1[r]);
+        let mut k = [S::fzero(); 2];
+        for (i, v) in k.iter_mut().enumerate().take(h) {
+            *v = S::loadf(kt.add(d * 16 + i * S::R));
+        }
+        for (r, a) in acc.iter_mut().enumerate() {
+            let qv = S::splat(*q.add(r * hd + d));
+            for i in 0..h {
+                a[i] = S::fma(qv, k[i], a[i]);
+            }
         }
     }
-    for r in 0..R {
-        _mm256_storeu_ps(out.add(r * ld), _mm256_mul_ps(a0[r], scale));
-        _mm256_storeu_ps(out.add(r * ld + 8), _mm256_mul_ps(a1[r], scale));
+    for (r, a) in acc.iter().enumerate() {
+        for (i, v) in a.iter().enumerate().take(h) {
+            S::store(S::mul(*v, scale), out.add(r * ld + i * S::R));
+        }
     }
 }
 
 /// Scores of `rows` rows against f32 keys of one block (`kt`: `[hd][16]`), in tiles of
-/// [`ROWS`] rows.
+/// `T` rows, then [`ROWS`], then the rest.
 #[inline(always)]
-unsafe fn scores_f32(
+unsafe fn scores_f32<S: Simd, const T: usize>(
     kt: *const f32,
     q: *const f32,
     rows: usize,
     hd: usize,
-    s: __m256,
+    s: S::F,
     out: *mut f32,
     ld: usize,
 ) {
     let mut r = 0;
+    while r + T <= rows {
+        scores_tile::<S, T>(kt, q.add(r * hd), hd, s, out.add(r * ld), ld);
+        r += T;
+    }
     while r + ROWS <= rows {
-        scores_tile::<ROWS>(kt, q.add(r * hd), hd, s, out.add(r * ld), ld);
+        scores_tile::<S, ROWS>(kt, q.add(r * hd), hd, s, out.add(r * ld), ld);
         r += ROWS;
     }
     let (qr, or) = (q.add(r * hd), out.add(r * ld));
     match rows - r {
-        1 => scores_tile::<1>(kt, qr, hd, s, or, ld),
-        2 => scores_tile::<2>(kt, qr, hd, s, or, ld),
-        3 => scores_tile::<3>(kt, qr, hd, s, or, ld),
-        4 => scores_tile::<4>(kt, qr, hd, s, or, ld),
-        5 => scores_tile::<5>(kt, qr, hd, s, or, ld),
+        1 => scores_tile::<S, 1>(kt, qr, hd, s, or, ld),
+        2 => scores_tile::<S, 2>(kt, qr, hd, s, or, ld),
+        3 => scores_tile::<S, 3>(kt, qr, hd, s, or, ld),
+        4 => scores_tile::<S, 4>(kt, qr, hd, s, or, ld),
+        5 => scores_tile::<S, 5>(kt, qr, hd, s, or, ld),
         _ => {}
     }
 }
 
-/// Keys of one block read in place: the 16 keys' dimension `d` as two vectors of f32, the
-/// same values [`f16_to_f32`] / [`q8_keys_to_f32`] give.
-trait Keys: Copy {
+/// Keys of one block read in place: the 16 keys' dimension `d` as `16 / R` vectors, the same
+/// values the conversions give.
+trait Keys<S: Simd>: Copy {
     /// Prepares the scales of the dimension group `g` (dimensions `32g..32g + 32`).
-    unsafe fn group(self, g: usize) -> [__m256; 2];
-    unsafe fn dim(self, d: usize, scales: [__m256; 2]) -> [__m256; 2];
+    unsafe fn group(self, g: usize) -> [S::F; 2];
+    unsafe fn dim(self, d: usize, scales: [S::F; 2]) -> [S::F; 2];
 }
 
 #[derive(Clone, Copy)]
 struct F16Keys(*const u16);
-impl Keys for F16Keys {
+impl<S: Simd> Keys<S> for F16Keys {
     #[inline(always)]
-    unsafe fn group(self, _g: usize) -> [__m256; 2] {
-        [_mm256_setzero_ps(); 2]
+    unsafe fn group(self, _g: usize) -> [S::F; 2] {
+        [S::fzero(); 2]
     }
     #[inline(always)]
-    unsafe fn dim(self, d: usize, _s: [__m256; 2]) -> [__m256; 2] {
-        [cvt8(self.0.add(d * 16)), cvt8(self.0.add(d * 16 + 8))]
+    unsafe fn dim(self, d: usize, _s: [S::F; 2]) -> [S::F; 2] {
+        let mut k = [S::fzero(); 2];
+        for (i, v) in k.iter_mut().enumerate().take(per_block::<S>()) {
+            *v = f16f::<S>(self.0.add(d * 16 + i * S::R));
+        }
+        k
     }
 }
 
 #[derive(Clone, Copy)]
 struct Q8Keys(*const i8, *const u16);
-impl Keys for Q8Keys {
+impl<S: Simd> Keys<S> for Q8Keys {
     #[inline(always)]
-    unsafe fn group(self, g: usize) -> [__m256; 2] {
-        [cvt8(self.1.add(g * 16)), cvt8(self.1.add(g * 16 + 8))]
+    unsafe fn group(self, g: usize) -> [S::F; 2] {
+        let mut sc = [S::fzero(); 2];
+        for (i, v) in sc.iter_mut().enumerate().take(per_block::<S>()) {
+            *v = f16f::<S>(self.1.add(g * 16 + i * S::R));
+        }
+        sc
     }
     #[inline(always)]
-    unsafe fn dim(self, d: usize, s: [__m256; 2]) -> [__m256; 2] {
-        let row = self.0.add(d * 16);
-        [
-            _mm256_mul_ps(i8x8(row), s[0]),
-            _mm256_mul_ps(i8x8(row.add(8)), s[1]),
-        ]
+    unsafe fn dim(self, d: usize, s: [S::F; 2]) -> [S::F; 2] {
+        let mut k = [S::fzero(); 2];
+        for (i, v) in k.iter_mut().enumerate().take(per_block::<S>()) {
+            *v = S::mul(i8f::<S>(self.0.add(d * 16 + i * S::R)), s[i]);
+        }
+        k
     }
 }
 
 /// Scores of `R` rows (few: decode) against `NB` blocks of keys read in place (no f32
-/// copy), `2·NB·R` accumulators; per score the same chain as [`scores_tile`].
+/// copy); per score the same chain as [`scores_tile`].
 #[inline(always)]
-unsafe fn scores_fused<K: Keys, const R: usize, const NB: usize>(
+unsafe fn scores_fused<S: Simd, K: Keys<S>, const R: usize, const NB: usize>(
     keys: [K; NB],
     q: *const f32,
     hd: usize,
-    scale: __m256,
+    scale: S::F,
     out: *mut f32,
     ld: usize,
 ) {
-    let mut acc = [[[_mm256_setzero_ps(); 2]; R]; NB];
-    let groups = hd.div_ceil(32);
-    for g in 0..groups {
-        let sc: [[__m256; 2]; NB] = std::array::from_fn(|b| keys[b].group(g));
+    let h = per_block::<S>();
+    let mut acc = [[[S::fzero(); 2]; R]; NB];
+    for g in 0..hd.div_ceil(32) {
+        let sc: [[S::F; 2]; NB] = std::array::from_fn(|b| keys[b].group(g));
         for d in g * 32..hd.min(g * 32 + 32) {
-            let qv: [__m256; R] = std::array::from_fn(|r| _mm256_broadcast_ss(&*q.add(r * hd + d)));
+            let qv: [S::F; R] = std::array::from_fn(|r| S::splat(*q.add(r * hd + d)));
             for b in 0..NB {
                 let k = keys[b].dim(d, sc[b]);
-                for h in 0..2 {
+                for i in 0..h {
                     for r in 0..R {
-                        acc[b][r][h] = _mm256_fmadd_ps(qv[r], k[h], acc[b][r][h]);
+                        acc[b][r][i] = S::fma(qv[r], k[i], acc[b][r][i]);
                     }
                 }
             }
         }
     }
-    for b in 0..NB {
-        for r in 0..R {
-            for h in 0..2 {
-                _mm256_storeu_ps(
-                    out.add(r * ld + b * 16 + 8 * h),
-                    _mm256_mul_ps(acc[b][r][h], scale),
-                );
+    for (b, ab) in acc.iter().enumerate() {
+        for (r, a) in ab.iter().enumerate() {
+            for (i, v) in a.iter().enumerate().take(h) {
+                S::store(S::mul(*v, scale), out.add(r * ld + b * 16 + i * S::R));
             }
         }
     }
 }
 
-/// Few rows: every block read in place, two at a time where the registers allow.
+/// Few rows: every block read in place, `nb` at a time (4, 2 or 1), then one at a time.
 #[inline(always)]
-unsafe fn scores_few<K: Keys, const R: usize>(
+unsafe fn scores_few<S: Simd, K: Keys<S>, const R: usize>(
     keys: &[K],
+    nb: usize,
     q: *const f32,
     hd: usize,
-    s: __m256,
+    s: S::F,
     out: *mut f32,
     ld: usize,
 ) {
     let mut b = 0;
-    if R <= 2 {
+    if nb == 4 {
+        while b + 4 <= keys.len() {
+            let four = [keys[b], keys[b + 1], keys[b + 2], keys[b + 3]];
+            scores_fused::<S, K, R, 4>(four, q, hd, s, out.add(b * 16), ld);
+            b += 4;
+        }
+    }
+    if nb == 2 {
         while b + 2 <= keys.len() {
-            scores_fused::<K, R, 2>([keys[b], keys[b + 1]], q, hd, s, out.add(b * 16), ld);
+            let two = [keys[b], keys[b + 1]];
+            scores_fused::<S, K, R, 2>(two, q, hd, s, out.add(b * 16), ld);
             b += 2;
         }
     }
     while b < keys.len() {
-        scores_fused::<K, R, 1>([keys[b]], q, hd, s, out.add(b * 16), ld);
+        scores_fused::<S, K, R, 1>([keys[b]], q, hd, s, out.add(b * 16), ld);
         b += 1;
     }
 }
 
-/// Most blocks of a call read in place (a chunk's blocks).
-const MAX_FUSED: usize = 64;
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn few_rows<S: Simd, K: Keys<S>>(
+    keys: &[K],
+    t: &Tiles,
+    q: *const f32,
+    rows: usize,
+    hd: usize,
+    s: S::F,
+    out: *mut f32,
+    ld: usize,
+) {
+    let (few, more) = (t.blocks_few, t.blocks_more);
+    match rows {
+        1 => scores_few::<S, K, 1>(keys, few, q, hd, s, out, ld),
+        2 => scores_few::<S, K, 2>(keys, few, q, hd, s, out, ld),
+        3 => scores_few::<S, K, 3>(keys, more, q, hd, s, out, ld),
+        _ => scores_few::<S, K, 4>(keys, more, q, hd, s, out, ld),
+    }
+}
+
+/// The blocks of a call, all of one type, as what the in-place kernels read (`None`: no
+/// blocks, or more than [`MAX_FUSED`]).
+// On the stack for one call (boxing would allocate at every call).
+#[allow(clippy::large_enum_variant)]
+enum InPlace {
+    F16([F16Keys; MAX_FUSED]),
+    Q8([Q8Keys; MAX_FUSED]),
+}
+
+fn in_place(blocks: &[KvBlock<'_>]) -> Option<InPlace> {
+    if blocks.len() > MAX_FUSED {
+        return None;
+    }
+    match blocks.first()? {
+        KvBlock::F16(_) => {
+            let mut ks = [F16Keys(std::ptr::null()); MAX_FUSED];
+            for (dst, k) in ks.iter_mut().zip(blocks) {
+                let KvBlock::F16(h) = k else {
+                    panic!("one call reads blocks of one type")
+                };
+                *dst = F16Keys(h.as_ptr());
+            }
+            Some(InPlace::F16(ks))
+        }
+        KvBlock::Q8 { .. } => {
+            let mut ks = [Q8Keys(std::ptr::null(), std::ptr::null()); MAX_FUSED];
+            for (dst, k) in ks.iter_mut().zip(blocks) {
+                let KvBlock::Q8 { q, d } = k else {
+                    panic!("one call reads blocks of one type")
+                };
+                *dst = Q8Keys(q.as_ptr(), d.as_ptr());
+            }
+            Some(InPlace::Q8(ks))
+        }
+    }
+}
 
 /// See `Kernels::attn_scores`: few rows read the keys in place; more rows convert each block
 /// once to f32 and share it.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn scores_g<S: Simd, const T: usize>(
+    t: &Tiles,
+    keys: &[KvBlock<'_>],
+    q: *const f32,
+    rows: usize,
+    hd: usize,
+    scale: f32,
+    out: *mut f32,
+    ld: usize,
+    buf: &mut Vec<f32>,
+) {
+    let s = S::splat(scale);
+    if (1..=4).contains(&rows) {
+        let n = keys.len();
+        match in_place(keys) {
+            Some(InPlace::F16(ks)) => {
+                return few_rows::<S, _>(&ks[..n], t, q, rows, hd, s, out, ld)
+            }
+            Some(InPlace::Q8(ks)) => return few_rows::<S, _>(&ks[..n], t, q, rows, hd, s, out, ld),
+            None if keys.is_empty() => return,
+            None => {}
+        }
+    }
+    if buf.len() < 16 * hd {
+        buf.resize(16 * hd, 0.0);
+    }
+    let kt = buf.as_mut_ptr();
+    for (b, k) in keys.iter().enumerate() {
+        match *k {
+            KvBlock::F16(h) => f16_to_f32_g::<S>(h.as_ptr(), hd * 16, kt),
+            KvBlock::Q8 { q, d } => q8_keys_to_f32_g::<S>(q.as_ptr(), d.as_ptr(), hd, kt),
+        }
+        scores_f32::<S, T>(kt, q, rows, hd, s, out.add(b * 16), ld);
+    }
+}
+
+/// See `Kernels::attn_scores`.
 ///
 /// # Safety
 /// CPU must support AVX2/FMA/F16C; every block holds `hd·16` elements (q8_0: `hd % 32 == 0`),
@@ -253,66 +429,13 @@ pub unsafe fn scores(
     ld: usize,
     buf: &mut Vec<f32>,
 ) {
-    let s = _mm256_set1_ps(scale);
-    if (1..=4).contains(&rows) && keys.len() <= MAX_FUSED {
-        match keys.first() {
-            Some(KvBlock::F16(_)) => {
-                let mut ks = [F16Keys(std::ptr::null()); MAX_FUSED];
-                for (dst, k) in ks.iter_mut().zip(keys) {
-                    let KvBlock::F16(h) = k else {
-                        panic!("one call reads blocks of one type")
-                    };
-                    *dst = F16Keys(h.as_ptr());
-                }
-                return few_rows(&ks[..keys.len()], q, rows, hd, s, out, ld);
-            }
-            Some(KvBlock::Q8 { .. }) => {
-                let mut ks = [Q8Keys(std::ptr::null(), std::ptr::null()); MAX_FUSED];
-                for (dst, k) in ks.iter_mut().zip(keys) {
-                    let KvBlock::Q8 { q, d } = k else {
-                        panic!("one call reads blocks of one type")
-                    };
-                    *dst = Q8Keys(q.as_ptr(), d.as_ptr());
-                }
-                return few_rows(&ks[..keys.len()], q, rows, hd, s, out, ld);
-            }
-            None => return,
-        }
-    }
-    if buf.len() < 16 * hd {
-        buf.resize(16 * hd, 0.0);
-    }
-    let kt = buf.as_mut_slice();
-    for (b, k) in keys.iter().enumerate() {
-        match *k {
-            KvBlock::F16(h) => f16_to_f32(h.as_ptr(), hd * 16, kt.as_mut_ptr()),
-            KvBlock::Q8 { q, d } => q8_keys_to_f32(q.as_ptr(), d.as_ptr(), hd, kt.as_mut_ptr()),
-        }
-        scores_f32(kt.as_ptr(), q, rows, hd, s, out.add(b * 16), ld);
-    }
+    scores_g::<Avx2, 6>(&AVX2_TILES, keys, q, rows, hd, scale, out, ld, buf)
 }
 
+/// `R` rows × `C` registers of columns of the weighted value sum (`v`: `[keys][hd]`),
+/// accumulated in registers over the keys.
 #[inline(always)]
-unsafe fn few_rows<K: Keys>(
-    keys: &[K],
-    q: *const f32,
-    rows: usize,
-    hd: usize,
-    s: __m256,
-    out: *mut f32,
-    ld: usize,
-) {
-    match rows {
-        1 => scores_few::<K, 1>(keys, q, hd, s, out, ld),
-        2 => scores_few::<K, 2>(keys, q, hd, s, out, ld),
-        3 => scores_few::<K, 3>(keys, q, hd, s, out, ld),
-        _ => scores_few::<K, 4>(keys, q, hd, s, out, ld),
-    }
-}
-
-/// `R` rows × `8·C` columns of the weighted value sum, accumulated in registers over the keys.
-#[inline(always)]
-unsafe fn values_tile<const R: usize, const C: usize>(
+unsafe fn values_tile<S: Simd, const R: usize, const C: usize>(
     v: *const f32,
     keys: usize,
     p: *const f32,
@@ -320,34 +443,31 @@ unsafe fn values_tile<const R: usize, const C: usize>(
     hd: usize,
     out: *mut f32,
 ) {
-    let mut acc = [[_mm256_setzero_ps(); C]; R];
-    for r in 0..R {
-        for c in 0..C {
-            acc[r][c] = _mm256_loadu_ps(out.add(r * hd + 8 * c));
+    let mut acc = [[S::fzero(); C]; R];
+    for (r, a) in acc.iter_mut().enumerate() {
+        for (c, x) in a.iter_mut().enumerate() {
+            *x = S::loadf(out.add(r * hd + S::R * c));
         }
     }
     for j in 0..keys {
-        let mut vv = [_mm256_setzero_ps(); C];
-        for c in 0..C {
-            vv[c] = _mm256_loadu_ps(v.add(j * hd + 8 * c));
-        }
-        for r in 0..R {
-            let w = _mm256_broadcast_ss(&*p.add(r * ld + j));
+        let vv: [S::F; C] = std::array::from_fn(|c| S::loadf(v.add(j * hd + S::R * c)));
+        for (r, a) in acc.iter_mut().enumerate() {
+            let w = S::splat(*p.add(r * ld + j));
             for c in 0..C {
-                acc[r][c] = _mm256_fmadd_ps(w, vv[c], acc[r][c]);
+                a[c] = S::fma(w, vv[c], a[c]);
             }
         }
     }
-    for r in 0..R {
-        for c in 0..C {
-            _mm256_storeu_ps(out.add(r * hd + 8 * c), acc[r][c]);
+    for (r, a) in acc.iter().enumerate() {
+        for (c, x) in a.iter().enumerate() {
+            S::store(*x, out.add(r * hd + S::R * c));
         }
     }
 }
 
-/// The rows of a column strip of `8·C` columns, in tiles of [`ROWS`].
+/// The rows of a column strip of `C` registers, in tiles of [`ROWS`].
 #[inline(always)]
-unsafe fn values_strip<const C: usize>(
+unsafe fn values_strip<S: Simd, const C: usize>(
     v: *const f32,
     keys: usize,
     p: *const f32,
@@ -358,59 +478,60 @@ unsafe fn values_strip<const C: usize>(
 ) {
     let mut r = 0;
     while r + ROWS <= rows {
-        values_tile::<ROWS, C>(v, keys, p.add(r * ld), ld, hd, out.add(r * hd));
+        values_tile::<S, ROWS, C>(v, keys, p.add(r * ld), ld, hd, out.add(r * hd));
         r += ROWS;
     }
     let (pr, or) = (p.add(r * ld), out.add(r * hd));
     match rows - r {
-        1 => values_tile::<1, C>(v, keys, pr, ld, hd, or),
-        2 => values_tile::<2, C>(v, keys, pr, ld, hd, or),
-        3 => values_tile::<3, C>(v, keys, pr, ld, hd, or),
-        4 => values_tile::<4, C>(v, keys, pr, ld, hd, or),
-        5 => values_tile::<5, C>(v, keys, pr, ld, hd, or),
+        1 => values_tile::<S, 1, C>(v, keys, pr, ld, hd, or),
+        2 => values_tile::<S, 2, C>(v, keys, pr, ld, hd, or),
+        3 => values_tile::<S, 3, C>(v, keys, pr, ld, hd, or),
+        4 => values_tile::<S, 4, C>(v, keys, pr, ld, hd, or),
+        5 => values_tile::<S, 5, C>(v, keys, pr, ld, hd, or),
         _ => {}
     }
 }
 
-/// Value rows of one block read in place: eight dimensions of a key's row as f32, the same
-/// values [`f16_to_f32`] / [`q8_values_to_f32`] give.
-trait Vals: Copy {
+/// Value rows of one block read in place: `R` dimensions of a key's row as f32, the same
+/// values the conversions give.
+trait Vals<S: Simd>: Copy {
     /// The scale of key `j`'s dimension group `g`.
-    unsafe fn scale(self, j: usize, g: usize) -> __m256;
-    unsafe fn row8(self, j: usize, c: usize, scale: __m256) -> __m256;
+    unsafe fn scale(self, j: usize, g: usize) -> S::F;
+    unsafe fn row(self, j: usize, c: usize, scale: S::F) -> S::F;
 }
 
 #[derive(Clone, Copy)]
 struct F16Vals(*const u16, usize);
-impl Vals for F16Vals {
+impl<S: Simd> Vals<S> for F16Vals {
     #[inline(always)]
-    unsafe fn scale(self, _j: usize, _g: usize) -> __m256 {
-        _mm256_setzero_ps()
+    unsafe fn scale(self, _j: usize, _g: usize) -> S::F {
+        S::fzero()
     }
     #[inline(always)]
-    unsafe fn row8(self, j: usize, c: usize, _s: __m256) -> __m256 {
-        cvt8(self.0.add(j * self.1 + c))
+    unsafe fn row(self, j: usize, c: usize, _s: S::F) -> S::F {
+        f16f::<S>(self.0.add(j * self.1 + c))
     }
 }
 
 #[derive(Clone, Copy)]
 struct Q8Vals(*const i8, *const u16, usize);
-impl Vals for Q8Vals {
+impl<S: Simd> Vals<S> for Q8Vals {
     #[inline(always)]
-    unsafe fn scale(self, j: usize, g: usize) -> __m256 {
-        let bits = self.1.add(j * (self.2 / 32) + g).read_unaligned();
-        _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))))
+    unsafe fn scale(self, j: usize, g: usize) -> S::F {
+        S::splat(f16_scalar(
+            self.1.add(j * (self.2 / 32) + g).read_unaligned(),
+        ))
     }
     #[inline(always)]
-    unsafe fn row8(self, j: usize, c: usize, s: __m256) -> __m256 {
-        _mm256_mul_ps(i8x8(self.0.add(j * self.2 + c)), s)
+    unsafe fn row(self, j: usize, c: usize, s: S::F) -> S::F {
+        S::mul(i8f::<S>(self.0.add(j * self.2 + c)), s)
     }
 }
 
-/// `R` rows (few: decode) × `8·C` columns from `c0`, over every key of `vals` read in place;
-/// per element the same chain as [`values_tile`].
+/// `R` rows (few: decode) × `C` registers of columns from `c0`, over every key of `vals` read
+/// in place; per element the same chain as [`values_tile`].
 #[inline(always)]
-unsafe fn values_fused<V: Vals, const R: usize, const C: usize>(
+unsafe fn values_fused<S: Simd, V: Vals<S>, const R: usize, const C: usize>(
     vals: &[V],
     p: *const f32,
     ld: usize,
@@ -418,76 +539,146 @@ unsafe fn values_fused<V: Vals, const R: usize, const C: usize>(
     c0: usize,
     out: *mut f32,
 ) {
-    let mut acc = [[_mm256_setzero_ps(); C]; R];
-    for r in 0..R {
-        for c in 0..C {
-            acc[r][c] = _mm256_loadu_ps(out.add(r * hd + c0 + 8 * c));
+    let mut acc = [[S::fzero(); C]; R];
+    for (r, a) in acc.iter_mut().enumerate() {
+        for (c, x) in a.iter_mut().enumerate() {
+            *x = S::loadf(out.add(r * hd + c0 + S::R * c));
         }
     }
     for (b, vb) in vals.iter().enumerate() {
         for j in 0..16 {
-            let sc = vb.scale(j, c0 / 32);
-            let w: [__m256; R] =
-                std::array::from_fn(|r| _mm256_broadcast_ss(&*p.add(r * ld + b * 16 + j)));
+            let w: [S::F; R] = std::array::from_fn(|r| S::splat(*p.add(r * ld + b * 16 + j)));
+            // One scale per 32-column group the strip touches.
+            let mut group = usize::MAX;
+            let mut sc = S::fzero();
             for c in 0..C {
-                let v = vb.row8(j, c0 + 8 * c, sc);
+                let col = c0 + S::R * c;
+                if col / 32 != group {
+                    group = col / 32;
+                    sc = vb.scale(j, group);
+                }
+                let v = vb.row(j, col, sc);
                 for r in 0..R {
-                    acc[r][c] = _mm256_fmadd_ps(w[r], v, acc[r][c]);
+                    acc[r][c] = S::fma(w[r], v, acc[r][c]);
                 }
             }
         }
     }
-    for r in 0..R {
-        for c in 0..C {
-            _mm256_storeu_ps(out.add(r * hd + c0 + 8 * c), acc[r][c]);
+    for (r, a) in acc.iter().enumerate() {
+        for (c, x) in a.iter().enumerate() {
+            S::store(*x, out.add(r * hd + c0 + S::R * c));
         }
     }
 }
 
-/// Few rows: strips of 32 columns (16 with four rows, then 8) over all the keys.
+/// Few rows: strips of `regs` registers (4 or 2), then 2, then 1, over all the keys.
 #[inline(always)]
-unsafe fn values_few<V: Vals, const R: usize>(
+unsafe fn values_few<S: Simd, V: Vals<S>, const R: usize>(
     vals: &[V],
+    regs: usize,
     p: *const f32,
     ld: usize,
     hd: usize,
     out: *mut f32,
 ) {
     let mut c = 0;
-    if R <= 2 {
-        while c + 32 <= hd {
-            values_fused::<V, R, 4>(vals, p, ld, hd, c, out);
-            c += 32;
+    if regs == 4 {
+        while c + 4 * S::R <= hd {
+            values_fused::<S, V, R, 4>(vals, p, ld, hd, c, out);
+            c += 4 * S::R;
         }
     }
-    while c + 16 <= hd {
-        values_fused::<V, R, 2>(vals, p, ld, hd, c, out);
-        c += 16;
+    while c + 2 * S::R <= hd {
+        values_fused::<S, V, R, 2>(vals, p, ld, hd, c, out);
+        c += 2 * S::R;
     }
-    if c < hd {
-        values_fused::<V, R, 1>(vals, p, ld, hd, c, out);
+    while c < hd {
+        values_fused::<S, V, R, 1>(vals, p, ld, hd, c, out);
+        c += S::R;
     }
 }
 
 #[inline(always)]
-unsafe fn few_value_rows<V: Vals>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn few_value_rows<S: Simd, V: Vals<S>>(
     vals: &[V],
+    t: &Tiles,
     p: *const f32,
     ld: usize,
     rows: usize,
     hd: usize,
     out: *mut f32,
 ) {
+    let (few, more) = (t.value_regs_few, t.value_regs_more);
     match rows {
-        1 => values_few::<V, 1>(vals, p, ld, hd, out),
-        2 => values_few::<V, 2>(vals, p, ld, hd, out),
-        3 => values_few::<V, 3>(vals, p, ld, hd, out),
-        _ => values_few::<V, 4>(vals, p, ld, hd, out),
+        1 => values_few::<S, V, 1>(vals, few, p, ld, hd, out),
+        2 => values_few::<S, V, 2>(vals, few, p, ld, hd, out),
+        3 => values_few::<S, V, 3>(vals, more, p, ld, hd, out),
+        _ => values_few::<S, V, 4>(vals, more, p, ld, hd, out),
     }
 }
 
 /// See `Kernels::attn_values`: few rows read the values in place; more rows convert each
 /// block once to f32 and share it.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn values_g<S: Simd>(
+    t: &Tiles,
+    values: &[KvBlock<'_>],
+    p: *const f32,
+    ld: usize,
+    rows: usize,
+    hd: usize,
+    out: *mut f32,
+    buf: &mut Vec<f32>,
+) {
+    if (1..=4).contains(&rows) {
+        let n = values.len();
+        match in_place(values) {
+            Some(InPlace::F16(ks)) => {
+                let vs: [F16Vals; MAX_FUSED] = std::array::from_fn(|i| F16Vals(ks[i].0, hd));
+                return few_value_rows::<S, _>(&vs[..n], t, p, ld, rows, hd, out);
+            }
+            Some(InPlace::Q8(ks)) => {
+                let vs: [Q8Vals; MAX_FUSED] = std::array::from_fn(|i| Q8Vals(ks[i].0, ks[i].1, hd));
+                return few_value_rows::<S, _>(&vs[..n], t, p, ld, rows, hd, out);
+            }
+            None if values.is_empty() => return,
+            None => {}
+        }
+    }
+    // All the blocks' rows converted once, then every row tile runs over all the keys with
+    // its accumulators in registers.
+    let keys = 16 * values.len();
+    if buf.len() < keys * hd {
+        buf.resize(keys * hd, 0.0);
+    }
+    for (b, v) in values.iter().enumerate() {
+        let dst = buf.as_mut_ptr().add(b * 16 * hd);
+        match *v {
+            KvBlock::F16(h) => f16_to_f32_g::<S>(h.as_ptr(), hd * 16, dst),
+            KvBlock::Q8 { q, d } => q8_values_to_f32_g::<S>(q.as_ptr(), d.as_ptr(), hd, dst),
+        }
+    }
+    let v = buf.as_ptr();
+    let mut c = 0;
+    if t.value_regs == 4 {
+        while c + 4 * S::R <= hd {
+            values_strip::<S, 4>(v.add(c), keys, p, ld, rows, hd, out.add(c));
+            c += 4 * S::R;
+        }
+    }
+    while c + 2 * S::R <= hd {
+        values_strip::<S, 2>(v.add(c), keys, p, ld, rows, hd, out.add(c));
+        c += 2 * S::R;
+    }
+    while c < hd {
+        values_strip::<S, 1>(v.add(c), keys, p, ld, rows, hd, out.add(c));
+        c += S::R;
+    }
+}
+
+/// See `Kernels::attn_values`.
 ///
 /// # Safety
 /// CPU must support AVX2/FMA/F16C; `hd` is a multiple of 8; every block holds `16·hd`
@@ -504,53 +695,7 @@ pub unsafe fn values(
     out: *mut f32,
     buf: &mut Vec<f32>,
 ) {
-    if (1..=4).contains(&rows) && values.len() <= MAX_FUSED {
-        match values.first() {
-            Some(KvBlock::F16(_)) => {
-                let mut vs = [F16Vals(std::ptr::null(), hd); MAX_FUSED];
-                for (dst, v) in vs.iter_mut().zip(values) {
-                    let KvBlock::F16(h) = v else {
-                        panic!("one call reads blocks of one type")
-                    };
-                    *dst = F16Vals(h.as_ptr(), hd);
-                }
-                return few_value_rows(&vs[..values.len()], p, ld, rows, hd, out);
-            }
-            Some(KvBlock::Q8 { .. }) => {
-                let mut vs = [Q8Vals(std::ptr::null(), std::ptr::null(), hd); MAX_FUSED];
-                for (dst, v) in vs.iter_mut().zip(values) {
-                    let KvBlock::Q8 { q, d } = v else {
-                        panic!("one call reads blocks of one type")
-                    };
-                    *dst = Q8Vals(q.as_ptr(), d.as_ptr(), hd);
-                }
-                return few_value_rows(&vs[..values.len()], p, ld, rows, hd, out);
-            }
-            None => return,
-        }
-    }
-    // All the blocks' rows converted once, then every row tile runs over all the keys with
-    // its accumulators in registers.
-    let keys = 16 * values.len();
-    if buf.len() < keys * hd {
-        buf.resize(keys * hd, 0.0);
-    }
-    for (b, v) in values.iter().enumerate() {
-        let dst = buf.as_mut_ptr().add(b * 16 * hd);
-        match *v {
-            KvBlock::F16(h) => f16_to_f32(h.as_ptr(), hd * 16, dst),
-            KvBlock::Q8 { q, d } => q8_values_to_f32(q.as_ptr(), d.as_ptr(), hd, dst),
-        }
-    }
-    let v = buf.as_ptr();
-    let mut c = 0;
-    while c + 16 <= hd {
-        values_strip::<2>(v.add(c), keys, p, ld, rows, hd, out.add(c));
-        c += 16;
-    }
-    if c < hd {
-        values_strip::<1>(v.add(c), keys, p, ld, rows, hd, out.add(c));
-    }
+    values_g::<Avx2>(&AVX2_TILES, values, p, ld, rows, hd, out, buf)
 }
 
 /// See `Kernels::exp_sum`: eight partial sums over `x` from its start (a tail padded with

@@ -61,7 +61,8 @@ pub fn kernels(isa: Isa) -> &'static dyn Kernels {
 }
 
 /// An x86 level. The VNNI levels differ from AVX2 in the repacked matmul (their own layout and
-/// kernel); AVX-512 VNNI also has its own attention primitives (`attn512.rs`); every other
+/// kernel); AVX-512 VNNI also runs the attention primitives on its own registers
+/// (`attn512.rs`, the kernels of `attn.rs` over 16 lanes); every other
 /// operation is the AVX2 one, which they all run.
 pub struct X86(Isa);
 static AVX2: X86 = X86(Isa::Avx2);

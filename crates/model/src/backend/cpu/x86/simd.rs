@@ -56,6 +56,8 @@ pub trait Simd {
     /// `a·b + c`.
     unsafe fn fma(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
     unsafe fn store(v: Self::F, out: *mut f32);
+    /// `R` floats.
+    unsafe fn loadf(p: *const f32) -> Self::F;
 }
 
 /// 256-bit registers, eight rows; `VNNI` selects `vpdpbusd` (AVX-VNNI).
@@ -180,6 +182,10 @@ impl<const VNNI: bool> Simd for Ymm<VNNI> {
     unsafe fn store(v: __m256, out: *mut f32) {
         _mm256_storeu_ps(out, v)
     }
+    #[inline(always)]
+    unsafe fn loadf(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
 }
 
 /// 512-bit registers, sixteen rows, AVX-512 VNNI.
@@ -297,6 +303,10 @@ impl Simd for Zmm {
     #[inline(always)]
     unsafe fn store(v: __m512, out: *mut f32) {
         _mm512_storeu_ps(out, v)
+    }
+    #[inline(always)]
+    unsafe fn loadf(p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
     }
 }
 
@@ -417,5 +427,9 @@ impl Simd for YmmEmulatedVnni {
     #[inline(always)]
     unsafe fn store(v: __m256, out: *mut f32) {
         Ymm::<true>::store(v, out)
+    }
+    #[inline(always)]
+    unsafe fn loadf(p: *const f32) -> __m256 {
+        Ymm::<true>::loadf(p)
     }
 }
