@@ -137,6 +137,7 @@ def run_one(a, cat, path):
         body = {"prompt": PROMPT, "max_tokens": a.max_tokens, "temperature": 0,
                 "response_format": fmt}
         route = "/v1/completions"
+    body.update(a.extra)
     t = time.perf_counter()
     status, v = post(a.base, route, body)
     r = {"category": cat, "file": os.path.relpath(path, a.data), "status": status,
@@ -179,6 +180,8 @@ def main():
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--out", help="write one JSON line per schema here")
     ap.add_argument("--list", action="store_true", help="print the sampled files and exit")
+    ap.add_argument("--extra", type=json.loads, default={},
+                    help='JSON object merged into every request, e.g. \'{"repetition_penalty": 1.2}\'')
     a = ap.parse_args()
     picked = sample(a.data, a.per_category, a.seed)
     if a.list:
@@ -196,7 +199,7 @@ def main():
     for r in results:
         by_cat[r["category"]].append(r)
     print(f"{len(results)} schemas, seed {a.seed}, route {a.route}, max_tokens {a.max_tokens}, "
-          f"{time.perf_counter() - started:.0f} s\n")
+          f"extra {json.dumps(a.extra)}, {time.perf_counter() - started:.0f} s\n")
     print("| category | schemas | accepted | accepted % | valid | valid-of-accepted % "
           "| truncated | violations | valid with undeclared root keys |")
     print("|---|---|---|---|---|---|---|---|---|")
