@@ -27,7 +27,8 @@
 //!   item), `contains: {}` (as `minItems: 1`). What cannot be enforced is refused ([`GrammarError::Unsupported`], naming
 //!   the keyword and where it is), never silently dropped.
 //! - **`oneOf`** is compiled as `anyOf` (llguidance's `coerce_one_of`), as vLLM, llama.cpp and
-//!   xgrammar do: an instance may match more than one branch.
+//!   xgrammar do: an instance may match more than one branch. Whole types that two branches
+//!   accept are excluded first (every such value would match both; `one_of.rs`).
 //!
 //! `$ref`s must point inside the schema (`#/…`, or the root's own `$id` followed by `#/…`).
 //! A referenced subschema is compiled in the form its use needs (closed where it stands alone,
@@ -44,6 +45,7 @@ use crate::compile::GrammarError;
 
 mod compose;
 mod negate;
+mod one_of;
 mod refs;
 
 use compose::*;
@@ -586,6 +588,9 @@ impl<'a> Prep<'a> {
                         a.push(self.node(s, &child(at, &[k, &i.to_string()]), &r, in_place)?);
                     }
                     out.insert(k.clone(), Value::Array(a));
+                    if k == "oneOf" {
+                        extra_all_of.extend(self.one_of_types(members));
+                    }
                 }
                 "$ref" => {
                     let target = self.resolve(val, at)?;

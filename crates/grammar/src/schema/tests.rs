@@ -125,6 +125,50 @@ fn one_of_is_kept_for_llguidance_to_read_as_any_of() {
 }
 
 #[test]
+fn one_of_excludes_the_types_two_branches_accept_whole() {
+    // Three object branches without `"type": "object"` (JSONSchemaBench o13024's `material`):
+    // every non-object matches all three, so only objects can match exactly one.
+    let v = prep(json!({
+        "definitions": {
+            "solid": {"properties": {"kind": {"enum": ["solid"]}}, "required": ["kind"]},
+            "texture": {"properties": {"kind": {"enum": ["texture"]}, "path": {"type": "string"}},
+                        "required": ["kind", "path"]}
+        },
+        "oneOf": [{"$ref": "#/definitions/solid"}, {"$ref": "#/definitions/texture"},
+                  {"required": ["colour"]}]
+    }));
+    assert_eq!(v["oneOf"].as_array().unwrap().len(), 3, "{v}");
+    assert_eq!(v["allOf"], json!([{"type": ["object"]}]), "{v}");
+    // Strings accepted whole by two branches (no string keyword in either), numbers by one.
+    let v = prep(
+        json!({"oneOf": [{"type": ["string", "number"]}, {"type": "string"},
+                                  {"type": "number", "minimum": 3}]}),
+    );
+    assert_eq!(
+        v["allOf"],
+        json!([{"type": ["null", "boolean", "number", "array", "object"]}]),
+        "{v}"
+    );
+    // Branches that constrain what they share, or that this cannot read, exclude nothing.
+    for s in [
+        json!({"oneOf": [{"type": "string"}, {"type": "integer"}]}),
+        json!({"oneOf": [{"type": "string", "maxLength": 3}, {"type": "string", "pattern": "a"}]}),
+        json!({"oneOf": [{"type": "integer"}, {"type": "number", "minimum": 0}]}),
+        json!({"oneOf": [{"enum": ["a", "b"]}, {"enum": ["b"]}]}),
+        json!({"oneOf": [{"anyOf": [{"type": "string"}]}, {"type": "string"}]}),
+        json!({"oneOf": [{"not": {"type": "null"}}, {}]}),
+        // Every type excluded: left for the grammar as it is.
+        json!({"oneOf": [{}, true]}),
+    ] {
+        let v = prep(s.clone());
+        assert!(v.get("allOf").is_none(), "{s} -> {v}");
+    }
+    // An unknown format is an annotation: it does not constrain strings.
+    let v = prep(json!({"oneOf": [{"type": "string", "format": "path"}, {"type": "string"}]}));
+    assert_eq!(v["allOf"][0]["type"].as_array().unwrap().len(), 5, "{v}");
+}
+
+#[test]
 fn unknown_formats_are_annotations_known_ones_stay() {
     let v = prep(json!({"type": "string", "format": "path"}));
     assert!(v.get("format").is_none(), "{v}");
