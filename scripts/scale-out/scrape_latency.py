@@ -65,6 +65,8 @@ def main():
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--scrapes", type=int, default=500)
     ap.add_argument("--interval", type=float, default=0.05)
+    ap.add_argument("--scrape-base", help="where to scrape (default --base; e.g. the server's "
+                    "--metrics-port)")
     ap.add_argument("--no-stream", action="store_true",
                     help="the load's requests unstreamed (no token events for the HTTP workers)")
     ap.add_argument("--load-nice", type=int, default=0,
@@ -81,10 +83,12 @@ def main():
             "ignore_eos": True, "stream": not a.no_stream, "temperature": 0.8}
     load = multiprocessing.Process(target=run_load, args=(host, port, body, a.requests), daemon=True)
     load.start()
-    conn = http.client.HTTPConnection(host, port, timeout=30)
-    sock = socket.create_connection((host, port), timeout=30)
+    su = urllib.parse.urlparse(a.scrape_base or a.base)
+    shost, sport = su.hostname, su.port or 80
+    conn = http.client.HTTPConnection(shost, sport, timeout=30)
+    sock = socket.create_connection((shost, sport), timeout=30)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    request = f"GET /metrics HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+    request = f"GET /metrics HTTP/1.1\r\nHost: {shost}:{sport}\r\n\r\n".encode()
 
     def scrape_raw():
         t0 = time.perf_counter()

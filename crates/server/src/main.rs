@@ -121,6 +121,11 @@ struct ServeArgs {
     #[arg(long, env = "CORDIAL_COMPUTE_NICE", default_value_t = 0,
           value_parser = clap::value_parser!(i32).range(0..=19))]
     compute_nice: i32,
+    /// Also serve `/metrics` alone on this port, from a thread of its own, for a gateway's
+    /// endpoint picker (GIE's `--model-server-metrics-port`): scrapes there never wait behind
+    /// streamed tokens. `/metrics` stays on the main port too [default: off].
+    #[arg(long, env = "CORDIAL_METRICS_PORT")]
+    metrics_port: Option<u16>,
     /// Cap on prompt + output tokens [default: the model's context length]. The KV cache caps
     /// it too (--kv-cache-tokens).
     #[arg(long, env = "CORDIAL_MAX_MODEL_LEN")]
@@ -541,6 +546,15 @@ fn serve(args: ServeArgs, json_logs: bool, order: &AdapterOrder) -> anyhow::Resu
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!("listening on http://{}", listener.local_addr()?);
+        if let Some(port) = args.metrics_port {
+            let at = std::net::SocketAddr::new(addr.ip(), port);
+            let at = cordial_server::serve::spawn_on_own_thread(
+                at,
+                cordial_server::routes::metrics_router(state.clone()),
+                serve_opts,
+            )?;
+            tracing::info!("metrics also on http://{at}/metrics");
+        }
         let kv_events = match &args.kv_events_endpoint {
             Some(endpoint) => {
                 let topic = args

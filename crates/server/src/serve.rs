@@ -33,6 +33,40 @@ impl Default for ServeOptions {
     }
 }
 
+/// `--metrics-port`: serves `app` (the `/metrics` route) on `addr` from a thread and
+/// current-thread runtime of its own, so a scrape never waits behind the main runtime's work
+/// (the streams' token events after every step). Binds before it returns (the error names the
+/// address); serves until the process ends.
+pub fn spawn_on_own_thread(
+    addr: std::net::SocketAddr,
+    app: Router,
+    opts: ServeOptions,
+) -> std::io::Result<std::net::SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("cordial-metrics".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(l) => {
+                        let never = std::future::pending::<()>();
+                        if let Err(e) = serve(l, app, opts, never, || {}).await {
+                            tracing::error!("the metrics listener stopped: {e}");
+                        }
+                    }
+                    Err(e) => tracing::error!("the metrics listener cannot start: {e}"),
+                }
+            })
+        })?;
+    Ok(local)
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves; then drains. `cancel` is called when
 /// the grace period is over with requests still in flight (it should stop the engine, which
 /// ends them); the connections then get a short time to send their last bytes.

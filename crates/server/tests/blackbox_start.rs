@@ -202,6 +202,45 @@ async fn compute_nice_lowers_the_compute_threads_only() {
     .await
 }
 
+/// `--metrics-port` serves `/metrics` alone on a port of its own (the main port keeps it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_port_serves_metrics_alone() {
+    within(async {
+        let model = tiny_model("metrics-port");
+        let path = model.to_str().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            .to_string();
+        let args = [
+            "--model",
+            path,
+            "--threads",
+            "1",
+            "--metrics-port",
+            port.as_str(),
+        ];
+        let srv = Server::spawn_args(&args, &[]).ready().await;
+        let own = format!("http://127.0.0.1:{port}");
+        let resp = reqwest::get(format!("{own}/metrics")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("vllm:num_requests_running{"), "{text}");
+        let resp = reqwest::get(format!("{own}/health")).await.unwrap();
+        assert_eq!(resp.status(), 404);
+        let resp = reqwest::get(format!("{}/metrics", srv.base)).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(srv
+            .log()
+            .contains(&format!("metrics also on http://127.0.0.1:{port}/metrics")));
+        drop(srv);
+        std::fs::remove_file(&model).unwrap();
+    })
+    .await
+}
+
 /// pip's output while the default model is fetched goes through the logger: with a `python3`
 /// that prints like pip and fails, every line of the log is still JSON, pip's lines included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,6 +92,14 @@ pub fn routes() -> Router<AppState> {
         .route(UNLOAD_LORA_PATH, post(lora::unload))
 }
 
+/// `/metrics` alone, for `--metrics-port` (no other route, no middleware: the scrape is open
+/// on the main port too).
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(info::metrics))
+        .with_state(state)
+}
+
 /// The application: every route with the middleware stack.
 pub fn router(state: AppState) -> Router {
     with_layers(routes(), state)
