@@ -208,9 +208,10 @@ trait Keys<S: Simd>: Copy {
     unsafe fn dim(self, d: usize, scales: [S::F; 2]) -> [S::F; 2];
 }
 
+/// An f16 KV block read in place (its keys `[hd][16]` or its values `[16][hd]`).
 #[derive(Clone, Copy)]
-struct F16Keys(*const u16);
-impl<S: Simd> Keys<S> for F16Keys {
+struct F16Block(*const u16);
+impl<S: Simd> Keys<S> for F16Block {
     #[inline(always)]
     unsafe fn group(self, _g: usize) -> [S::F; 2] {
         [S::fzero(); 2]
@@ -225,9 +226,10 @@ impl<S: Simd> Keys<S> for F16Keys {
     }
 }
 
+/// A q8_0 KV block read in place: its quants and f16 scales.
 #[derive(Clone, Copy)]
-struct Q8Keys(*const i8, *const u16);
-impl<S: Simd> Keys<S> for Q8Keys {
+struct Q8Block(*const i8, *const u16);
+impl<S: Simd> Keys<S> for Q8Block {
     #[inline(always)]
     unsafe fn group(self, g: usize) -> [S::F; 2] {
         let mut sc = [S::fzero(); 2];
@@ -335,13 +337,13 @@ unsafe fn few_rows<S: Simd, K: Keys<S>>(
     }
 }
 
-/// The blocks of a call, all of one type, as what the in-place kernels read (`None`: no
-/// blocks, or more than [`MAX_FUSED`]).
+/// The blocks of a call, all of one type, as the handles the in-place kernels read, keys and
+/// values alike (`None`: no blocks, or more than [`MAX_FUSED`]).
 // On the stack for one call (boxing would allocate at every call).
 #[allow(clippy::large_enum_variant)]
 enum InPlace {
-    F16([F16Keys; MAX_FUSED]),
-    Q8([Q8Keys; MAX_FUSED]),
+    F16([F16Block; MAX_FUSED]),
+    Q8([Q8Block; MAX_FUSED]),
 }
 
 fn in_place(blocks: &[KvBlock<'_>]) -> Option<InPlace> {
@@ -350,22 +352,22 @@ fn in_place(blocks: &[KvBlock<'_>]) -> Option<InPlace> {
     }
     match blocks.first()? {
         KvBlock::F16(_) => {
-            let mut ks = [F16Keys(std::ptr::null()); MAX_FUSED];
+            let mut ks = [F16Block(std::ptr::null()); MAX_FUSED];
             for (dst, k) in ks.iter_mut().zip(blocks) {
                 let KvBlock::F16(h) = k else {
                     panic!("one call reads blocks of one type")
                 };
-                *dst = F16Keys(h.as_ptr());
+                *dst = F16Block(h.as_ptr());
             }
             Some(InPlace::F16(ks))
         }
         KvBlock::Q8 { .. } => {
-            let mut ks = [Q8Keys(std::ptr::null(), std::ptr::null()); MAX_FUSED];
+            let mut ks = [Q8Block(std::ptr::null(), std::ptr::null()); MAX_FUSED];
             for (dst, k) in ks.iter_mut().zip(blocks) {
                 let KvBlock::Q8 { q, d } = k else {
                     panic!("one call reads blocks of one type")
                 };
-                *dst = Q8Keys(q.as_ptr(), d.as_ptr());
+                *dst = Q8Block(q.as_ptr(), d.as_ptr());
             }
             Some(InPlace::Q8(ks))
         }
@@ -495,36 +497,30 @@ unsafe fn values_strip<S: Simd, const C: usize>(
 /// Value rows of one block read in place: `R` dimensions of a key's row as f32, the same
 /// values the conversions give.
 trait Vals<S: Simd>: Copy {
-    /// The scale of key `j`'s dimension group `g`.
-    unsafe fn scale(self, j: usize, g: usize) -> S::F;
-    unsafe fn row(self, j: usize, c: usize, scale: S::F) -> S::F;
+    /// The scale of key `j`'s dimension group `g` (rows of `hd` dimensions).
+    unsafe fn scale(self, j: usize, g: usize, hd: usize) -> S::F;
+    unsafe fn row(self, j: usize, c: usize, hd: usize, scale: S::F) -> S::F;
 }
 
-#[derive(Clone, Copy)]
-struct F16Vals(*const u16, usize);
-impl<S: Simd> Vals<S> for F16Vals {
+impl<S: Simd> Vals<S> for F16Block {
     #[inline(always)]
-    unsafe fn scale(self, _j: usize, _g: usize) -> S::F {
+    unsafe fn scale(self, _j: usize, _g: usize, _hd: usize) -> S::F {
         S::fzero()
     }
     #[inline(always)]
-    unsafe fn row(self, j: usize, c: usize, _s: S::F) -> S::F {
-        f16f::<S>(self.0.add(j * self.1 + c))
+    unsafe fn row(self, j: usize, c: usize, hd: usize, _s: S::F) -> S::F {
+        f16f::<S>(self.0.add(j * hd + c))
     }
 }
 
-#[derive(Clone, Copy)]
-struct Q8Vals(*const i8, *const u16, usize);
-impl<S: Simd> Vals<S> for Q8Vals {
+impl<S: Simd> Vals<S> for Q8Block {
     #[inline(always)]
-    unsafe fn scale(self, j: usize, g: usize) -> S::F {
-        S::splat(f16_scalar(
-            self.1.add(j * (self.2 / 32) + g).read_unaligned(),
-        ))
+    unsafe fn scale(self, j: usize, g: usize, hd: usize) -> S::F {
+        S::splat(f16_scalar(self.1.add(j * (hd / 32) + g).read_unaligned()))
     }
     #[inline(always)]
-    unsafe fn row(self, j: usize, c: usize, s: S::F) -> S::F {
-        S::mul(i8f::<S>(self.0.add(j * self.2 + c)), s)
+    unsafe fn row(self, j: usize, c: usize, hd: usize, s: S::F) -> S::F {
+        S::mul(i8f::<S>(self.0.add(j * hd + c)), s)
     }
 }
 
@@ -555,9 +551,9 @@ unsafe fn values_fused<S: Simd, V: Vals<S>, const R: usize, const C: usize>(
                 let col = c0 + S::R * c;
                 if col / 32 != group {
                     group = col / 32;
-                    sc = vb.scale(j, group);
+                    sc = vb.scale(j, group, hd);
                 }
-                let v = vb.row(j, col, sc);
+                let v = vb.row(j, col, hd, sc);
                 for r in 0..R {
                     acc[r][c] = S::fma(w[r], v, acc[r][c]);
                 }
@@ -635,13 +631,11 @@ pub(super) unsafe fn values_g<S: Simd>(
     if (1..=4).contains(&rows) {
         let n = values.len();
         match in_place(values) {
-            Some(InPlace::F16(ks)) => {
-                let vs: [F16Vals; MAX_FUSED] = std::array::from_fn(|i| F16Vals(ks[i].0, hd));
-                return few_value_rows::<S, _>(&vs[..n], t, p, ld, rows, hd, out);
+            Some(InPlace::F16(vs)) => {
+                return few_value_rows::<S, _>(&vs[..n], t, p, ld, rows, hd, out)
             }
-            Some(InPlace::Q8(ks)) => {
-                let vs: [Q8Vals; MAX_FUSED] = std::array::from_fn(|i| Q8Vals(ks[i].0, ks[i].1, hd));
-                return few_value_rows::<S, _>(&vs[..n], t, p, ld, rows, hd, out);
+            Some(InPlace::Q8(vs)) => {
+                return few_value_rows::<S, _>(&vs[..n], t, p, ld, rows, hd, out)
             }
             None if values.is_empty() => return,
             None => {}
