@@ -12,27 +12,12 @@ use std::time::{Duration, Instant};
 use common::*;
 use cordial_engine::EngineConfig;
 use cordial_testkit::fake_model::FakeModelConfig;
+use cordial_testkit::rng::SplitMix64 as Rng;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
 const CONCURRENCY: usize = 32;
 const REQUESTS_PER_ROUND: usize = 100;
-
-/// SplitMix64: a seeded, dependency-free random source for the request mix.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// One request of the mix: a body and whether (and after how many chunks) to hang up.
 struct Job {

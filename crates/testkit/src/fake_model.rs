@@ -43,6 +43,7 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::rng::mix;
 use cordial_engine::{LoraRef, ModelError, ModelExecutor, SeqStep, TokenId};
 
 /// How long a gated forward waits for a permit before failing (so a test bug cannot hang).
@@ -175,14 +176,6 @@ pub fn lora_start(lora: &[LoraRef]) -> u64 {
 /// One step of the history hash chain: `h` after the token `t` at position `pos`.
 fn chain(h: u64, pos: usize, t: TokenId) -> u64 {
     mix(h ^ u64::from(t) ^ ((pos as u64) << 32))
-}
-
-/// SplitMix64's finalizer: a cheap, well-mixing 64-bit hash step.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Counters tests read while (or after) the engine runs.

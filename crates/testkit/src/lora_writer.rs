@@ -70,21 +70,6 @@ pub struct LoraTensor {
     pub b: Vec<f32>,
 }
 
-/// SplitMix64.
-struct Stream(u64);
-impl Stream {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
-
 fn f16_bits(v: f32) -> u16 {
     half::f16::from_f32(v).to_bits()
 }
@@ -135,7 +120,7 @@ impl LoraSpec {
 
     /// The adapter's matrices, drawn in order (values already rounded to f16 with `f16`).
     pub fn tensors(&self) -> Vec<LoraTensor> {
-        let mut s = Stream(self.seed);
+        let mut s = crate::rng::SplitMix64(self.seed);
         let round = |v: f32| {
             if self.f16 {
                 half::f16::from_f32(v).to_f32()
