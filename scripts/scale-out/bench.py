@@ -136,16 +136,19 @@ def workload(args):
     return reqs
 
 
-def send_all(url, reqs, concurrency, max_tokens, on_done=None):
+def send_all(url, reqs, concurrency, max_tokens, stream=False, on_done=None):
     results = []
     lock = threading.Lock()
 
     def one(item):
         _, prompt = item
         t = time.time()
-        status, body = http("POST", url + "/v1/completions",
-                            {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens,
-                             "temperature": 0}, timeout=120)
+        body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+        if stream:
+            body["stream"] = True
+        status, body = http("POST", url + "/v1/completions", body, timeout=120)
+        if stream and status == 200 and b"data: [DONE]" not in body:
+            status = -1  # the stream ended without its terminator
         with lock:
             results.append((t, time.time(), status))
             if on_done:
@@ -264,11 +267,12 @@ def run_setup(args, kind, policy, reqs, failover=False):
                 threading.Thread(target=restart, daemon=True).start()
 
         t0 = time.time()
-        results = send_all(base, reqs, args.concurrency, args.max_tokens, on_done)
+        results = send_all(base, reqs, args.concurrency, args.max_tokens, args.stream, on_done)
         wall = time.time() - t0
         time.sleep(1.5)  # let the last events arrive
         after = [metrics(r.base) for r in replicas]
-        out = {"router": kind, "policy": policy, "requests": len(results),
+        out = {"router": kind, "policy": policy, "stream": args.stream,
+               "requests": len(results),
                "ok": sum(1 for _, _, s in results if s == 200),
                "failed": sorted(str(s) for _, _, s in results if s != 200),
                "wall_s": round(wall, 1)}
@@ -340,6 +344,10 @@ def main():
     p.add_argument("--concurrency", type=int, default=6)
     p.add_argument("--max-tokens", type=int, default=4)
     p.add_argument("--seed", type=int, default=7)
+    # vllm-router counts a request's prompt as prefill in flight until its first streamed
+    # chunk; unstreamed, until the whole response (its kv_aware cost model then sees a busy
+    # replica as still prefilling). Real clients mostly stream.
+    p.add_argument("--stream", action="store_true", help="send every request with stream: true")
     p.add_argument("--setups", default="vllm-router:round_robin,vllm-router:cache_aware,"
                                          "vllm-router:kv_aware,envoy:round_robin")
     p.add_argument("--failover", default="vllm-router:round_robin")
