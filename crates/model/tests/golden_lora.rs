@@ -29,7 +29,8 @@ fn reference_spec() -> LoraSpec {
 }
 
 fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2-lora")
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"))
+        .join("tests/fixtures/smollm2-lora")
 }
 
 /// Writes the reference adapter to `$CORDIAL_LORA_OUT` (scripts/make-lora-golden.py), or with

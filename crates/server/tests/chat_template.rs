@@ -11,10 +11,12 @@ use cordial_tokenizer::Tokenizer;
 use serde_json::{Map, Value};
 
 fn fixture() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/chat-templates.json"
-    );
+    // Read when the test runs, not baked in: a test binary built from another checkout that
+    // shares the target dir still reads this checkout's fixtures.
+    let path = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"),
+    )
+    .join("tests/fixtures/chat-templates.json");
     serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture JSON")
 }
 

@@ -17,7 +17,8 @@ fn write_folder() -> PathBuf {
     let dir = temp_path("hf-runner");
     std::fs::create_dir_all(&dir).unwrap();
     let fixtures =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tokenizer/tests/fixtures/hf-tiny");
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"))
+            .join("../tokenizer/tests/fixtures/hf-tiny");
     std::fs::copy(fixtures.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
     let config = json!({
         "model_type": "llama", "hidden_size": HIDDEN, "intermediate_size": FFN,

@@ -20,7 +20,7 @@ fn tokenizer() -> &'static Tokenizer {
 }
 
 fn reference(file: &str) -> Vec<Value> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let path = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"))
         .join("../model/tests/fixtures/gemma3-270m-q4_k_m")
         .join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

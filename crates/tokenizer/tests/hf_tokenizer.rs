@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use cordial_tokenizer::Tokenizer;
 
 fn tokenizer() -> Tokenizer {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-tiny");
+    let dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"))
+        .join("tests/fixtures/hf-tiny");
     Tokenizer::from_hf_dir(&dir).expect("tokenizer.json")
 }
 

@@ -14,8 +14,12 @@ use cordial_model::{
 
 pub const BLOCK: usize = 16;
 
+/// Fixture paths use `CARGO_MANIFEST_DIR` as the test runs, not `env!` (baked in when built): a
+/// test binary that cargo reuses from another checkout sharing the target dir then still reads
+/// this checkout's fixtures.
 pub fn reference_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2-135m-instruct-q4_1")
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"))
+        .join("tests/fixtures/smollm2-135m-instruct-q4_1")
 }
 
 pub fn load_default() -> Model {
@@ -32,7 +36,8 @@ pub fn load_gemma3() -> Model {
 
 /// llama.cpp reference data for Gemma 3 270M (see tests/fixtures/README.md).
 pub fn gemma3_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma3-270m-q4_k_m")
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"))
+        .join("tests/fixtures/gemma3-270m-q4_k_m")
 }
 
 #[derive(serde::Deserialize)]
@@ -191,7 +196,7 @@ pub fn exact_cases() -> Vec<Exact> {
 
 /// An exact-math fixture of `tests/fixtures/`.
 pub fn exact_cases_in(name: &str) -> Vec<Exact> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let p = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo test"))
         .join("tests/fixtures")
         .join(name);
     let text = std::fs::read_to_string(p).expect("exact fixture");
