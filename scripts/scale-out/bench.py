@@ -342,12 +342,13 @@ def main():
     p.add_argument("--per-family", type=int, default=6)
     p.add_argument("--prefix-words", type=int, default=150)
     p.add_argument("--concurrency", type=int, default=6)
-    p.add_argument("--max-tokens", type=int, default=4)
+    p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--seed", type=int, default=7)
     # vllm-router counts a request's prompt as prefill in flight until its first streamed
     # chunk; unstreamed, until the whole response (its kv_aware cost model then sees a busy
-    # replica as still prefilling). Real clients mostly stream.
-    p.add_argument("--stream", action="store_true", help="send every request with stream: true")
+    # replica as still prefilling). Real clients mostly stream: on by default.
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
+                   help="send every request with stream: true (--no-stream: unstreamed)")
     p.add_argument("--setups", default="vllm-router:round_robin,vllm-router:cache_aware,"
                                          "vllm-router:kv_aware,envoy:round_robin")
     p.add_argument("--failover", default="vllm-router:round_robin")

