@@ -172,6 +172,7 @@ pub fn serving(
         hidden_size: loaded.hidden_size,
         grammar: Some(Arc::new(grammar)),
         lora: loaded.lora,
+        kv_cache_dtype: loaded.kv.dtype,
     })
 }
 

@@ -56,6 +56,8 @@ pub struct Serving {
     pub chat: Result<Arc<ChatTemplate>, String>,
     /// The LoRA adapters served (`None`: `--enable-lora` is off).
     pub lora: Option<Arc<LoraRegistry>>,
+    /// The KV cache's element type (`--kv-cache-dtype`).
+    pub kv_cache_dtype: cordial_model::KvDtype,
 }
 
 /// The chat template, compiled (see [`Serving::chat`]): `custom` (`--chat-template`) when

@@ -14,7 +14,8 @@
 //! - `vllm:kv_cache_usage_perc` (gauge): used KV blocks / all KV blocks, a fraction 0–1 (cached
 //!   blocks nobody uses count as free, as in vLLM).
 //! - `vllm:cache_config_info` (gauge, always 1): `block_size`, `num_gpu_blocks` (our KV blocks,
-//!   which live in host memory), `enable_prefix_caching`, `prefix_caching_hash_algo`.
+//!   which live in host memory), `cache_dtype` (`--kv-cache-dtype`: `f16` or `q8_0`),
+//!   `enable_prefix_caching`, `prefix_caching_hash_algo`.
 //! - `vllm:prefix_cache_queries_total`, `vllm:prefix_cache_hits_total` (counters): prompt
 //!   tokens looked up in / served from the prefix cache.
 //! - `vllm:num_preemptions_total` (counter).
@@ -112,6 +113,8 @@ impl Default for VllmMetrics {
 pub struct EngineView<'a> {
     pub stats: &'a EngineStats,
     pub kv: KvCapacity,
+    /// The KV cache's element type (`f16`, `q8_0`).
+    pub cache_dtype: &'static str,
     pub prefix_caching: bool,
 }
 
@@ -177,9 +180,11 @@ impl VllmMetrics {
                 "# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig\n\
                  # TYPE vllm:cache_config_info gauge\n\
                  vllm:cache_config_info{{{labels},block_size=\"{}\",num_gpu_blocks=\"{}\",\
-                 enable_prefix_caching=\"{}\",prefix_caching_hash_algo=\"sha256_cbor\"}} 1",
+                 cache_dtype=\"{}\",enable_prefix_caching=\"{}\",\
+                 prefix_caching_hash_algo=\"sha256_cbor\"}} 1",
                 e.kv.block_size,
                 e.kv.blocks,
+                e.cache_dtype,
                 if e.prefix_caching { "True" } else { "False" },
             );
             one(
@@ -303,6 +308,7 @@ mod tests {
         let view = EngineView {
             stats: &stats,
             kv,
+            cache_dtype: "q8_0",
             prefix_caching: true,
         };
         m.render(&mut out, "m\"1", (11, 22), Some(view));
@@ -314,7 +320,8 @@ mod tests {
             format!("vllm:kv_cache_usage_perc{{{l}}} 0.25"),
             format!(
                 "vllm:cache_config_info{{{l},block_size=\"16\",num_gpu_blocks=\"8\",\
-                 enable_prefix_caching=\"True\",prefix_caching_hash_algo=\"sha256_cbor\"}} 1"
+                 cache_dtype=\"q8_0\",enable_prefix_caching=\"True\",\
+                 prefix_caching_hash_algo=\"sha256_cbor\"}} 1"
             ),
             format!("vllm:prefix_cache_hits_total{{{l}}} 16"),
             "# TYPE vllm:prompt_tokens_total counter".to_owned(),

@@ -101,8 +101,8 @@ async fn vllm_metrics_have_vllm_names_types_and_meanings() {
         ] {
             assert_eq!(idle.kind(name), kind, "{name}");
         }
-        let info = "block_size=\"16\",num_gpu_blocks=\"256\",enable_prefix_caching=\"True\",\
-                    prefix_caching_hash_algo=\"sha256_cbor\"";
+        let info = "block_size=\"16\",num_gpu_blocks=\"256\",cache_dtype=\"f16\",\
+                    enable_prefix_caching=\"True\",prefix_caching_hash_algo=\"sha256_cbor\"";
         assert_eq!(idle.get("vllm:cache_config_info", info), 1.0);
         assert_eq!(idle.get("vllm:kv_cache_usage_perc", ""), 0.0);
         assert_eq!(idle.get("vllm:num_requests_running", ""), 0.0);
@@ -230,6 +230,7 @@ async fn a_scrape_is_cheap_with_64_running_sequences() {
             let view = cordial_server::vllm_metrics::EngineView {
                 stats: &stats,
                 kv: srv.engine.kv_capacity(),
+                cache_dtype: "f16",
                 prefix_caching: true,
             };
             metrics

@@ -158,6 +158,7 @@ async fn chat_errors_loading_unknown_model_and_no_template() {
             hidden_size: FAKE_HIDDEN_SIZE,
             grammar: None,
             lora: None,
+            kv_cache_dtype: cordial_model::KvDtype::F16,
         };
         assert!(state.set_serving(serving).is_ok());
         let (base, task) = bind(state).await;
@@ -319,6 +320,7 @@ async fn a_panic_in_a_chat_answer_is_isolated() {
             hidden_size: FAKE_HIDDEN_SIZE,
             grammar: None,
             lora: None,
+            kv_cache_dtype: cordial_model::KvDtype::F16,
         };
         assert!(state.set_serving(serving).is_ok());
         let app = with_layers(

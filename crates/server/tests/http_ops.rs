@@ -365,6 +365,7 @@ fn serving(config: &FakeModelConfig) -> (Serving, EngineHandle) {
         chat: Err("no chat template in this test".into()),
         grammar: None,
         lora: None,
+        kv_cache_dtype: cordial_model::KvDtype::F16,
     };
     (serving, engine)
 }
@@ -498,6 +499,7 @@ async fn served(config: FakeModelConfig, opts: ServeOptions) -> Served {
         chat: Err("no chat template in this test".into()),
         grammar: None,
         lora: None,
+        kv_cache_dtype: cordial_model::KvDtype::F16,
     };
     assert!(state.set_serving(s).is_ok());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -65,6 +65,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .map(|(s, stats)| EngineView {
             stats,
             kv: s.engine.kv_capacity(),
+            cache_dtype: s.kv_cache_dtype.name(),
             prefix_caching: s.engine.prefix_caching(),
         });
     let model_name = &state.served_names()[0];

@@ -108,6 +108,7 @@ pub async fn start_full(
         hidden_size: FAKE_HIDDEN_SIZE,
         grammar: None,
         lora: None,
+        kv_cache_dtype: cordial_model::KvDtype::F16,
     };
     assert!(state.set_serving(serving).is_ok());
     let (base, task) = bind(state.clone()).await;
