@@ -293,46 +293,16 @@ fn read_safetensors(
         let Some(name) = conv.name(hf_name) else {
             continue;
         };
+        t.check()
+            .map_err(|e| bad(format!("tensor `{hf_name}`: {e}")))?;
         let dtype = t.dtype.as_str();
         let shape: Vec<u64> = t.shape.iter().map(|&v| v as u64).collect();
         let raw = t.data;
-        let count: u64 = shape.iter().product();
-        let width = match dtype {
-            "F32" => 4,
-            "F16" | "BF16" => 2,
-            other => {
-                return Err(bad(format!(
-                    "tensor `{hf_name}` has dtype {other} (supported: F32, F16, BF16)"
-                )))
-            }
-        };
-        if raw.len() as u64 != count * width {
-            return Err(bad(format!(
-                "tensor `{hf_name}`: {} bytes for shape {shape:?} of {dtype}",
-                raw.len()
-            )));
-        }
         let is_vector = shape.len() == 1;
         let norm = name.contains("norm");
         let mut f32s: Option<Vec<f32>> = None;
-        let as_f32 = |raw: &[u8]| -> Vec<f32> {
-            match dtype {
-                "F32" => raw
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-                    .collect(),
-                "F16" => raw
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                _ => raw
-                    .chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-            }
-        };
         if is_vector || dtype == "BF16" {
-            let mut v = as_f32(raw);
+            let mut v = t.to_f32();
             if norm && conv.gemma {
                 v.iter_mut().for_each(|x| *x += 1.0);
             }

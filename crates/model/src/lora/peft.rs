@@ -12,6 +12,7 @@ use std::path::Path;
 use serde_json::Value as Json;
 
 use super::{digest, err, AlphaRule, Factor, LoraAdapter, LoraBase, LoraError, RawPair};
+use crate::safetensors::Tensor;
 
 /// A factor with its (rows, cols).
 type ShapedFactor = (Factor, (usize, usize));
@@ -61,11 +62,12 @@ pub(super) fn load(dir: &Path, base: &LoraBase, max_rank: usize) -> Result<LoraA
         .and_then(Json::as_object)
         .is_some_and(|m| !m.is_empty());
     let r = config.get("r").and_then(Json::as_u64).unwrap_or(0) as usize;
-    let tensors = safetensors(&weights)
+    let tensors = crate::safetensors::tensors(&weights)
         .map_err(|e| LoraError(format!("{shown}/adapter_model.safetensors: {e}")))?;
     let mut halves: BTreeMap<String, [Option<ShapedFactor>; 2]> = BTreeMap::new();
-    for (hf, t) in tensors {
-        let (module, half) = split_name(&hf).ok_or_else(|| {
+    for t in tensors {
+        let hf = &t.name;
+        let (module, half) = split_name(hf).ok_or_else(|| {
             LoraError(format!(
                 "{shown}: tensor `{hf}` is not a LoRA A/B weight of a linear module"
             ))
@@ -81,9 +83,7 @@ pub(super) fn load(dir: &Path, base: &LoraBase, max_rank: usize) -> Result<LoraA
                     TARGET_MODULES.join(", ")
                 ))
             })?;
-        let factor = t
-            .factor()
-            .map_err(|e| LoraError(format!("{shown}: tensor `{hf}`: {e}")))?;
+        let factor = factor(&t).map_err(|e| LoraError(format!("{shown}: tensor `{hf}`: {e}")))?;
         let shape = match t.shape.as_slice() {
             [rows, cols] => (*rows, *cols),
             s => {
@@ -205,63 +205,17 @@ fn split_name(hf: &str) -> Option<(&str, usize)> {
     rest.strip_suffix(".lora_B.weight").map(|m| (m, 1))
 }
 
-/// One tensor of a safetensors file.
-struct StTensor<'a> {
-    dtype: String,
-    shape: Vec<usize>,
-    data: &'a [u8],
-}
-
-impl StTensor<'_> {
-    fn factor(&self) -> Result<Factor, String> {
-        let n: usize = self.shape.iter().product();
-        let width = match self.dtype.as_str() {
-            "F32" => 4,
-            "F16" | "BF16" => 2,
-            d => return Err(format!("dtype {d} (supported: F32, F16, BF16)")),
-        };
-        if self.data.len() != n * width {
-            return Err(format!(
-                "{} bytes for shape {:?} of {}",
-                self.data.len(),
-                self.shape,
-                self.dtype
-            ));
-        }
-        Ok(match self.dtype.as_str() {
-            "F32" => Factor::F32(
-                self.data
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-            ),
-            "F16" => Factor::F16(
-                self.data
-                    .chunks_exact(2)
-                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                    .collect(),
-            ),
-            _ => Factor::F32(
-                self.data
-                    .chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-            ),
-        })
-    }
-}
-
-/// The tensors of a safetensors file.
-fn safetensors(bytes: &[u8]) -> Result<Vec<(String, StTensor<'_>)>, String> {
-    Ok(crate::safetensors::tensors(bytes)?
-        .into_iter()
-        .map(|t| {
-            let st = StTensor {
-                dtype: t.dtype,
-                shape: t.shape,
-                data: t.data,
-            };
-            (t.name, st)
-        })
-        .collect())
+/// A LoRA factor from a tensor: f16 kept as bits, f32 and bf16 as f32.
+fn factor(t: &Tensor<'_>) -> Result<Factor, String> {
+    t.check()?;
+    Ok(if t.dtype == "F16" {
+        Factor::F16(
+            t.data
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect(),
+        )
+    } else {
+        Factor::F32(t.to_f32())
+    })
 }
